@@ -1,0 +1,255 @@
+//! Bodies of the cloud's HTTPS API (`/v1/...`), shared by the server, installer, agent and CLI.
+//!
+//! Timestamps travel as RFC 3339 strings in UTC.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{DeviceId, KeyId, SpiffeId, WorkspaceId};
+
+/// Largest request body the API accepts, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Facts about a machine, reported at enrollment and by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Facts {
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Operating system name, e.g. "Debian GNU/Linux".
+    pub os: Option<String>,
+    /// Operating system version, e.g. "12".
+    pub os_version: Option<String>,
+    /// Kernel version.
+    pub kernel: Option<String>,
+    /// CPU architecture, e.g. "x86_64".
+    pub arch: Option<String>,
+    /// Number of logical CPUs.
+    pub cpus: Option<u32>,
+    /// Total memory in bytes.
+    pub memory_total_bytes: Option<u64>,
+    /// Available memory in bytes.
+    pub memory_available_bytes: Option<u64>,
+    /// Total size of the disks in bytes.
+    pub disk_total_bytes: Option<u64>,
+    /// Available disk space in bytes.
+    pub disk_available_bytes: Option<u64>,
+    /// Seconds since boot.
+    pub uptime_secs: Option<u64>,
+}
+
+/// `POST /v1/enroll` request (Bearer API key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// PKCS#10 CSR in PEM, made with the device's freshly generated private key.
+    pub csr_pem: String,
+    /// Human-friendly device name (1–128 characters).
+    pub name: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Facts about the machine, if the installer gathered any.
+    #[serde(default)]
+    pub facts: Option<Facts>,
+}
+
+/// `POST /v1/enroll` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The new device's id.
+    pub device_id: DeviceId,
+    /// The device's SPIFFE ID (the certificate's URI SAN).
+    pub spiffe_id: SpiffeId,
+    /// The device certificate, PEM.
+    pub certificate_pem: String,
+    /// The cloud CA certificate, PEM: the only root the agent trusts.
+    pub ca_pem: String,
+    /// Where the agent connects: `host:port` of the mTLS gateway.
+    pub gateway: String,
+    /// Certificate expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Machine-readable error codes in [`ErrorBody`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No key, a malformed key, or an unknown key. Deliberately says nothing more.
+    Unauthorized,
+    /// The key was revoked; the message says when and by whom.
+    KeyRevoked,
+    /// The key expired; the message says when.
+    KeyExpired,
+    /// The key's scope or role does not allow this.
+    Forbidden,
+    /// The request is malformed; the message says what.
+    BadRequest,
+    /// The CSR does not parse, its signature does not verify, or its key type is unsupported.
+    BadCsr,
+    /// No such object (in this workspace).
+    NotFound,
+    /// The request body is larger than the limit.
+    PayloadTooLarge,
+    /// A server-side failure.
+    Internal,
+    /// A code this client does not know yet.
+    #[serde(other)]
+    Other,
+}
+
+/// Body of every API error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub error: ErrorCode,
+    /// One line for a human: what went wrong and what to do.
+    pub message: String,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// May only enroll devices (and ask who it is).
+    Enroll,
+    /// May also manage keys, members and devices.
+    Admin,
+}
+
+impl Scope {
+    /// The scope's name as used in the API and CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Enroll => "enroll",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enroll" => Ok(Scope::Enroll),
+            "admin" => Ok(Scope::Admin),
+            other => Err(format!(
+                "unknown scope {other:?}: use \"enroll\" or \"admin\""
+            )),
+        }
+    }
+}
+
+/// An API key's metadata. Never contains the secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Public key id.
+    pub id: KeyId,
+    /// Name/use label ("cli", "ci", "docker-fleet-a").
+    pub name: String,
+    /// Scope.
+    pub scope: Scope,
+    /// Owner's email.
+    pub owner: String,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Expiry time (every key expires).
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Last successful use.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Revocation time, if revoked.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Who revoked it (email), if revoked.
+    #[serde(default)]
+    pub revoked_by: Option<String>,
+}
+
+/// `POST /v1/keys` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Name/use label.
+    pub name: String,
+    /// Scope; `enroll` when omitted.
+    #[serde(default = "default_scope")]
+    pub scope: Scope,
+    /// Days until expiry; 90 when omitted.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+    /// Seconds until expiry, for short-lived keys (takes precedence over days).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+fn default_scope() -> Scope {
+    Scope::Enroll
+}
+
+/// `POST /v1/keys` response: the only time the server volunteers the full key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateKeyResponse {
+    /// The full API key.
+    pub key: String,
+    /// Its metadata.
+    #[serde(flatten)]
+    pub info: KeyInfo,
+}
+
+/// `GET /v1/whoami` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// Workspace id.
+    pub workspace_id: WorkspaceId,
+    /// Workspace name.
+    pub workspace_name: String,
+    /// Member id.
+    pub member_id: String,
+    /// Member email.
+    pub email: String,
+    /// Member role ("owner", "admin", "member").
+    pub role: String,
+    /// The key used for this request.
+    pub key: KeyInfo,
+}
+
+/// One device, as listed by `GET /v1/devices`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub id: DeviceId,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Enrollment time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub enrolled_at: OffsetDateTime,
+    /// The key that enrolled it (audit only: nothing cascades from keys to devices).
+    pub enrolled_by_key: KeyId,
+    /// The member who owned that key (email).
+    pub enrolled_by_member: String,
+    /// Whether a gateway holds a live session for it now.
+    pub connected: bool,
+    /// Last time a gateway heard from it.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
+    /// Latest facts.
+    #[serde(default)]
+    pub facts: Option<Facts>,
+    /// Current certificate's expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub certificate_expires_at: OffsetDateTime,
+    /// Revocation time, if revoked.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}

@@ -1,0 +1,318 @@
+//! The agent↔gateway frame codec.
+//!
+//! A frame is a `u32` big-endian payload length followed by that many bytes of JSON:
+//! `{"v":1,"msg":{"type":"heartbeat","seq":7}}`. The length is checked against
+//! [`MAX_FRAME_LEN`] before any payload is buffered, so a peer cannot make the other side
+//! allocate more than that. Readers that want to hold no buffer while idle read the 4-byte
+//! header with [`payload_len`], then exactly that many bytes, then call [`decode_payload`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::Facts;
+use crate::DeviceId;
+
+/// Largest payload a frame may carry, in bytes.
+pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+/// Size of the length prefix.
+pub const HEADER_LEN: usize = 4;
+/// Protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Why the gateway or agent closes a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The sender is shutting down; reconnect later.
+    Shutdown,
+    /// The device was revoked; it must be reinstalled with a new key.
+    DeviceRevoked,
+    /// The gateway has no record of this device.
+    DeviceUnknown,
+    /// The peer broke the protocol.
+    ProtocolError,
+    /// A newer session of the same device replaced this one.
+    Replaced,
+    /// The device certificate expired; renew before anything else.
+    CertificateExpired,
+    /// A reason this side does not know yet.
+    #[serde(other)]
+    Other,
+}
+
+/// A protocol message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Message {
+    /// Agent → gateway, first frame: who I am and what I run on.
+    Hello {
+        /// Agent version.
+        agent_version: String,
+        /// System facts.
+        facts: Facts,
+        /// Sequence number of the next report the agent will send (outbox position).
+        #[serde(default)]
+        next_report_seq: u64,
+    },
+    /// Gateway → agent, answer to Hello: the session is accepted.
+    Welcome {
+        /// The device the certificate names.
+        device_id: DeviceId,
+        /// Server time, Unix seconds, so the agent can notice clock skew.
+        server_time: i64,
+    },
+    /// Agent → gateway liveness probe.
+    Heartbeat {
+        /// Increasing per session.
+        seq: u64,
+    },
+    /// Gateway → agent answer to a heartbeat.
+    HeartbeatAck {
+        /// The heartbeat's `seq`.
+        seq: u64,
+    },
+    /// Agent → gateway: refreshed facts.
+    Facts {
+        /// System facts.
+        facts: Facts,
+    },
+    /// Agent → gateway: one report.
+    Report {
+        /// Per-device sequence number; the cloud stores each (device, seq) once.
+        seq: u64,
+        /// The report's content.
+        payload: serde_json::Value,
+    },
+    /// Gateway → agent: reports up to and including `seq` are stored.
+    ReportAck {
+        /// Highest stored sequence number.
+        seq: u64,
+    },
+    /// Agent → gateway: a CSR for a fresh key pair.
+    RenewRequest {
+        /// PKCS#10 CSR, PEM.
+        csr_pem: String,
+    },
+    /// Gateway → agent: the renewed certificate.
+    RenewResponse {
+        /// Certificate, PEM.
+        certificate_pem: String,
+    },
+    /// Either side: the session ends.
+    Close {
+        /// Why.
+        reason: CloseReason,
+        /// One human-readable line.
+        #[serde(default)]
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<M> {
+    v: u16,
+    msg: M,
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// More bytes are needed (not an error of the peer).
+    #[error("incomplete frame")]
+    Incomplete,
+    /// The declared length exceeds [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Declared payload length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The payload is of a protocol version this side does not speak.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u16),
+}
+
+/// Appends `msg` as one frame to `out`.
+pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    serde_json::to_writer(
+        &mut *out,
+        &Envelope {
+            v: PROTOCOL_VERSION,
+            msg,
+        },
+    )
+    .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = out.len() - start - HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    // len <= MAX_FRAME_LEN < u32::MAX, so the cast is lossless.
+    out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// `msg` as one frame.
+pub fn to_frame(msg: &Message) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::new();
+    encode(msg, &mut out)?;
+    Ok(out)
+}
+
+/// The payload length announced by a header, checked against the maximum.
+pub fn payload_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(len)
+}
+
+/// Decodes one payload (the bytes after the header).
+pub fn decode_payload(payload: &[u8]) -> Result<Message, FrameError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u16,
+    }
+    let version: Version =
+        serde_json::from_slice(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if version.v != PROTOCOL_VERSION {
+        return Err(FrameError::UnsupportedVersion(version.v));
+    }
+    let env: Envelope<Message> =
+        serde_json::from_slice(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Ok(env.msg)
+}
+
+/// Decodes the first frame in `buf`, returning it and the number of bytes it used.
+/// [`FrameError::Incomplete`] means `buf` holds only part of a frame so far.
+pub fn decode(buf: &[u8]) -> Result<(Message, usize), FrameError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Err(FrameError::Incomplete);
+    };
+    let mut h = [0u8; HEADER_LEN];
+    h.copy_from_slice(header);
+    let len = payload_len(h)?;
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Err(FrameError::Incomplete);
+    };
+    Ok((decode_payload(payload)?, HEADER_LEN + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello {
+                agent_version: "0.1.0".into(),
+                facts: Facts {
+                    hostname: Some("robot-1".into()),
+                    cpus: Some(4),
+                    ..Facts::default()
+                },
+                next_report_seq: 3,
+            },
+            Message::Welcome {
+                device_id: DeviceId::generate(),
+                server_time: 1_700_000_000,
+            },
+            Message::Heartbeat { seq: 1 },
+            Message::HeartbeatAck { seq: 1 },
+            Message::Report {
+                seq: 9,
+                payload: serde_json::json!({"battery": 0.5}),
+            },
+            Message::ReportAck { seq: 9 },
+            Message::RenewRequest {
+                csr_pem: "csr".into(),
+            },
+            Message::RenewResponse {
+                certificate_pem: "crt".into(),
+            },
+            Message::Close {
+                reason: CloseReason::DeviceRevoked,
+                message: "device revoked".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_message() {
+        let samples = samples();
+        let mut buf = Vec::new();
+        for m in &samples {
+            encode(m, &mut buf).unwrap();
+        }
+        let mut at = 0;
+        for m in samples {
+            let (got, used) = decode(&buf[at..]).unwrap();
+            assert_eq!(got, m);
+            at += used;
+        }
+        assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn partial_input_is_incomplete() {
+        let frame = to_frame(&Message::Heartbeat { seq: 5 }).unwrap();
+        for cut in 0..frame.len() {
+            assert_eq!(
+                decode(&frame[..cut]),
+                Err(FrameError::Incomplete),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let mut buf = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(b"{}");
+        assert!(matches!(decode(&buf), Err(FrameError::TooLarge { .. })));
+        assert!(payload_len(u32::MAX.to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn garbage_and_versions_are_errors() {
+        assert!(matches!(
+            decode_payload(b"\xff\x00garbage"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_payload(br#"{"v":1,"msg":{"type":"launch_missiles"}}"#),
+            Err(FrameError::Malformed(_))
+        ));
+        assert_eq!(
+            decode_payload(br#"{"v":2,"msg":{"type":"heartbeat","seq":1}}"#),
+            Err(FrameError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn unknown_close_reason_is_tolerated() {
+        let m = decode_payload(br#"{"v":1,"msg":{"type":"close","reason":"moon_phase"}}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::Close {
+                reason: CloseReason::Other,
+                message: String::new()
+            }
+        );
+    }
+}
