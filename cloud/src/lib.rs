@@ -1,1 +1,202 @@
-//! placeholder
+//! `heex-cloud`: the Heex server.
+//!
+//! It owns the cloud CA and the server secret (in the data directory, see [`datadir`]),
+//! serves the HTTPS API where people manage API keys and machines enroll ([`api`], behind
+//! [`server`]), signs device certificates ([`ca`]) from verified CSRs ([`csr`]), holds agents'
+//! mTLS sessions ([`gateway`]) and keeps its records in a [`store`].
+//!
+//! `main.rs` only parses the command line and calls [`run`].
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod atomic_file;
+pub mod auth;
+pub mod ca;
+pub mod cli;
+pub mod csr;
+pub mod datadir;
+pub mod error;
+pub mod gateway;
+pub mod server;
+pub mod store;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiContext, AppState, GatewayAddress};
+use crate::cli::{Cli, Command, InitArgs, ServeArgs};
+use crate::datadir::DataDir;
+pub use crate::error::Error;
+use crate::gateway::{GatewayTls, SessionRegistry};
+
+/// Runs one `heex-cloud` command to completion.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("heex-cloud")
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Init(args) => init(args).await,
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+/// `heex-cloud init`.
+pub async fn init(args: InitArgs) -> Result<(), Error> {
+    let dir = DataDir::new(&args.dir.data_dir);
+    let report = dir.init(&args.options).await?;
+    report
+        .print(&mut std::io::stdout().lock())
+        .map_err(|e| Error::file("<stdout>", e))
+}
+
+/// `heex-cloud serve`: initializes the data directory if needed, binds both sockets, prints
+/// the two "listening" lines and serves until SIGTERM or SIGINT.
+pub async fn serve(args: ServeArgs) -> Result<(), Error> {
+    let gateway_address = match &args.gateway_advertise {
+        Some(addr) => GatewayAddress::Advertised(check_host_port(addr)?),
+        None => GatewayAddress::SameHost(0),
+    };
+    let dir = DataDir::new(&args.dir.data_dir);
+    if !dir.is_initialized() {
+        let report = dir.init(&args.init).await?;
+        report
+            .print(&mut std::io::stdout().lock())
+            .map_err(|e| Error::file("<stdout>", e))?;
+    }
+    let loaded = dir.load(&args.init.hostnames)?;
+    let api_tls = server::tls_config(loaded.server_chain.clone(), loaded.server_key.clone_key())
+        .map_err(|e| Error::corrupt(dir.path(datadir::SERVER_KEY), e.to_string()))?;
+    let gateway_tls = GatewayTls {
+        ca_der: loaded.ca.cert_der().clone(),
+        server_chain: loaded.server_chain.clone(),
+        server_key: loaded.server_key.clone_key(),
+    };
+
+    let api_listener = bind(args.listen).await?;
+    let gateway_listener = bind(args.gateway_listen).await?;
+    let api_addr = local_addr(&api_listener, args.listen)?;
+    let gateway_addr = local_addr(&gateway_listener, args.gateway_listen)?;
+    let gateway_address = match gateway_address {
+        GatewayAddress::SameHost(_) => GatewayAddress::SameHost(gateway_addr.port()),
+        advertised => advertised,
+    };
+
+    let store = Arc::new(loaded.store);
+    let registry = SessionRegistry::default();
+    let state = AppState::new(ApiContext {
+        store: Arc::clone(&store),
+        ca: Arc::new(loaded.ca),
+        secret: loaded.secret,
+        registry: registry.clone(),
+        trust_domain: loaded.settings.trust_domain,
+        device_cert_lifetime: args.device_cert_lifetime,
+        gateway: gateway_address,
+    });
+
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "API listening on https://{api_addr}")
+            .and_then(|()| writeln!(out, "Gateway listening on {gateway_addr}"))
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::file("<stdout>", e))?;
+    }
+    tracing::info!(%api_addr, %gateway_addr, data_dir = %dir.root().display(), "serving");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let api = async {
+        server::serve(api_listener, api_tls, api::router(state), shutdown.clone()).await;
+        // The API only returns at shutdown; make sure the gateway stops too.
+        shutdown.cancel();
+    };
+    let gateway = async {
+        let result = gateway::serve(
+            gateway_listener,
+            gateway_tls,
+            Arc::clone(&store),
+            registry,
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        result
+    };
+    let ((), gateway_result) = tokio::join!(api, gateway);
+    store.close().await;
+    tracing::info!("stopped");
+    gateway_result.map_err(|e| Error::Internal(format!("gateway failed: {e:#}")))
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+fn local_addr(
+    listener: &TcpListener,
+    requested: std::net::SocketAddr,
+) -> Result<std::net::SocketAddr, Error> {
+    listener.local_addr().map_err(|source| Error::Bind {
+        addr: requested,
+        source,
+    })
+}
+
+/// Checks a `host:port` flag value.
+fn check_host_port(value: &str) -> Result<String, Error> {
+    let usage = || {
+        Error::Usage(format!(
+            "--gateway-advertise {value:?} must be host:port, e.g. gw.example.com:8444"
+        ))
+    };
+    let (host, port) = value.rsplit_once(':').ok_or_else(usage)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(usage());
+    }
+    Ok(value.to_owned())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn cancel_on_signal(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        () = token.cancelled() => {}
+    }
+    token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_flag() {
+        assert!(check_host_port("gw.example:8444").is_ok());
+        assert!(check_host_port("[::1]:8444").is_ok());
+        for bad in ["gw.example", ":8444", "gw:0", "gw:http"] {
+            assert_eq!(check_host_port(bad).unwrap_err().exit_code(), 64, "{bad}");
+        }
+    }
+}

@@ -187,6 +187,9 @@ pub struct CreateKeyRequest {
     /// Seconds until expiry, for short-lived keys (takes precedence over days).
     #[serde(default)]
     pub expires_in_secs: Option<u64>,
+    /// Maximum number of enrollments; unlimited when omitted.
+    #[serde(default)]
+    pub max_uses: Option<u64>,
 }
 
 fn default_scope() -> Scope {
@@ -252,4 +255,197 @@ pub struct DeviceInfo {
     /// Revocation time, if revoked.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Where a key stands, as listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Past its expiry.
+    Expired,
+    /// Revoked (by someone, by rotation, or because its owner was removed).
+    Revoked,
+    /// All of its allowed enrollments are spent.
+    Exhausted,
+}
+
+/// One key as listed by `GET /v1/keys`: metadata plus usage and status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyListEntry {
+    /// Metadata.
+    #[serde(flatten)]
+    pub info: KeyInfo,
+    /// Status now.
+    pub status: KeyStatus,
+    /// Successful enrollments made with the key.
+    pub uses: u64,
+    /// Maximum enrollments allowed, if limited.
+    #[serde(default)]
+    pub max_uses: Option<u64>,
+    /// Set on a rotated key: the key that replaced it.
+    #[serde(default)]
+    pub replaced_by: Option<KeyId>,
+}
+
+/// `POST /v1/keys/{id}/copy` response (the key's owner only): the key re-derived.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyKeyResponse {
+    /// The full API key.
+    pub key: String,
+    /// Its metadata.
+    #[serde(flatten)]
+    pub info: KeyInfo,
+}
+
+/// `POST /v1/keys/{id}/rotate` request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    /// Seconds the old key stays valid after rotation (0 or absent: revoked at once).
+    #[serde(default)]
+    pub overlap_secs: Option<u64>,
+}
+
+/// A member's role in a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Full control; the last owner cannot be removed.
+    Owner,
+    /// Manages members, keys and devices.
+    Admin,
+    /// Manages only their own keys; enrolls devices.
+    Member,
+}
+
+impl Role {
+    /// The role's name as used in the API and CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "owner" => Ok(Role::Owner),
+            "admin" => Ok(Role::Admin),
+            "member" => Ok(Role::Member),
+            other => Err(format!(
+                "unknown role {other:?}: use \"owner\", \"admin\" or \"member\""
+            )),
+        }
+    }
+}
+
+/// A team member as listed by `GET /v1/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Member id (`mem_…`).
+    pub id: String,
+    /// Email.
+    pub email: String,
+    /// Role.
+    pub role: Role,
+    /// When they joined.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When they were removed, if they were.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub removed_at: Option<OffsetDateTime>,
+    /// Their keys that are active now.
+    #[serde(default)]
+    pub active_keys: u64,
+}
+
+/// `POST /v1/invitations` request (admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    /// Invitee's email.
+    pub email: String,
+    /// Role they will have; `member` when omitted.
+    #[serde(default = "default_role")]
+    pub role: Role,
+    /// Seconds until the invitation expires; 7 days when omitted.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+fn default_role() -> Role {
+    Role::Member
+}
+
+/// `POST /v1/invitations` response: the token is shown once; the invitee accepts with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteResponse {
+    /// One-time invitation token.
+    pub token: String,
+    /// Invitee's email.
+    pub email: String,
+    /// Role.
+    pub role: Role,
+    /// When the token stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `POST /v1/invitations/accept` request (no API key: the token is the credential).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitationRequest {
+    /// The invitation token.
+    pub token: String,
+    /// Name of the first key; "cli" when omitted.
+    #[serde(default)]
+    pub key_name: Option<String>,
+}
+
+/// `POST /v1/invitations/accept` response: the new member and their first key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcceptInvitationResponse {
+    /// The new member.
+    pub member: MemberInfo,
+    /// Workspace id.
+    pub workspace_id: WorkspaceId,
+    /// Workspace name.
+    pub workspace_name: String,
+    /// Their first key (admin scope: their CLI key; what it may do is bounded by their role).
+    pub key: CreateKeyResponse,
+}
+
+/// `POST /v1/members/{id}/remove` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveMemberResponse {
+    /// The removed member.
+    pub member: MemberInfo,
+    /// Keys revoked in the same transaction.
+    pub revoked_keys: Vec<KeyId>,
+}
+
+/// One audit log entry (`GET /v1/audit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Increasing id.
+    pub id: i64,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Who: a member's email, a device id, or "system".
+    pub actor: String,
+    /// What, e.g. "key.create", "key.revoke", "key.rotate", "member.invite", "member.join",
+    /// "member.remove", "device.enroll", "device.revoke".
+    pub action: String,
+    /// The object acted on (key id, member email, device id).
+    pub target: String,
+    /// Extra details.
+    #[serde(default)]
+    pub details: serde_json::Value,
 }

@@ -1,0 +1,285 @@
+//! The device's credentials: its private key, its certificate and the pinned cloud CA,
+//! as written by heex-installer, and the TLS client configuration built from them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use heex_proto::DeviceId;
+use rustls::crypto::ring;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
+
+use crate::config::Config;
+
+const FIX: &str = "run heex-installer to enroll this machine";
+
+/// Why the credentials cannot be used. Each message names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialsError {
+    /// A file is missing or unreadable.
+    #[error("cannot read {what} {path}: {source}; {FIX}")]
+    Unreadable {
+        /// Which credential.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file does not hold what it should.
+    #[error("{what} {path} is corrupt: {reason}; {FIX}")]
+    Corrupt {
+        /// Which credential.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The certificate names another device than the configuration.
+    #[error("device certificate {path} is for {found}, but the config names {expected}; {FIX}")]
+    WrongDevice {
+        /// The certificate file.
+        path: PathBuf,
+        /// Device id in the configuration.
+        expected: DeviceId,
+        /// CN of the certificate.
+        found: String,
+    },
+}
+
+/// The loaded credentials.
+pub struct Credentials {
+    /// The pinned cloud CA.
+    pub ca: CertificateDer<'static>,
+    /// The device certificate's expiry.
+    pub not_after: OffsetDateTime,
+    /// TLS client configuration: TLS 1.3 only, ALPN `heex/1`, trusting only the pinned CA,
+    /// presenting the device certificate (the private key lives only in here).
+    pub tls: Arc<ClientConfig>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Loads and checks `device.key`, `device.crt` and `ca.crt` from the state directory.
+    pub fn load(config: &Config) -> Result<Credentials, CredentialsError> {
+        let key_path = config.key_path();
+        let key_pem = read("device key", &key_path)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| corrupt("device key", &key_path, pem_reason(e, "private key")))?;
+
+        let cert_path = config.cert_path();
+        let chain = read_certs("device certificate", &cert_path)?;
+        let leaf =
+            leaf_info(&chain[0]).map_err(|r| corrupt("device certificate", &cert_path, r))?;
+        if leaf.common_name != config.device_id.as_str() {
+            return Err(CredentialsError::WrongDevice {
+                path: cert_path,
+                expected: config.device_id.clone(),
+                found: leaf.common_name,
+            });
+        }
+
+        let ca_path = config.ca_path();
+        let mut cas = read_certs("CA certificate", &ca_path)?;
+        let ca = cas.swap_remove(0);
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone())
+            .map_err(|e| corrupt("CA certificate", &ca_path, e.to_string()))?;
+
+        let provider = Arc::new(ring::default_provider());
+        let mut tls = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| corrupt("device key", &key_path, e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| {
+                corrupt(
+                    "device key",
+                    &key_path,
+                    format!("does not match device.crt ({e})"),
+                )
+            })?;
+        tls.alpn_protocols = vec![heex_proto::ALPN.to_vec()];
+        // The agent holds one long session; resuming would save little and keep state.
+        tls.resumption = rustls::client::Resumption::disabled();
+
+        Ok(Credentials {
+            ca,
+            not_after: leaf.not_after,
+            tls: Arc::new(tls),
+        })
+    }
+}
+
+/// What the agent needs from its certificate.
+#[derive(Debug, Clone)]
+pub struct LeafInfo {
+    /// Subject CN (the device id).
+    pub common_name: String,
+    /// Expiry.
+    pub not_after: OffsetDateTime,
+}
+
+/// Parses the CN and expiry of a certificate.
+pub fn leaf_info(der: &CertificateDer<'_>) -> Result<LeafInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("not an X.509 certificate ({e})"))?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or("the certificate has no common name")?
+        .to_owned();
+    Ok(LeafInfo {
+        common_name,
+        not_after: cert.validity().not_after.to_datetime(),
+    })
+}
+
+/// Reads the first certificate of a PEM file: used by `heex-agent status`.
+pub fn read_leaf(path: &Path) -> Result<LeafInfo, CredentialsError> {
+    let chain = read_certs("device certificate", path)?;
+    leaf_info(&chain[0]).map_err(|r| corrupt("device certificate", path, r))
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CredentialsError> {
+    std::fs::read(path).map_err(|source| CredentialsError::Unreadable {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// All certificates in a PEM file; never empty.
+fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, CredentialsError> {
+    let pem = read(what, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(what, path, pem_reason(e, "certificate")))?;
+    if certs.is_empty() {
+        return Err(corrupt(what, path, "no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
+fn pem_reason(e: rustls_pki_types::pem::Error, item: &str) -> String {
+    match e {
+        rustls_pki_types::pem::Error::NoItemsFound => format!("no PEM {item} found"),
+        other => format!("not valid PEM ({other:?})"),
+    }
+}
+
+fn corrupt(what: &'static str, path: &Path, reason: String) -> CredentialsError {
+    CredentialsError::Corrupt {
+        what,
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testpki::TestPki;
+
+    fn config_in(dir: &Path, device: &DeviceId) -> Config {
+        let text = format!(
+            "server = \"https://127.0.0.1:1\"\ngateway = \"127.0.0.1:2\"\n\
+             device_id = \"{device}\"\nstate_dir = \"{}\"\n",
+            dir.display()
+        );
+        Config::parse(&text, Path::new("agent.toml")).unwrap()
+    }
+
+    #[test]
+    fn loads_good_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new();
+        let device = DeviceId::generate();
+        pki.write_device(dir.path(), &device);
+        let creds = Credentials::load(&config_in(dir.path(), &device)).unwrap();
+        assert!(creds.not_after > OffsetDateTime::now_utc());
+        assert!(!format!("{creds:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn each_problem_names_the_file_and_the_fix() {
+        let pki = TestPki::new();
+        let device = DeviceId::generate();
+        type Break = fn(&Path);
+        let cases: [(&str, Break); 5] = [
+            ("device.key", |d| {
+                std::fs::remove_file(d.join("device.key")).unwrap()
+            }),
+            ("device.key", |d| {
+                std::fs::write(d.join("device.key"), "garbage").unwrap()
+            }),
+            ("device.crt", |d| {
+                std::fs::write(d.join("device.crt"), "").unwrap()
+            }),
+            ("ca.crt", |d| {
+                std::fs::remove_file(d.join("ca.crt")).unwrap()
+            }),
+            ("ca.crt", |d| {
+                std::fs::write(
+                    d.join("ca.crt"),
+                    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                )
+                .unwrap()
+            }),
+        ];
+        for (file, breakit) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            pki.write_device(dir.path(), &device);
+            breakit(dir.path());
+            let err = Credentials::load(&config_in(dir.path(), &device)).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(file), "{file}: {msg}");
+            assert!(msg.contains("heex-installer"), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn key_of_another_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new();
+        let device = DeviceId::generate();
+        pki.write_device(dir.path(), &device);
+        let other = tempfile::tempdir().unwrap();
+        pki.write_device(other.path(), &device);
+        std::fs::copy(
+            other.path().join("device.key"),
+            dir.path().join("device.key"),
+        )
+        .unwrap();
+        let err = Credentials::load(&config_in(dir.path(), &device)).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn certificate_of_another_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new();
+        pki.write_device(dir.path(), &DeviceId::generate());
+        let err = Credentials::load(&config_in(dir.path(), &DeviceId::generate())).unwrap_err();
+        assert!(matches!(err, CredentialsError::WrongDevice { .. }), "{err}");
+    }
+}

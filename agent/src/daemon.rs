@@ -1,0 +1,289 @@
+//! The daemon: a reconnect state machine around [`session::run`].
+//!
+//! ```text
+//!            ┌──────────── Welcome ────────────┐
+//!            │                                 ▼
+//!   ──► Connecting ◄── delay ── Backoff ◄── Connected
+//!            │                     ▲     (lost / closed)
+//!            └── failed/refused ───┘
+//! ```
+//!
+//! One [`CancellationToken`] stops everything: SIGTERM or SIGINT cancels it, the live session
+//! sends Close(Shutdown), and the daemon returns within [`SHUTDOWN_GRACE`].
+
+use std::time::Duration;
+
+use heex_proto::frame::CloseReason;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::credentials::Credentials;
+use crate::notify::Notifier;
+use crate::session::{self, Observer, SessionEnd, SessionParams};
+use crate::status::{State, Status, StatusFile};
+
+/// Longest time between a stop signal and the daemon's return.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The backoff settings are invalid.
+    #[error("invalid config: {0}")]
+    Backoff(#[from] crate::backoff::BackoffError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT, then closes the session and returns.
+pub async fn run_until_signal(
+    config: &Config,
+    creds: &Credentials,
+    notifier: &Notifier,
+) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let cancel = CancellationToken::new();
+    let on_signal = {
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+                _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+            }
+            cancel.cancel();
+            // The daemon answers cancellation within its own bounds; this is the backstop.
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::warn!("shutdown grace period over, exiting");
+        }
+    };
+    tokio::select! {
+        r = run(config, creds, notifier, cancel.clone()) => r,
+        () = on_signal => {
+            notifier.stopping();
+            Ok(())
+        }
+    }
+}
+
+/// Runs the reconnect loop until `cancel` is cancelled.
+pub async fn run(
+    config: &Config,
+    creds: &Credentials,
+    notifier: &Notifier,
+    cancel: CancellationToken,
+) -> Result<(), DaemonError> {
+    // A session that carried a few heartbeats proved the path works: start over from short
+    // delays after it ends. One dropped right after Welcome keeps the delays growing.
+    let stable_after = config.heartbeat_interval * 3;
+    let mut backoff = Backoff::try_new(config.backoff_initial, config.backoff_max, stable_after)?;
+    let params = SessionParams {
+        host: config.gateway_host().to_owned(),
+        port: config.gateway_port(),
+        device_id: config.device_id.clone(),
+        tls: creds.tls.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        facts_interval: config.facts_interval,
+        ack_timeout: session::ack_timeout_for(config.heartbeat_interval),
+    };
+    let now = OffsetDateTime::now_utc();
+    let status = StatusFile::create(
+        config.status_path(),
+        Status {
+            state: State::Connecting,
+            since: now,
+            connected_since: None,
+            sessions: 0,
+            gateway: config.gateway.clone(),
+            device_id: config.device_id.clone(),
+            certificate_expires_at: creds.not_after,
+            last_heartbeat_ack: None,
+            heartbeats_acked: 0,
+            last_error: None,
+            pid: std::process::id(),
+            updated_at: now,
+        },
+    );
+    let mut tracker = Tracker {
+        status,
+        notifier,
+        gateway: &config.gateway,
+    };
+    notifier.ready(&format!("connecting to {}", config.gateway));
+    let watchdog = notifier.watchdog_period().map(|period| {
+        let notifier = notifier.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => notifier.watchdog(),
+                }
+            }
+        })
+    });
+    tracing::info!(
+        device = %config.device_id,
+        gateway = %config.gateway,
+        certificate_expires_at = %creds
+            .not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "heex-agent {} started",
+        heex_proto::VERSION
+    );
+
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        tracker.enter(State::Connecting, None);
+        tracing::info!(gateway = %config.gateway, attempt, "connecting to gateway");
+        let outcome = session::run(&params, &mut tracker, &cancel).await;
+        if outcome.up_for.is_some() {
+            attempt = 0;
+        }
+        let error = match outcome.end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Closed { reason, message } => {
+                let line = describe_close(reason, &message);
+                match reason {
+                    CloseReason::DeviceRevoked
+                    | CloseReason::DeviceUnknown
+                    | CloseReason::CertificateExpired
+                    | CloseReason::Replaced => {
+                        // Retrying soon will not help; keep trying slowly in case an operator
+                        // fixes it (or the other holder of this identity goes away).
+                        backoff.max_out();
+                        tracing::error!("{line}");
+                    }
+                    _ => tracing::warn!("{line}"),
+                }
+                line
+            }
+            SessionEnd::Failed(e) => {
+                let line = if outcome.up_for.is_some() {
+                    format!("session lost: {e}")
+                } else {
+                    e.to_string()
+                };
+                tracing::warn!("{line}");
+                line
+            }
+        };
+        if let Some(up) = outcome.up_for {
+            backoff.session_ended(up);
+        }
+        let ceiling = backoff.ceiling();
+        let delay = backoff.next_delay();
+        tracker.enter(State::Backoff, Some(error));
+        tracker.notifier.status(&format!(
+            "reconnecting in {}",
+            humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+        ));
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            ceiling_ms = ceiling.as_millis() as u64,
+            "reconnecting after backoff"
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    tracker.enter(State::Stopped, None);
+    notifier.stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    tracing::info!("heex-agent stopped");
+    Ok(())
+}
+
+fn describe_close(reason: CloseReason, message: &str) -> String {
+    let what = match reason {
+        CloseReason::DeviceRevoked => {
+            "the gateway refused this device: it was revoked; re-enroll with heex-installer"
+        }
+        CloseReason::DeviceUnknown => {
+            "the gateway does not know this device; re-enroll with heex-installer"
+        }
+        CloseReason::CertificateExpired => {
+            "the gateway refused the expired device certificate; re-enroll with heex-installer"
+        }
+        CloseReason::Replaced => {
+            "another agent with this device's identity connected; only one may run per device"
+        }
+        CloseReason::Shutdown => "the gateway is shutting down",
+        CloseReason::ProtocolError => "the gateway reported a protocol error",
+        _ => "the gateway closed the session",
+    };
+    if message.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what} ({message})")
+    }
+}
+
+/// Turns session progress into status-file updates and systemd status lines.
+struct Tracker<'a> {
+    status: StatusFile,
+    notifier: &'a Notifier,
+    gateway: &'a str,
+}
+
+impl Tracker<'_> {
+    fn enter(&mut self, state: State, error: Option<String>) {
+        let now = OffsetDateTime::now_utc();
+        self.status.update(|s| {
+            if s.state != state {
+                s.since = now;
+            }
+            s.state = state;
+            if state != State::Connected {
+                s.connected_since = None;
+            }
+            if error.is_some() {
+                s.last_error = error;
+            }
+        });
+        if state == State::Connecting {
+            self.notifier
+                .status(&format!("connecting to {}", self.gateway));
+        }
+    }
+}
+
+impl Observer for Tracker<'_> {
+    fn connected(&mut self) {
+        let now = OffsetDateTime::now_utc();
+        self.status.update(|s| {
+            s.state = State::Connected;
+            s.since = now;
+            s.connected_since = Some(now);
+            s.sessions += 1;
+            s.heartbeats_acked = 0;
+        });
+        let session = self.status.status.sessions;
+        tracing::info!(gateway = %self.gateway, session, "connected");
+        self.notifier.status(&format!(
+            "connected to {} (session {session})",
+            self.gateway
+        ));
+    }
+
+    fn heartbeat_acked(&mut self, seq: u64) {
+        let now = OffsetDateTime::now_utc();
+        self.status.update(|s| {
+            s.last_heartbeat_ack = Some(now);
+            s.heartbeats_acked += 1;
+        });
+        tracing::debug!(seq, "heartbeat acknowledged");
+    }
+}

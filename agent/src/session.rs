@@ -1,0 +1,378 @@
+//! One session with the gateway: TCP (with keepalive), TLS 1.3 with the device
+//! certificate, Hello → Welcome, then heartbeats and periodic facts until something ends it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use heex_proto::frame::{CloseReason, Message};
+use heex_proto::DeviceId;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::facts;
+use crate::frames::{self, FrameIoError, FrameReader};
+
+/// Bound on TCP connect, TLS handshake and the wait for Welcome, each.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on writing one frame: a peer that stops reading is a dead path.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on saying goodbye (Close frame and TLS close_notify) when stopping.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a session needs to know.
+#[derive(Clone)]
+pub struct SessionParams {
+    /// Gateway host name or IP address (also the TLS server name).
+    pub host: String,
+    /// Gateway port.
+    pub port: u16,
+    /// This device.
+    pub device_id: DeviceId,
+    /// TLS client configuration built from the credentials.
+    pub tls: Arc<ClientConfig>,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Facts period.
+    pub facts_interval: Duration,
+    /// How long a heartbeat may stay unacknowledged before the path counts as dead.
+    pub ack_timeout: Duration,
+}
+
+/// The default dead-path bound for a heartbeat interval: one more interval, but at least
+/// five seconds, so a slow round trip is not mistaken for a dead path.
+pub fn ack_timeout_for(heartbeat_interval: Duration) -> Duration {
+    heartbeat_interval + heartbeat_interval.max(Duration::from_secs(5))
+}
+
+/// Receives the session's progress (the daemon updates its status from it).
+pub trait Observer {
+    /// The gateway welcomed the session.
+    fn connected(&mut self);
+    /// The gateway acknowledged heartbeat `seq`.
+    fn heartbeat_acked(&mut self, seq: u64);
+}
+
+/// Why a session could not be established or was lost.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The gateway's name did not resolve.
+    #[error("cannot resolve gateway {host}: {source}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// The resolver error.
+        source: std::io::Error,
+    },
+    /// TCP connect failed.
+    #[error("cannot connect to gateway {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (e.g. the gateway is not signed by the pinned CA).
+    #[error("TLS handshake with gateway failed: {0}")]
+    Tls(std::io::Error),
+    /// The gateway does not speak `heex/1`.
+    #[error("the gateway did not agree on protocol heex/1")]
+    Alpn,
+    /// A step took too long.
+    #[error("timed out while {0}")]
+    Timeout(&'static str),
+    /// No heartbeat ack within the bound.
+    #[error("no heartbeat ack for {0:?}: connection presumed dead")]
+    DeadPath(Duration),
+    /// Reading or writing a frame failed.
+    #[error("{0}")]
+    Frame(#[from] FrameIoError),
+    /// The gateway broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Cancelled: Close(Shutdown) was sent if a session was up.
+    Shutdown,
+    /// The gateway closed the session with a reason.
+    Closed {
+        /// The reason.
+        reason: CloseReason,
+        /// The gateway's message.
+        message: String,
+    },
+    /// Connecting failed or the connection was lost.
+    Failed(SessionError),
+}
+
+/// The result of one session: how it ended, and how long it was up if it got welcomed.
+#[derive(Debug)]
+pub struct Outcome {
+    /// How it ended.
+    pub end: SessionEnd,
+    /// Time between Welcome and the end, when a Welcome arrived.
+    pub up_for: Option<Duration>,
+}
+
+/// Runs one session to its end.
+pub async fn run(
+    params: &SessionParams,
+    observer: &mut dyn Observer,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let stream = tokio::select! {
+        _ = cancel.cancelled() => return Outcome { end: SessionEnd::Shutdown, up_for: None },
+        r = connect(params) => r,
+    };
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome {
+                end: SessionEnd::Failed(e),
+                up_for: None,
+            }
+        }
+    };
+    let mut session = Session {
+        params,
+        reader: FrameReader::new(),
+        buf: Vec::with_capacity(256),
+        welcomed_at: None,
+    };
+    let end = match session.drive(&mut stream, observer, cancel).await {
+        Ok(end) => end,
+        Err(e) => SessionEnd::Failed(e),
+    };
+    Outcome {
+        end,
+        up_for: session.welcomed_at.map(|t| t.elapsed()),
+    }
+}
+
+async fn connect(params: &SessionParams) -> Result<TlsStream<TcpStream>, SessionError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((params.host.as_str(), params.port))
+        .await
+        .map_err(|source| SessionError::Resolve {
+            host: params.host.clone(),
+            source,
+        })?
+        .collect();
+    let mut last = None;
+    let mut tcp = None;
+    for addr in addrs {
+        match connect_tcp(addr).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let tcp = match (tcp, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) => return Err(e),
+        (None, None) => {
+            return Err(SessionError::Resolve {
+                host: params.host.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+            })
+        }
+    };
+
+    let name = ServerName::try_from(params.host.clone())
+        .map_err(|e| SessionError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let tls = tokio::time::timeout(
+        STEP_TIMEOUT,
+        TlsConnector::from(params.tls.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout("the TLS handshake"))?
+    .map_err(SessionError::Tls)?;
+    if tls.get_ref().1.alpn_protocol() != Some(heex_proto::ALPN) {
+        return Err(SessionError::Alpn);
+    }
+    Ok(tls)
+}
+
+async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, SessionError> {
+    let err = |source| SessionError::Connect { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // Keepalive lets the kernel notice a vanished peer even between heartbeats, and keeps
+    // NAT and firewall state alive on long idle sessions.
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    SockRef::from(&socket)
+        .set_tcp_keepalive(&keepalive)
+        .map_err(err)?;
+    socket.set_nodelay(true).map_err(err)?;
+    tokio::time::timeout(STEP_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| SessionError::Timeout("connecting to the gateway"))?
+        .map_err(err)
+}
+
+struct Session<'a> {
+    params: &'a SessionParams,
+    reader: FrameReader,
+    buf: Vec<u8>,
+    welcomed_at: Option<Instant>,
+}
+
+impl Session<'_> {
+    async fn send(
+        &mut self,
+        stream: &mut TlsStream<TcpStream>,
+        msg: &Message,
+    ) -> Result<(), SessionError> {
+        tokio::time::timeout(WRITE_TIMEOUT, frames::write(stream, msg, &mut self.buf))
+            .await
+            .map_err(|_| SessionError::Timeout("sending to the gateway"))??;
+        Ok(())
+    }
+
+    async fn drive(
+        &mut self,
+        stream: &mut TlsStream<TcpStream>,
+        observer: &mut dyn Observer,
+        cancel: &CancellationToken,
+    ) -> Result<SessionEnd, SessionError> {
+        let hello = Message::Hello {
+            agent_version: heex_proto::VERSION.to_owned(),
+            facts: facts::gather(),
+            next_report_seq: 0,
+        };
+        self.send(stream, &hello).await?;
+
+        let first = tokio::select! {
+            _ = cancel.cancelled() => {
+                self.goodbye(stream).await;
+                return Ok(SessionEnd::Shutdown);
+            }
+            r = tokio::time::timeout(STEP_TIMEOUT, self.reader.read(stream)) => {
+                r.map_err(|_| SessionError::Timeout("waiting for Welcome"))??
+            }
+        };
+        match first {
+            Message::Welcome { device_id, .. } if device_id == self.params.device_id => {}
+            Message::Welcome { device_id, .. } => {
+                return Err(SessionError::Protocol(format!(
+                    "the gateway welcomed {device_id}, not this device"
+                )))
+            }
+            Message::Close { reason, message } => {
+                return Ok(SessionEnd::Closed { reason, message })
+            }
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "expected Welcome, got {}",
+                    kind(&other)
+                )))
+            }
+        }
+        self.welcomed_at = Some(Instant::now());
+        observer.connected();
+
+        let p = self.params;
+        let now = Instant::now();
+        let mut heartbeat = interval_at(now + p.heartbeat_interval, p.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut facts_tick = interval_at(now + p.facts_interval, p.facts_interval);
+        facts_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        // Oldest heartbeat not yet acknowledged, and when it was sent.
+        let mut unacked: Option<(u64, Instant)> = None;
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.goodbye(stream).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                msg = self.reader.read(stream) => match msg? {
+                    Message::HeartbeatAck { seq: acked } => {
+                        if unacked.is_some_and(|(s, _)| acked >= s) {
+                            unacked = None;
+                        }
+                        observer.heartbeat_acked(acked);
+                    }
+                    Message::Close { reason, message } => {
+                        return Ok(SessionEnd::Closed { reason, message });
+                    }
+                    other => tracing::debug!(kind = kind(&other), "ignoring unexpected frame"),
+                },
+                _ = ack_deadline(unacked, p.ack_timeout) => {
+                    return Err(SessionError::DeadPath(p.ack_timeout));
+                }
+                _ = heartbeat.tick() => {
+                    seq += 1;
+                    self.send(stream, &Message::Heartbeat { seq }).await?;
+                    unacked.get_or_insert((seq, Instant::now()));
+                }
+                _ = facts_tick.tick() => {
+                    self.send(stream, &Message::Facts { facts: facts::gather() }).await?;
+                }
+            }
+        }
+    }
+
+    /// Tells the gateway we are leaving, best effort and bounded.
+    async fn goodbye(&mut self, stream: &mut TlsStream<TcpStream>) {
+        let close = Message::Close {
+            reason: CloseReason::Shutdown,
+            message: "agent stopping".into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if frames::write(stream, &close, &mut self.buf).await.is_ok() {
+                let _ = stream.shutdown().await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Resolves when the oldest unacknowledged heartbeat has waited `bound`; never without one.
+async fn ack_deadline(unacked: Option<(u64, Instant)>, bound: Duration) {
+    match unacked {
+        Some((_, sent)) => tokio::time::sleep_until(sent + bound).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A message's type name, for logs and errors (never its content).
+pub fn kind(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello { .. } => "hello",
+        Message::Welcome { .. } => "welcome",
+        Message::Heartbeat { .. } => "heartbeat",
+        Message::HeartbeatAck { .. } => "heartbeat_ack",
+        Message::Facts { .. } => "facts",
+        Message::Report { .. } => "report",
+        Message::ReportAck { .. } => "report_ack",
+        Message::RenewRequest { .. } => "renew_request",
+        Message::RenewResponse { .. } => "renew_response",
+        Message::Close { .. } => "close",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests;

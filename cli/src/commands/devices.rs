@@ -1,0 +1,158 @@
+//! `heex devices list|show`.
+
+use heex_proto::api::{DeviceInfo, Facts};
+use heex_proto::DeviceId;
+
+use crate::cli::DevicesCommand;
+use crate::context::Ctx;
+use crate::error::CliError;
+use crate::table::{bytes, fields, Clock, Table};
+
+/// Runs a `heex devices` subcommand.
+pub fn run(ctx: &mut Ctx<'_>, cmd: &DevicesCommand) -> Result<(), CliError> {
+    match cmd {
+        DevicesCommand::List => list(ctx),
+        DevicesCommand::Show { id } => show(ctx, id),
+    }
+}
+
+fn list(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
+    let (_, client) = ctx.client()?;
+    let reply = client.get::<Vec<DeviceInfo>>("/v1/devices", &[])?;
+    if ctx.json {
+        return ctx.print_json(&reply.raw);
+    }
+    if reply.value.is_empty() {
+        return ctx.println("No devices enrolled.");
+    }
+    let text = device_table(&reply.value, &ctx.clock);
+    ctx.print(&text)
+}
+
+/// A device's state in one word or two.
+fn state(d: &DeviceInfo, clock: &Clock) -> String {
+    match d.revoked_at {
+        Some(at) => format!("revoked {}", clock.relative(at)),
+        None if d.connected => "connected".into(),
+        None => "offline".into(),
+    }
+}
+
+/// The human table of devices.
+pub fn device_table(devices: &[DeviceInfo], clock: &Clock) -> String {
+    let mut table = Table::new([
+        "ID",
+        "NAME",
+        "STATE",
+        "LAST SEEN",
+        "ENROLLED",
+        "ENROLLED BY",
+        "CERT EXPIRES",
+    ]);
+    for d in devices {
+        table.row(vec![
+            d.id.to_string(),
+            d.name.clone(),
+            state(d, clock),
+            clock.relative_or_never(d.last_seen_at),
+            clock.relative(d.enrolled_at),
+            d.enrolled_by_member.clone(),
+            clock.expiry(d.certificate_expires_at),
+        ]);
+    }
+    table.render()
+}
+
+fn show(ctx: &mut Ctx<'_>, id: &str) -> Result<(), CliError> {
+    let id: DeviceId = id
+        .trim()
+        .parse()
+        .map_err(|e| CliError::Usage(format!("{e}")))?;
+    let (_, client) = ctx.client()?;
+    let reply = client.get::<DeviceInfo>(&format!("/v1/devices/{id}"), &[])?;
+    if ctx.json {
+        return ctx.print_json(&reply.raw);
+    }
+    let text = describe(&reply.value, &ctx.clock);
+    ctx.print(&text)
+}
+
+/// The human form of one device, with its facts.
+pub fn describe(d: &DeviceInfo, clock: &Clock) -> String {
+    let labels = if d.labels.is_empty() {
+        "none".to_owned()
+    } else {
+        d.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut pairs = vec![
+        ("Device", d.id.to_string()),
+        ("Name", d.name.clone()),
+        ("State", state(d, clock)),
+        (
+            "Last seen",
+            d.last_seen_at
+                .map_or_else(|| "never".to_owned(), |t| clock.both(t)),
+        ),
+        ("SPIFFE ID", d.spiffe_id.to_string()),
+        ("Labels", labels),
+        ("Enrolled", clock.both(d.enrolled_at)),
+        (
+            "Enrolled by",
+            format!("{} (API key {})", d.enrolled_by_member, d.enrolled_by_key),
+        ),
+        (
+            "Cert expires",
+            format!(
+                "{} ({})",
+                clock.local(d.certificate_expires_at),
+                clock.expiry(d.certificate_expires_at)
+            ),
+        ),
+    ];
+    if let Some(f) = &d.facts {
+        pairs.extend(facts(f));
+    }
+    fields(&pairs)
+}
+
+fn facts(f: &Facts) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(h) = &f.hostname {
+        out.push(("Hostname", h.clone()));
+    }
+    let os = [&f.os, &f.os_version]
+        .iter()
+        .filter_map(|s| s.as_deref())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !os.is_empty() {
+        out.push(("OS", os));
+    }
+    if let Some(k) = &f.kernel {
+        out.push(("Kernel", k.clone()));
+    }
+    match (&f.arch, f.cpus) {
+        (Some(a), Some(n)) => out.push(("CPU", format!("{a}, {n} CPUs"))),
+        (Some(a), None) => out.push(("CPU", a.clone())),
+        (None, Some(n)) => out.push(("CPU", format!("{n} CPUs"))),
+        (None, None) => {}
+    }
+    if let (Some(avail), Some(total)) = (f.memory_available_bytes, f.memory_total_bytes) {
+        out.push((
+            "Memory",
+            format!("{} free of {}", bytes(avail), bytes(total)),
+        ));
+    }
+    if let (Some(avail), Some(total)) = (f.disk_available_bytes, f.disk_total_bytes) {
+        out.push(("Disk", format!("{} free of {}", bytes(avail), bytes(total))));
+    }
+    if let Some(up) = f.uptime_secs {
+        let up = humantime::format_duration(std::time::Duration::from_secs(up - up % 60));
+        out.push(("Uptime", up.to_string()));
+    }
+    out
+}

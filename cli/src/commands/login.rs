@@ -1,0 +1,228 @@
+//! `heex login`, `heex logout` and `heex invitations accept`: getting credentials in and out of
+//! the credentials file.
+
+use heex_proto::api::{AcceptInvitationRequest, AcceptInvitationResponse, WhoAmI};
+use heex_proto::ApiKey;
+use reqwest::Url;
+
+use crate::cli::{InvitationsCommand, LoginArgs, ServerArgs};
+use crate::client::ApiClient;
+use crate::config::{
+    parse_fingerprint, parse_key, parse_server, write_credentials, Env, StoredCredentials,
+    ENV_API_KEY, ENV_SERVER,
+};
+use crate::context::Ctx;
+use crate::error::CliError;
+use crate::trust::TrustAnchor;
+
+/// Prefix of invitation tokens.
+pub const INVITATION_PREFIX: &str = "heexinv_";
+/// Length of the random part of an invitation token.
+const INVITATION_RANDOM_LEN: usize = 32;
+
+/// `heex login`: checks the key with `GET /v1/whoami`, then stores server, CA and key.
+pub fn login(ctx: &mut Ctx<'_>, args: &LoginArgs) -> Result<(), CliError> {
+    let (server, trust) = server_and_trust(&args.server, ctx.env)?;
+    let key = login_key(args, ctx.env)?;
+    let path = ctx.env.credentials_path()?;
+    let client = ApiClient::new(&server, trust.clone(), Some(key.clone()))?;
+    let who = client.get::<WhoAmI>("/v1/whoami", &[])?;
+    write_credentials(&path, &StoredCredentials::of(&server, &trust, &key))?;
+    tracing::info!(key = %key.id(), path = %path.display(), "credentials stored");
+    if ctx.json {
+        return ctx.print_json(&who.raw);
+    }
+    let w = &who.value;
+    let line = format!(
+        "Logged in to {} as {} ({}) in workspace \"{}\" with API key {} (scope {}, expires {}).\n\
+         Credentials saved to {}",
+        client.server(),
+        w.email,
+        w.role,
+        w.workspace_name,
+        w.key.id,
+        w.key.scope.as_str(),
+        ctx.clock.expiry(w.key.expires_at),
+        path.display()
+    );
+    ctx.println(&line)
+}
+
+/// `heex logout`: deletes the credentials file.
+pub fn logout(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
+    let path = ctx.env.credentials_path()?;
+    let line = if crate::config::delete_credentials(&path)? {
+        format!("Logged out: deleted {}", path.display())
+    } else {
+        format!("Not logged in: {} does not exist", path.display())
+    };
+    ctx.println(&line)
+}
+
+/// `heex invitations …`.
+pub fn invitations(ctx: &mut Ctx<'_>, cmd: &InvitationsCommand) -> Result<(), CliError> {
+    match cmd {
+        InvitationsCommand::Accept {
+            token,
+            server,
+            key_name,
+        } => accept(ctx, token, server, key_name.clone()),
+    }
+}
+
+/// `heex invitations accept`: joins the workspace and stores the first key like `login`.
+fn accept(
+    ctx: &mut Ctx<'_>,
+    token: &str,
+    server_args: &ServerArgs,
+    key_name: Option<String>,
+) -> Result<(), CliError> {
+    let token = check_invitation_token(token)?;
+    let (server, trust) = server_and_trust(server_args, ctx.env)?;
+    let path = ctx.env.credentials_path()?;
+    // The token is the credential here: no API key is sent.
+    let client = ApiClient::new(&server, trust.clone(), None)?;
+    let reply = client.post::<_, AcceptInvitationResponse>(
+        "/v1/invitations/accept",
+        &AcceptInvitationRequest {
+            token: token.to_owned(),
+            key_name,
+        },
+    )?;
+    let joined = &reply.value;
+    let key: ApiKey = joined.key.key.parse().map_err(|_| {
+        CliError::Unexpected(
+            "the server sent a malformed API key; ask an admin for a new invitation".into(),
+        )
+    })?;
+    write_credentials(&path, &StoredCredentials::of(&server, &trust, &key))?;
+    tracing::info!(key = %key.id(), path = %path.display(), "credentials stored");
+    if ctx.json {
+        let summary = format!("API key {}", key.id());
+        return ctx.deliver_key(&joined.key.key, &summary, &reply.raw, "/key/key");
+    }
+    let info = &joined.key.info;
+    let line = format!(
+        "Joined workspace \"{}\" as {} ({}). API key {} (\"{}\", scope {}, expires {}) saved to {}",
+        joined.workspace_name,
+        joined.member.email,
+        joined.member.role.as_str(),
+        info.id,
+        info.name,
+        info.scope.as_str(),
+        ctx.clock.expiry(info.expires_at),
+        path.display()
+    );
+    ctx.println(&line)
+}
+
+/// Checks an invitation token's shape offline, so a truncated copy fails before any request.
+pub fn check_invitation_token(token: &str) -> Result<&str, CliError> {
+    let token = token.trim();
+    match token.strip_prefix(INVITATION_PREFIX) {
+        Some(rest)
+            if rest.len() == INVITATION_RANDOM_LEN && heex_proto::base62::is_base62(rest) =>
+        {
+            Ok(token)
+        }
+        _ => Err(CliError::Usage(format!(
+            "an invitation token is \"{INVITATION_PREFIX}\" followed by {INVITATION_RANDOM_LEN} \
+             letters or digits; copy the whole token"
+        ))),
+    }
+}
+
+/// Server URL and trust anchor from flags, else from the environment.
+pub fn server_and_trust(args: &ServerArgs, env: &Env) -> Result<(Url, TrustAnchor), CliError> {
+    let server = match (&args.server, &env.server) {
+        (Some(s), _) => parse_server(s, "--server")?,
+        (None, Some(s)) => parse_server(s, ENV_SERVER)?,
+        (None, None) => {
+            return Err(CliError::Usage(format!(
+                "--server is required (or set {ENV_SERVER}): the cloud's API URL, e.g. https://heex.example.com:8443"
+            )))
+        }
+    };
+    let trust = match (&args.ca_fingerprint, &args.ca_file) {
+        (Some(fp), _) => parse_fingerprint(fp, "--ca-fingerprint")?,
+        (None, Some(file)) => {
+            let file = std::path::absolute(file).map_err(|e| CliError::file("resolve", file, e))?;
+            TrustAnchor::from_ca_file(&file)?
+        }
+        (None, None) => env.trust()?.ok_or_else(|| {
+            CliError::Usage(
+                "--ca-fingerprint sha256:… (printed by `heex-cloud init`) or --ca-file is \
+                 required to trust the server"
+                    .into(),
+            )
+        })?,
+    };
+    Ok((server, trust))
+}
+
+/// The key to log in with: `--api-key`, else `$HEEX_API_KEY`, else a no-echo prompt.
+fn login_key(args: &LoginArgs, env: &Env) -> Result<ApiKey, CliError> {
+    if let Some(k) = &args.api_key {
+        return parse_key(k, "--api-key");
+    }
+    if let Some(k) = &env.api_key {
+        return parse_key(k, ENV_API_KEY);
+    }
+    if !env.stdin_tty {
+        return Err(CliError::Usage(format!(
+            "no API key: pass --api-key or set {ENV_API_KEY} (or run on a terminal to be prompted)"
+        )));
+    }
+    let typed = rpassword::prompt_password("API key: ")
+        .map_err(|e| CliError::Usage(format!("cannot read the API key from the terminal: {e}")))?;
+    parse_key(&typed, "the API key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invitation_tokens_are_checked_offline() {
+        let good = format!("heexinv_{}", "a1B2".repeat(8));
+        assert_eq!(check_invitation_token(&good).unwrap(), good);
+        assert!(check_invitation_token(&good[..good.len() - 1]).is_err());
+        assert!(check_invitation_token("heex_abc").is_err());
+        let e = check_invitation_token(&format!("heexinv_{}", "-".repeat(32))).unwrap_err();
+        assert_eq!(e.exit_code(), heex_proto::exit::USAGE);
+    }
+
+    #[test]
+    fn server_and_trust_need_both() {
+        let env = Env::default();
+        let args = ServerArgs {
+            server: Some("https://127.0.0.1:1".into()),
+            ca_fingerprint: None,
+            ca_file: None,
+        };
+        let e = server_and_trust(&args, &env).unwrap_err();
+        assert!(e.to_string().contains("--ca-fingerprint"), "{e}");
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let env = Env {
+            server: Some("https://10.0.0.1:8443".into()),
+            ca_fingerprint: Some(fp.clone()),
+            ..Env::default()
+        };
+        let none = ServerArgs {
+            server: None,
+            ca_fingerprint: None,
+            ca_file: None,
+        };
+        let (url, trust) = server_and_trust(&none, &env).unwrap();
+        assert_eq!(url.as_str(), "https://10.0.0.1:8443/");
+        assert_eq!(trust, TrustAnchor::Pinned(fp.parse().unwrap()));
+        // Flags win over the environment.
+        let (url, _) = server_and_trust(&args, &env).unwrap();
+        assert_eq!(url.as_str(), "https://127.0.0.1:1/");
+        let plain = ServerArgs {
+            server: Some("http://127.0.0.1:1".into()),
+            ..none
+        };
+        assert!(server_and_trust(&plain, &env).is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! Command line of `heex-cloud`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The Heex cloud server: HTTPS API, device CA and mTLS gateway.
+#[derive(Debug, Parser)]
+#[command(name = "heex-cloud", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `heex-cloud` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data directory: CA, server certificate, server secret, database, workspace,
+    /// owner and the owner's first API key.
+    Init(InitArgs),
+    /// Serve the HTTPS API and the mTLS gateway (initializing the data directory first if
+    /// it is not initialized yet).
+    Serve(ServeArgs),
+}
+
+/// Where the data directory is.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArg {
+    /// Data directory (CA, server certificate, secret, database).
+    #[arg(long, env = "HEEX_DATA_DIR", default_value = "heex-data")]
+    pub data_dir: PathBuf,
+}
+
+/// What a fresh data directory is initialized with.
+#[derive(Debug, Clone, Args)]
+pub struct InitOptions {
+    /// Name of the first workspace.
+    #[arg(long, default_value = "default")]
+    pub workspace: String,
+    /// Email of the workspace owner, who receives the first API key.
+    #[arg(long, default_value = "owner@localhost")]
+    pub owner: String,
+    /// Extra DNS name or IP address for the server certificate (repeatable); localhost,
+    /// 127.0.0.1 and ::1 are always included.
+    #[arg(long = "hostname", value_name = "NAME")]
+    pub hostnames: Vec<String>,
+    /// SPIFFE trust domain of device identities.
+    #[arg(long, default_value = "heex.local")]
+    pub trust_domain: String,
+}
+
+/// `heex-cloud init`.
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// Data directory.
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Initialization options.
+    #[command(flatten)]
+    pub options: InitOptions,
+}
+
+/// `heex-cloud serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Data directory.
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Address of the HTTPS API.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of the mTLS gateway agents connect to.
+    #[arg(long, default_value = "0.0.0.0:8444")]
+    pub gateway_listen: SocketAddr,
+    /// `host:port` handed to enrolling devices as their gateway; by default the host the
+    /// client used to reach the API and the gateway's bound port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub gateway_advertise: Option<String>,
+    /// Lifetime of device certificates (e.g. "30d", "12h").
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub device_cert_lifetime: Duration,
+    /// Options used only when the data directory must be initialized first.
+    #[command(flatten)]
+    pub init: InitOptions,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30d, 12h, 90m)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    if d > Duration::from_secs(10 * 365 * 24 * 3600) {
+        return Err("must be at most 10 years".to_owned());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_defaults() {
+        let cli = Cli::try_parse_from(["heex-cloud", "serve", "--data-dir", "d"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.listen.port(), 8443);
+        assert_eq!(args.gateway_listen.port(), 8444);
+        assert_eq!(args.device_cert_lifetime, Duration::from_secs(30 * 86400));
+        assert_eq!(args.init.workspace, "default");
+        assert_eq!(args.init.trust_domain, "heex.local");
+    }
+
+    #[test]
+    fn init_repeated_hostnames() {
+        let cli = Cli::try_parse_from([
+            "heex-cloud",
+            "init",
+            "--data-dir",
+            "d",
+            "--hostname",
+            "a.example",
+            "--hostname",
+            "10.0.0.1",
+        ])
+        .unwrap();
+        let Command::Init(args) = cli.command else {
+            panic!("not init")
+        };
+        assert_eq!(args.options.hostnames, ["a.example", "10.0.0.1"]);
+    }
+
+    #[test]
+    fn bad_lifetime_is_a_usage_error() {
+        assert!(
+            Cli::try_parse_from(["heex-cloud", "serve", "--device-cert-lifetime", "soon"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["heex-cloud", "serve", "--device-cert-lifetime", "0s"]).is_err()
+        );
+    }
+}

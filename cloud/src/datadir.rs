@@ -1,0 +1,442 @@
+//! The data directory: its layout, `init`, and loading it for `serve`.
+//!
+//! ```text
+//! DIR/                (0700)
+//!   secret            32 random bytes; API key secrets derive from it (0600)
+//!   ca.key  ca.crt    the cloud CA (key 0600)
+//!   server.key server.crt   the API/gateway server certificate, signed by the CA (key 0600)
+//!   heex.db           the SQLite store (+ -wal, -shm)
+//!   cloud.toml        settings; written last by `init`: its presence marks DIR initialized
+//! ```
+//!
+//! Every file is written atomically (temporary file in DIR, fsync, rename, fsync DIR), and
+//! `cloud.toml` only after everything else is durable, so a crash during `init` leaves a
+//! directory that does not look initialized and that the next `init` cleans up and redoes.
+
+use std::fs::{self, DirBuilder, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use heex_proto::api::Scope;
+use heex_proto::identity::validate_trust_domain;
+use heex_proto::{ApiKey, Fingerprint, KeyId, MemberId, WorkspaceId};
+use rand::RngCore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::atomic_file::{write_atomic, TEMP_PREFIX};
+use crate::ca::{certificate_names, san_for, server_cert_fits, Ca};
+use crate::cli::InitOptions;
+use crate::error::Error;
+use crate::store::{NewKey, NewMember, NewWorkspace, Role, Store};
+
+/// Server secret file.
+pub const SECRET: &str = "secret";
+/// CA certificate file (PEM).
+pub const CA_CERT: &str = "ca.crt";
+/// CA private key file (PEM, 0600).
+pub const CA_KEY: &str = "ca.key";
+/// Server certificate file (PEM).
+pub const SERVER_CERT: &str = "server.crt";
+/// Server private key file (PEM, 0600).
+pub const SERVER_KEY: &str = "server.key";
+/// SQLite database file.
+pub const DATABASE: &str = "heex.db";
+/// Settings file; its presence marks the directory initialized.
+pub const SETTINGS: &str = "cloud.toml";
+/// Layout version written to `cloud.toml`.
+pub const FORMAT: u32 = 1;
+/// Lifetime of the owner's first API key.
+pub const OWNER_KEY_LIFETIME: time::Duration = time::Duration::days(90);
+/// The server certificate is re-issued at startup when it expires sooner than this.
+const SERVER_CERT_RENEW_BEFORE: time::Duration = time::Duration::days(30);
+
+/// Files `init` may find from an earlier, interrupted `init`.
+const OWN_FILES: &[&str] = &[
+    SECRET,
+    CA_CERT,
+    CA_KEY,
+    SERVER_CERT,
+    SERVER_KEY,
+    DATABASE,
+    "heex.db-wal",
+    "heex.db-shm",
+    "heex.db-journal",
+];
+
+/// The 32-byte server secret. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct ServerSecret([u8; 32]);
+
+impl ServerSecret {
+    /// A fresh random secret.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        ServerSecret(bytes)
+    }
+
+    /// The secret bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerSecret(<redacted>)")
+    }
+}
+
+/// `cloud.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Layout version of the data directory.
+    pub format: u32,
+    /// SPIFFE trust domain of device identities.
+    pub trust_domain: String,
+    /// When `init` completed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub initialized_at: OffsetDateTime,
+}
+
+/// The data directory at a path.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// What `init` created, to show the operator once.
+#[derive(Debug)]
+pub struct InitReport {
+    /// The data directory.
+    pub root: PathBuf,
+    /// Workspace id.
+    pub workspace_id: WorkspaceId,
+    /// Workspace name.
+    pub workspace_name: String,
+    /// Owner's email.
+    pub owner_email: String,
+    /// The owner's first API key (admin scope).
+    pub owner_key: ApiKey,
+    /// The CA fingerprint installers pin.
+    pub ca_fingerprint: Fingerprint,
+}
+
+impl InitReport {
+    /// Prints the report (including the full owner key) for the operator.
+    pub fn print(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "Initialized Heex data directory {}",
+            self.root.display()
+        )?;
+        writeln!(
+            out,
+            "Workspace:      {} ({})",
+            self.workspace_name, self.workspace_id
+        )?;
+        writeln!(out, "Owner:          {}", self.owner_email)?;
+        writeln!(out, "Owner API key:  {}", self.owner_key.expose())?;
+        writeln!(out, "CA fingerprint: {}", self.ca_fingerprint)?;
+        writeln!(
+            out,
+            "Keep the API key secret; pin the CA fingerprint when installing agents."
+        )?;
+        out.flush()
+    }
+}
+
+/// Everything `serve` needs from the data directory.
+pub struct Loaded {
+    /// Settings.
+    pub settings: Settings,
+    /// Server secret.
+    pub secret: ServerSecret,
+    /// The CA.
+    pub ca: Ca,
+    /// Server certificate chain: leaf, then the CA.
+    pub server_chain: Vec<CertificateDer<'static>>,
+    /// Server private key.
+    pub server_key: PrivateKeyDer<'static>,
+    /// The open store.
+    pub store: Store,
+}
+
+impl DataDir {
+    /// The data directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path of a file in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// True when `init` completed here.
+    pub fn is_initialized(&self) -> bool {
+        fs::symlink_metadata(self.path(SETTINGS)).is_ok()
+    }
+
+    /// Creates everything: secret, CA, server certificate, database, workspace, owner and
+    /// the owner's first API key. Refuses an initialized directory without touching it.
+    pub async fn init(&self, opts: &InitOptions) -> Result<InitReport, Error> {
+        validate_init_options(opts)?;
+        if self.is_initialized() {
+            return Err(Error::AlreadyInitialized(self.root.clone()));
+        }
+        self.prepare_empty()?;
+        let now = OffsetDateTime::now_utc();
+
+        let secret = ServerSecret::generate();
+        write_atomic(&self.path(SECRET), secret.as_bytes(), 0o600)?;
+
+        let (ca, ca_key_pem) = Ca::generate(now).map_err(|e| Error::Internal(e.to_string()))?;
+        write_atomic(&self.path(CA_KEY), ca_key_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.path(CA_CERT), ca.cert_pem().as_bytes(), 0o644)?;
+        self.write_server_cert(&ca, &opts.hostnames, now)?;
+
+        let workspace_id = WorkspaceId::generate();
+        let member_id = MemberId::generate();
+        let key_id = KeyId::generate();
+        let store = Store::open_sqlite(&self.path(DATABASE))?;
+        let created = async {
+            store
+                .create_workspace(NewWorkspace {
+                    id: workspace_id.clone(),
+                    name: opts.workspace.clone(),
+                    created_at: now,
+                })
+                .await?;
+            store
+                .create_member(NewMember {
+                    id: member_id.clone(),
+                    workspace_id: workspace_id.clone(),
+                    email: opts.owner.clone(),
+                    role: Role::Owner,
+                    created_at: now,
+                })
+                .await?;
+            store
+                .create_key(NewKey {
+                    id: key_id.clone(),
+                    workspace_id: workspace_id.clone(),
+                    member_id,
+                    name: "owner".to_owned(),
+                    scope: Scope::Admin,
+                    created_at: now,
+                    expires_at: now + OWNER_KEY_LIFETIME,
+                    max_uses: None,
+                })
+                .await
+        }
+        .await;
+        store.close().await;
+        created?;
+
+        let settings = Settings {
+            format: FORMAT,
+            trust_domain: opts.trust_domain.clone(),
+            initialized_at: now,
+        };
+        let text = toml::to_string(&settings).map_err(|e| Error::Internal(e.to_string()))?;
+        let text = format!(
+            "# Heex cloud data directory settings, written last by `heex-cloud init`.\n{text}"
+        );
+        write_atomic(&self.path(SETTINGS), text.as_bytes(), 0o644)?;
+
+        Ok(InitReport {
+            root: self.root.clone(),
+            workspace_id,
+            workspace_name: opts.workspace.clone(),
+            owner_email: opts.owner.clone(),
+            owner_key: ApiKey::derive(secret.as_bytes(), key_id),
+            ca_fingerprint: ca.fingerprint(),
+        })
+    }
+
+    /// Loads an initialized directory. Re-issues the server certificate when it expires
+    /// within 30 days or does not cover every name in `hostnames`.
+    pub fn load(&self, hostnames: &[String]) -> Result<Loaded, Error> {
+        if !self.is_initialized() {
+            return Err(Error::corrupt(
+                self.path(SETTINGS),
+                "missing: the data directory is not initialized (run `heex-cloud init`)",
+            ));
+        }
+        let settings_path = self.path(SETTINGS);
+        let settings: Settings = toml::from_str(&read_text(&settings_path)?)
+            .map_err(|e| Error::corrupt(&settings_path, e.message().to_owned()))?;
+        if settings.format != FORMAT {
+            return Err(Error::corrupt(
+                &settings_path,
+                format!(
+                    "data directory format {} is not supported by this heex-cloud (format {FORMAT})",
+                    settings.format
+                ),
+            ));
+        }
+        validate_trust_domain(&settings.trust_domain)
+            .map_err(|e| Error::corrupt(&settings_path, e.to_string()))?;
+
+        let secret_path = self.path(SECRET);
+        warn_if_exposed(&secret_path);
+        let secret_bytes = fs::read(&secret_path).map_err(|e| Error::file(&secret_path, e))?;
+        let secret = ServerSecret(
+            secret_bytes
+                .try_into()
+                .map_err(|_| Error::corrupt(&secret_path, "must hold exactly 32 bytes"))?,
+        );
+
+        let ca_key_path = self.path(CA_KEY);
+        warn_if_exposed(&ca_key_path);
+        let ca = Ca::load(&read_text(&self.path(CA_CERT))?, &read_text(&ca_key_path)?)
+            .map_err(|e| Error::corrupt(&ca_key_path, e.to_string()))?;
+
+        let now = OffsetDateTime::now_utc();
+        let cert_path = self.path(SERVER_CERT);
+        let leaf = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
+            .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
+        if !server_cert_fits(&leaf, hostnames, now + SERVER_CERT_RENEW_BEFORE) {
+            tracing::info!("re-issuing the server certificate");
+            self.write_server_cert(&ca, hostnames, now)?;
+        }
+        let leaf = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
+            .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
+        let key_path = self.path(SERVER_KEY);
+        warn_if_exposed(&key_path);
+        let server_key = PrivateKeyDer::from_pem_slice(read_text(&key_path)?.as_bytes())
+            .map_err(|e| Error::corrupt(&key_path, e.to_string()))?;
+
+        let store = Store::open_sqlite(&self.path(DATABASE))?;
+        Ok(Loaded {
+            settings,
+            secret,
+            server_chain: vec![leaf, ca.cert_der().clone()],
+            ca,
+            server_key,
+            store,
+        })
+    }
+
+    /// Issues a server certificate covering the defaults, `hostnames` and the names of the
+    /// current certificate, and writes it (key first).
+    fn write_server_cert(
+        &self,
+        ca: &Ca,
+        hostnames: &[String],
+        now: OffsetDateTime,
+    ) -> Result<(), Error> {
+        let mut names = self.current_server_names();
+        for h in hostnames {
+            if !names.contains(h) {
+                names.push(h.clone());
+            }
+        }
+        let issued = ca
+            .issue_server_cert(&names, now)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        write_atomic(&self.path(SERVER_KEY), issued.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.path(SERVER_CERT), issued.cert_pem.as_bytes(), 0o644)
+    }
+
+    /// The DNS names and IP addresses of the current server certificate, if any.
+    fn current_server_names(&self) -> Vec<String> {
+        let Ok(text) = fs::read_to_string(self.path(SERVER_CERT)) else {
+            return Vec::new();
+        };
+        let Ok(der) = CertificateDer::from_pem_slice(text.as_bytes()) else {
+            return Vec::new();
+        };
+        certificate_names(&der)
+    }
+
+    /// Creates the directory (0700) or checks that it holds nothing but leftovers of an
+    /// interrupted `init`, which it removes.
+    fn prepare_empty(&self) -> Result<(), Error> {
+        match fs::symlink_metadata(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.root)
+                    .map_err(|e| Error::file(&self.root, e))?;
+                return Ok(());
+            }
+            Err(e) => return Err(Error::file(&self.root, e)),
+            Ok(meta) if !meta.is_dir() => {
+                return Err(Error::file(
+                    &self.root,
+                    std::io::Error::other("exists and is not a directory"),
+                ))
+            }
+            Ok(_) => {}
+        }
+        let mut leftovers = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(|e| Error::file(&self.root, e))? {
+            let entry = entry.map_err(|e| Error::file(&self.root, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if OWN_FILES.contains(&name.as_str()) || name.starts_with(TEMP_PREFIX) {
+                leftovers.push(entry.path());
+            } else {
+                return Err(Error::NotEmpty(self.root.clone()));
+            }
+        }
+        for path in leftovers {
+            fs::remove_file(&path).map_err(|e| Error::file(&path, e))?;
+        }
+        fs::set_permissions(&self.root, Permissions::from_mode(0o700))
+            .map_err(|e| Error::file(&self.root, e))
+    }
+}
+
+fn validate_init_options(opts: &InitOptions) -> Result<(), Error> {
+    let ws = opts.workspace.trim();
+    if ws.is_empty() || ws.chars().count() > 64 || ws.chars().any(char::is_control) {
+        return Err(Error::Usage(
+            "--workspace must be 1 to 64 printable characters".to_owned(),
+        ));
+    }
+    let owner = &opts.owner;
+    let plausible = owner.len() <= 254
+        && !owner.chars().any(|c| c.is_whitespace() || c.is_control())
+        && owner
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
+    if !plausible {
+        return Err(Error::Usage(format!(
+            "--owner {owner:?} is not an email address"
+        )));
+    }
+    validate_trust_domain(&opts.trust_domain)
+        .map_err(|e| Error::Usage(format!("--trust-domain: {e}")))?;
+    for h in &opts.hostnames {
+        san_for(h).map_err(|e| Error::Usage(format!("--hostname: {e}")))?;
+    }
+    Ok(())
+}
+
+fn read_text(path: &Path) -> Result<String, Error> {
+    fs::read_to_string(path).map_err(|e| Error::file(path, e))
+}
+
+fn warn_if_exposed(path: &Path) {
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "private file is readable by others; chmod 600 it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+//! Errors: [`Error`] ends the process with a documented exit code; [`ApiError`] is one HTTP
+//! error response with an [`ErrorBody`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use heex_proto::api::{ErrorBody, ErrorCode};
+use heex_proto::exit;
+
+use crate::store::StoreError;
+
+/// Why `heex-cloud` stopped. Each variant maps to one exit code; the message is one line
+/// saying what went wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A flag value is not acceptable.
+    #[error("{0}")]
+    Usage(String),
+    /// `init` on a directory that is already initialized.
+    #[error("{} is already initialized; use another --data-dir or run `heex-cloud serve --data-dir {}`", .0.display(), .0.display())]
+    AlreadyInitialized(PathBuf),
+    /// The directory holds files that are not Heex's.
+    #[error("{} is not empty and is not a Heex data directory; choose an empty or new directory", .0.display())]
+    NotEmpty(PathBuf),
+    /// A file could not be read or written.
+    #[error("{}: {source}; check the path and its permissions", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file of the data directory is missing or unusable.
+    #[error("{}: {reason}; restore it from a backup or initialize a new data directory", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A listening socket could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; pick another address or stop the process using it"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// Anything else: a bug or an unexpected condition.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit code for this error (see `heex_proto::exit`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::AlreadyInitialized(_) | Error::NotEmpty(_) | Error::File { .. } => {
+                exit::FILE_ERROR
+            }
+            Error::Corrupt { .. } => exit::CONFIG,
+            Error::Bind { .. } => exit::UNAVAILABLE,
+            Error::Store(StoreError::Schema(_)) => exit::CONFIG,
+            Error::Store(_) => exit::FILE_ERROR,
+            Error::Internal(_) => exit::SOFTWARE,
+        }
+    }
+
+    /// A file error at `path`.
+    pub fn file(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::File {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A corrupt file at `path`.
+    pub fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One API error response: a status code and an [`ErrorBody`].
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error,
+                message: message.into(),
+            },
+        }
+    }
+
+    /// 401 `unauthorized`: deliberately says nothing about why.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or invalid API key",
+        )
+    }
+
+    /// 401 `key_revoked`.
+    pub fn key_revoked(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::KeyRevoked, message)
+    }
+
+    /// 401 `key_expired`.
+    pub fn key_expired(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::KeyExpired, message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    /// 400 `bad_csr`.
+    pub fn bad_csr(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadCsr, message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "request body is larger than {} bytes",
+                heex_proto::api::MAX_BODY_BYTES
+            ),
+        )
+    }
+
+    /// 405 with a `bad_request` body.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BadRequest,
+            "method not allowed on this path",
+        )
+    }
+
+    /// 500 `internal`. The cause is logged, never sent.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "internal server error; the server log has details",
+        )
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The body.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"heex\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,185 @@
+//! The mTLS gateway: holds agents' persistent sessions.
+//!
+//! TLS 1.3 only, ALPN `heex/1`, client certificates required and verified against the cloud
+//! CA. The device id comes from the verified certificate (CN and SPIFFE URI SAN, which must
+//! agree) and the device record is checked (exists, not revoked) before any frame is read.
+//! Then: Hello → Welcome, Heartbeat → HeartbeatAck, Facts, Close.
+//!
+//! Built to hold on the order of 100,000 idle sessions in one process: one task per session,
+//! no payload buffer while idle (frames are read header first, payload allocated on arrival),
+//! an idle timeout that drops silent peers, and a bound on concurrent TLS handshakes.
+
+mod frames;
+mod registry;
+mod session;
+mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use heex_proto::api::Facts;
+use heex_proto::{DeviceId, WorkspaceId};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use registry::SessionRegistry;
+pub use tls::{peer_identity, server_config, IdentityError, TlsSetupError};
+
+/// What the gateway needs to know about a device before accepting its frames.
+#[derive(Debug, Clone)]
+pub struct DeviceStatus {
+    /// The workspace the device belongs to.
+    pub workspace_id: WorkspaceId,
+    /// Set when the device was revoked.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// The store operations the gateway uses. Implemented by the cloud's `Store`.
+pub trait DeviceDirectory: Send + Sync + 'static {
+    /// The device's record, or `None` when no such device exists.
+    fn device_status(
+        &self,
+        id: &DeviceId,
+    ) -> impl Future<Output = anyhow::Result<Option<DeviceStatus>>> + Send;
+
+    /// Records that the device was heard from at `at`, with fresh facts when it sent some.
+    fn record_seen(
+        &self,
+        id: &DeviceId,
+        facts: Option<&Facts>,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// TLS material for the gateway: the cloud CA (to verify clients) and the server identity.
+pub struct GatewayTls {
+    /// Cloud CA certificate, DER.
+    pub ca_der: rustls_pki_types::CertificateDer<'static>,
+    /// Server certificate chain (leaf first), DER.
+    pub server_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Server private key.
+    pub server_key: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+/// Timeouts and limits of the gateway. The defaults suit agents with the default
+/// 30-second heartbeat (and any heartbeat up to a minute).
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Bound on one TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a new session may take to send Hello.
+    pub hello_timeout: Duration,
+    /// A session silent for this long is dropped as dead.
+    pub idle_timeout: Duration,
+    /// Bound on writing one frame to a session.
+    pub write_timeout: Duration,
+    /// Most TLS handshakes in progress at once; further connections wait in the backlog.
+    pub max_handshakes: usize,
+    /// Heartbeats refresh the device's last-seen time at most this often.
+    pub seen_interval: Duration,
+    /// How long shutdown waits for sessions to send their Close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            // Three times the longest heartbeat interval an agent accepts (60 s).
+            idle_timeout: Duration::from_secs(180),
+            write_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
+            seen_interval: Duration::from_secs(180),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves agent sessions on `listener` until `shutdown` is cancelled, then sends Close to
+/// every session and returns.
+pub async fn serve<D: DeviceDirectory>(
+    listener: TcpListener,
+    tls: GatewayTls,
+    directory: Arc<D>,
+    registry: SessionRegistry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with(
+        listener,
+        tls,
+        directory,
+        registry,
+        shutdown,
+        GatewayOptions::default(),
+    )
+    .await
+}
+
+/// [`serve`] with explicit timeouts and limits.
+pub async fn serve_with<D: DeviceDirectory>(
+    listener: TcpListener,
+    tls: GatewayTls,
+    directory: Arc<D>,
+    registry: SessionRegistry,
+    shutdown: CancellationToken,
+    options: GatewayOptions,
+) -> anyhow::Result<()> {
+    let config = server_config(tls)?;
+    let handshakes = Arc::new(Semaphore::new(options.max_handshakes.max(1)));
+    let grace = options.shutdown_grace;
+    let shared = Arc::new(session::Shared {
+        directory,
+        registry,
+        shutdown: shutdown.clone(),
+        options,
+        acceptor: TlsAcceptor::from(config),
+    });
+    let tracker = TaskTracker::new();
+
+    loop {
+        // Take a handshake slot before accepting, so a flood waits in the kernel backlog
+        // instead of piling up half-open TLS state here.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = handshakes.clone().acquire_owned() => p?,
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // Typically EMFILE/ENFILE: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tracker.spawn(session::run(tcp, peer, shared.clone(), permit));
+    }
+
+    drop(listener);
+    tracker.close();
+    tracing::info!(
+        sessions = shared.registry.connected_count(),
+        "gateway shutting down"
+    );
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "sessions still closing after the grace period"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! One agent session, from the TLS handshake to its end. One lightweight task each.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use heex_proto::frame::{CloseReason, Message};
+use heex_proto::{DeviceId, SpiffeId};
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::frames::{self, FrameIoError, FrameReader};
+use super::registry::SessionRegistry;
+use super::{tls, DeviceDirectory, GatewayOptions};
+
+/// What every session shares.
+pub(crate) struct Shared<D> {
+    pub directory: Arc<D>,
+    pub registry: SessionRegistry,
+    pub shutdown: CancellationToken,
+    pub options: GatewayOptions,
+    pub acceptor: TlsAcceptor,
+}
+
+type Stream = TlsStream<TcpStream>;
+
+/// Runs one connection: handshake (holding `permit`, which bounds concurrent handshakes),
+/// identity and device checks, then the frame loop.
+pub(crate) async fn run<D: DeviceDirectory>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared<D>>,
+    permit: OwnedSemaphorePermit,
+) {
+    let handshake = tokio::time::timeout(
+        shared.options.handshake_timeout,
+        shared.acceptor.accept(tcp),
+    );
+    let stream = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        r = handshake => r,
+    };
+    drop(permit);
+    let mut stream = match stream {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let mut session = Session {
+        shared: &shared,
+        peer,
+        buf: Vec::new(),
+        reader: FrameReader::default(),
+    };
+    session.serve(&mut stream).await;
+    // close_notify, bounded: the peer may be gone.
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+struct Session<'a, D> {
+    shared: &'a Shared<D>,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    reader: FrameReader,
+}
+
+/// How the frame loop ended, for the log line.
+enum End {
+    /// We sent Close with this reason.
+    Sent(CloseReason),
+    /// The agent sent Close.
+    Received(CloseReason),
+    /// The connection failed or went silent.
+    Lost(String),
+}
+
+impl<D: DeviceDirectory> Session<'_, D> {
+    async fn send(&mut self, stream: &mut Stream, msg: &Message) -> Result<(), FrameIoError> {
+        match tokio::time::timeout(
+            self.shared.options.write_timeout,
+            frames::write(stream, msg, &mut self.buf),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(FrameIoError::Io(std::io::ErrorKind::TimedOut.into())),
+        }
+    }
+
+    /// Sends Close (best effort) and reports it.
+    async fn close(&mut self, stream: &mut Stream, reason: CloseReason, message: &str) -> End {
+        let msg = Message::Close {
+            reason,
+            message: message.to_owned(),
+        };
+        let _ = self.send(stream, &msg).await;
+        End::Sent(reason)
+    }
+
+    async fn serve(&mut self, stream: &mut Stream) {
+        let peer = self.peer;
+        let (_, conn) = stream.get_ref();
+        if conn.alpn_protocol() != Some(heex_proto::ALPN) {
+            tracing::info!(%peer, "refused: client did not negotiate ALPN heex/1");
+            return;
+        }
+        let identity = conn
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .ok_or(tls::IdentityError::Unparsable)
+            .and_then(tls::peer_identity);
+        let identity = match identity {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "refused: certificate does not name a device");
+                let _ = self
+                    .close(stream, CloseReason::DeviceUnknown, &e.to_string())
+                    .await;
+                return;
+            }
+        };
+        let device = identity.device().clone();
+        if let Some((reason, message)) = self.check_device(&identity).await {
+            tracing::info!(%peer, %device, ?reason, "refused: {message}");
+            let _ = self.close(stream, reason, message).await;
+            return;
+        }
+
+        // The device is known and not revoked: now, and only now, read its frames.
+        let first = tokio::select! {
+            _ = self.shared.shutdown.cancelled() => {
+                let _ = self.close(stream, CloseReason::Shutdown, "gateway shutting down").await;
+                return;
+            }
+            r = tokio::time::timeout(self.shared.options.hello_timeout, self.reader.read(stream)) => r,
+        };
+        let facts = match first {
+            Ok(Ok(Message::Hello {
+                facts,
+                agent_version,
+                ..
+            })) => {
+                tracing::debug!(%device, %agent_version, "hello");
+                facts
+            }
+            Ok(Ok(other)) => {
+                let msg = format!("expected hello, got {}", kind(&other));
+                tracing::info!(%peer, %device, "refused: {msg}");
+                let _ = self.close(stream, CloseReason::ProtocolError, &msg).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%peer, %device, error = %e, "session failed before hello");
+                if let FrameIoError::Frame(e) = e {
+                    let _ = self
+                        .close(stream, CloseReason::ProtocolError, &e.to_string())
+                        .await;
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, %device, "no hello in time");
+                return;
+            }
+        };
+
+        let mut registration = self.shared.registry.register(&device);
+        let session = registration.session;
+        let now = OffsetDateTime::now_utc();
+        self.record_seen(&device, Some(&facts), now).await;
+        let mut last_recorded = Instant::now();
+        drop(facts);
+        let welcome = Message::Welcome {
+            device_id: device.clone(),
+            server_time: now.unix_timestamp(),
+        };
+        tracing::info!(session, %device, %peer, "session accepted");
+        let end = if let Err(e) = self.send(stream, &welcome).await {
+            End::Lost(e.to_string())
+        } else {
+            self.frame_loop(stream, &device, &mut registration.close, &mut last_recorded)
+                .await
+        };
+        self.shared.registry.deregister(&device, session);
+        match end {
+            End::Sent(reason) => {
+                tracing::info!(session, %device, ?reason, "session closed by gateway")
+            }
+            End::Received(reason) => {
+                tracing::info!(session, %device, ?reason, "session closed by agent")
+            }
+            End::Lost(why) => tracing::info!(session, %device, "session lost: {why}"),
+        }
+    }
+
+    /// The device record's verdict: `None` to accept, or the Close to send.
+    async fn check_device(&self, identity: &SpiffeId) -> Option<(CloseReason, &'static str)> {
+        match self.shared.directory.device_status(identity.device()).await {
+            Ok(None) => Some((CloseReason::DeviceUnknown, "no such device")),
+            Ok(Some(s)) if s.revoked_at.is_some() => {
+                Some((CloseReason::DeviceRevoked, "device revoked"))
+            }
+            Ok(Some(s)) if s.workspace_id != *identity.workspace() => Some((
+                CloseReason::DeviceUnknown,
+                "certificate names another workspace",
+            )),
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::error!(device = %identity.device(), error = %e, "device lookup failed");
+                // Tell the agent to come back later, as after a restart.
+                Some((CloseReason::Shutdown, "gateway temporarily unavailable"))
+            }
+        }
+    }
+
+    async fn record_seen(
+        &self,
+        device: &DeviceId,
+        facts: Option<&heex_proto::api::Facts>,
+        at: OffsetDateTime,
+    ) {
+        if let Err(e) = self.shared.directory.record_seen(device, facts, at).await {
+            tracing::warn!(%device, error = %e, "cannot record that the device was seen");
+        }
+    }
+
+    async fn frame_loop(
+        &mut self,
+        stream: &mut Stream,
+        device: &DeviceId,
+        close: &mut tokio::sync::oneshot::Receiver<CloseReason>,
+        last_recorded: &mut Instant,
+    ) -> End {
+        let shared = self.shared;
+        let opts = &shared.options;
+        let shutdown = &shared.shutdown;
+        let mut last_frame = Instant::now();
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    return self.close(stream, CloseReason::Shutdown, "gateway shutting down").await;
+                }
+                reason = &mut *close => {
+                    // A dropped sender only happens when the registry itself goes away.
+                    let reason = reason.unwrap_or(CloseReason::Shutdown);
+                    return self.close(stream, reason, close_message(reason)).await;
+                }
+                _ = tokio::time::sleep_until(last_frame + opts.idle_timeout) => {
+                    return End::Lost(format!("silent for {:?}", opts.idle_timeout));
+                }
+                r = self.reader.read(stream) => r,
+            };
+            last_frame = Instant::now();
+            let msg = match msg {
+                Ok(m) => m,
+                Err(FrameIoError::Frame(e)) => {
+                    return self
+                        .close(stream, CloseReason::ProtocolError, &e.to_string())
+                        .await;
+                }
+                Err(e) => return End::Lost(e.to_string()),
+            };
+            match msg {
+                Message::Heartbeat { seq } => {
+                    if let Err(e) = self.send(stream, &Message::HeartbeatAck { seq }).await {
+                        return End::Lost(e.to_string());
+                    }
+                    if last_recorded.elapsed() >= opts.seen_interval {
+                        *last_recorded = Instant::now();
+                        self.record_seen(device, None, OffsetDateTime::now_utc())
+                            .await;
+                    }
+                }
+                Message::Facts { facts } => {
+                    *last_recorded = Instant::now();
+                    self.record_seen(device, Some(&facts), OffsetDateTime::now_utc())
+                        .await;
+                }
+                Message::Close { reason, message } => {
+                    tracing::debug!(%device, ?reason, %message, "agent closed the session");
+                    return End::Received(reason);
+                }
+                // Reports and renewal are not served by this gateway version.
+                other => {
+                    let msg = format!("unexpected {} frame", kind(&other));
+                    return self.close(stream, CloseReason::ProtocolError, &msg).await;
+                }
+            }
+        }
+    }
+}
+
+fn close_message(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::DeviceRevoked => "device revoked",
+        CloseReason::Replaced => "a newer session of this device replaced this one",
+        CloseReason::Shutdown => "gateway shutting down",
+        _ => "closed by the gateway",
+    }
+}
+
+/// A message's type name, for logs (never its content).
+fn kind(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello { .. } => "hello",
+        Message::Welcome { .. } => "welcome",
+        Message::Heartbeat { .. } => "heartbeat",
+        Message::HeartbeatAck { .. } => "heartbeat_ack",
+        Message::Facts { .. } => "facts",
+        Message::Report { .. } => "report",
+        Message::ReportAck { .. } => "report_ack",
+        Message::RenewRequest { .. } => "renew_request",
+        Message::RenewResponse { .. } => "renew_response",
+        Message::Close { .. } => "close",
+        _ => "unknown",
+    }
+}

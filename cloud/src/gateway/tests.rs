@@ -1,0 +1,655 @@
+//! Gateway tests over real TCP and TLS, with an in-test device directory and test PKI.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use heex_proto::api::Facts;
+use heex_proto::frame::{self, CloseReason, Message};
+use heex_proto::{DeviceId, WorkspaceId};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use rustls::crypto::ring;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use super::frames::FrameReader;
+use super::*;
+
+// ---------------------------------------------------------------- test PKI
+
+struct Pki {
+    ca_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+struct DeviceCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Pki {
+            ca_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn gateway_tls(&self) -> GatewayTls {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        GatewayTls {
+            ca_der: self.ca_der.clone(),
+            server_chain: vec![cert.der().clone(), self.ca_der.clone()],
+            server_key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        }
+    }
+
+    /// A device certificate with `cn` as CN and a SPIFFE SAN for `san_device` in `ws`.
+    fn device_cert(&self, cn: &str, ws: &WorkspaceId, san_device: &str) -> DeviceCert {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://heex.test/ws/{ws}/device/{san_device}")
+                .try_into()
+                .unwrap(),
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        DeviceCert {
+            chain: vec![cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- directory
+
+#[derive(Default)]
+struct Directory {
+    devices: Mutex<HashMap<DeviceId, DeviceStatus>>,
+    seen: Mutex<Vec<(DeviceId, Option<Facts>)>>,
+    fail: Mutex<bool>,
+}
+
+impl Directory {
+    fn add(&self, id: &DeviceId, ws: &WorkspaceId, revoked: bool) {
+        self.devices.lock().unwrap().insert(
+            id.clone(),
+            DeviceStatus {
+                workspace_id: ws.clone(),
+                revoked_at: revoked.then(OffsetDateTime::now_utc),
+            },
+        );
+    }
+    fn seen(&self) -> Vec<(DeviceId, Option<Facts>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl DeviceDirectory for Directory {
+    async fn device_status(&self, id: &DeviceId) -> anyhow::Result<Option<DeviceStatus>> {
+        if *self.fail.lock().unwrap() {
+            anyhow::bail!("database is on fire");
+        }
+        Ok(self.devices.lock().unwrap().get(id).cloned())
+    }
+    async fn record_seen(
+        &self,
+        id: &DeviceId,
+        facts: Option<&Facts>,
+        _at: OffsetDateTime,
+    ) -> anyhow::Result<()> {
+        self.seen.lock().unwrap().push((id.clone(), facts.cloned()));
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Gateway {
+    addr: SocketAddr,
+    pki: Pki,
+    ws: WorkspaceId,
+    directory: Arc<Directory>,
+    registry: SessionRegistry,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+fn fast_options() -> GatewayOptions {
+    GatewayOptions {
+        handshake_timeout: Duration::from_secs(2),
+        hello_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(2),
+        max_handshakes: 8,
+        seen_interval: Duration::from_secs(3600),
+        shutdown_grace: Duration::from_secs(2),
+    }
+}
+
+async fn start(options: GatewayOptions) -> Gateway {
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let directory = Arc::new(Directory::default());
+    let registry = SessionRegistry::new();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve_with(
+        listener,
+        pki.gateway_tls(),
+        directory.clone(),
+        registry.clone(),
+        shutdown.clone(),
+        options,
+    ));
+    Gateway {
+        addr,
+        pki,
+        ws: WorkspaceId::generate(),
+        directory,
+        registry,
+        shutdown,
+        task,
+    }
+}
+
+fn client_config(
+    ca: &CertificateDer<'static>,
+    cert: Option<DeviceCert>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: bool,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        Some(c) => builder.with_client_auth_cert(c.chain, c.key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    if alpn {
+        config.alpn_protocols = vec![heex_proto::ALPN.to_vec()];
+    }
+    Arc::new(config)
+}
+
+struct Client {
+    tls: TlsStream<TcpStream>,
+    reader: FrameReader,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Result<Client> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let tls = TlsConnector::from(config).connect(name, tcp).await?;
+        Ok(Client {
+            tls,
+            reader: FrameReader::default(),
+        })
+    }
+
+    async fn send(&mut self, msg: &Message) {
+        let bytes = frame::to_frame(msg).unwrap();
+        self.tls.write_all(&bytes).await.unwrap();
+        self.tls.flush().await.unwrap();
+    }
+
+    /// The next frame, or `None` when the connection ends (or errors) first.
+    async fn recv(&mut self) -> Option<Message> {
+        tokio::time::timeout(Duration::from_secs(5), self.reader.read(&mut self.tls))
+            .await
+            .expect("no frame within 5 s")
+            .ok()
+    }
+
+    async fn hello(&mut self) -> Message {
+        self.send(&Message::Hello {
+            agent_version: "test".into(),
+            facts: Facts {
+                hostname: Some("robot-7".into()),
+                ..Facts::default()
+            },
+            next_report_seq: 0,
+        })
+        .await;
+        self.recv().await.expect("an answer to hello")
+    }
+
+    /// True once the peer closed the connection (EOF or error), within 5 s.
+    async fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.tls.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+impl Gateway {
+    /// A known, valid device and a client configuration for it.
+    fn device(&self) -> (DeviceId, Arc<ClientConfig>) {
+        let id = DeviceId::generate();
+        self.directory.add(&id, &self.ws, false);
+        let cert = self.pki.device_cert(id.as_str(), &self.ws, id.as_str());
+        (
+            id,
+            client_config(
+                &self.pki.ca_der,
+                Some(cert),
+                &[&rustls::version::TLS13],
+                true,
+            ),
+        )
+    }
+
+    async fn welcomed(&self) -> (DeviceId, Client) {
+        let (id, config) = self.device();
+        let mut c = Client::connect(self.addr, config).await.unwrap();
+        match c.hello().await {
+            Message::Welcome { device_id, .. } => assert_eq!(device_id, id),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        (id, c)
+    }
+
+    async fn wait_connected(&self, id: &DeviceId, want: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.registry.is_connected(id) != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connected never became {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn is_close(msg: &Option<Message>, want: CloseReason) -> bool {
+    matches!(msg, Some(Message::Close { reason, .. }) if *reason == want)
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn hello_welcome_heartbeat_facts_close() {
+    let gw = start(fast_options()).await;
+    let (id, mut c) = gw.welcomed().await;
+    assert!(gw.registry.is_connected(&id));
+    let seen = gw.directory.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].1.as_ref().unwrap().hostname.as_deref(),
+        Some("robot-7")
+    );
+
+    for seq in 1..=3 {
+        c.send(&Message::Heartbeat { seq }).await;
+        assert_eq!(c.recv().await, Some(Message::HeartbeatAck { seq }));
+    }
+    // Heartbeats do not hit the store more often than `seen_interval`.
+    assert_eq!(gw.directory.seen().len(), 1);
+
+    let facts = Facts {
+        hostname: Some("robot-7b".into()),
+        ..Facts::default()
+    };
+    c.send(&Message::Facts {
+        facts: facts.clone(),
+    })
+    .await;
+    c.send(&Message::Heartbeat { seq: 4 }).await;
+    assert_eq!(c.recv().await, Some(Message::HeartbeatAck { seq: 4 }));
+    assert_eq!(gw.directory.seen().last().unwrap().1, Some(facts));
+
+    c.send(&Message::Close {
+        reason: CloseReason::Shutdown,
+        message: "bye".into(),
+    })
+    .await;
+    gw.wait_connected(&id, false).await;
+}
+
+#[tokio::test]
+async fn heartbeats_refresh_last_seen_at_most_every_seen_interval() {
+    let gw = start(GatewayOptions {
+        seen_interval: Duration::from_millis(200),
+        ..fast_options()
+    })
+    .await;
+    let (_, mut c) = gw.welcomed().await;
+    for seq in 1..=6 {
+        c.send(&Message::Heartbeat { seq }).await;
+        assert!(c.recv().await.is_some());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = gw.directory.seen().len();
+    assert!((3..=5).contains(&n), "{n} records for 600 ms of heartbeats");
+}
+
+#[tokio::test]
+async fn unknown_and_revoked_devices_are_refused_before_any_frame() {
+    let gw = start(fast_options()).await;
+    let cfg = |id: &DeviceId| {
+        let cert = gw.pki.device_cert(id.as_str(), &gw.ws, id.as_str());
+        client_config(&gw.pki.ca_der, Some(cert), &[&rustls::version::TLS13], true)
+    };
+
+    let unknown = DeviceId::generate();
+    let mut c = Client::connect(gw.addr, cfg(&unknown)).await.unwrap();
+    // The client sends nothing: the refusal comes first.
+    assert!(is_close(&c.recv().await, CloseReason::DeviceUnknown));
+    assert!(c.closed().await);
+
+    let revoked = DeviceId::generate();
+    gw.directory.add(&revoked, &gw.ws, true);
+    let mut c = Client::connect(gw.addr, cfg(&revoked)).await.unwrap();
+    assert!(is_close(&c.recv().await, CloseReason::DeviceRevoked));
+    assert!(c.closed().await);
+    assert!(!gw.registry.is_connected(&revoked));
+
+    // Same device id, but the certificate claims another workspace.
+    let moved = DeviceId::generate();
+    gw.directory.add(&moved, &WorkspaceId::generate(), false);
+    let mut c = Client::connect(gw.addr, cfg(&moved)).await.unwrap();
+    assert!(is_close(&c.recv().await, CloseReason::DeviceUnknown));
+    assert!(gw.directory.seen().is_empty());
+}
+
+#[tokio::test]
+async fn cn_and_spiffe_id_must_agree() {
+    let gw = start(fast_options()).await;
+    let a = DeviceId::generate();
+    let b = DeviceId::generate();
+    gw.directory.add(&a, &gw.ws, false);
+    gw.directory.add(&b, &gw.ws, false);
+    let cert = gw.pki.device_cert(a.as_str(), &gw.ws, b.as_str());
+    let config = client_config(&gw.pki.ca_der, Some(cert), &[&rustls::version::TLS13], true);
+    let mut c = Client::connect(gw.addr, config).await.unwrap();
+    assert!(is_close(&c.recv().await, CloseReason::DeviceUnknown));
+
+    let cert = gw.pki.device_cert("not-a-device", &gw.ws, b.as_str());
+    let config = client_config(&gw.pki.ca_der, Some(cert), &[&rustls::version::TLS13], true);
+    let mut c = Client::connect(gw.addr, config).await.unwrap();
+    assert!(is_close(&c.recv().await, CloseReason::DeviceUnknown));
+}
+
+#[tokio::test]
+async fn store_failure_asks_the_agent_to_come_back_later() {
+    let gw = start(fast_options()).await;
+    let (_, config) = gw.device();
+    *gw.directory.fail.lock().unwrap() = true;
+    let mut c = Client::connect(gw.addr, config).await.unwrap();
+    assert!(is_close(&c.recv().await, CloseReason::Shutdown));
+}
+
+/// In TLS 1.3 the client learns of a rejected certificate only after its side of the
+/// handshake: the refusal shows as a failed connect or a failed first read.
+async fn refused(addr: SocketAddr, config: Arc<ClientConfig>) -> bool {
+    match Client::connect(addr, config).await {
+        Err(_) => true,
+        Ok(mut c) => {
+            let mut byte = [0u8; 1];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(5), c.tls.read(&mut byte)).await,
+                Ok(Err(_)) | Ok(Ok(0))
+            )
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_refusals() {
+    let gw = start(fast_options()).await;
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+    // No client certificate.
+    let none = client_config(&gw.pki.ca_der, None, tls13, true);
+    assert!(refused(gw.addr, none).await);
+
+    // A certificate from another CA, for a device the directory knows.
+    let other = Pki::new();
+    let id = DeviceId::generate();
+    gw.directory.add(&id, &gw.ws, false);
+    let foreign = other.device_cert(id.as_str(), &gw.ws, id.as_str());
+    let config = client_config(&gw.pki.ca_der, Some(foreign), tls13, true);
+    assert!(refused(gw.addr, config).await);
+
+    // TLS 1.2 only.
+    let cert = gw.pki.device_cert(id.as_str(), &gw.ws, id.as_str());
+    let config = client_config(&gw.pki.ca_der, Some(cert), &[&rustls::version::TLS12], true);
+    assert!(Client::connect(gw.addr, config).await.is_err());
+
+    // A valid certificate but no heex/1 ALPN.
+    let cert = gw.pki.device_cert(id.as_str(), &gw.ws, id.as_str());
+    let config = client_config(&gw.pki.ca_der, Some(cert), tls13, false);
+    assert!(refused(gw.addr, config).await);
+
+    assert!(gw.directory.seen().is_empty());
+    assert!(!gw.registry.is_connected(&id));
+    // The gateway still serves good clients.
+    let _ = gw.welcomed().await;
+}
+
+#[tokio::test]
+async fn garbage_or_oversized_frames_cost_only_their_own_session() {
+    let gw = start(fast_options()).await;
+    let (good_id, mut good) = gw.welcomed().await;
+
+    // Garbage after Welcome.
+    let (bad_id, mut bad) = gw.welcomed().await;
+    bad.tls
+        .write_all(&[0, 0, 0, 5, b'{', b'x', 0xff, 0, 1])
+        .await
+        .unwrap();
+    bad.tls.flush().await.unwrap();
+    assert!(is_close(&bad.recv().await, CloseReason::ProtocolError));
+    gw.wait_connected(&bad_id, false).await;
+
+    // An oversized length prefix: refused without buffering it.
+    let (big_id, mut big) = gw.welcomed().await;
+    big.tls.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    big.tls.flush().await.unwrap();
+    assert!(is_close(&big.recv().await, CloseReason::ProtocolError));
+    gw.wait_connected(&big_id, false).await;
+
+    // Garbage instead of Hello.
+    let (_, config) = gw.device();
+    let mut early = Client::connect(gw.addr, config).await.unwrap();
+    early
+        .tls
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    early.tls.flush().await.unwrap();
+    assert!(is_close(&early.recv().await, CloseReason::ProtocolError));
+    assert!(early.closed().await);
+
+    // The well-behaved session is untouched.
+    assert!(gw.registry.is_connected(&good_id));
+    good.send(&Message::Heartbeat { seq: 9 }).await;
+    assert_eq!(good.recv().await, Some(Message::HeartbeatAck { seq: 9 }));
+}
+
+#[tokio::test]
+async fn unexpected_frames_are_protocol_errors() {
+    let gw = start(fast_options()).await;
+    let (_, mut c) = gw.welcomed().await;
+    c.send(&Message::Report {
+        seq: 1,
+        payload: serde_json::json!({}),
+    })
+    .await;
+    assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
+
+    let (_, config) = gw.device();
+    let mut c = Client::connect(gw.addr, config).await.unwrap();
+    c.send(&Message::Heartbeat { seq: 1 }).await;
+    assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
+}
+
+#[tokio::test]
+async fn a_newer_session_replaces_the_older() {
+    let gw = start(fast_options()).await;
+    let (id, config) = gw.device();
+    let mut first = Client::connect(gw.addr, config.clone()).await.unwrap();
+    assert!(matches!(first.hello().await, Message::Welcome { .. }));
+    let first_session = gw.registry.session_of(&id).unwrap();
+
+    let mut second = Client::connect(gw.addr, config).await.unwrap();
+    assert!(matches!(second.hello().await, Message::Welcome { .. }));
+    assert!(is_close(&first.recv().await, CloseReason::Replaced));
+    assert!(first.closed().await);
+
+    let second_session = gw.registry.session_of(&id).unwrap();
+    assert_ne!(first_session, second_session);
+    second.send(&Message::Heartbeat { seq: 1 }).await;
+    assert_eq!(second.recv().await, Some(Message::HeartbeatAck { seq: 1 }));
+    assert!(gw.registry.is_connected(&id));
+}
+
+#[tokio::test]
+async fn registry_close_drops_the_live_session() {
+    let gw = start(fast_options()).await;
+    let (id, mut c) = gw.welcomed().await;
+    assert!(gw.registry.close(&id, CloseReason::DeviceRevoked));
+    assert!(is_close(&c.recv().await, CloseReason::DeviceRevoked));
+    assert!(c.closed().await);
+    assert!(!gw.registry.is_connected(&id));
+}
+
+#[tokio::test]
+async fn silent_sessions_are_dropped() {
+    let gw = start(GatewayOptions {
+        idle_timeout: Duration::from_millis(300),
+        hello_timeout: Duration::from_millis(300),
+        ..fast_options()
+    })
+    .await;
+    let (id, mut c) = gw.welcomed().await;
+    assert!(c.closed().await);
+    gw.wait_connected(&id, false).await;
+
+    // Connected but never says Hello.
+    let (_, config) = gw.device();
+    let mut mute = Client::connect(gw.addr, config).await.unwrap();
+    assert!(mute.closed().await);
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_does_not_block_others() {
+    let gw = start(GatewayOptions {
+        max_handshakes: 2,
+        handshake_timeout: Duration::from_millis(500),
+        ..fast_options()
+    })
+    .await;
+    // Two connections that never speak TLS hold both handshake slots until they time out.
+    let _a = TcpStream::connect(gw.addr).await.unwrap();
+    let _b = TcpStream::connect(gw.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let _ = gw.welcomed().await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_session_and_returns() {
+    let gw = start(fast_options()).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(gw.welcomed().await);
+    }
+    assert_eq!(gw.registry.connected_count(), 5);
+    gw.shutdown.cancel();
+    for (_, c) in &mut clients {
+        assert!(is_close(&c.recv().await, CloseReason::Shutdown));
+    }
+    let r = tokio::time::timeout(Duration::from_secs(5), gw.task).await;
+    r.expect("serve returns").unwrap().unwrap();
+    assert_eq!(gw.registry.connected_count(), 0);
+    assert!(TcpStream::connect(gw.addr).await.is_err());
+}
+
+#[test]
+fn identity_is_read_from_cn_and_spiffe() {
+    let pki = Pki::new();
+    let ws = WorkspaceId::generate();
+    let id = DeviceId::generate();
+    let cert = pki.device_cert(id.as_str(), &ws, id.as_str());
+    let spiffe = peer_identity(&cert.chain[0]).unwrap();
+    assert_eq!(spiffe.device(), &id);
+    assert_eq!(spiffe.workspace(), &ws);
+
+    let other = DeviceId::generate();
+    let cert = pki.device_cert(id.as_str(), &ws, other.as_str());
+    assert!(matches!(
+        peer_identity(&cert.chain[0]),
+        Err(IdentityError::Mismatch { .. })
+    ));
+    assert_eq!(
+        peer_identity(&CertificateDer::from(vec![1, 2, 3])),
+        Err(IdentityError::Unparsable)
+    );
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Memory of idle sessions. The clients live in this process too, so the figure covers
+/// both ends of each session: an upper bound for the gateway's share. Run with
+/// `cargo test -p heex-cloud gateway::tests::idle_session_memory -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints figures"]
+async fn idle_session_memory() {
+    const N: usize = 3000;
+    let gw = start(GatewayOptions {
+        max_handshakes: 64,
+        idle_timeout: Duration::from_secs(600),
+        ..fast_options()
+    })
+    .await;
+    let configs: Vec<_> = (0..N).map(|_| gw.device()).collect();
+    let before = rss_kib();
+    let mut clients = Vec::with_capacity(N);
+    for (_, config) in configs {
+        let mut c = Client::connect(gw.addr, config).await.unwrap();
+        assert!(matches!(c.hello().await, Message::Welcome { .. }));
+        clients.push(c);
+    }
+    assert_eq!(gw.registry.connected_count(), N);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib();
+    println!(
+        "{N} idle sessions: RSS +{} KiB, {} KiB per session (gateway and client ends together)",
+        after - before,
+        (after - before) as f64 / N as f64
+    );
+    assert_eq!(gw.registry.connected_count(), N);
+}

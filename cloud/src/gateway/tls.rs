@@ -1,0 +1,105 @@
+//! The gateway's TLS setup (TLS 1.3 only, ALPN `heex/1`, client certificates required and
+//! verified against the cloud CA) and the device identity read from a verified certificate.
+
+use std::sync::Arc;
+
+use heex_proto::{DeviceId, SpiffeId};
+use rustls::crypto::ring;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+
+use super::GatewayTls;
+
+/// Why the gateway's TLS configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// The CA certificate is not usable as a trust anchor.
+    #[error("the CA certificate is not usable as a trust anchor: {0}")]
+    Ca(rustls::Error),
+    /// The client verifier could not be built.
+    #[error("cannot build the client certificate verifier: {0}")]
+    Verifier(String),
+    /// The server certificate or key is unusable.
+    #[error("the gateway certificate or key is unusable: {0}")]
+    ServerCert(rustls::Error),
+}
+
+/// Builds the server configuration: TLS 1.3 only, ALPN `heex/1`, client certificates
+/// mandatory and verified against the cloud CA alone.
+pub fn server_config(tls: GatewayTls) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let provider = Arc::new(ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(tls.ca_der).map_err(TlsSetupError::Ca)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsSetupError::ServerCert)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.server_chain, tls.server_key)
+        .map_err(TlsSetupError::ServerCert)?;
+    config.alpn_protocols = vec![heex_proto::ALPN.to_vec()];
+    // Agents hold one long session and do not resume; tickets would only cost bytes and
+    // CPU per connection.
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Why a verified certificate does not name a device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The certificate does not parse.
+    #[error("certificate does not parse")]
+    Unparsable,
+    /// The subject has no usable common name.
+    #[error("certificate has no device id as its common name")]
+    CommonName,
+    /// No single Heex SPIFFE URI SAN.
+    #[error("certificate does not carry exactly one Heex device SPIFFE ID")]
+    Spiffe,
+    /// CN and SPIFFE ID name different devices.
+    #[error("certificate common name {cn} disagrees with its SPIFFE ID {spiffe}")]
+    Mismatch {
+        /// The CN.
+        cn: DeviceId,
+        /// The SPIFFE ID.
+        spiffe: SpiffeId,
+    },
+}
+
+/// The device identity in a (verified) leaf certificate: CN = device id and a single URI SAN
+/// with the device's SPIFFE ID; both must name the same device.
+pub fn peer_identity(leaf: &CertificateDer<'_>) -> Result<SpiffeId, IdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|_| IdentityError::Unparsable)?;
+    let mut cns = cert.subject().iter_common_name();
+    let cn: DeviceId = match (cns.next(), cns.next()) {
+        (Some(cn), None) => cn
+            .as_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(IdentityError::CommonName)?,
+        _ => return Err(IdentityError::CommonName),
+    };
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::Spiffe)?
+        .ok_or(IdentityError::Spiffe)?;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let spiffe: SpiffeId = match (uris.next(), uris.next()) {
+        (Some(uri), None) => uri.parse().map_err(|_| IdentityError::Spiffe)?,
+        _ => return Err(IdentityError::Spiffe),
+    };
+    if *spiffe.device() != cn {
+        return Err(IdentityError::Mismatch { cn, spiffe });
+    }
+    Ok(spiffe)
+}

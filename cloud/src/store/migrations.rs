@@ -1,0 +1,186 @@
+//! Versioned schema migrations of the SQLite store.
+//!
+//! Migrations form an ordered list; each runs once, in its own transaction, and records its
+//! version in `schema_version`. Never edit a released migration: append a new one.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::StoreError;
+
+/// One schema step.
+#[derive(Debug)]
+pub struct Migration {
+    /// Version reached after this step; versions start at 1 and increase by one.
+    pub version: i64,
+    /// What the step does.
+    pub description: &'static str,
+    /// The SQL run in the step's transaction.
+    pub sql: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "workspaces, members, API keys, devices",
+    sql: r#"
+CREATE TABLE workspaces (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE members (
+    id            TEXT PRIMARY KEY,
+    workspace_id  TEXT NOT NULL REFERENCES workspaces(id),
+    email         TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    created_at    INTEGER NOT NULL,
+    removed_at    INTEGER
+);
+CREATE UNIQUE INDEX members_current_email ON members(workspace_id, email)
+    WHERE removed_at IS NULL;
+
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    workspace_id  TEXT NOT NULL REFERENCES workspaces(id),
+    member_id     TEXT NOT NULL REFERENCES members(id),
+    name          TEXT NOT NULL,
+    scope         TEXT NOT NULL CHECK (scope IN ('enroll', 'admin')),
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    last_used_at  INTEGER,
+    revoked_at    INTEGER,
+    revoked_by    TEXT REFERENCES members(id),
+    max_uses      INTEGER CHECK (max_uses IS NULL OR max_uses > 0),
+    uses          INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX api_keys_member ON api_keys(member_id);
+CREATE INDEX api_keys_workspace ON api_keys(workspace_id);
+
+CREATE TABLE devices (
+    id                  TEXT PRIMARY KEY,
+    workspace_id        TEXT NOT NULL REFERENCES workspaces(id),
+    name                TEXT NOT NULL,
+    labels              TEXT NOT NULL DEFAULT '{}',
+    facts               TEXT,
+    spiffe_id           TEXT NOT NULL UNIQUE,
+    enrolled_at         INTEGER NOT NULL,
+    enrolled_by_key     TEXT NOT NULL REFERENCES api_keys(id),
+    enrolled_by_member  TEXT NOT NULL REFERENCES members(id),
+    cert_serial         TEXT NOT NULL,
+    cert_expires_at     INTEGER NOT NULL,
+    revoked_at          INTEGER,
+    last_seen_at        INTEGER
+);
+CREATE INDEX devices_workspace ON devices(workspace_id, enrolled_at);
+"#,
+}];
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// The schema version of the database (0 for an empty database).
+pub fn current_version(conn: &Connection) -> Result<i64, StoreError> {
+    let has_table: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if has_table.is_none() {
+        return Ok(0);
+    }
+    let version: Option<i64> =
+        conn.query_row("SELECT MAX(version) FROM schema_version", [], |row| {
+            row.get(0)
+        })?;
+    Ok(version.unwrap_or(0))
+}
+
+/// Applies every migration newer than the database's version. Running it again is a no-op.
+/// Refuses a database whose schema is newer than this build.
+pub fn migrate(conn: &mut Connection, now_unix: i64) -> Result<i64, StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version     INTEGER PRIMARY KEY,
+             applied_at  INTEGER NOT NULL
+         )",
+    )?;
+    let start = current_version(conn)?;
+    let mut current = start;
+    let latest = latest_version();
+    if start > latest {
+        return Err(StoreError::Schema(format!(
+            "database schema version {start} is newer than this heex-cloud supports ({latest}); \
+             upgrade heex-cloud"
+        )));
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > start) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(m.sql).map_err(|e| {
+            StoreError::Schema(format!(
+                "migration {} ({}) failed: {e}",
+                m.version, m.description
+            ))
+        })?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+            params![m.version, now_unix],
+        )?;
+        tx.commit()?;
+        tracing::info!(
+            version = m.version,
+            "applied schema migration: {}",
+            m.description
+        );
+        current = m.version;
+    }
+    Ok(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_consecutive() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.description);
+        }
+    }
+
+    #[test]
+    fn migrate_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 0);
+        assert_eq!(migrate(&mut conn, 1).unwrap(), latest_version());
+        assert_eq!(migrate(&mut conn, 2).unwrap(), latest_version());
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, MIGRATIONS.len() as i64);
+        let applied: i64 = conn
+            .query_row(
+                "SELECT applied_at FROM schema_version WHERE version = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(applied, 1, "a second run must not re-apply");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, 1).unwrap();
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, 0)",
+            [latest_version() + 1],
+        )
+        .unwrap();
+        assert!(matches!(migrate(&mut conn, 1), Err(StoreError::Schema(_))));
+    }
+}

@@ -1,0 +1,345 @@
+use std::time::Duration;
+
+use heex_proto::api::{Facts, Scope};
+use heex_proto::SpiffeId;
+use time::OffsetDateTime;
+
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: Store,
+    ws: WorkspaceId,
+    owner: MemberId,
+    key: KeyId,
+    now: OffsetDateTime,
+}
+
+fn at_second(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap()
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("heex.db");
+    let store = Store::open_sqlite(&path).unwrap();
+    let now = at_second(OffsetDateTime::now_utc());
+    let ws = WorkspaceId::generate();
+    let owner = MemberId::generate();
+    let key = KeyId::generate();
+    store
+        .create_workspace(NewWorkspace {
+            id: ws.clone(),
+            name: "default".into(),
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    store
+        .create_member(NewMember {
+            id: owner.clone(),
+            workspace_id: ws.clone(),
+            email: "alice@example.com".into(),
+            role: Role::Owner,
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    store
+        .create_key(new_key(&key, &ws, &owner, now, None))
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        path,
+        store,
+        ws,
+        owner,
+        key,
+        now,
+    }
+}
+
+fn new_key(
+    id: &KeyId,
+    ws: &WorkspaceId,
+    owner: &MemberId,
+    now: OffsetDateTime,
+    max_uses: Option<u64>,
+) -> NewKey {
+    NewKey {
+        id: id.clone(),
+        workspace_id: ws.clone(),
+        member_id: owner.clone(),
+        name: "cli".into(),
+        scope: Scope::Admin,
+        created_at: now,
+        expires_at: now + time::Duration::days(90),
+        max_uses,
+    }
+}
+
+fn device(f: &Fixture, key: &KeyId) -> NewDevice {
+    let id = DeviceId::generate();
+    NewDevice {
+        spiffe_id: SpiffeId::new("heex.local", f.ws.clone(), id.clone()).unwrap(),
+        id,
+        workspace_id: f.ws.clone(),
+        name: "robot".into(),
+        labels: [("site".to_owned(), "lab".to_owned())].into(),
+        facts: Some(Facts {
+            hostname: Some("r1".into()),
+            cpus: Some(4),
+            ..Facts::default()
+        }),
+        enrolled_at: f.now,
+        enrolled_by_key: key.clone(),
+        enrolled_by_member: f.owner.clone(),
+        cert_serial: "40aa".into(),
+        cert_expires_at: f.now + time::Duration::days(30),
+    }
+}
+
+#[tokio::test]
+async fn key_records_join_owner_and_workspace() {
+    let f = fixture().await;
+    let k = f.store.find_key(&f.key).await.unwrap().unwrap();
+    assert_eq!(k.workspace_id, f.ws);
+    assert_eq!(k.workspace_name, "default");
+    assert_eq!(k.member_email, "alice@example.com");
+    assert_eq!(k.member_role, Role::Owner);
+    assert_eq!(k.created_at, f.now);
+    assert_eq!(k.uses, 0);
+    assert!(k.revoked_at.is_none() && k.last_used_at.is_none());
+    assert!(f
+        .store
+        .find_key(&KeyId::generate())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn revoke_is_recorded_once() {
+    let f = fixture().await;
+    let first = f
+        .store
+        .revoke_key(&f.key, &f.owner, f.now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.revoked_at, Some(f.now));
+    assert_eq!(first.revoked_by.as_deref(), Some("alice@example.com"));
+    let again = f
+        .store
+        .revoke_key(&f.key, &f.owner, f.now + time::Duration::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.revoked_at, Some(f.now), "the first revocation stands");
+    assert!(f
+        .store
+        .revoke_key(&KeyId::generate(), &f.owner, f.now)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn enrollment_needs_a_usable_key_and_counts_uses() {
+    let f = fixture().await;
+    let d = device(&f, &f.key);
+    f.store.insert_device(d.clone()).await.unwrap();
+    assert_eq!(f.store.find_key(&f.key).await.unwrap().unwrap().uses, 1);
+
+    // A limited key stops at its limit, and the refused device is not stored.
+    let limited = KeyId::generate();
+    f.store
+        .create_key(new_key(&limited, &f.ws, &f.owner, f.now, Some(1)))
+        .await
+        .unwrap();
+    f.store.insert_device(device(&f, &limited)).await.unwrap();
+    let refused = device(&f, &limited);
+    let err = f.store.insert_device(refused.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::KeyUnusable(ref id) if id == &limited),
+        "{err:?}"
+    );
+    assert!(f.store.device_status(&refused.id).await.unwrap().is_none());
+
+    // A revoked key enrolls nothing more.
+    f.store.revoke_key(&f.key, &f.owner, f.now).await.unwrap();
+    let err = f.store.insert_device(device(&f, &f.key)).await.unwrap_err();
+    assert!(matches!(err, StoreError::KeyUnusable(_)), "{err:?}");
+
+    // Devices do not depend on the key that enrolled them.
+    let status = f.store.device_status(&d.id).await.unwrap().unwrap();
+    assert_eq!(status.workspace_id, f.ws);
+    assert!(status.revoked_at.is_none());
+    let listed = f.store.list_devices(&f.ws).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let first = listed.iter().find(|x| x.id == d.id).unwrap();
+    assert_eq!(first.enrolled_by_member, "alice@example.com");
+    assert_eq!(first.labels, d.labels);
+    assert_eq!(first.facts, d.facts);
+    assert_eq!(first.spiffe_id, d.spiffe_id);
+    assert_eq!(first.cert_expires_at, d.cert_expires_at);
+}
+
+#[tokio::test]
+async fn expired_key_cannot_enroll() {
+    let f = fixture().await;
+    let old = KeyId::generate();
+    let mut k = new_key(&old, &f.ws, &f.owner, f.now, None);
+    k.expires_at = f.now - time::Duration::seconds(1);
+    f.store.create_key(k).await.unwrap();
+    let err = f.store.insert_device(device(&f, &old)).await.unwrap_err();
+    assert!(matches!(err, StoreError::KeyUnusable(_)));
+}
+
+#[tokio::test]
+async fn removing_a_member_revokes_their_keys() {
+    let f = fixture().await;
+    let bob = MemberId::generate();
+    f.store
+        .create_member(NewMember {
+            id: bob.clone(),
+            workspace_id: f.ws.clone(),
+            email: "bob@example.com".into(),
+            role: Role::Member,
+            created_at: f.now,
+        })
+        .await
+        .unwrap();
+    let bobs = KeyId::generate();
+    f.store
+        .create_key(new_key(&bobs, &f.ws, &bob, f.now, None))
+        .await
+        .unwrap();
+    assert!(f.store.remove_member(&bob, &f.owner, f.now).await.unwrap());
+    assert!(!f.store.remove_member(&bob, &f.owner, f.now).await.unwrap());
+    let k = f.store.find_key(&bobs).await.unwrap().unwrap();
+    assert_eq!(k.revoked_at, Some(f.now));
+    assert_eq!(k.revoked_by.as_deref(), Some("alice@example.com"));
+    // Alice's key is untouched.
+    assert!(f
+        .store
+        .find_key(&f.key)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+}
+
+#[tokio::test]
+async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
+    let f = fixture().await;
+    let d = device(&f, &f.key);
+    f.store.insert_device(d.clone()).await.unwrap();
+    let t1 = f.now + time::Duration::minutes(1);
+    f.store.record_seen(&d.id, None, t1).await.unwrap();
+    let got = &f.store.list_devices(&f.ws).await.unwrap()[0];
+    assert_eq!(got.last_seen_at, Some(t1));
+    assert_eq!(got.facts, d.facts);
+    let fresh = Facts {
+        hostname: Some("r1-renamed".into()),
+        ..Facts::default()
+    };
+    let t2 = t1 + time::Duration::minutes(1);
+    f.store.record_seen(&d.id, Some(&fresh), t2).await.unwrap();
+    // An older time never moves last_seen back.
+    f.store.record_seen(&d.id, None, t1).await.unwrap();
+    let got = &f.store.list_devices(&f.ws).await.unwrap()[0];
+    assert_eq!(got.last_seen_at, Some(t2));
+    assert_eq!(got.facts.as_ref(), Some(&fresh));
+    // Unknown devices are simply not found.
+    f.store
+        .record_seen(&DeviceId::generate(), None, t2)
+        .await
+        .unwrap();
+    assert!(f
+        .store
+        .device_status(&DeviceId::generate())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn key_use_is_visible_at_once_and_persisted_in_the_background() {
+    let f = fixture().await;
+    let used = f.now + time::Duration::seconds(5);
+    f.store.touch_key_used(&f.key, used);
+    assert_eq!(
+        f.store
+            .find_key(&f.key)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(used)
+    );
+    // Within about a second the writer flushes it without any other write.
+    let conn = rusqlite::Connection::open(&f.path).unwrap();
+    let mut stored = None;
+    for _ in 0..40 {
+        stored = conn
+            .query_row(
+                "SELECT last_used_at FROM api_keys WHERE id = ?1",
+                [f.key.as_str()],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .unwrap();
+        if stored.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, Some(used.unix_timestamp()));
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_schema() {
+    let f = fixture().await;
+    let d = device(&f, &f.key);
+    f.store.insert_device(d.clone()).await.unwrap();
+    f.store.touch_key_used(&f.key, f.now);
+    f.store.close().await;
+    let reopened = Store::open_sqlite(&f.path).unwrap();
+    assert!(reopened.device_status(&d.id).await.unwrap().is_some());
+    let k = reopened.find_key(&f.key).await.unwrap().unwrap();
+    assert_eq!(
+        k.last_used_at,
+        Some(f.now),
+        "close() flushed the pending use"
+    );
+    reopened.close().await;
+    let conn = rusqlite::Connection::open(&f.path).unwrap();
+    assert_eq!(
+        migrations::current_version(&conn).unwrap(),
+        migrations::latest_version()
+    );
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn duplicate_member_email_conflicts() {
+    let f = fixture().await;
+    let err = f
+        .store
+        .create_member(NewMember {
+            id: MemberId::generate(),
+            workspace_id: f.ws.clone(),
+            email: "alice@example.com".into(),
+            role: Role::Member,
+            created_at: f.now,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}

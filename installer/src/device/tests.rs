@@ -1,0 +1,139 @@
+use heex_proto::{Fingerprint, WorkspaceId};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+
+use super::*;
+
+struct TestCa {
+    der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca() -> TestCa {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Heex CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let der = params.self_signed(&key).unwrap().der().to_vec();
+    TestCa {
+        der,
+        issuer: Issuer::new(params, key),
+    }
+}
+
+fn response(ca: &TestCa, key: &impl PublicKeyData, cn: Option<&str>) -> EnrollResponse {
+    let device_id = DeviceId::generate();
+    let spiffe_id = SpiffeId::new("heex.test", WorkspaceId::generate(), device_id.clone()).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, cn.unwrap_or(device_id.as_str()));
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.to_string().try_into().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(key, &ca.issuer).unwrap();
+    EnrollResponse {
+        device_id,
+        spiffe_id,
+        certificate_pem: cert.pem(),
+        ca_pem: certificate_pem(&ca.der),
+        gateway: "127.0.0.1:8444".to_owned(),
+        expires_at: OffsetDateTime::now_utc(),
+    }
+}
+
+#[test]
+fn csr_carries_the_device_public_key() {
+    let key = DeviceKey::generate().unwrap();
+    let csr = key.csr_pem("robot-1").unwrap();
+    assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+    let der = pem::parse(&csr).unwrap().into_contents();
+    let (_, parsed) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&der).unwrap();
+    parsed.verify_signature().unwrap();
+    assert_eq!(
+        parsed.certification_request_info.subject_pki.raw,
+        key.spki().as_slice()
+    );
+    // The private key round-trips through its PEM, as the agent will read it.
+    let pem = key.private_pem();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert_eq!(DeviceKey::from_pem(&pem).unwrap().spki(), key.spki());
+}
+
+#[test]
+fn accepts_a_well_formed_response() {
+    let ca = ca();
+    let key = DeviceKey::generate().unwrap();
+    let resp = response(&ca, &key.0, None);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.der));
+    let issued = check_response(&resp, &key, &anchor).unwrap();
+    assert_eq!(issued.device_id, resp.device_id);
+    assert_eq!(
+        pem_certificates(issued.ca_pem.as_bytes()).unwrap(),
+        vec![ca.der.clone()]
+    );
+    assert!(issued.not_after > OffsetDateTime::now_utc());
+}
+
+#[test]
+fn refuses_a_ca_other_than_the_trusted_one() {
+    let ca = ca();
+    let other = self::ca();
+    let key = DeviceKey::generate().unwrap();
+    let resp = response(&ca, &key.0, None);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&other.der));
+    let err = check_response(&resp, &key, &anchor).unwrap_err();
+    assert_eq!(err.exit_code(), 69);
+}
+
+#[test]
+fn refuses_a_certificate_for_another_key_or_device() {
+    let ca = ca();
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.der));
+    let key = DeviceKey::generate().unwrap();
+    let other_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+
+    let resp = response(&ca, &other_key, None);
+    let err = check_response(&resp, &key, &anchor).unwrap_err();
+    assert_eq!(err.exit_code(), 70);
+    assert!(err.to_string().contains("another key"), "{err}");
+
+    let resp = response(&ca, &key.0, Some("dev_someoneelse"));
+    let err = check_response(&resp, &key, &anchor).unwrap_err();
+    assert_eq!(err.exit_code(), 70);
+
+    let mut resp = response(&ca, &key.0, None);
+    resp.gateway = "no-port".to_owned();
+    assert_eq!(
+        check_response(&resp, &key, &anchor)
+            .unwrap_err()
+            .exit_code(),
+        70
+    );
+}
+
+#[test]
+fn refuses_a_certificate_signed_by_another_ca() {
+    let ca = ca();
+    let impostor = self::ca();
+    let key = DeviceKey::generate().unwrap();
+    let mut resp = response(&impostor, &key.0, None);
+    resp.ca_pem = certificate_pem(&ca.der);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.der));
+    let err = check_response(&resp, &key, &anchor).unwrap_err();
+    assert!(err.to_string().contains("not signed by the CA"), "{err}");
+}
+
+#[test]
+fn gateway_addresses() {
+    assert!(check_gateway("127.0.0.1:8444").is_ok());
+    assert!(check_gateway("[::1]:8444").is_ok());
+    assert!(check_gateway("gw.example:443").is_ok());
+    for bad in ["", ":1", "h:", "h:0", "h:99999", "h 1:2"] {
+        assert!(check_gateway(bad).is_err(), "{bad}");
+    }
+}

@@ -1,0 +1,94 @@
+//! What can go wrong during installation, and the exit code each failure maps to.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use heex_proto::{exit, KeyParseError};
+
+/// A failed installation. Its `Display` is the single line shown to the user; it never
+/// contains the API key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    /// Bad flags, conflicting key sources, no key available.
+    #[error("{0}")]
+    Usage(String),
+    /// The API key is malformed (caught offline, before any network I/O).
+    #[error("{0}")]
+    MalformedKey(#[from] KeyParseError),
+    /// The server is unreachable or answered in a way that says it is not available.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The server's identity does not match the configured trust (pinned CA / CA file).
+    #[error("{0}")]
+    Untrusted(String),
+    /// The server refused the API key (unknown, revoked, expired, wrong scope).
+    #[error("{0}")]
+    KeyRefused(String),
+    /// A local file or directory could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    File {
+        /// What was being done ("cannot write", "cannot create directory").
+        action: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Something that should not happen: an unexpected server answer or an internal failure.
+    #[error("{0}")]
+    Unexpected(String),
+    /// The service manager failed to install, enable or start the agent service
+    /// (`--systemd`). The credentials are written; a re-run only retries the service part.
+    #[error("{0}")]
+    Service(String),
+}
+
+impl InstallError {
+    /// The documented process exit code for this failure (`heex_proto::exit`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            InstallError::Usage(_) | InstallError::MalformedKey(_) => exit::USAGE,
+            InstallError::Unreachable(_) | InstallError::Untrusted(_) => exit::UNAVAILABLE,
+            InstallError::KeyRefused(_) => exit::KEY_REFUSED,
+            InstallError::File { .. } => exit::FILE_ERROR,
+            InstallError::Unexpected(_) | InstallError::Service(_) => exit::SOFTWARE,
+        }
+    }
+
+    /// A local file error about `path`.
+    pub(crate) fn file(action: &'static str, path: &Path, source: io::Error) -> Self {
+        InstallError::File {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        assert_eq!(InstallError::Usage("x".into()).exit_code(), 64);
+        assert_eq!(
+            InstallError::MalformedKey(KeyParseError::BadChecksum).exit_code(),
+            64
+        );
+        assert_eq!(InstallError::Unreachable("x".into()).exit_code(), 69);
+        assert_eq!(InstallError::Untrusted("x".into()).exit_code(), 69);
+        assert_eq!(InstallError::KeyRefused("x".into()).exit_code(), 77);
+        let file = InstallError::file(
+            "cannot write",
+            Path::new("/x"),
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert_eq!(file.exit_code(), 73);
+        assert!(file.to_string().starts_with("cannot write /x: "));
+        assert_eq!(InstallError::Unexpected("x".into()).exit_code(), 70);
+        assert_eq!(InstallError::Service("x".into()).exit_code(), 70);
+    }
+}

@@ -1,0 +1,149 @@
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+use super::*;
+use crate::device::certificate_pem;
+
+/// Writes a complete enrollment under `root` (config in `root/etc`, state in `root/state`).
+fn enrolled(root: &Path) -> (DeviceId, PathBuf, PathBuf) {
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(DnType::CommonName, "CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_der = ca_params.self_signed(&ca_key).unwrap().der().to_vec();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let device_id = DeviceId::generate();
+    let key = DeviceKey::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, device_id.as_str());
+    let key_again = KeyPair::from_pem(&key.private_pem()).unwrap();
+    let cert = params.signed_by(&key_again, &issuer).unwrap();
+
+    let config_dir = root.join("etc");
+    let state_dir = root.join("state");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::write(state_dir.join(DEVICE_KEY), key.private_pem()).unwrap();
+    std::fs::write(state_dir.join(DEVICE_CRT), cert.pem()).unwrap();
+    std::fs::write(state_dir.join(CA_CRT), certificate_pem(&ca_der)).unwrap();
+    let toml = agent_toml(None, "https://h:8443", "h:8444", &device_id, &state_dir).unwrap();
+    std::fs::write(config_dir.join(AGENT_TOML), toml).unwrap();
+    (device_id, config_dir, state_dir)
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+#[test]
+fn nothing_when_there_is_no_config() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        inspect(dir.path(), now()).unwrap(),
+        Existing::Nothing
+    ));
+}
+
+#[test]
+fn recognises_a_complete_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (device_id, config_dir, state_dir) = enrolled(dir.path());
+    let Existing::Enrolled(e) = inspect(&config_dir, now()).unwrap() else {
+        panic!("not enrolled");
+    };
+    assert_eq!(e.device_id, device_id);
+    assert_eq!(e.server, "https://h:8443");
+    assert_eq!(e.state_dir, state_dir);
+    assert!(e.not_after > now());
+}
+
+#[test]
+fn expired_certificate_is_unusable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, config_dir, _) = enrolled(dir.path());
+    let later = now() + time::Duration::days(365 * 5000);
+    let Existing::Unusable(why) = inspect(&config_dir, later).unwrap() else {
+        panic!("expected unusable");
+    };
+    assert!(why.contains("expired"), "{why}");
+}
+
+#[test]
+fn mismatched_or_missing_files_are_unusable() {
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 5] = [
+        ("another key", |s| {
+            let other = DeviceKey::generate().unwrap();
+            std::fs::write(s.join(DEVICE_KEY), other.private_pem()).unwrap();
+        }),
+        ("not a usable key", |s| {
+            std::fs::write(s.join(DEVICE_KEY), "junk").unwrap()
+        }),
+        ("missing", |s| std::fs::remove_file(s.join(CA_CRT)).unwrap()),
+        ("no certificate", |s| {
+            std::fs::write(s.join(DEVICE_CRT), "").unwrap()
+        }),
+        ("not signed by the CA", |s| {
+            let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            std::fs::write(s.join(CA_CRT), p.self_signed(&k).unwrap().pem()).unwrap();
+        }),
+    ];
+    for (expected, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, config_dir, state_dir) = enrolled(dir.path());
+        damage(&state_dir);
+        match inspect(&config_dir, now()).unwrap() {
+            Existing::Unusable(why) => assert!(why.contains(expected), "{expected}: {why}"),
+            other => panic!("{expected}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn corrupt_config_is_unusable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(AGENT_TOML), "server = \n").unwrap();
+    assert!(matches!(
+        inspect(dir.path(), now()).unwrap(),
+        Existing::Unusable(_)
+    ));
+}
+
+#[test]
+fn agent_toml_has_the_contract_keys_and_keeps_other_settings() {
+    let id = DeviceId::generate();
+    let text = agent_toml(
+        None,
+        "https://127.0.0.1:8443",
+        "127.0.0.1:8444",
+        &id,
+        Path::new("/var/lib/heex"),
+    )
+    .unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(table.len(), 4);
+    assert_eq!(table["server"].as_str(), Some("https://127.0.0.1:8443"));
+    assert_eq!(table["gateway"].as_str(), Some("127.0.0.1:8444"));
+    assert_eq!(table["device_id"].as_str(), Some(id.as_str()));
+    assert_eq!(table["state_dir"].as_str(), Some("/var/lib/heex"));
+
+    let previous = format!("{text}heartbeat_interval = \"5s\"\n");
+    let new_id = DeviceId::generate();
+    let text = agent_toml(
+        Some(&previous),
+        "https://h",
+        "h:1",
+        &new_id,
+        Path::new("/s\"q"),
+    )
+    .unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(table.len(), 5);
+    assert_eq!(table["device_id"].as_str(), Some(new_id.as_str()));
+    assert_eq!(table["state_dir"].as_str(), Some("/s\"q"));
+    assert_eq!(table["heartbeat_interval"].as_str(), Some("5s"));
+}

@@ -1,0 +1,184 @@
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use super::*;
+
+fn ca(name: &str) -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.der().clone(), Issuer::new(params, key))
+}
+
+fn server_leaf(issuer: &Issuer<'static, KeyPair>, names: &[&str]) -> CertificateDer<'static> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(names).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "server");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.signed_by(&key, issuer).unwrap().der().clone()
+}
+
+fn verify(
+    anchor: TrustAnchor,
+    chain: &[CertificateDer<'static>],
+    host: &str,
+) -> (Result<ServerCertVerified, rustls::Error>, Option<Verdict>) {
+    let log = VerdictLog::default();
+    let verifier = AnchoredVerifier::new(anchor, log.clone());
+    let name = ServerName::try_from(host.to_owned()).unwrap();
+    let result = verifier.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now());
+    (result, log.latest())
+}
+
+#[test]
+fn accepts_a_chain_presenting_the_pinned_ca() {
+    let (ca_der, ca) = ca("Heex CA");
+    let leaf = server_leaf(&ca, &["localhost", "127.0.0.1"]);
+    let pin = Fingerprint::of_der(&ca_der);
+    for host in ["localhost", "127.0.0.1"] {
+        let (result, verdict) = verify(
+            TrustAnchor::Pinned(pin),
+            &[leaf.clone(), ca_der.clone()],
+            host,
+        );
+        assert!(result.is_ok(), "{host}: {result:?}");
+        assert!(matches!(verdict, Some(Verdict::Verified { ca: Some(fp) }) if fp == pin));
+    }
+}
+
+#[test]
+fn refuses_when_no_presented_certificate_matches_the_pin() {
+    let (ca_der, ca) = ca("Heex CA");
+    let (other_der, _) = self::ca("Other CA");
+    let leaf = server_leaf(&ca, &["localhost"]);
+    let pin = Fingerprint::of_der(&other_der);
+    let anchor = TrustAnchor::Pinned(pin);
+    let (result, verdict) = verify(anchor.clone(), &[leaf.clone(), ca_der.clone()], "localhost");
+    assert!(result.is_err());
+    let Some(Verdict::PinNotPresented { presented }) = &verdict else {
+        panic!("{verdict:?}");
+    };
+    assert_eq!(
+        presented,
+        &vec![Fingerprint::of_der(&leaf), Fingerprint::of_der(&ca_der)]
+    );
+    let msg = explain_refusal(&anchor, verdict.as_ref()).unwrap();
+    assert!(
+        msg.starts_with("the server's CA does not match --ca-fingerprint"),
+        "{msg}"
+    );
+    assert!(msg.contains(&pin.to_string()) && msg.contains("refusing to send the API key"));
+}
+
+#[test]
+fn refuses_a_pinned_ca_that_did_not_sign_the_leaf() {
+    // An impostor can copy the real CA certificate into its chain; it cannot make the real CA
+    // sign its leaf.
+    let (real_der, _real) = ca("Heex CA");
+    let (_, impostor) = ca("Heex CA");
+    let leaf = server_leaf(&impostor, &["localhost"]);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&real_der));
+    let (result, verdict) = verify(anchor.clone(), &[leaf, real_der], "localhost");
+    assert!(result.is_err());
+    assert!(matches!(verdict, Some(Verdict::Rejected(_))), "{verdict:?}");
+    let msg = explain_refusal(&anchor, verdict.as_ref()).unwrap();
+    assert!(msg.contains("refusing to send the API key"), "{msg}");
+}
+
+#[test]
+fn checks_the_host_name_too() {
+    let (ca_der, ca) = ca("Heex CA");
+    let leaf = server_leaf(&ca, &["heex.example"]);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca_der));
+    let (result, verdict) = verify(anchor, &[leaf, ca_der], "other.example");
+    assert!(matches!(
+        result,
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    ));
+    assert!(matches!(verdict, Some(Verdict::Rejected(_))));
+}
+
+#[test]
+fn a_pinned_leaf_vouches_only_for_itself() {
+    // Pinning the server's own self-signed certificate is an exact pin: it verifies, because
+    // the server still has to prove it holds that certificate's key in the handshake.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let self_signed = params.self_signed(&key).unwrap().der().clone();
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&self_signed));
+    let (result, _) = verify(anchor, &[self_signed], "localhost");
+    assert!(result.is_ok(), "{result:?}");
+
+    // A CA-issued leaf that is pinned cannot anchor a different leaf presented with it.
+    let (ca_der, ca) = ca("Heex CA");
+    let pinned_leaf = server_leaf(&ca, &["localhost"]);
+    let other_leaf = server_leaf(&ca, &["localhost"]);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&pinned_leaf));
+    let (result, verdict) = verify(anchor, &[other_leaf, pinned_leaf, ca_der], "localhost");
+    assert!(result.is_err());
+    assert!(matches!(verdict, Some(Verdict::Rejected(_))), "{verdict:?}");
+}
+
+#[test]
+fn ca_file_is_the_only_root() {
+    let (ca_der, ca) = ca("Heex CA");
+    let (other_der, _) = self::ca("Other CA");
+    let leaf = server_leaf(&ca, &["localhost"]);
+
+    let good = TrustAnchor::CaFile {
+        path: PathBuf::from("ca.crt"),
+        certs: vec![ca_der.clone()],
+    };
+    let (result, verdict) = verify(good, std::slice::from_ref(&leaf), "localhost");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        matches!(verdict, Some(Verdict::Verified { ca: Some(fp) }) if fp == Fingerprint::of_der(&ca_der))
+    );
+
+    let wrong = TrustAnchor::CaFile {
+        path: PathBuf::from("other.crt"),
+        certs: vec![other_der],
+    };
+    let (result, verdict) = verify(wrong.clone(), &[leaf, ca_der], "localhost");
+    assert!(result.is_err());
+    let msg = explain_refusal(&wrong, verdict.as_ref()).unwrap();
+    assert!(
+        msg.contains("is not signed by that CA") && msg.contains("--ca-file other.crt"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn ca_file_must_hold_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    assert_eq!(
+        TrustAnchor::from_ca_file(&empty).unwrap_err().exit_code(),
+        64
+    );
+    let missing = dir.path().join("missing.pem");
+    assert_eq!(
+        TrustAnchor::from_ca_file(&missing).unwrap_err().exit_code(),
+        73
+    );
+
+    let (ca_der, _) = ca("Heex CA");
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca_der.to_vec()));
+    let file = dir.path().join("ca.pem");
+    std::fs::write(&file, pem).unwrap();
+    let anchor = TrustAnchor::from_ca_file(&file).unwrap();
+    assert!(anchor.is_anchor(&ca_der));
+}
