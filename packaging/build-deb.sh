@@ -12,4 +12,6 @@ assets="$target_dir/release/heex-assets"
 cargo build --release --locked -p heex-agent -p heex-installer
 rm -rf "$assets"
 cargo run --quiet --locked -p heex-packaging --bin heex-package-assets -- "$assets" >/dev/null
+# Debian policy wants man pages compressed; cargo-deb leaves files under target/ as they are.
+gzip -9n "$assets"/man/*.8
 cargo deb --locked -p heex-packaging --no-build --output "$target_dir/debian/" | tail -n 1

@@ -4,6 +4,12 @@
 //! about it. A missing, malformed (checksum first), unknown or inauthentic key gets a plain
 //! 401 `unauthorized`; only an authentic key hears that it was revoked (when, by whom) or
 //! expired (when).
+//!
+//! What an authenticated request may do is the key's scope intersected with its owner's
+//! role: an `enroll` key may only enroll and ask who it is (and revoke itself, so a leaked key
+//! can always be killed with itself); an `admin` key may manage its owner's own keys, list
+//! members and devices, and enroll; managing members, other members' keys and reading the
+//! audit log also needs the `owner` or `admin` role.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -16,7 +22,7 @@ use time::OffsetDateTime;
 
 use crate::api::AppState;
 use crate::error::ApiError;
-use crate::store::{KeyRecord, Store};
+use crate::store::{KeyRecord, Revocation, Role, Store};
 
 /// The authenticated caller of a request: the key it presented and that key's owner.
 #[derive(Debug, Clone)]
@@ -43,6 +49,35 @@ impl Caller {
     /// Requires admin scope.
     pub fn require_admin(&self, action: &str) -> Result<(), ApiError> {
         self.require_scope(&[Scope::Admin], action)
+    }
+
+    /// True when the caller's role lets them manage the workspace (owner or admin).
+    pub fn has_manager_role(&self) -> bool {
+        matches!(self.key.member_role, Role::Owner | Role::Admin)
+    }
+
+    /// Requires admin scope and the owner or admin role.
+    pub fn require_manager(&self, action: &str) -> Result<(), ApiError> {
+        self.require_admin(action)?;
+        if self.has_manager_role() {
+            return Ok(());
+        }
+        Err(self.role_refusal(action))
+    }
+
+    /// The 403 for a member whose role does not allow `action`.
+    pub fn role_refusal(&self, action: &str) -> ApiError {
+        ApiError::forbidden(format!(
+            "{} has the role \"{}\" in workspace {}; {action} needs the owner or admin role",
+            self.key.member_email,
+            self.key.member_role.as_str(),
+            self.key.workspace_name
+        ))
+    }
+
+    /// True when `key` belongs to the caller's member.
+    pub fn owns(&self, key: &KeyRecord) -> bool {
+        key.member_id == self.key.member_id && key.workspace_id == self.key.workspace_id
     }
 }
 
@@ -95,13 +130,24 @@ pub fn check_key(
 
 /// Why an authentic key can no longer be used at `now`, if it cannot.
 pub fn refusal(record: &KeyRecord, now: OffsetDateTime) -> Option<ApiError> {
-    if let Some(at) = record.revoked_at {
-        return Some(ApiError::key_revoked(format!(
-            "API key {} was revoked on {} by {}; ask an admin for a new key",
-            record.id,
-            rfc3339(at),
-            record.revoked_by.as_deref().unwrap_or("an admin")
-        )));
+    // A revocation scheduled for the end of a rotation overlap does not count before then.
+    if let Some(at) = record.revoked_at.filter(|at| *at <= now) {
+        let by = record.revoked_by.as_deref().unwrap_or("an admin");
+        let message = match record.revoked_reason {
+            Some(Revocation::MemberRemoved) => format!(
+                "API key {} was revoked on {} because its owner {} was removed from the \
+                 workspace by {by}",
+                record.id,
+                rfc3339(at),
+                record.member_email
+            ),
+            _ => format!(
+                "API key {} was revoked on {} by {by}; ask an admin for a new key",
+                record.id,
+                rfc3339(at)
+            ),
+        };
+        return Some(ApiError::key_revoked(message));
     }
     if record.expires_at <= now {
         return Some(ApiError::key_expired(format!(
@@ -121,7 +167,7 @@ pub fn enroll_refusal(record: &KeyRecord, now: OffsetDateTime) -> Option<ApiErro
     }
     match record.max_uses {
         Some(max) if record.uses >= max => Some(ApiError::forbidden(format!(
-            "API key {} has been used for its maximum of {max} enrollments; create a new key",
+            "API key {} has used all of its {max} enrollments; create a new key",
             record.id
         ))),
         _ => None,
@@ -136,7 +182,6 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Role;
     use axum::http::{HeaderValue, StatusCode};
     use heex_proto::api::ErrorCode;
     use heex_proto::{KeyId, MemberId, WorkspaceId};
@@ -159,6 +204,8 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             revoked_by: None,
+            revoked_reason: None,
+            replaced_by: None,
             max_uses: None,
             uses: 0,
         }
@@ -282,6 +329,68 @@ mod tests {
         let e = enroll_refusal(&rec, now).unwrap();
         assert_eq!(code(&e), (StatusCode::FORBIDDEN, ErrorCode::Forbidden));
         rec_uses_below_limit_is_fine(rec, now);
+    }
+
+    #[test]
+    fn removed_members_key_says_who_removed_them() {
+        let now = OffsetDateTime::now_utc();
+        let key = ApiKey::derive(SECRET, KeyId::generate());
+        let mut rec = record(key.id().clone());
+        rec.member_email = "bob@example.com".into();
+        rec.revoked_at = Some(time::macros::datetime!(2026-11-20 10:00 UTC));
+        rec.revoked_by = Some("alice@example.com".into());
+        rec.revoked_reason = Some(Revocation::MemberRemoved);
+        let e = check_key(Some(rec), &key, SECRET, now).unwrap_err();
+        assert_eq!(code(&e), (StatusCode::UNAUTHORIZED, ErrorCode::KeyRevoked));
+        assert_eq!(
+            e.body().message,
+            format!(
+                "API key {} was revoked on 2026-11-20T10:00:00Z because its owner \
+                 bob@example.com was removed from the workspace by alice@example.com",
+                key.id()
+            )
+        );
+    }
+
+    #[test]
+    fn scheduled_revocation_counts_only_once_due() {
+        let now = OffsetDateTime::now_utc();
+        let key = ApiKey::derive(SECRET, KeyId::generate());
+        let mut rec = record(key.id().clone());
+        rec.revoked_at = Some(now + time::Duration::hours(1));
+        rec.revoked_by = Some("alice@example.com".into());
+        rec.revoked_reason = Some(Revocation::Rotated);
+        check_key(Some(rec.clone()), &key, SECRET, now).unwrap();
+        assert!(enroll_refusal(&rec, now).is_none());
+        let later = now + time::Duration::hours(1);
+        let e = check_key(Some(rec), &key, SECRET, later).unwrap_err();
+        assert_eq!(code(&e), (StatusCode::UNAUTHORIZED, ErrorCode::KeyRevoked));
+    }
+
+    #[test]
+    fn role_and_scope_intersect() {
+        let now = OffsetDateTime::now_utc();
+        let mut rec = record(KeyId::generate());
+        rec.scope = Scope::Admin;
+        rec.member_role = Role::Member;
+        let member = Caller { key: rec.clone() };
+        member.require_admin("listing members").unwrap();
+        let e = member.require_manager("inviting members").unwrap_err();
+        assert_eq!(code(&e), (StatusCode::FORBIDDEN, ErrorCode::Forbidden));
+        assert!(e.body().message.contains("owner or admin role"), "{}", e.body().message);
+
+        rec.member_role = Role::Admin;
+        Caller { key: rec.clone() }
+            .require_manager("inviting members")
+            .unwrap();
+        // An owner's enroll key is still only an enroll key.
+        rec.member_role = Role::Owner;
+        rec.scope = Scope::Enroll;
+        let e = Caller { key: rec }
+            .require_manager("inviting members")
+            .unwrap_err();
+        assert!(e.body().message.contains("scope"), "{}", e.body().message);
+        let _ = now;
     }
 
     fn rec_uses_below_limit_is_fine(mut rec: KeyRecord, now: OffsetDateTime) {

@@ -24,6 +24,37 @@ pub enum Command {
     /// Serve the HTTPS API and the mTLS gateway (initializing the data directory first if
     /// it is not initialized yet).
     Serve(ServeArgs),
+    /// Manage the workspaces of a data directory (works while `serve` runs).
+    #[command(subcommand)]
+    Workspaces(WorkspacesCommand),
+}
+
+/// `heex-cloud workspaces` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WorkspacesCommand {
+    /// Create a workspace with its owner, and print the owner's first API key.
+    Create(WorkspaceCreateArgs),
+}
+
+/// `heex-cloud workspaces create`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkspaceCreateArgs {
+    /// Data directory.
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// The new workspace.
+    #[command(flatten)]
+    pub options: WorkspaceOptions,
+}
+
+/// What a new workspace is created with.
+#[derive(Debug, Clone, Args)]
+pub struct WorkspaceOptions {
+    /// Unique name of the workspace.
+    pub name: String,
+    /// Email of the workspace owner, who receives the first API key.
+    #[arg(long)]
+    pub owner: String,
 }
 
 /// Where the data directory is.
@@ -44,7 +75,8 @@ pub struct InitOptions {
     #[arg(long, default_value = "owner@localhost")]
     pub owner: String,
     /// Extra DNS name or IP address for the server certificate (repeatable); localhost,
-    /// 127.0.0.1 and ::1 are always included.
+    /// 127.0.0.1 and ::1 are always included. `serve` re-issues the server certificate when
+    /// it lacks one of them or expires within 30 days.
     #[arg(long = "hostname", value_name = "NAME")]
     pub hostnames: Vec<String>,
     /// SPIFFE trust domain of device identities.
@@ -132,6 +164,27 @@ mod tests {
             panic!("not init")
         };
         assert_eq!(args.options.hostnames, ["a.example", "10.0.0.1"]);
+    }
+
+    #[test]
+    fn workspaces_create() {
+        let cli = Cli::try_parse_from([
+            "heex-cloud",
+            "workspaces",
+            "create",
+            "robots-b",
+            "--owner",
+            "bo@example.com",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap();
+        let Command::Workspaces(WorkspacesCommand::Create(args)) = cli.command else {
+            panic!("not workspaces create")
+        };
+        assert_eq!(args.options.name, "robots-b");
+        assert_eq!(args.options.owner, "bo@example.com");
+        assert!(Cli::try_parse_from(["heex-cloud", "workspaces", "create", "x"]).is_err());
     }
 
     #[test]

@@ -29,9 +29,9 @@ use time::OffsetDateTime;
 
 use crate::atomic_file::{write_atomic, TEMP_PREFIX};
 use crate::ca::{certificate_names, san_for, server_cert_fits, Ca};
-use crate::cli::InitOptions;
+use crate::cli::{InitOptions, WorkspaceOptions};
 use crate::error::Error;
-use crate::store::{NewKey, NewMember, NewWorkspace, Role, Store};
+use crate::store::{NewKey, NewMember, NewWorkspace, Role, Store, StoreError};
 
 /// Server secret file.
 pub const SECRET: &str = "secret";
@@ -151,6 +151,34 @@ impl InitReport {
     }
 }
 
+/// What `heex-cloud workspaces create` created, to show the operator once.
+#[derive(Debug)]
+pub struct WorkspaceReport {
+    /// Workspace id.
+    pub workspace_id: WorkspaceId,
+    /// Workspace name.
+    pub workspace_name: String,
+    /// Owner's email.
+    pub owner_email: String,
+    /// The owner's first API key (admin scope).
+    pub owner_key: ApiKey,
+}
+
+impl WorkspaceReport {
+    /// Prints the report (including the full owner key) for the operator.
+    pub fn print(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "Workspace:      {} ({})",
+            self.workspace_name, self.workspace_id
+        )?;
+        writeln!(out, "Owner:          {}", self.owner_email)?;
+        writeln!(out, "Owner API key:  {}", self.owner_key.expose())?;
+        writeln!(out, "Keep the API key secret.")?;
+        out.flush()
+    }
+}
+
 /// Everything `serve` needs from the data directory.
 pub struct Loaded {
     /// Settings.
@@ -210,25 +238,21 @@ impl DataDir {
         let member_id = MemberId::generate();
         let key_id = KeyId::generate();
         let store = Store::open_sqlite(&self.path(DATABASE))?;
-        let created = async {
-            store
-                .create_workspace(NewWorkspace {
+        let created = store
+            .create_workspace_with_owner(
+                NewWorkspace {
                     id: workspace_id.clone(),
                     name: opts.workspace.clone(),
                     created_at: now,
-                })
-                .await?;
-            store
-                .create_member(NewMember {
+                },
+                NewMember {
                     id: member_id.clone(),
                     workspace_id: workspace_id.clone(),
                     email: opts.owner.clone(),
                     role: Role::Owner,
                     created_at: now,
-                })
-                .await?;
-            store
-                .create_key(NewKey {
+                },
+                NewKey {
                     id: key_id.clone(),
                     workspace_id: workspace_id.clone(),
                     member_id,
@@ -237,10 +261,9 @@ impl DataDir {
                     created_at: now,
                     expires_at: now + OWNER_KEY_LIFETIME,
                     max_uses: None,
-                })
-                .await
-        }
-        .await;
+                },
+            )
+            .await;
         store.close().await;
         created?;
 
@@ -263,6 +286,78 @@ impl DataDir {
             owner_key: ApiKey::derive(secret.as_bytes(), key_id),
             ca_fingerprint: ca.fingerprint(),
         })
+    }
+
+    /// Adds a workspace with its owner and the owner's first API key (admin scope) to an
+    /// initialized directory. Safe while `serve` runs on it: the database takes writers in
+    /// turn.
+    pub async fn add_workspace(&self, opts: &WorkspaceOptions) -> Result<WorkspaceReport, Error> {
+        check_workspace_name(&opts.name, "workspace name")?;
+        check_email(&opts.owner, "--owner")?;
+        if !self.is_initialized() {
+            return Err(Error::corrupt(
+                self.path(SETTINGS),
+                "missing: the data directory is not initialized (run `heex-cloud init`)",
+            ));
+        }
+        let secret = self.read_secret()?;
+        let now = OffsetDateTime::now_utc();
+        let workspace_id = WorkspaceId::generate();
+        let member_id = MemberId::generate();
+        let key_id = KeyId::generate();
+        let store = Store::open_sqlite(&self.path(DATABASE))?;
+        let created = store
+            .create_workspace_with_owner(
+                NewWorkspace {
+                    id: workspace_id.clone(),
+                    name: opts.name.trim().to_owned(),
+                    created_at: now,
+                },
+                NewMember {
+                    id: member_id.clone(),
+                    workspace_id: workspace_id.clone(),
+                    email: opts.owner.clone(),
+                    role: Role::Owner,
+                    created_at: now,
+                },
+                NewKey {
+                    id: key_id.clone(),
+                    workspace_id: workspace_id.clone(),
+                    member_id,
+                    name: "owner".to_owned(),
+                    scope: Scope::Admin,
+                    created_at: now,
+                    expires_at: now + OWNER_KEY_LIFETIME,
+                    max_uses: None,
+                },
+            )
+            .await;
+        store.close().await;
+        match created {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                return Err(Error::Usage(format!(
+                    "a workspace named {:?} exists already; choose another name",
+                    opts.name.trim()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(WorkspaceReport {
+            workspace_id,
+            workspace_name: opts.name.trim().to_owned(),
+            owner_email: opts.owner.clone(),
+            owner_key: ApiKey::derive(secret.as_bytes(), key_id),
+        })
+    }
+
+    fn read_secret(&self) -> Result<ServerSecret, Error> {
+        let secret_path = self.path(SECRET);
+        warn_if_exposed(&secret_path);
+        let secret_bytes = fs::read(&secret_path).map_err(|e| Error::file(&secret_path, e))?;
+        Ok(ServerSecret(secret_bytes.try_into().map_err(|_| {
+            Error::corrupt(&secret_path, "must hold exactly 32 bytes")
+        })?))
     }
 
     /// Loads an initialized directory. Re-issues the server certificate when it expires
@@ -289,14 +384,7 @@ impl DataDir {
         validate_trust_domain(&settings.trust_domain)
             .map_err(|e| Error::corrupt(&settings_path, e.to_string()))?;
 
-        let secret_path = self.path(SECRET);
-        warn_if_exposed(&secret_path);
-        let secret_bytes = fs::read(&secret_path).map_err(|e| Error::file(&secret_path, e))?;
-        let secret = ServerSecret(
-            secret_bytes
-                .try_into()
-                .map_err(|_| Error::corrupt(&secret_path, "must hold exactly 32 bytes"))?,
-        );
+        let secret = self.read_secret()?;
 
         let ca_key_path = self.path(CA_KEY);
         warn_if_exposed(&ca_key_path);
@@ -401,27 +489,34 @@ impl DataDir {
 }
 
 fn validate_init_options(opts: &InitOptions) -> Result<(), Error> {
-    let ws = opts.workspace.trim();
-    if ws.is_empty() || ws.chars().count() > 64 || ws.chars().any(char::is_control) {
-        return Err(Error::Usage(
-            "--workspace must be 1 to 64 printable characters".to_owned(),
-        ));
+    check_workspace_name(&opts.workspace, "--workspace")?;
+    check_email(&opts.owner, "--owner")?;
+    validate_trust_domain(&opts.trust_domain)
+        .map_err(|e| Error::Usage(format!("--trust-domain: {e}")))?;
+    for h in &opts.hostnames {
+        san_for(h).map_err(|e| Error::Usage(format!("--hostname: {e}")))?;
     }
-    let owner = &opts.owner;
+    Ok(())
+}
+
+fn check_workspace_name(name: &str, what: &str) -> Result<(), Error> {
+    let ws = name.trim();
+    if ws.is_empty() || ws.chars().count() > 64 || ws.chars().any(char::is_control) {
+        return Err(Error::Usage(format!(
+            "{what} must be 1 to 64 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_email(owner: &str, what: &str) -> Result<(), Error> {
     let plausible = owner.len() <= 254
         && !owner.chars().any(|c| c.is_whitespace() || c.is_control())
         && owner
             .split_once('@')
             .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
     if !plausible {
-        return Err(Error::Usage(format!(
-            "--owner {owner:?} is not an email address"
-        )));
-    }
-    validate_trust_domain(&opts.trust_domain)
-        .map_err(|e| Error::Usage(format!("--trust-domain: {e}")))?;
-    for h in &opts.hostnames {
-        san_for(h).map_err(|e| Error::Usage(format!("--hostname: {e}")))?;
+        return Err(Error::Usage(format!("{what} {owner:?} is not an email address")));
     }
     Ok(())
 }

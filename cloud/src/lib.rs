@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiContext, AppState, GatewayAddress};
-use crate::cli::{Cli, Command, InitArgs, ServeArgs};
+use crate::cli::{Cli, Command, InitArgs, ServeArgs, WorkspaceCreateArgs, WorkspacesCommand};
 use crate::datadir::DataDir;
 pub use crate::error::Error;
 use crate::gateway::{GatewayTls, SessionRegistry};
@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         match cli.command {
             Command::Init(args) => init(args).await,
             Command::Serve(args) => serve(args).await,
+            Command::Workspaces(WorkspacesCommand::Create(args)) => create_workspace(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -53,6 +54,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 pub async fn init(args: InitArgs) -> Result<(), Error> {
     let dir = DataDir::new(&args.dir.data_dir);
     let report = dir.init(&args.options).await?;
+    report
+        .print(&mut std::io::stdout().lock())
+        .map_err(|e| Error::file("<stdout>", e))
+}
+
+/// `heex-cloud workspaces create`.
+pub async fn create_workspace(args: WorkspaceCreateArgs) -> Result<(), Error> {
+    let dir = DataDir::new(&args.dir.data_dir);
+    let report = dir.add_workspace(&args.options).await?;
     report
         .print(&mut std::io::stdout().lock())
         .map_err(|e| Error::file("<stdout>", e))

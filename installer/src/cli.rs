@@ -153,7 +153,13 @@ mod tests {
 
     #[test]
     fn no_start_needs_systemd() {
-        let base = ["heex-installer", "--server", "https://h", "--ca-file", "/x.pem"];
+        let base = [
+            "heex-installer",
+            "--server",
+            "https://h",
+            "--ca-file",
+            "/x.pem",
+        ];
         let cli = Cli::try_parse_from(base.iter().chain(&["--systemd", "--no-start"])).unwrap();
         assert!(cli.systemd && cli.no_start);
         assert!(Cli::try_parse_from(base.iter().chain(&["--no-start"])).is_err());

@@ -123,10 +123,7 @@ pub fn run(cli: &Cli, env: &KeyEnv, out: &mut dyn Write) -> Result<Outcome, Inst
     };
     let outcome = enroll_unless_enrolled(&mut progress, cli.force, env, request)?;
     if let Some(service) = service {
-        service.install(
-            &mut progress,
-            matches!(outcome, Outcome::Enrolled { .. }),
-        )?;
+        service.install(&mut progress, matches!(outcome, Outcome::Enrolled { .. }))?;
     }
     Ok(outcome)
 }

@@ -180,10 +180,7 @@ impl Service {
             })?,
         };
         progress.step(
-            &format!(
-                "Giving {} to user {SERVICE_USER}",
-                self.state_dir.display()
-            ),
+            &format!("Giving {} to user {SERVICE_USER}", self.state_dir.display()),
             || {
                 give_tree(&self.state_dir, uid, gid)
                     .map(|n| ((), (n == 0).then(|| "already".to_owned())))
@@ -205,8 +202,8 @@ impl Service {
         }
         // A running agent keeps the credentials and unit it started with: restart it when
         // either changed. `restart` also starts a stopped service.
-        let may_run_stale = (credentials_changed && unit != UnitFile::Created)
-            || unit == UnitFile::Updated;
+        let may_run_stale =
+            (credentials_changed && unit != UnitFile::Created) || unit == UnitFile::Updated;
         let (verb, title) = if may_run_stale {
             ("restart", "Restarting")
         } else {

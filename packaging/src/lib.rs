@@ -45,7 +45,8 @@ const EXIT_STATUS: &str = r#".SH "EXIT STATUS"
 success (the installer also exits 0 when the machine is already enrolled)
 .TP
 \fB64\fR
-usage error, or a malformed API key (caught offline by its checksum)
+usage error, a malformed API key (caught offline by its checksum), or \fB\-\-systemd\fR
+on a machine not running systemd
 .TP
 \fB69\fR
 server unreachable, or its certificate does not match the pinned CA
@@ -71,7 +72,7 @@ configuration written by \fBheex\-installer\fR(8)
 \fI/var/lib/heex/\fR
 \fBdevice.key\fR (0600), \fBdevice.crt\fR, \fBca.crt\fR, \fBstatus.json\fR
 .TP
-\fI/lib/systemd/system/heex\-agent.service\fR
+\fI/usr/lib/systemd/system/heex\-agent.service\fR
 the hardened service; it runs as the system user \fBheex\fR
 .SH ENVIRONMENT
 .TP
@@ -180,7 +181,11 @@ pub fn write_assets(out: &Path) -> io::Result<Vec<PathBuf>> {
         for (file, roff) in man_pages(cmd.clone())? {
             put("man", &file, &roff)?;
         }
-        for (dir, shell) in [("bash", Shell::Bash), ("zsh", Shell::Zsh), ("fish", Shell::Fish)] {
+        for (dir, shell) in [
+            ("bash", Shell::Bash),
+            ("zsh", Shell::Zsh),
+            ("fish", Shell::Fish),
+        ] {
             let (file, script) = completion(cmd.clone(), shell);
             put(dir, &file, &script)?;
         }
@@ -222,7 +227,10 @@ mod tests {
         let installer = fs::read_to_string(dir.path().join("man/heex-installer.8")).unwrap();
         assert!(installer.contains("\n.TH heex-installer 8 "), "{installer}");
         assert!(installer.contains("systemd") && installer.contains("HEEX_API_KEY_FILE"));
-        assert!(!installer.contains("systemd\\-root"), "hidden flags stay hidden");
+        assert!(
+            !installer.contains("systemd\\-root"),
+            "hidden flags stay hidden"
+        );
         let bash = fs::read_to_string(dir.path().join("bash/heex-installer")).unwrap();
         assert!(bash.contains("--no-start") && bash.contains("--ca-fingerprint"));
         let fish = fs::read_to_string(dir.path().join("fish/heex-agent.fish")).unwrap();

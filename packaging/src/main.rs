@@ -20,7 +20,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return code(if e.exit_code() == 0 { exit::OK } else { exit::USAGE });
+            return code(if e.exit_code() == 0 {
+                exit::OK
+            } else {
+                exit::USAGE
+            });
         }
     };
     match heex_packaging::write_assets(&cli.out_dir) {
@@ -31,7 +35,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: cannot write assets to {}: {e}", cli.out_dir.display());
+            eprintln!(
+                "error: cannot write assets to {}: {e}",
+                cli.out_dir.display()
+            );
             code(exit::FILE_ERROR)
         }
     }

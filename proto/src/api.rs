@@ -14,6 +14,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Facts about a machine, reported at enrollment and by the agent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Facts {
     /// Host name.
@@ -42,6 +43,7 @@ pub struct Facts {
 
 /// `POST /v1/enroll` request (Bearer API key).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// PKCS#10 CSR in PEM, made with the device's freshly generated private key.
@@ -58,6 +60,7 @@ pub struct EnrollRequest {
 
 /// `POST /v1/enroll` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     /// The new device's id.
     pub device_id: DeviceId,
@@ -76,6 +79,7 @@ pub struct EnrollResponse {
 
 /// Machine-readable error codes in [`ErrorBody`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -104,6 +108,7 @@ pub enum ErrorCode {
 
 /// Body of every API error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Machine-readable code.
     pub error: ErrorCode,
@@ -113,6 +118,7 @@ pub struct ErrorBody {
 
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// May only enroll devices (and ask who it is).
@@ -146,6 +152,7 @@ impl std::str::FromStr for Scope {
 
 /// An API key's metadata. Never contains the secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyInfo {
     /// Public key id.
     pub id: KeyId,
@@ -174,6 +181,7 @@ pub struct KeyInfo {
 
 /// `POST /v1/keys` request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// Name/use label.
@@ -198,6 +206,7 @@ fn default_scope() -> Scope {
 
 /// `POST /v1/keys` response: the only time the server volunteers the full key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateKeyResponse {
     /// The full API key.
     pub key: String,
@@ -208,6 +217,7 @@ pub struct CreateKeyResponse {
 
 /// `GET /v1/whoami` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhoAmI {
     /// Workspace id.
     pub workspace_id: WorkspaceId,
@@ -225,6 +235,7 @@ pub struct WhoAmI {
 
 /// One device, as listed by `GET /v1/devices`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceInfo {
     /// Device id.
     pub id: DeviceId,
@@ -259,6 +270,7 @@ pub struct DeviceInfo {
 
 /// Where a key stands, as listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
     /// Usable.
@@ -273,6 +285,7 @@ pub enum KeyStatus {
 
 /// One key as listed by `GET /v1/keys`: metadata plus usage and status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyListEntry {
     /// Metadata.
     #[serde(flatten)]
@@ -291,6 +304,7 @@ pub struct KeyListEntry {
 
 /// `POST /v1/keys/{id}/copy` response (the key's owner only): the key re-derived.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CopyKeyResponse {
     /// The full API key.
     pub key: String,
@@ -301,6 +315,7 @@ pub struct CopyKeyResponse {
 
 /// `POST /v1/keys/{id}/rotate` request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RotateKeyRequest {
     /// Seconds the old key stays valid after rotation (0 or absent: revoked at once).
@@ -310,6 +325,7 @@ pub struct RotateKeyRequest {
 
 /// A member's role in a workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Full control; the last owner cannot be removed.
@@ -347,6 +363,7 @@ impl std::str::FromStr for Role {
 
 /// A team member as listed by `GET /v1/members`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberInfo {
     /// Member id (`mem_…`).
     pub id: String,
@@ -367,6 +384,7 @@ pub struct MemberInfo {
 
 /// `POST /v1/invitations` request (admin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
     /// Invitee's email.
@@ -385,6 +403,7 @@ fn default_role() -> Role {
 
 /// `POST /v1/invitations` response: the token is shown once; the invitee accepts with it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InviteResponse {
     /// One-time invitation token.
     pub token: String,
@@ -399,6 +418,7 @@ pub struct InviteResponse {
 
 /// `POST /v1/invitations/accept` request (no API key: the token is the credential).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AcceptInvitationRequest {
     /// The invitation token.
@@ -410,6 +430,7 @@ pub struct AcceptInvitationRequest {
 
 /// `POST /v1/invitations/accept` response: the new member and their first key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AcceptInvitationResponse {
     /// The new member.
     pub member: MemberInfo,
@@ -423,6 +444,7 @@ pub struct AcceptInvitationResponse {
 
 /// `POST /v1/members/{id}/remove` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RemoveMemberResponse {
     /// The removed member.
     pub member: MemberInfo,
@@ -432,6 +454,7 @@ pub struct RemoveMemberResponse {
 
 /// One audit log entry (`GET /v1/audit`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     /// Increasing id.
     pub id: i64,

@@ -14,6 +14,8 @@ pub mod exit;
 pub mod fingerprint;
 pub mod frame;
 pub mod identity;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 
 pub use apikey::{ApiKey, KeyId, KeyParseError};
 pub use fingerprint::Fingerprint;

@@ -6,15 +6,16 @@ use axum::extract::State;
 use axum::http::uri::Authority;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
-use heex_proto::api::{EnrollRequest, EnrollResponse, Scope};
+use heex_proto::api::{EnrollRequest, EnrollResponse, ErrorBody, Scope};
 use heex_proto::{DeviceId, SpiffeId};
+use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{check_name, ApiJson, AppState, GatewayAddress};
+use super::{audit_entry, check_name, ApiJson, AppState, GatewayAddress};
 use crate::auth::{enroll_refusal, Caller};
 use crate::csr::DeviceCsr;
 use crate::error::ApiError;
-use crate::store::{NewDevice, StoreError};
+use crate::store::{AuditAction, NewDevice, StoreError};
 
 /// Longest device name, in characters.
 pub const MAX_DEVICE_NAME: usize = 128;
@@ -25,8 +26,23 @@ pub const MAX_LABEL_KEY: usize = 63;
 /// Longest label value, in characters.
 pub const MAX_LABEL_VALUE: usize = 256;
 
-/// Verifies the CSR, signs a certificate built from the server's records, records the
-/// device, and answers 201 with everything the agent needs.
+/// Spends one use of the key to obtain a device identity: verifies the CSR, signs a
+/// certificate built from the server's records, records the device (and the key's use, in
+/// the same transaction), and answers 201 with everything the agent needs.
+#[utoipa::path(
+    post,
+    path = "/v1/enroll",
+    tag = "devices",
+    request_body = EnrollRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "The device's identity and where to connect", body = EnrollResponse),
+        (status = 400, description = "Bad CSR, name or labels", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 403, description = "The key has used all of its enrollments", body = ErrorBody),
+        (status = 413, description = "Request body too large", body = ErrorBody)
+    )
+)]
 pub(super) async fn enroll(
     State(state): State<AppState>,
     caller: Caller,
@@ -62,6 +78,13 @@ pub(super) async fn enroll(
         )
         .map_err(ApiError::internal)?;
 
+    let audit = audit_entry(
+        &caller,
+        now,
+        AuditAction::DeviceEnroll,
+        device_id.as_str(),
+        json!({"name": req.name.trim(), "key": key.id}),
+    );
     let device = NewDevice {
         id: device_id.clone(),
         workspace_id: key.workspace_id.clone(),
@@ -75,7 +98,7 @@ pub(super) async fn enroll(
         cert_serial: cert.serial_hex,
         cert_expires_at: cert.not_after,
     };
-    match state.store.insert_device(device).await {
+    match state.store.insert_device(device, audit).await {
         Ok(()) => {}
         // Revoked, expired or used up since it was checked: say why, as for any refusal.
         Err(StoreError::KeyUnusable(id)) => {

@@ -1,11 +1,16 @@
 //! The HTTPS API: routes, shared state, and JSON body handling.
 //!
 //! Every error is an [`heex_proto::api::ErrorBody`]; bodies are limited to
-//! [`MAX_BODY_BYTES`] (413 `payload_too_large` beyond).
+//! [`MAX_BODY_BYTES`] (413 `payload_too_large` beyond). Routes are registered only together
+//! with their OpenAPI description ([`openapi`]), so `/v1/openapi.json` covers every one.
 
+mod audit;
 mod devices;
 mod enroll;
+mod invitations;
 mod keys;
+mod members;
+pub mod openapi;
 mod whoami;
 
 use std::ops::Deref;
@@ -13,20 +18,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use heex_proto::api::MAX_BODY_BYTES;
 use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::auth::Caller;
 use crate::ca::Ca;
 use crate::datadir::ServerSecret;
 use crate::error::ApiError;
 use crate::gateway::SessionRegistry;
-use crate::store::Store;
+use crate::store::{AuditAction, AuditEntry, Store};
 
 /// Where enrolled devices are told to connect.
 #[derive(Debug, Clone)]
@@ -73,29 +83,113 @@ impl Deref for AppState {
     }
 }
 
+/// The API's routes, each registered with its OpenAPI operation.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    // One `routes!` per path: its handlers are that path's methods.
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ca_pem))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(whoami::whoami))
+        .routes(routes!(enroll::enroll))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::copy))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(keys::rotate))
+        .routes(routes!(members::list))
+        .routes(routes!(members::remove))
+        .routes(routes!(invitations::invite))
+        .routes(routes!(invitations::accept))
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::show))
+        .routes(routes!(audit::list))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    documented_routes().into_openapi()
+}
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/ca", get(ca_pem))
-        .route("/v1/whoami", get(whoami::whoami))
-        .route("/v1/enroll", post(enroll::enroll))
-        .route("/v1/keys", post(keys::create))
-        .route("/v1/keys/{id}/revoke", post(keys::revoke))
-        .route("/v1/devices", get(devices::list))
+    let (routes, doc) = documented_routes().split_for_parts();
+    routes
+        .layer(Extension(openapi::Document::new(&doc)))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// `GET /v1/ca`: the CA certificate, PEM (no authentication).
+/// Liveness: answers "ok" without touching anything.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "server",
+    responses((status = 200, description = "The server is up", body = String, content_type = "text/plain"))
+)]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// The cloud CA certificate, PEM (no authentication): the only root agents trust.
+#[utoipa::path(
+    get,
+    path = "/v1/ca",
+    tag = "server",
+    responses((status = 200, description = "The CA certificate", body = String, content_type = "application/x-pem-file"))
+)]
 async fn ca_pem(state: axum::extract::State<AppState>) -> impl IntoResponse {
     (
         StatusCode::OK,
         [(CONTENT_TYPE, "application/x-pem-file")],
         state.ca.cert_pem().to_owned(),
     )
+}
+
+/// Query parameters whose rejections are [`ApiError`]s (400 `bad_request`).
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::bad_request(one_line(&rejection.body_text()))),
+        }
+    }
+}
+
+/// A JSON body that may be left out (then `T::default()`); other rejections as [`ApiJson`].
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::payload_too_large())
+            }
+            Err(rejection) => return Err(ApiError::bad_request(one_line(&rejection.body_text()))),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalJson)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", one_line(&e.to_string()))))
+    }
 }
 
 /// A JSON body whose rejections are [`ApiError`]s (400 `bad_request`, 413
@@ -139,6 +233,34 @@ pub fn check_name(field: &str, value: &str, max: usize) -> Result<(), ApiError> 
         )));
     }
     Ok(())
+}
+
+/// An audit event by the caller, at `at`, in the caller's workspace.
+pub fn audit_entry(
+    caller: &Caller,
+    at: OffsetDateTime,
+    action: AuditAction,
+    target: impl Into<String>,
+    details: serde_json::Value,
+) -> AuditEntry {
+    AuditEntry {
+        workspace_id: caller.key.workspace_id.clone(),
+        at,
+        actor: caller.key.member_email.clone(),
+        action,
+        target: target.into(),
+        details,
+    }
+}
+
+/// Times are stored in whole seconds; answer with what will be read back later.
+pub fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+/// A 404 for an object that does not exist in the caller's workspace.
+pub fn not_in_workspace(what: &str, id: &str) -> ApiError {
+    ApiError::not_found(format!("no {what} {id} in this workspace"))
 }
 
 fn one_line(s: &str) -> String {

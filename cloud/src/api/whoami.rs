@@ -1,11 +1,21 @@
 //! `GET /v1/whoami`: who the presented key belongs to.
 
 use axum::Json;
-use heex_proto::api::WhoAmI;
+use heex_proto::api::{ErrorBody, WhoAmI};
 
 use crate::auth::Caller;
 
 /// Any valid key may ask who it is.
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "keys",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The key's owner, workspace and metadata", body = WhoAmI),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody)
+    )
+)]
 pub(super) async fn whoami(caller: Caller) -> Json<WhoAmI> {
     let k = &caller.key;
     Json(WhoAmI {

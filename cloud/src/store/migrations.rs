@@ -19,10 +19,11 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "workspaces, members, API keys, devices",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "workspaces, members, API keys, devices",
+        sql: r#"
 CREATE TABLE workspaces (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -74,7 +75,53 @@ CREATE TABLE devices (
 );
 CREATE INDEX devices_workspace ON devices(workspace_id, enrolled_at);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "key rotation and revocation reasons, invitations, audit log",
+        sql: r#"
+-- A rotated key points at its replacement; its revoked_at may lie in the future (the end of
+-- the overlap window): it stays usable until then.
+ALTER TABLE api_keys ADD COLUMN replaced_by TEXT REFERENCES api_keys(id);
+ALTER TABLE api_keys ADD COLUMN revoked_reason TEXT
+    CHECK (revoked_reason IS NULL OR revoked_reason IN ('revoked', 'rotated', 'member_removed'));
+UPDATE api_keys SET revoked_reason = 'revoked' WHERE revoked_at IS NOT NULL;
+UPDATE api_keys SET revoked_reason = 'member_removed'
+    WHERE revoked_at IS NOT NULL
+      AND revoked_at = (SELECT m.removed_at FROM members m WHERE m.id = api_keys.member_id);
+
+-- Only the SHA-256 of an invitation token is stored; the token itself is shown once.
+CREATE TABLE invitations (
+    token_hash    TEXT PRIMARY KEY,
+    workspace_id  TEXT NOT NULL REFERENCES workspaces(id),
+    email         TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    invited_by    TEXT NOT NULL REFERENCES members(id),
+    accepted_at   INTEGER,
+    accepted_by   TEXT REFERENCES members(id)
+);
+CREATE INDEX invitations_workspace ON invitations(workspace_id, created_at);
+
+CREATE TABLE audit_events (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    workspace_id  TEXT NOT NULL REFERENCES workspaces(id),
+    at            INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    target        TEXT NOT NULL,
+    details       TEXT NOT NULL DEFAULT '{}'
+);
+-- Newest first within a workspace, optionally narrowed by one of the filters.
+CREATE INDEX audit_events_workspace ON audit_events(workspace_id, id);
+CREATE INDEX audit_events_actor ON audit_events(workspace_id, actor, id);
+CREATE INDEX audit_events_action ON audit_events(workspace_id, action, id);
+CREATE INDEX audit_events_target ON audit_events(workspace_id, target, id);
+CREATE INDEX audit_events_at ON audit_events(workspace_id, at);
+"#,
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i64 {

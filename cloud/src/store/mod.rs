@@ -9,11 +9,16 @@ pub mod migrations;
 mod records;
 pub mod sqlite;
 
-pub use records::{DeviceRecord, KeyRecord, NewDevice, NewKey, NewMember, NewWorkspace, Role};
+pub use records::{
+    AcceptOutcome, Acceptance, AuditAction, AuditEntry, AuditFilter, DeviceRecord, KeyRecord,
+    MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome,
+    Revocation, Role, Rotation,
+};
+pub use sqlite::SYSTEM_ACTOR;
 
 use std::path::Path;
 
-use heex_proto::api::Facts;
+use heex_proto::api::{AuditEvent, Facts};
 use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use time::OffsetDateTime;
 
@@ -75,37 +80,104 @@ impl Store {
         })
     }
 
-    /// Creates a workspace.
+    /// Creates a workspace (no audit event: for tests and tools).
     pub async fn create_workspace(&self, ws: NewWorkspace) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.create_workspace(ws).await,
         }
     }
 
-    /// Adds a member to a workspace.
+    /// Adds a member to a workspace (no audit event: for tests and tools).
     pub async fn create_member(&self, member: NewMember) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.create_member(member).await,
         }
     }
 
-    /// Removes a member and revokes all of the member's keys in the same transaction.
-    /// Returns false when no such current member exists.
-    pub async fn remove_member(
+    /// Creates a workspace, its owner and the owner's first key in one transaction, with
+    /// their audit events (actor "system").
+    pub async fn create_workspace_with_owner(
         &self,
-        id: &MemberId,
-        by: &MemberId,
-        at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
+        ws: NewWorkspace,
+        owner: NewMember,
+        key: NewKey,
+    ) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.remove_member(id.clone(), by.clone(), at).await,
+            Backend::Sqlite(s) => s.create_workspace_with_owner(ws, owner, key).await,
         }
     }
 
-    /// Records a new API key's metadata.
-    pub async fn create_key(&self, key: NewKey) -> Result<(), StoreError> {
+    /// The members of a workspace (removed ones included), oldest first, with the number
+    /// of keys each can use at `now`.
+    pub async fn list_members(
+        &self,
+        workspace: &WorkspaceId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<MemberRecord>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.create_key(key).await,
+            Backend::Sqlite(s) => s.list_members(workspace.clone(), now).await,
+        }
+    }
+
+    /// The member with this id in this workspace.
+    pub async fn find_member(
+        &self,
+        workspace: &WorkspaceId,
+        id: &MemberId,
+        now: OffsetDateTime,
+    ) -> Result<Option<MemberRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.find_member(workspace.clone(), id.clone(), now).await,
+        }
+    }
+
+    /// Removes a member of `workspace` and revokes all of the member's keys (revoked by
+    /// `by`) in the same transaction, with `audit` (to which the store adds the revoked
+    /// keys). Refuses to remove the last owner.
+    pub async fn remove_member(
+        &self,
+        workspace: &WorkspaceId,
+        id: &MemberId,
+        by: &MemberId,
+        at: OffsetDateTime,
+        audit: AuditEntry,
+    ) -> Result<RemoveOutcome, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.remove_member(workspace.clone(), id.clone(), by.clone(), at, audit)
+                    .await
+            }
+        }
+    }
+
+    /// Records an invitation with its audit event. Returns false (and records nothing) when
+    /// the email belongs to a current member of the workspace.
+    pub async fn create_invitation(
+        &self,
+        invitation: NewInvitation,
+        audit: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.create_invitation(invitation, audit).await,
+        }
+    }
+
+    /// Accepts an invitation: checks it is known, unused and unexpired, then creates the
+    /// member and their first key (admin scope), marks the invitation used and records
+    /// the audit events, all in one transaction.
+    pub async fn accept_invitation(
+        &self,
+        acceptance: Acceptance,
+    ) -> Result<AcceptOutcome, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.accept_invitation(acceptance).await,
+        }
+    }
+
+    /// Records a new API key's metadata with its audit event.
+    pub async fn create_key(&self, key: NewKey, audit: AuditEntry) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.create_key(key, audit).await,
         }
     }
 
@@ -116,16 +188,58 @@ impl Store {
         }
     }
 
-    /// Revokes a key at `at` on behalf of member `by`. Revoking a revoked key changes
-    /// nothing. Returns the key as it is afterwards, or `None` when no such key exists.
+    /// The keys of a workspace, or of one member of it, oldest first, revoked and expired
+    /// ones included.
+    pub async fn list_keys(
+        &self,
+        workspace: &WorkspaceId,
+        owner: Option<&MemberId>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.list_keys(workspace.clone(), owner.cloned()).await,
+        }
+    }
+
+    /// Revokes a key at `at` on behalf of member `by`, recording `audit` when it changed
+    /// anything. Revoking a revoked key changes nothing; a key whose revocation was only
+    /// scheduled (rotation overlap) is revoked at `at`. Returns the key as it is afterwards,
+    /// or `None` when no such key exists.
     pub async fn revoke_key(
         &self,
         id: &KeyId,
         by: &MemberId,
         at: OffsetDateTime,
+        audit: AuditEntry,
     ) -> Result<Option<KeyRecord>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.revoke_key(id.clone(), by.clone(), at).await,
+            Backend::Sqlite(s) => s.revoke_key(id.clone(), by.clone(), at, audit).await,
+        }
+    }
+
+    /// Creates the replacement key and schedules the old key's revocation, in one
+    /// transaction. [`StoreError::KeyUnusable`] (and nothing written) when the old key is
+    /// already revoked, rotated or expired. Returns the new key.
+    pub async fn rotate_key(&self, rotation: Rotation) -> Result<KeyRecord, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.rotate_key(rotation).await,
+        }
+    }
+
+    /// Records an audit event that goes with no other change (e.g. a key copied).
+    pub async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_audit(entry).await,
+        }
+    }
+
+    /// A workspace's audit events matching `filter`, newest first.
+    pub async fn audit_events(
+        &self,
+        workspace: &WorkspaceId,
+        filter: AuditFilter,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.audit_events(workspace.clone(), filter).await,
         }
     }
 
@@ -137,11 +251,16 @@ impl Store {
         }
     }
 
-    /// Records an enrolled device and counts one use of the enrolling key, which must still
-    /// be unrevoked, unexpired and under its use limit ([`StoreError::KeyUnusable`]).
-    pub async fn insert_device(&self, device: NewDevice) -> Result<(), StoreError> {
+    /// Records an enrolled device, its audit event, and one use of the enrolling key, which
+    /// must still be unrevoked, unexpired and under its use limit
+    /// ([`StoreError::KeyUnusable`]), all in one transaction.
+    pub async fn insert_device(
+        &self,
+        device: NewDevice,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.insert_device(device).await,
+            Backend::Sqlite(s) => s.insert_device(device, audit).await,
         }
     }
 
@@ -152,6 +271,17 @@ impl Store {
     ) -> Result<Vec<DeviceRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.list_devices(workspace.clone()).await,
+        }
+    }
+
+    /// The device with this id in this workspace.
+    pub async fn find_device(
+        &self,
+        workspace: &WorkspaceId,
+        id: &DeviceId,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.find_device(workspace.clone(), id.clone()).await,
         }
     }
 

@@ -2,37 +2,39 @@
 
 use std::collections::BTreeMap;
 
-use heex_proto::api::{DeviceInfo, Facts, KeyInfo, Scope};
+use heex_proto::api::{DeviceInfo, Facts, KeyInfo, KeyListEntry, KeyStatus, MemberInfo, Scope};
 use heex_proto::{DeviceId, KeyId, MemberId, SpiffeId, WorkspaceId};
 use time::OffsetDateTime;
 
-/// A member's role in a workspace.
+pub use heex_proto::api::Role;
+
+/// Why a key was revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Created the workspace; may do everything.
-    Owner,
-    /// May manage keys, members and devices.
-    Admin,
-    /// May hold keys and enroll devices.
-    Member,
+pub enum Revocation {
+    /// Revoked by a member (its owner or an admin).
+    Revoked,
+    /// Replaced by a rotation; revoked at the end of the overlap window.
+    Rotated,
+    /// Its owner was removed from the workspace.
+    MemberRemoved,
 }
 
-impl Role {
-    /// The role's name as stored and shown.
+impl Revocation {
+    /// The reason as stored.
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Owner => "owner",
-            Role::Admin => "admin",
-            Role::Member => "member",
+            Revocation::Revoked => "revoked",
+            Revocation::Rotated => "rotated",
+            Revocation::MemberRemoved => "member_removed",
         }
     }
 
-    /// Parses a stored role name.
-    pub fn parse(s: &str) -> Option<Role> {
+    /// Parses a stored reason.
+    pub fn parse(s: &str) -> Option<Revocation> {
         match s {
-            "owner" => Some(Role::Owner),
-            "admin" => Some(Role::Admin),
-            "member" => Some(Role::Member),
+            "revoked" => Some(Revocation::Revoked),
+            "rotated" => Some(Revocation::Rotated),
+            "member_removed" => Some(Revocation::MemberRemoved),
             _ => None,
         }
     }
@@ -114,6 +116,10 @@ pub struct KeyRecord {
     pub revoked_at: Option<OffsetDateTime>,
     /// Email of the member who revoked it.
     pub revoked_by: Option<String>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<Revocation>,
+    /// The key that replaced it, when it was rotated.
+    pub replaced_by: Option<KeyId>,
     /// Enrollment limit.
     pub max_uses: Option<u64>,
     /// Enrollments performed.
@@ -135,6 +141,246 @@ impl KeyRecord {
             revoked_by: self.revoked_by.clone(),
         }
     }
+
+    /// True when the key is revoked at `now`. A rotated key's revocation may be scheduled
+    /// for the end of its overlap window; until then it is not revoked.
+    pub fn is_revoked(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_some_and(|at| at <= now)
+    }
+
+    /// True when every allowed enrollment was made.
+    pub fn is_exhausted(&self) -> bool {
+        self.max_uses.is_some_and(|max| self.uses >= max)
+    }
+
+    /// Where the key stands at `now`. Revoked wins over expired, which wins over exhausted.
+    pub fn status(&self, now: OffsetDateTime) -> KeyStatus {
+        if self.is_revoked(now) {
+            KeyStatus::Revoked
+        } else if self.expires_at <= now {
+            KeyStatus::Expired
+        } else if self.is_exhausted() {
+            KeyStatus::Exhausted
+        } else {
+            KeyStatus::Active
+        }
+    }
+
+    /// The key as `GET /v1/keys` lists it at `now`.
+    pub fn list_entry(&self, now: OffsetDateTime) -> KeyListEntry {
+        KeyListEntry {
+            info: self.info(),
+            status: self.status(now),
+            uses: self.uses,
+            max_uses: self.max_uses,
+            replaced_by: self.replaced_by.clone(),
+        }
+    }
+}
+
+/// A rotation: the replacement key, and when the old one stops working.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The key being replaced.
+    pub old: KeyId,
+    /// Its replacement (same owner, name and scope).
+    pub new: NewKey,
+    /// When the old key becomes revoked: now, or the end of the overlap window.
+    pub old_revoked_at: OffsetDateTime,
+    /// Who rotated it.
+    pub by: MemberId,
+    /// Now.
+    pub at: OffsetDateTime,
+    /// Audit events written with the rotation.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// A member as stored, with the number of their keys usable now.
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    /// Id.
+    pub id: MemberId,
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// Email.
+    pub email: String,
+    /// Role.
+    pub role: Role,
+    /// When they joined.
+    pub created_at: OffsetDateTime,
+    /// When they were removed.
+    pub removed_at: Option<OffsetDateTime>,
+    /// Their keys that are neither revoked, expired nor used up.
+    pub active_keys: u64,
+}
+
+impl MemberRecord {
+    /// The member as the API lists it.
+    pub fn info(&self) -> MemberInfo {
+        MemberInfo {
+            id: self.id.to_string(),
+            email: self.email.clone(),
+            role: self.role,
+            created_at: self.created_at,
+            removed_at: self.removed_at,
+            active_keys: self.active_keys,
+        }
+    }
+}
+
+/// An invitation to record. The token itself is never stored.
+#[derive(Debug, Clone)]
+pub struct NewInvitation {
+    /// Hex SHA-256 of the token.
+    pub token_hash: String,
+    /// Workspace the invitee joins.
+    pub workspace_id: WorkspaceId,
+    /// Invitee's email.
+    pub email: String,
+    /// Role they will have.
+    pub role: Role,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// When the token stops working.
+    pub expires_at: OffsetDateTime,
+    /// Who invited them.
+    pub invited_by: MemberId,
+}
+
+/// Accepting an invitation: who the new member and their first key will be.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    /// Hex SHA-256 of the presented token.
+    pub token_hash: String,
+    /// Id of the new member.
+    pub member_id: MemberId,
+    /// Id of their first key (admin scope).
+    pub key_id: KeyId,
+    /// Name of that key.
+    pub key_name: String,
+    /// Lifetime of that key.
+    pub key_lifetime: time::Duration,
+    /// Now.
+    pub at: OffsetDateTime,
+}
+
+/// What accepting an invitation did.
+#[derive(Debug, Clone)]
+pub enum AcceptOutcome {
+    /// The member exists now, with their first key.
+    Joined {
+        /// The new member.
+        member: MemberRecord,
+        /// Their first key.
+        key: KeyRecord,
+    },
+    /// No invitation has this token.
+    Unknown,
+    /// The invitation was accepted already, at this time.
+    AlreadyAccepted(OffsetDateTime),
+    /// The invitation expired at this time.
+    Expired(OffsetDateTime),
+    /// The invitee's email already belongs to a current member of the workspace.
+    AlreadyMember(String),
+}
+
+/// What removing a member did.
+#[derive(Debug, Clone)]
+pub enum RemoveOutcome {
+    /// The member is removed and these keys were revoked in the same transaction.
+    Removed {
+        /// The member as it is now.
+        member: MemberRecord,
+        /// Keys revoked by the removal.
+        revoked_keys: Vec<KeyId>,
+    },
+    /// No such member in the workspace.
+    NotFound,
+    /// The member was removed already.
+    AlreadyRemoved(OffsetDateTime),
+    /// The member is the workspace's last owner.
+    LastOwner,
+}
+
+/// What an audit event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    /// An API key was created.
+    KeyCreate,
+    /// An API key was revoked.
+    KeyRevoke,
+    /// An API key was rotated.
+    KeyRotate,
+    /// An API key was copied (re-derived for its owner).
+    KeyCopy,
+    /// Someone was invited.
+    MemberInvite,
+    /// An invitation was accepted.
+    MemberJoin,
+    /// A member was removed.
+    MemberRemove,
+    /// A device was enrolled.
+    DeviceEnroll,
+}
+
+impl AuditAction {
+    /// Every action.
+    pub const ALL: [AuditAction; 8] = [
+        AuditAction::KeyCreate,
+        AuditAction::KeyRevoke,
+        AuditAction::KeyRotate,
+        AuditAction::KeyCopy,
+        AuditAction::MemberInvite,
+        AuditAction::MemberJoin,
+        AuditAction::MemberRemove,
+        AuditAction::DeviceEnroll,
+    ];
+
+    /// The action's name, e.g. "key.create".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::KeyCreate => "key.create",
+            AuditAction::KeyRevoke => "key.revoke",
+            AuditAction::KeyRotate => "key.rotate",
+            AuditAction::KeyCopy => "key.copy",
+            AuditAction::MemberInvite => "member.invite",
+            AuditAction::MemberJoin => "member.join",
+            AuditAction::MemberRemove => "member.remove",
+            AuditAction::DeviceEnroll => "device.enroll",
+        }
+    }
+}
+
+/// An audit event to record, in the same transaction as the change it describes.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// When.
+    pub at: OffsetDateTime,
+    /// Who: a member's email, or "system".
+    pub actor: String,
+    /// What.
+    pub action: AuditAction,
+    /// The object acted on: key id, member email or device id.
+    pub target: String,
+    /// Extra details (never a secret).
+    pub details: serde_json::Value,
+}
+
+/// Which audit events to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Exact actor.
+    pub actor: Option<String>,
+    /// Exact action, or a prefix when it ends with '.' ("key.").
+    pub action: Option<String>,
+    /// Exact target.
+    pub target: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Most events returned.
+    pub limit: u32,
 }
 
 /// A device to record at enrollment.

@@ -112,8 +112,16 @@ fn exec_start_follows_the_agent() {
         .any(|l| l == "ExecStart=/usr/local/bin/heex-agent run --config /etc/heex/agent.toml"));
     assert_eq!(unit.matches("ExecStart=").count(), 1);
     assert_eq!(unit_for(Path::new(PACKAGED_AGENT)).unwrap(), UNIT_TEMPLATE);
-    for bad in ["/opt/my tools/heex-agent", "/opt/100%/heex-agent", "rel/heex-agent"] {
-        assert_eq!(unit_for(Path::new(bad)).unwrap_err().exit_code(), 64, "{bad}");
+    for bad in [
+        "/opt/my tools/heex-agent",
+        "/opt/100%/heex-agent",
+        "rel/heex-agent",
+    ] {
+        assert_eq!(
+            unit_for(Path::new(bad)).unwrap_err().exit_code(),
+            64,
+            "{bad}"
+        );
     }
 }
 
@@ -123,12 +131,19 @@ fn first_install_writes_reloads_enables_starts() {
     let out = host.install(true, true).unwrap();
     assert_eq!(
         host.calls("systemctl.log"),
-        ["daemon-reload", "enable heex-agent.service", "start heex-agent.service"]
+        [
+            "daemon-reload",
+            "enable heex-agent.service",
+            "start heex-agent.service"
+        ]
     );
     let unit = fs::read_to_string(host.unit()).unwrap();
     assert!(unit.starts_with("# Written by heex-installer"));
     let agent = host.path("bin/heex-agent");
-    assert!(unit.contains(&format!("ExecStart={} run", agent.display())), "{unit}");
+    assert!(
+        unit.contains(&format!("ExecStart={} run", agent.display())),
+        "{unit}"
+    );
     assert_eq!(
         fs::metadata(host.unit()).unwrap().permissions().mode() & 0o777,
         0o644
@@ -174,7 +189,11 @@ fn new_credentials_or_unit_restart_a_running_agent() {
     host.install(true, false).unwrap();
     assert_eq!(
         host.calls("systemctl.log"),
-        ["daemon-reload", "enable heex-agent.service", "restart heex-agent.service"]
+        [
+            "daemon-reload",
+            "enable heex-agent.service",
+            "restart heex-agent.service"
+        ]
     );
 }
 
@@ -196,7 +215,10 @@ fn a_packaged_unit_is_used_as_it_is() {
     fs::create_dir_all(packaged.parent().unwrap()).unwrap();
     fs::write(&packaged, UNIT_TEMPLATE).unwrap();
     let out = host.install(true, true).unwrap();
-    assert!(!host.unit().exists(), "no copy in /etc shadows the package's unit");
+    assert!(
+        !host.unit().exists(),
+        "no copy in /etc shadows the package's unit"
+    );
     // Nothing new for systemd to load; the agent may have been started before enrolling.
     assert_eq!(
         host.calls("systemctl.log"),
@@ -214,7 +236,9 @@ fn an_existing_user_is_not_created_again() {
     };
     fs::write(
         host.path("etc/passwd"),
-        format!("root:x:0:0:root:/root:/bin/sh\nheex:x:{uid}:{gid}::/var/lib/heex:/usr/sbin/nologin\n"),
+        format!(
+            "root:x:0:0:root:/root:/bin/sh\nheex:x:{uid}:{gid}::/var/lib/heex:/usr/sbin/nologin\n"
+        ),
     )
     .unwrap();
     host.install(true, true).unwrap();
@@ -304,4 +328,17 @@ fn give_tree_hands_over_every_entry() {
         passwd_owner,
         "symlinks are not followed"
     );
+}
+
+#[test]
+fn the_user_is_the_one_the_package_creates() {
+    let packaged = include_str!("../../../packaging/systemd/heex-agent.sysusers");
+    let lines: Vec<&str> = packaged
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(lines, [SYSUSERS_LINE]);
+    assert!(UNIT_TEMPLATE
+        .lines()
+        .any(|l| l == format!("User={SERVICE_USER}")));
 }

@@ -6,6 +6,8 @@ use time::OffsetDateTime;
 
 use super::*;
 
+mod lifecycle;
+
 struct Fixture {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
@@ -47,7 +49,17 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     store
-        .create_key(new_key(&key, &ws, &owner, now, None))
+        .create_key(
+            new_key(&key, &ws, &owner, now, None),
+            AuditEntry {
+                workspace_id: ws.clone(),
+                at: now,
+                actor: "alice@example.com".into(),
+                action: AuditAction::KeyCreate,
+                target: key.to_string(),
+                details: serde_json::json!({}),
+            },
+        )
         .await
         .unwrap();
     Fixture {
@@ -77,6 +89,17 @@ fn new_key(
         created_at: now,
         expires_at: now + time::Duration::days(90),
         max_uses,
+    }
+}
+
+fn audit(f: &Fixture, action: AuditAction, target: &str) -> AuditEntry {
+    AuditEntry {
+        workspace_id: f.ws.clone(),
+        at: f.now,
+        actor: "alice@example.com".into(),
+        action,
+        target: target.to_owned(),
+        details: serde_json::json!({}),
     }
 }
 
@@ -125,7 +148,7 @@ async fn revoke_is_recorded_once() {
     let f = fixture().await;
     let first = f
         .store
-        .revoke_key(&f.key, &f.owner, f.now)
+        .revoke_key(&f.key, &f.owner, f.now, audit(&f, AuditAction::KeyRevoke, "k"))
         .await
         .unwrap()
         .unwrap();
@@ -133,14 +156,14 @@ async fn revoke_is_recorded_once() {
     assert_eq!(first.revoked_by.as_deref(), Some("alice@example.com"));
     let again = f
         .store
-        .revoke_key(&f.key, &f.owner, f.now + time::Duration::hours(1))
+        .revoke_key(&f.key, &f.owner, f.now + time::Duration::hours(1), audit(&f, AuditAction::KeyRevoke, "k"))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again.revoked_at, Some(f.now), "the first revocation stands");
     assert!(f
         .store
-        .revoke_key(&KeyId::generate(), &f.owner, f.now)
+        .revoke_key(&KeyId::generate(), &f.owner, f.now, audit(&f, AuditAction::KeyRevoke, "k"))
         .await
         .unwrap()
         .is_none());
@@ -150,18 +173,18 @@ async fn revoke_is_recorded_once() {
 async fn enrollment_needs_a_usable_key_and_counts_uses() {
     let f = fixture().await;
     let d = device(&f, &f.key);
-    f.store.insert_device(d.clone()).await.unwrap();
+    f.store.insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap();
     assert_eq!(f.store.find_key(&f.key).await.unwrap().unwrap().uses, 1);
 
     // A limited key stops at its limit, and the refused device is not stored.
     let limited = KeyId::generate();
     f.store
-        .create_key(new_key(&limited, &f.ws, &f.owner, f.now, Some(1)))
+        .create_key(new_key(&limited, &f.ws, &f.owner, f.now, Some(1)), audit(&f, AuditAction::KeyCreate, "k"))
         .await
         .unwrap();
-    f.store.insert_device(device(&f, &limited)).await.unwrap();
+    f.store.insert_device(device(&f, &limited), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap();
     let refused = device(&f, &limited);
-    let err = f.store.insert_device(refused.clone()).await.unwrap_err();
+    let err = f.store.insert_device(refused.clone(), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap_err();
     assert!(
         matches!(err, StoreError::KeyUnusable(ref id) if id == &limited),
         "{err:?}"
@@ -169,8 +192,8 @@ async fn enrollment_needs_a_usable_key_and_counts_uses() {
     assert!(f.store.device_status(&refused.id).await.unwrap().is_none());
 
     // A revoked key enrolls nothing more.
-    f.store.revoke_key(&f.key, &f.owner, f.now).await.unwrap();
-    let err = f.store.insert_device(device(&f, &f.key)).await.unwrap_err();
+    f.store.revoke_key(&f.key, &f.owner, f.now, audit(&f, AuditAction::KeyRevoke, "k")).await.unwrap();
+    let err = f.store.insert_device(device(&f, &f.key), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap_err();
     assert!(matches!(err, StoreError::KeyUnusable(_)), "{err:?}");
 
     // Devices do not depend on the key that enrolled them.
@@ -193,51 +216,19 @@ async fn expired_key_cannot_enroll() {
     let old = KeyId::generate();
     let mut k = new_key(&old, &f.ws, &f.owner, f.now, None);
     k.expires_at = f.now - time::Duration::seconds(1);
-    f.store.create_key(k).await.unwrap();
-    let err = f.store.insert_device(device(&f, &old)).await.unwrap_err();
+    f.store
+        .create_key(k, audit(&f, AuditAction::KeyCreate, "k"))
+        .await
+        .unwrap();
+    let err = f.store.insert_device(device(&f, &old), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap_err();
     assert!(matches!(err, StoreError::KeyUnusable(_)));
-}
-
-#[tokio::test]
-async fn removing_a_member_revokes_their_keys() {
-    let f = fixture().await;
-    let bob = MemberId::generate();
-    f.store
-        .create_member(NewMember {
-            id: bob.clone(),
-            workspace_id: f.ws.clone(),
-            email: "bob@example.com".into(),
-            role: Role::Member,
-            created_at: f.now,
-        })
-        .await
-        .unwrap();
-    let bobs = KeyId::generate();
-    f.store
-        .create_key(new_key(&bobs, &f.ws, &bob, f.now, None))
-        .await
-        .unwrap();
-    assert!(f.store.remove_member(&bob, &f.owner, f.now).await.unwrap());
-    assert!(!f.store.remove_member(&bob, &f.owner, f.now).await.unwrap());
-    let k = f.store.find_key(&bobs).await.unwrap().unwrap();
-    assert_eq!(k.revoked_at, Some(f.now));
-    assert_eq!(k.revoked_by.as_deref(), Some("alice@example.com"));
-    // Alice's key is untouched.
-    assert!(f
-        .store
-        .find_key(&f.key)
-        .await
-        .unwrap()
-        .unwrap()
-        .revoked_at
-        .is_none());
 }
 
 #[tokio::test]
 async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
     let f = fixture().await;
     let d = device(&f, &f.key);
-    f.store.insert_device(d.clone()).await.unwrap();
+    f.store.insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap();
     let t1 = f.now + time::Duration::minutes(1);
     f.store.record_seen(&d.id, None, t1).await.unwrap();
     let got = &f.store.list_devices(&f.ws).await.unwrap()[0];
@@ -304,7 +295,7 @@ async fn key_use_is_visible_at_once_and_persisted_in_the_background() {
 async fn reopening_keeps_data_and_schema() {
     let f = fixture().await;
     let d = device(&f, &f.key);
-    f.store.insert_device(d.clone()).await.unwrap();
+    f.store.insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap();
     f.store.touch_key_used(&f.key, f.now);
     f.store.close().await;
     let reopened = Store::open_sqlite(&f.path).unwrap();

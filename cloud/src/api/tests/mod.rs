@@ -18,6 +18,9 @@ use super::*;
 use crate::cli::InitOptions;
 use crate::datadir::DataDir;
 
+mod lifecycle;
+mod openapi;
+
 struct Api {
     _dir: tempfile::TempDir,
     router: Router,
@@ -482,16 +485,26 @@ async fn only_admins_revoke_other_members_keys() {
         .unwrap();
     let bobs_id = KeyId::generate();
     api.store
-        .create_key(NewKey {
-            id: bobs_id.clone(),
-            workspace_id: me.workspace_id.clone(),
-            member_id: bob,
-            name: "bob-cli".into(),
-            scope: Scope::Enroll,
-            created_at: now,
-            expires_at: now + time::Duration::days(1),
-            max_uses: None,
-        })
+        .create_key(
+            NewKey {
+                id: bobs_id.clone(),
+                workspace_id: me.workspace_id.clone(),
+                member_id: bob,
+                name: "bob-cli".into(),
+                scope: Scope::Enroll,
+                created_at: now,
+                expires_at: now + time::Duration::days(1),
+                max_uses: None,
+            },
+            crate::store::AuditEntry {
+                workspace_id: me.workspace_id.clone(),
+                at: now,
+                actor: "test".into(),
+                action: crate::store::AuditAction::KeyCreate,
+                target: bobs_id.to_string(),
+                details: json!({}),
+            },
+        )
         .await
         .unwrap();
     let bobs_key = ApiKey::derive(api.secret.as_bytes(), bobs_id.clone()).expose();
@@ -559,7 +572,13 @@ async fn limited_key_stops_at_its_limit() {
         )
         .await;
     assert_eq!(e.error, ErrorCode::Forbidden);
-    assert!(e.message.contains("maximum of 1"), "{}", e.message);
+    assert_eq!(
+        e.message,
+        format!(
+            "API key {} has used all of its 1 enrollments; create a new key",
+            limited.info.id
+        )
+    );
     let e = api
         .error(
             Method::POST,

@@ -1,0 +1,135 @@
+//! `GET /v1/audit`: the workspace's audit log, newest first (owner or admin role).
+
+use axum::extract::State;
+use axum::Json;
+use heex_proto::api::{AuditEvent, ErrorBody};
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use utoipa::IntoParams;
+
+use super::{ApiQuery, AppState};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::store::AuditFilter;
+
+/// Events returned when the query names no limit.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Most events one query returns.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// `GET /v1/audit` filters; all optional, combined with AND.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    /// Exact actor (a member's email, or "system").
+    actor: Option<String>,
+    /// Exact action ("key.revoke"), or a prefix ending in '.' ("key.").
+    action: Option<String>,
+    /// Exact target (key id, member email or device id).
+    target: Option<String>,
+    /// Only events at or after this RFC 3339 time.
+    since: Option<String>,
+    /// Most events returned: 1 to 1000, 100 when omitted.
+    limit: Option<u32>,
+}
+
+impl AuditQuery {
+    fn filter(self) -> Result<AuditFilter, ApiError> {
+        let since = self
+            .since
+            .map(|s| {
+                OffsetDateTime::parse(s.trim(), &Rfc3339).map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "since {s:?} is not an RFC 3339 time such as 2026-05-01T00:00:00Z"
+                    ))
+                })
+            })
+            .transpose()?;
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {MAX_LIMIT}"
+            )));
+        }
+        let nonempty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        Ok(AuditFilter {
+            actor: nonempty(self.actor),
+            action: nonempty(self.action),
+            target: nonempty(self.target),
+            since,
+            limit,
+        })
+    }
+}
+
+/// The workspace's audit events matching the filters, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    params(AuditQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Matching events, newest first", body = Vec<AuditEvent>),
+        (status = 400, description = "Bad filter", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 403, description = "Scope or role does not allow reading the audit log", body = ErrorBody)
+    )
+)]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Json<Vec<AuditEvent>>, ApiError> {
+    caller.require_manager("reading the audit log")?;
+    let filter = query.filter()?;
+    let events = state
+        .store
+        .audit_events(&caller.key.workspace_id, filter)
+        .await?;
+    Ok(Json(events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_checked() {
+        let f = AuditQuery::default().filter().unwrap();
+        assert_eq!(f.limit, DEFAULT_LIMIT);
+        assert!(f.actor.is_none() && f.since.is_none());
+        let q = AuditQuery {
+            action: Some("key.".into()),
+            actor: Some(" ".into()),
+            since: Some("2026-05-01T10:00:00+02:00".into()),
+            limit: Some(MAX_LIMIT),
+            ..AuditQuery::default()
+        };
+        let f = q.filter().unwrap();
+        assert_eq!(f.action.as_deref(), Some("key."));
+        assert!(f.actor.is_none(), "blank filters are no filters");
+        assert_eq!(
+            f.since,
+            Some(time::macros::datetime!(2026-05-01 08:00 UTC))
+        );
+        for bad in [
+            AuditQuery {
+                limit: Some(0),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                limit: Some(MAX_LIMIT + 1),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                since: Some("yesterday".into()),
+                ..AuditQuery::default()
+            },
+        ] {
+            assert!(bad.filter().is_err());
+        }
+    }
+}

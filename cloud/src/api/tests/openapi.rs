@@ -1,0 +1,174 @@
+//! The OpenAPI document and the router agree, in both directions.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+/// Every route the API contract promises: method and path template.
+const CONTRACT: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/v1/ca"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/whoami"),
+    ("POST", "/v1/enroll"),
+    ("GET", "/v1/keys"),
+    ("POST", "/v1/keys"),
+    ("POST", "/v1/keys/{id}/copy"),
+    ("POST", "/v1/keys/{id}/revoke"),
+    ("POST", "/v1/keys/{id}/rotate"),
+    ("GET", "/v1/members"),
+    ("POST", "/v1/members/{id}/remove"),
+    ("POST", "/v1/invitations"),
+    ("POST", "/v1/invitations/accept"),
+    ("GET", "/v1/devices"),
+    ("GET", "/v1/devices/{id}"),
+    ("GET", "/v1/audit"),
+];
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// (METHOD, path) of every operation in the served document.
+async fn documented(api: &Api) -> BTreeSet<(String, String)> {
+    let (status, body) = api.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    let mut ops = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, _) in item.as_object().unwrap() {
+            if METHODS.contains(&method.to_uppercase().as_str()) {
+                ops.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+/// A concrete path for a template: well-formed ids that exist nowhere.
+fn concrete(template: &str) -> String {
+    template.replace("{id}", "AAAAAAAAAAAA")
+}
+
+/// True when the router's fallbacks answered: the route does not exist.
+fn unrouted(status: StatusCode, body: &[u8]) -> bool {
+    status == StatusCode::METHOD_NOT_ALLOWED
+        || (status == StatusCode::NOT_FOUND
+            && serde_json::from_slice::<ErrorBody>(body)
+                .is_ok_and(|e| e.message == "no such API endpoint"))
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_routed_and_no_other_method_is() {
+    let api = api().await;
+    let ops = documented(&api).await;
+    let paths: BTreeSet<&String> = ops.iter().map(|(_, p)| p).collect();
+    for path in paths {
+        for method in METHODS {
+            let (status, body) = api
+                .call(
+                    method.parse().unwrap(),
+                    &concrete(path),
+                    Some(&api.owner_key),
+                    None,
+                )
+                .await;
+            let is_documented = ops.contains(&(method.to_owned(), path.clone()));
+            assert_eq!(
+                !unrouted(status, &body),
+                is_documented,
+                "{method} {path} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_is_documented() {
+    let api = api().await;
+    let ops = documented(&api).await;
+    let contract: BTreeSet<(String, String)> = CONTRACT
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(ops, contract, "documented operations vs the API contract");
+    // And each of them is served (not a fallback).
+    for (method, path) in &contract {
+        let (status, body) = api
+            .call(method.parse().unwrap(), &concrete(path), None, None)
+            .await;
+        assert!(!unrouted(status, &body), "{method} {path}: {status}");
+    }
+    // Routes can only be registered with their documentation: the router is built from
+    // `routes!` alone (a plain `.route(` would bypass the document).
+    let source = include_str!("../mod.rs");
+    let router_fn = &source[source.find("fn documented_routes").unwrap()..];
+    let router_fn = &router_fn[..router_fn.find("\n}\n").unwrap()];
+    assert!(!router_fn.contains(".route("), "{router_fn}");
+    let builder = &source[source.find("pub fn router(").unwrap()..];
+    let builder = &builder[..builder.find("\n}\n").unwrap()];
+    assert!(!builder.contains(".route("), "{builder}");
+    assert!(!builder.contains(".nest("), "{builder}");
+    assert!(!builder.contains(".merge("), "{builder}");
+}
+
+#[tokio::test]
+async fn the_document_describes_bodies_and_authentication() {
+    let api = api().await;
+    let (_, body) = api.call(Method::GET, "/v1/openapi.json", None, None).await;
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "CreateKeyRequest",
+        "CreateKeyResponse",
+        "KeyListEntry",
+        "KeyStatus",
+        "CopyKeyResponse",
+        "RotateKeyRequest",
+        "MemberInfo",
+        "InviteRequest",
+        "InviteResponse",
+        "AcceptInvitationRequest",
+        "AcceptInvitationResponse",
+        "RemoveMemberResponse",
+        "AuditEvent",
+        "DeviceInfo",
+        "EnrollRequest",
+        "EnrollResponse",
+        "WhoAmI",
+        "ErrorBody",
+        "KeyId",
+    ] {
+        assert!(schemas.contains_key(name), "no schema {name}");
+    }
+    let scheme = &doc["components"]["securitySchemes"][openapi::API_KEY];
+    assert_eq!(scheme["scheme"], "bearer");
+    // Authenticated operations name the scheme; the open ones do not.
+    let security = |method: &str, path: &str| doc["paths"][path][method]["security"].clone();
+    assert_eq!(
+        security("get", "/v1/keys")[0][openapi::API_KEY],
+        json!([])
+    );
+    for (method, path) in [
+        ("get", "/healthz"),
+        ("get", "/v1/ca"),
+        ("get", "/v1/openapi.json"),
+        ("post", "/v1/invitations/accept"),
+    ] {
+        assert!(security(method, path).is_null(), "{method} {path}");
+    }
+    let params = &doc["paths"]["/v1/audit"]["get"]["parameters"];
+    let names: BTreeSet<&str> = params
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["action", "actor", "limit", "since", "target"].into()
+    );
+    // The same document is available without a router.
+    let built = serde_json::to_value(openapi_document()).unwrap();
+    assert_eq!(built, doc);
+}
