@@ -42,7 +42,10 @@ impl FrameReader {
         rd: &mut R,
     ) -> Result<Message, FrameIoError> {
         while self.header_filled < HEADER_LEN {
-            let n = rd.read(&mut self.header[self.header_filled..]).await?;
+            let n = rd
+                .read(&mut self.header[self.header_filled..])
+                .await
+                .map_err(eof_is_closed)?;
             if n == 0 {
                 return Err(FrameIoError::Closed);
             }
@@ -54,7 +57,10 @@ impl FrameReader {
             }
         }
         while self.payload_filled < self.payload.len() {
-            let n = rd.read(&mut self.payload[self.payload_filled..]).await?;
+            let n = rd
+                .read(&mut self.payload[self.payload_filled..])
+                .await
+                .map_err(eof_is_closed)?;
             if n == 0 {
                 return Err(FrameIoError::Closed);
             }
@@ -64,6 +70,16 @@ impl FrameReader {
         self.header_filled = 0;
         self.payload_filled = 0;
         Ok(frame::decode_payload(&payload)?)
+    }
+}
+
+/// A TCP close without TLS close_notify is how most peers hang up (or die): report it as
+/// a closed connection, not as an I/O failure.
+fn eof_is_closed(e: std::io::Error) -> FrameIoError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameIoError::Closed
+    } else {
+        FrameIoError::Io(e)
     }
 }
 

@@ -1,38 +1,11 @@
 //! `heex-agent`: the Heex agent daemon (`run`) and its status command (`status`).
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use heex_agent::cli::{Cli, Command};
 use heex_proto::exit;
-
-/// Heex agent: keeps this machine's mTLS session to the Heex cloud.
-#[derive(Parser)]
-#[command(name = "heex-agent", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon until SIGTERM or SIGINT.
-    Run {
-        /// Configuration file.
-        #[arg(long, env = "HEEX_AGENT_CONFIG", default_value = heex_agent::config::DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-    },
-    /// Show whether the daemon is connected, since when, and to what.
-    Status {
-        /// Configuration file.
-        #[arg(long, env = "HEEX_AGENT_CONFIG", default_value = heex_agent::config::DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

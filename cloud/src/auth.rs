@@ -369,7 +369,6 @@ mod tests {
 
     #[test]
     fn role_and_scope_intersect() {
-        let now = OffsetDateTime::now_utc();
         let mut rec = record(KeyId::generate());
         rec.scope = Scope::Admin;
         rec.member_role = Role::Member;
@@ -377,7 +376,11 @@ mod tests {
         member.require_admin("listing members").unwrap();
         let e = member.require_manager("inviting members").unwrap_err();
         assert_eq!(code(&e), (StatusCode::FORBIDDEN, ErrorCode::Forbidden));
-        assert!(e.body().message.contains("owner or admin role"), "{}", e.body().message);
+        assert!(
+            e.body().message.contains("owner or admin role"),
+            "{}",
+            e.body().message
+        );
 
         rec.member_role = Role::Admin;
         Caller { key: rec.clone() }
@@ -390,7 +393,6 @@ mod tests {
             .require_manager("inviting members")
             .unwrap_err();
         assert!(e.body().message.contains("scope"), "{}", e.body().message);
-        let _ = now;
     }
 
     fn rec_uses_below_limit_is_fine(mut rec: KeyRecord, now: OffsetDateTime) {

@@ -516,7 +516,9 @@ fn check_email(owner: &str, what: &str) -> Result<(), Error> {
             .split_once('@')
             .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
     if !plausible {
-        return Err(Error::Usage(format!("{what} {owner:?} is not an email address")));
+        return Err(Error::Usage(format!(
+            "{what} {owner:?} is not an email address"
+        )));
     }
     Ok(())
 }

@@ -7,8 +7,6 @@
 //! `Cargo.toml`).
 #![forbid(unsafe_code)]
 
-pub mod agent_cli;
-
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -22,7 +20,7 @@ pub const MAN_SECTION: &str = "8";
 
 /// `heex-agent`'s command line.
 pub fn agent_command() -> Command {
-    agent_cli::Cli::command()
+    heex_agent::cli::Cli::command()
 }
 
 /// `heex-installer`'s command line.

@@ -427,8 +427,9 @@ fn agents_back_off_with_jitter_while_the_cloud_is_down() {
         wait_connected(m, 1, "every agent to connect");
     }
 
-    cloud.kill9();
+    // Taken before the kill: the agents log their first wait at once.
     let down_at = OffsetDateTime::now_utc();
+    cloud.kill9();
     // Keep the cloud down until every agent made at least five attempts.
     wait_for(Duration::from_secs(60), "five attempts per agent", || {
         agents
@@ -470,7 +471,7 @@ fn agents_back_off_with_jitter_while_the_cloud_is_down() {
         // Exponential and capped: 250, 500, 1000, 2000, 2000, ...
         for (i, c) in ceilings.iter().enumerate() {
             let want = (250u64 << i.min(16)).min(2000);
-            assert_eq!(*c, want, "ceilings {ceilings:?}");
+            assert_eq!(*c, want, "ceilings {ceilings:?}; log:\n{log}");
         }
         for (d, c) in delays.iter().zip(&ceilings) {
             assert!(d <= c, "delay {d} above ceiling {c}");

@@ -1,10 +1,6 @@
 //! End-to-end tests of the team CLI: the real `heex` binary against a real `heex-cloud`, with
 //! credentials from the environment (`HEEX_SERVER`, `HEEX_API_KEY`, `HEEX_CA_FINGERPRINT`) or
 //! stored by `heex login` under a temporary `XDG_CONFIG_HOME`.
-//!
-//! Tests marked `#[ignore = "needs issue-4 server endpoints"]` drive endpoints the cloud does not
-//! serve yet (key list/copy/rotate, members, invitations, audit, device details); they run with
-//! `cargo test -p heex-tests --test cli -- --include-ignored` once it does.
 // Helpers shared by the tests panic like the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -182,7 +178,7 @@ fn find<'a>(list: &'a [Value], field: &str, value: &str) -> Option<&'a Value> {
     list.iter().find(|v| v[field] == value)
 }
 
-// ---------------------------------------------------------------- tests against today's API
+// ---------------------------------------------------------------- credentials, keys, devices
 
 #[test]
 fn whoami_with_environment_credentials_writes_nothing() {
@@ -553,10 +549,9 @@ fn completions_and_usage_errors() {
     assert!(!text(&out.stderr).contains(secret_of(&cloud.owner_key)));
 }
 
-// ---------------------------------------------------------------- issue-4 endpoints
+// ---------------------------------------------------------------- key lifecycle, members, audit
 
 #[test]
-#[ignore = "needs issue-4 server endpoints"]
 fn keys_list_copy_and_rotate() {
     let cloud = Cloud::start();
     let owner = User::with_env(&cloud, &cloud.owner_key);
@@ -618,7 +613,6 @@ fn keys_list_copy_and_rotate() {
 }
 
 #[test]
-#[ignore = "needs issue-4 server endpoints"]
 fn rotating_the_logged_in_key_updates_the_stored_credentials() {
     let cloud = Cloud::start();
     let owner = User::with_env(&cloud, &cloud.owner_key);
@@ -645,7 +639,6 @@ fn rotating_the_logged_in_key_updates_the_stored_credentials() {
 }
 
 #[test]
-#[ignore = "needs issue-4 server endpoints"]
 fn removing_a_member_revokes_their_keys_but_not_their_devices() {
     let cloud = Cloud::start();
     let alice = User::logged_in(&cloud, &cloud.owner_key);
@@ -719,7 +712,12 @@ fn removing_a_member_revokes_their_keys_but_not_their_devices() {
         .clone();
     assert_eq!(bob_entry["role"], "admin");
 
+    let before = machine.status(&cloud.logs);
+    assert_eq!(before["connected"], true, "{before}");
+    let sessions = before["sessions"].clone();
+
     // Alice removes Bob by email.
+    let removed_at = time::OffsetDateTime::now_utc();
     let out = alice.run(&cloud, &["members", "remove", "bob@example.com"]);
     assert_exit(&out, 0);
     let stdout = text(&out.stdout);
@@ -779,6 +777,24 @@ fn removing_a_member_revokes_their_keys_but_not_their_devices() {
     let listed = cloud.device(&device).expect("device still listed");
     assert_eq!(listed["connected"], true, "{listed}");
     assert!(listed["revoked_at"].is_null(), "{listed}");
+    // ... on the same session, still heartbeating.
+    let after = machine.status(&cloud.logs);
+    assert_eq!(after["connected"], true, "{after}");
+    assert_eq!(
+        after["sessions"], sessions,
+        "the agent reconnected: {after}"
+    );
+    let acked = time::OffsetDateTime::parse(
+        after["last_heartbeat_ack"]
+            .as_str()
+            .expect("heartbeats acked"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        acked > removed_at,
+        "no heartbeat since the removal: {after}"
+    );
 
     // The members list shows Bob as removed.
     let members = alice.json(&cloud, &["members", "list"]);
@@ -787,7 +803,6 @@ fn removing_a_member_revokes_their_keys_but_not_their_devices() {
 }
 
 #[test]
-#[ignore = "needs issue-4 server endpoints"]
 fn audit_log_records_key_and_member_events() {
     let cloud = Cloud::start();
     let alice = User::with_env(&cloud, &cloud.owner_key);
@@ -831,7 +846,6 @@ fn audit_log_records_key_and_member_events() {
 }
 
 #[test]
-#[ignore = "needs issue-4 server endpoints"]
 fn devices_show_describes_one_device() {
     let cloud = Cloud::start();
     let owner = User::with_env(&cloud, &cloud.owner_key);
@@ -851,4 +865,334 @@ fn devices_show_describes_one_device() {
 
     let out = owner.run(&cloud, &["devices", "show", "dev_AAAAAAAAAAAAAAAAAAAA"]);
     assert_exit(&out, heex_proto::exit::USAGE);
+}
+
+/// `heex-installer` for `machine` with `key`, run to completion.
+fn install(cloud: &Cloud, machine: &Machine, key: &str, name: &str) -> Output {
+    cloud.logs.run(
+        "installer",
+        machine.installer(cloud, key).arg("--name").arg(name),
+        TIMEOUT,
+    )
+}
+
+/// `by` invites `email` with `role`; the invitee accepts on their own machine and is then
+/// logged in with their first key.
+fn join(cloud: &Cloud, by: &User, email: &str, role: &str) -> User {
+    let out = by.run(cloud, &["members", "invite", email, "--role", role]);
+    assert_exit(&out, 0);
+    let invitation = token(&text(&out.stdout), "heexinv_", 8 + 32)
+        .unwrap_or_else(|| panic!("no invitation token:\n{}", describe(&out)));
+    let user = User::new();
+    let out = user.run(
+        cloud,
+        &[
+            "invitations",
+            "accept",
+            &invitation,
+            "--server",
+            &cloud.api_url,
+            "--ca-fingerprint",
+            &cloud.fingerprint,
+        ],
+    );
+    assert_exit(&out, 0);
+    user
+}
+
+/// The `revoked_at` of key `id` as listed to `user`, parsed.
+fn revoked_at(cloud: &Cloud, user: &User, id: &str) -> time::OffsetDateTime {
+    let keys = user.json(cloud, &["keys", "list"]);
+    let entry = find(keys.as_array().unwrap(), "id", id).expect("key listed");
+    time::OffsetDateTime::parse(
+        entry["revoked_at"].as_str().expect("revocation scheduled"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_rotated_key_enrolls_during_the_overlap_and_is_refused_after_it() {
+    let cloud = Cloud::start();
+    let owner = User::with_env(&cloud, &cloud.owner_key);
+    let old = owner.create_key(&cloud, "fleet", &["--scope", "enroll"]);
+
+    let out = owner.run(&cloud, &["keys", "rotate", key_id(&old), "--overlap", "8s"]);
+    assert_exit(&out, 0);
+    let new = text(&out.stdout).trim().to_owned();
+    assert_eq!(new.len(), KEY_LEN, "{}", describe(&out));
+    let ends = revoked_at(&cloud, &owner, key_id(&old));
+
+    // During the overlap both keys enroll.
+    assert_exit(&install(&cloud, &Machine::new(), &old, "during-overlap"), 0);
+    assert_exit(&install(&cloud, &Machine::new(), &new, "with-new-key"), 0);
+    assert!(
+        time::OffsetDateTime::now_utc() < ends,
+        "the machine is too slow for this overlap"
+    );
+    let keys = owner.json(&cloud, &["keys", "list"]);
+    let listed = find(keys.as_array().unwrap(), "id", key_id(&old)).unwrap();
+    assert_eq!(listed["status"], "active", "{listed}");
+    assert_eq!(listed["replaced_by"], key_id(&new), "{listed}");
+
+    // After it, the old key is refused and the new one still works.
+    let wait = ends - time::OffsetDateTime::now_utc() + time::Duration::milliseconds(200);
+    std::thread::sleep(wait.try_into().unwrap_or_default());
+    let out = install(&cloud, &Machine::new(), &old, "after-overlap");
+    assert_exit(&out, heex_proto::exit::KEY_REFUSED);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("revoked") && said.contains(key_id(&old)),
+        "{said}"
+    );
+    assert_exit(&install(&cloud, &Machine::new(), &new, "still-new"), 0);
+    let keys = owner.json(&cloud, &["keys", "list"]);
+    let listed = find(keys.as_array().unwrap(), "id", key_id(&old)).unwrap();
+    assert_eq!(listed["status"], "revoked", "{listed}");
+    let names: Vec<Value> = cloud
+        .devices()
+        .into_iter()
+        .map(|d| d["name"].clone())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
+#[test]
+fn a_key_for_one_enrollment_enrolls_exactly_one_of_twenty_concurrent_machines() {
+    let cloud = Cloud::start();
+    let owner = User::with_env(&cloud, &cloud.owner_key);
+    let key = owner.create_key(&cloud, "once", &["--max-uses", "1"]);
+
+    let machines: Vec<Machine> = (0..20).map(|_| Machine::new()).collect();
+    let mut running: Vec<_> = machines
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut cmd = m.installer(&cloud, &key);
+            cmd.arg("--name").arg(format!("robot-{i}"));
+            cloud.logs.spawn("installer", &mut cmd)
+        })
+        .collect();
+    let (mut enrolled, mut refused) = (0, 0);
+    for p in &mut running {
+        let status = p.wait_timeout(TIMEOUT).expect("installer finished");
+        match status.code() {
+            Some(0) => enrolled += 1,
+            Some(code) if code == heex_proto::exit::KEY_REFUSED => {
+                let said = format!("{}{}", p.stdout(), p.stderr());
+                assert!(
+                    said.contains(&format!(
+                        "API key {} has used all of its 1 enrollments",
+                        key_id(&key)
+                    )),
+                    "{said}"
+                );
+                refused += 1;
+            }
+            other => panic!(
+                "installer exited {other:?}:\n{}\n{}",
+                p.stdout(),
+                p.stderr()
+            ),
+        }
+    }
+    assert_eq!((enrolled, refused), (1, 19));
+    let by_key: Vec<Value> = cloud
+        .devices()
+        .into_iter()
+        .filter(|d| d["enrolled_by_key"] == key_id(&key))
+        .collect();
+    assert_eq!(by_key.len(), 1, "{by_key:?}");
+
+    let keys = owner.json(&cloud, &["keys", "list"]);
+    let entry = find(keys.as_array().unwrap(), "id", key_id(&key)).unwrap();
+    assert_eq!(
+        (entry["uses"].as_u64(), entry["status"].as_str()),
+        (Some(1), Some("exhausted"))
+    );
+    let out = owner.run(&cloud, &["keys", "list"]);
+    let table = text(&out.stdout);
+    let row = table.lines().find(|l| l.contains(key_id(&key))).unwrap();
+    assert!(row.contains("exhausted") && row.contains("1/1"), "{table}");
+}
+
+#[test]
+fn members_keep_to_their_own_keys_and_workspaces_do_not_cross() {
+    let cloud = Cloud::start();
+    let alice = User::logged_in(&cloud, &cloud.owner_key);
+    let mia = join(&cloud, &alice, "mia@example.com", "member");
+    let nick = join(&cloud, &alice, "nick@example.com", "member");
+    let mias = mia.create_key(&cloud, "mia-ci", &[]);
+
+    // Nick lists only his own keys, and may neither list, copy nor revoke Mia's.
+    let nicks = nick.json(&cloud, &["keys", "list"]);
+    let nicks = nicks.as_array().unwrap();
+    assert!(!nicks.is_empty());
+    assert!(
+        nicks.iter().all(|k| k["owner"] == "nick@example.com"),
+        "{nicks:?}"
+    );
+    let out = nick.run(&cloud, &["keys", "list", "--all"]);
+    assert_exit(&out, heex_proto::exit::KEY_REFUSED);
+    assert!(text(&out.stderr).contains("role"), "{}", describe(&out));
+    let out = nick.run(&cloud, &["keys", "copy", key_id(&mias)]);
+    assert_exit(&out, heex_proto::exit::USAGE);
+    assert!(!text(&out.stdout).contains(secret_of(&mias)));
+    let out = nick.run(&cloud, &["keys", "revoke", key_id(&mias)]);
+    assert_exit(&out, heex_proto::exit::KEY_REFUSED);
+    assert_exit(&whoami_with(&cloud, &mias), 0);
+    // Nor manage members.
+    assert_exit(
+        &nick.run(&cloud, &["members", "remove", "mia@example.com"]),
+        heex_proto::exit::KEY_REFUSED,
+    );
+    assert_exit(
+        &nick.run(&cloud, &["members", "invite", "eve@example.com"]),
+        heex_proto::exit::KEY_REFUSED,
+    );
+    // Alice (owner) sees and may revoke everyone's keys, but copy is Mia's alone.
+    assert!(find(&all_keys(&cloud, &alice), "id", key_id(&mias)).is_some());
+    assert_exit(
+        &alice.run(&cloud, &["keys", "copy", key_id(&mias)]),
+        heex_proto::exit::USAGE,
+    );
+
+    // A second workspace on the same cloud, made by the operator while it serves.
+    let out = cloud.logs.run(
+        "cloud-workspace",
+        Command::new(bin("heex-cloud"))
+            .args(["workspaces", "create", "beta", "--owner", "bea@example.com"])
+            .arg("--data-dir")
+            .arg(cloud.data()),
+        TIMEOUT,
+    );
+    assert_exit(&out, 0);
+    let bea_key = token(&text(&out.stdout), "heex_", KEY_LEN)
+        .unwrap_or_else(|| panic!("no owner key:\n{}", describe(&out)));
+    let bea = User::with_env(&cloud, &bea_key);
+    let who = bea.json(&cloud, &["whoami"]);
+    assert_eq!(who["workspace_name"], "beta");
+    let bea_member = who["member_id"].as_str().unwrap().to_owned();
+    let beas = bea.create_key(&cloud, "beta-ci", &[]);
+    let beta_device = Machine::new().enroll(&cloud, &beas, "beta-robot");
+
+    // Alice, owner of the first workspace, gets 404 for all of them.
+    for args in [
+        vec!["keys", "revoke", key_id(&beas)],
+        vec!["keys", "copy", key_id(&beas)],
+        vec!["keys", "rotate", key_id(&beas)],
+        vec!["members", "remove", &bea_member],
+        vec!["devices", "show", &beta_device],
+    ] {
+        let out = alice.run(&cloud, &args);
+        assert_exit(&out, heex_proto::exit::USAGE);
+        assert!(
+            text(&out.stderr).contains("in this workspace"),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+    assert_exit(&whoami_with(&cloud, &beas), 0);
+    assert!(find(&all_keys(&cloud, &alice), "id", key_id(&beas)).is_none());
+    let devices = alice.json(&cloud, &["devices", "list"]);
+    assert!(find(devices.as_array().unwrap(), "id", &beta_device).is_none());
+    let members = alice.json(&cloud, &["members", "list"]);
+    assert!(find(members.as_array().unwrap(), "email", "bea@example.com").is_none());
+    // Bea's own view is hers.
+    let shown = bea.json(&cloud, &["devices", "show", &beta_device]);
+    assert_eq!(shown["name"], "beta-robot");
+}
+
+#[test]
+fn keys_copy_returns_the_created_key_and_the_database_holds_neither() {
+    let cloud = Cloud::start();
+    let owner = User::logged_in(&cloud, &cloud.owner_key);
+    let created = owner.create_key(&cloud, "docker-fleet-a", &["--scope", "enroll"]);
+    let out = owner.run(&cloud, &["keys", "copy", key_id(&created)]);
+    assert_exit(&out, 0);
+    let copied = text(&out.stdout).trim().to_owned();
+    assert_eq!(copied, created);
+
+    // Nothing in the data directory (database, WAL, anything) holds the key or its
+    // secret; nor does the server's output.
+    let hits = heex_tests::files_containing(&cloud.data(), secret_of(&created));
+    assert!(hits.is_empty(), "the key's secret is in {hits:?}");
+    let hits = heex_tests::files_containing(&cloud.data(), &created);
+    assert!(hits.is_empty(), "the key is in {hits:?}");
+    let served = format!("{}{}", cloud.proc().stdout(), cloud.proc().stderr());
+    assert!(
+        !served.contains(secret_of(&created)),
+        "the server printed the key"
+    );
+
+    let copies = owner.json(&cloud, &["audit", "--action", "key.copy"]);
+    assert_eq!(copies[0]["target"], key_id(&created), "{copies}");
+}
+
+#[test]
+fn the_openapi_document_and_the_served_api_match() {
+    let cloud = Cloud::start();
+    let http = cloud.http();
+    let resp = http
+        .get(format!("{}/v1/openapi.json", cloud.api_url))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let doc: Value = resp.json().unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+
+    // Every documented operation is served (never the "no such endpoint" fallback or 405).
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let url = format!("{}{}", cloud.api_url, path.replace("{id}", "AAAAAAAAAAAA"));
+            let resp = http
+                .request(method.parse().unwrap(), url)
+                .bearer_auth(&cloud.owner_key)
+                .send()
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().unwrap_or(Value::Null);
+            assert!(
+                status != 405 && !(status == 404 && body["message"] == "no such API endpoint"),
+                "{method} {path} is documented but not served: {status} {body}"
+            );
+            documented.insert((method, path.clone()));
+        }
+    }
+    // Every route the product uses is documented.
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("GET", "/v1/ca"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/v1/whoami"),
+        ("POST", "/v1/enroll"),
+        ("GET", "/v1/keys"),
+        ("POST", "/v1/keys"),
+        ("POST", "/v1/keys/{id}/copy"),
+        ("POST", "/v1/keys/{id}/revoke"),
+        ("POST", "/v1/keys/{id}/rotate"),
+        ("GET", "/v1/members"),
+        ("POST", "/v1/members/{id}/remove"),
+        ("POST", "/v1/invitations"),
+        ("POST", "/v1/invitations/accept"),
+        ("GET", "/v1/devices"),
+        ("GET", "/v1/devices/{id}"),
+        ("GET", "/v1/audit"),
+    ] {
+        assert!(
+            documented.contains(&(method.to_owned(), path.to_owned())),
+            "{method} {path} is served but not documented"
+        );
+    }
+    assert_eq!(documented.len(), 17, "{documented:?}");
+    // An unknown path is the fallback: the check above can tell.
+    let resp = http
+        .get(format!("{}/v1/nothing", cloud.api_url))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["message"], "no such API endpoint");
 }

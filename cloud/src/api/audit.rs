@@ -111,10 +111,7 @@ mod tests {
         let f = q.filter().unwrap();
         assert_eq!(f.action.as_deref(), Some("key."));
         assert!(f.actor.is_none(), "blank filters are no filters");
-        assert_eq!(
-            f.since,
-            Some(time::macros::datetime!(2026-05-01 08:00 UTC))
-        );
+        assert_eq!(f.since, Some(time::macros::datetime!(2026-05-01 08:00 UTC)));
         for bad in [
             AuditQuery {
                 limit: Some(0),

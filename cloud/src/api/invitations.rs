@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use heex_proto::api::{
-    AcceptInvitationRequest, AcceptInvitationResponse, CreateKeyResponse, ErrorBody,
-    InviteRequest, InviteResponse, Role,
+    AcceptInvitationRequest, AcceptInvitationResponse, CreateKeyResponse, ErrorBody, InviteRequest,
+    InviteResponse, Role,
 };
 use heex_proto::{base62, ApiKey, KeyId, MemberId};
 use serde_json::json;
@@ -230,7 +230,14 @@ mod tests {
         assert!(!token_hash(&token).contains(&token[TOKEN_PREFIX.len()..]));
 
         check_email("bob@example.com").unwrap();
-        for bad in ["", "bob", "@example.com", "bob@", "b ob@example.com", "a@b@c"] {
+        for bad in [
+            "",
+            "bob",
+            "@example.com",
+            "bob@",
+            "b ob@example.com",
+            "a@b@c",
+        ] {
             assert!(check_email(bad).is_err(), "{bad}");
         }
     }

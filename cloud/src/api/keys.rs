@@ -311,7 +311,7 @@ pub(super) async fn revoke(
     path = "/v1/keys/{id}/rotate",
     tag = "keys",
     params(("id" = KeyId, Path, description = "Key id")),
-    request_body(content = RotateKeyRequest, description = "Optional: the overlap window"),
+    request_body(content = Option<RotateKeyRequest>, description = "Optional: the overlap window"),
     security(("api_key" = [])),
     responses(
         (status = 201, description = "The new key, in full, with its metadata", body = CreateKeyResponse),
@@ -454,7 +454,10 @@ mod tests {
         let r = |s| RotateKeyRequest { overlap_secs: s };
         assert_eq!(overlap(&r(None)).unwrap(), time::Duration::ZERO);
         assert_eq!(overlap(&r(Some(3600))).unwrap(), time::Duration::hours(1));
-        assert_eq!(overlap(&r(Some(30 * 86_400))).unwrap(), MAX_ROTATION_OVERLAP);
+        assert_eq!(
+            overlap(&r(Some(30 * 86_400))).unwrap(),
+            MAX_ROTATION_OVERLAP
+        );
         assert!(overlap(&r(Some(30 * 86_400 + 1))).is_err());
         assert!(overlap(&r(Some(u64::MAX))).is_err());
     }

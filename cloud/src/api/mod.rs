@@ -188,7 +188,9 @@ where
         }
         serde_json::from_slice(&bytes)
             .map(OptionalJson)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", one_line(&e.to_string()))))
+            .map_err(|e| {
+                ApiError::bad_request(format!("invalid JSON body: {}", one_line(&e.to_string())))
+            })
     }
 }
 

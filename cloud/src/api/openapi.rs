@@ -80,5 +80,8 @@ impl Document {
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
 )]
 pub(super) async fn openapi_json(Extension(doc): Extension<Document>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "application/json")], doc.0.as_str().to_owned())
+    (
+        [(CONTENT_TYPE, "application/json")],
+        doc.0.as_str().to_owned(),
+    )
 }

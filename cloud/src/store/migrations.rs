@@ -220,6 +220,53 @@ mod tests {
     }
 
     #[test]
+    fn version_1_data_is_carried_forward() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+        )
+        .unwrap();
+        conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+        conn.execute_batch(
+            "INSERT INTO schema_version VALUES (1, 0);
+             INSERT INTO workspaces VALUES ('ws_000000000001', 'default', 0);
+             INSERT INTO members VALUES ('mem_00000000000a', 'ws_000000000001', 'a@x', 'owner', 0, NULL);
+             INSERT INTO members VALUES ('mem_00000000000b', 'ws_000000000001', 'b@x', 'member', 0, 100);
+             INSERT INTO api_keys (id, workspace_id, member_id, name, scope, created_at, expires_at,
+                                   revoked_at, revoked_by)
+             VALUES ('000000000001', 'ws_000000000001', 'mem_00000000000a', 'a', 'admin', 0, 999, 50,
+                     'mem_00000000000a'),
+                    ('000000000002', 'ws_000000000001', 'mem_00000000000b', 'b', 'enroll', 0, 999, 100,
+                     'mem_00000000000a'),
+                    ('000000000003', 'ws_000000000001', 'mem_00000000000a', 'c', 'admin', 0, 999, NULL,
+                     NULL);",
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn, 200).unwrap(), 2);
+        let reasons: Vec<(String, Option<String>, Option<String>)> = conn
+            .prepare("SELECT id, revoked_reason, replaced_by FROM api_keys ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            reasons,
+            [
+                ("000000000001".into(), Some("revoked".into()), None),
+                ("000000000002".into(), Some("member_removed".into()), None),
+                ("000000000003".into(), None, None),
+            ]
+        );
+        for table in ["invitations", "audit_events"] {
+            let n: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0, "{table}");
+        }
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn, 1).unwrap();

@@ -270,9 +270,9 @@ pub enum AcceptOutcome {
     /// The member exists now, with their first key.
     Joined {
         /// The new member.
-        member: MemberRecord,
+        member: Box<MemberRecord>,
         /// Their first key.
-        key: KeyRecord,
+        key: Box<KeyRecord>,
     },
     /// No invitation has this token.
     Unknown,

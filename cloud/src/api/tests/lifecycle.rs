@@ -1,8 +1,8 @@
 //! Key lifecycle, members, invitations, audit and authorization through the real router.
 
 use heex_proto::api::{
-    AcceptInvitationResponse, AuditEvent, CopyKeyResponse, InviteResponse, KeyListEntry,
-    KeyStatus, MemberInfo, RemoveMemberResponse,
+    AcceptInvitationResponse, AuditEvent, CopyKeyResponse, InviteResponse, KeyListEntry, KeyStatus,
+    MemberInfo, RemoveMemberResponse,
 };
 use heex_proto::{MemberId, WorkspaceId};
 
@@ -112,7 +112,10 @@ async fn authorization_matrix() {
     let alice_id = api.whoami(&alice).await.member_id;
     let (adam, adam_key) = api.join(&alice, "adam@example.com", "admin").await;
     let (mia, mia_key) = api.join(&alice, "mia@example.com", "member").await;
-    assert_eq!((adam.role, mia.role), (heex_proto::api::Role::Admin, heex_proto::api::Role::Member));
+    assert_eq!(
+        (adam.role, mia.role),
+        (heex_proto::api::Role::Admin, heex_proto::api::Role::Member)
+    );
     let mia_enroll = api
         .create_key(&mia_key, json!({"name": "fleet", "scope": "enroll"}))
         .await
@@ -121,52 +124,276 @@ async fn authorization_matrix() {
     let mia_spare = api.create_key(&mia_key, json!({"name": "spare"})).await.key;
 
     use StatusCode as S;
-    let cases: Vec<(&str, &str, Method, String, Option<serde_json::Value>, StatusCode)> = vec![
+    /// Who, with which key, calls what, expecting which status.
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Method,
+        String,
+        Option<serde_json::Value>,
+        StatusCode,
+    );
+    let cases: Vec<Case<'_>> = vec![
         // Every key may ask who it is.
-        ("mia enroll", &mia_enroll, Method::GET, "/v1/whoami".into(), None, S::OK),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::GET,
+            "/v1/whoami".into(),
+            None,
+            S::OK,
+        ),
         // Own keys: any member with an admin-scope key; not an enroll key.
         ("mia", &mia_key, Method::GET, "/v1/keys".into(), None, S::OK),
-        ("mia enroll", &mia_enroll, Method::GET, "/v1/keys".into(), None, S::FORBIDDEN),
-        ("mia", &mia_key, Method::POST, "/v1/keys".into(), Some(json!({"name": "x", "scope": "admin"})), S::CREATED),
-        ("mia enroll", &mia_enroll, Method::POST, "/v1/keys".into(), Some(json!({"name": "x"})), S::FORBIDDEN),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::GET,
+            "/v1/keys".into(),
+            None,
+            S::FORBIDDEN,
+        ),
+        (
+            "mia",
+            &mia_key,
+            Method::POST,
+            "/v1/keys".into(),
+            Some(json!({"name": "x", "scope": "admin"})),
+            S::CREATED,
+        ),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::POST,
+            "/v1/keys".into(),
+            Some(json!({"name": "x"})),
+            S::FORBIDDEN,
+        ),
         // Everyone's keys: owners and admins only.
-        ("alice", &alice, Method::GET, "/v1/keys?all=true".into(), None, S::OK),
-        ("adam", &adam_key, Method::GET, "/v1/keys?all=true".into(), None, S::OK),
-        ("mia", &mia_key, Method::GET, "/v1/keys?all=true".into(), None, S::FORBIDDEN),
+        (
+            "alice",
+            &alice,
+            Method::GET,
+            "/v1/keys?all=true".into(),
+            None,
+            S::OK,
+        ),
+        (
+            "adam",
+            &adam_key,
+            Method::GET,
+            "/v1/keys?all=true".into(),
+            None,
+            S::OK,
+        ),
+        (
+            "mia",
+            &mia_key,
+            Method::GET,
+            "/v1/keys?all=true".into(),
+            None,
+            S::FORBIDDEN,
+        ),
         // Another member's key: a member may not revoke it; copy and rotate are the owner's
         // alone, so they answer 404 to everyone else, admins included.
-        ("mia", &mia_key, Method::POST, format!("/v1/keys/{}/revoke", id_of(&alice_spare)), None, S::FORBIDDEN),
-        ("mia", &mia_key, Method::POST, format!("/v1/keys/{}/copy", id_of(&alice_spare)), None, S::NOT_FOUND),
-        ("mia", &mia_key, Method::POST, format!("/v1/keys/{}/rotate", id_of(&alice_spare)), None, S::NOT_FOUND),
-        ("adam", &adam_key, Method::POST, format!("/v1/keys/{}/copy", id_of(&mia_spare)), None, S::NOT_FOUND),
-        ("adam", &adam_key, Method::POST, format!("/v1/keys/{}/rotate", id_of(&mia_spare)), None, S::NOT_FOUND),
-        ("mia enroll", &mia_enroll, Method::POST, format!("/v1/keys/{}/revoke", id_of(&mia_spare)), None, S::FORBIDDEN),
-        ("mia enroll", &mia_enroll, Method::POST, format!("/v1/keys/{}/copy", id_of(&mia_enroll)), None, S::FORBIDDEN),
+        (
+            "mia",
+            &mia_key,
+            Method::POST,
+            format!("/v1/keys/{}/revoke", id_of(&alice_spare)),
+            None,
+            S::FORBIDDEN,
+        ),
+        (
+            "mia",
+            &mia_key,
+            Method::POST,
+            format!("/v1/keys/{}/copy", id_of(&alice_spare)),
+            None,
+            S::NOT_FOUND,
+        ),
+        (
+            "mia",
+            &mia_key,
+            Method::POST,
+            format!("/v1/keys/{}/rotate", id_of(&alice_spare)),
+            None,
+            S::NOT_FOUND,
+        ),
+        (
+            "adam",
+            &adam_key,
+            Method::POST,
+            format!("/v1/keys/{}/copy", id_of(&mia_spare)),
+            None,
+            S::NOT_FOUND,
+        ),
+        (
+            "adam",
+            &adam_key,
+            Method::POST,
+            format!("/v1/keys/{}/rotate", id_of(&mia_spare)),
+            None,
+            S::NOT_FOUND,
+        ),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::POST,
+            format!("/v1/keys/{}/revoke", id_of(&mia_spare)),
+            None,
+            S::FORBIDDEN,
+        ),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::POST,
+            format!("/v1/keys/{}/copy", id_of(&mia_enroll)),
+            None,
+            S::FORBIDDEN,
+        ),
         // Own keys: copy works.
-        ("mia", &mia_key, Method::POST, format!("/v1/keys/{}/copy", id_of(&mia_spare)), None, S::OK),
+        (
+            "mia",
+            &mia_key,
+            Method::POST,
+            format!("/v1/keys/{}/copy", id_of(&mia_spare)),
+            None,
+            S::OK,
+        ),
         // Members and devices: any member may list, with an admin-scope key.
-        ("mia", &mia_key, Method::GET, "/v1/members".into(), None, S::OK),
-        ("mia enroll", &mia_enroll, Method::GET, "/v1/members".into(), None, S::FORBIDDEN),
-        ("mia", &mia_key, Method::GET, "/v1/devices".into(), None, S::OK),
-        ("mia enroll", &mia_enroll, Method::GET, "/v1/devices".into(), None, S::FORBIDDEN),
+        (
+            "mia",
+            &mia_key,
+            Method::GET,
+            "/v1/members".into(),
+            None,
+            S::OK,
+        ),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::GET,
+            "/v1/members".into(),
+            None,
+            S::FORBIDDEN,
+        ),
+        (
+            "mia",
+            &mia_key,
+            Method::GET,
+            "/v1/devices".into(),
+            None,
+            S::OK,
+        ),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::GET,
+            "/v1/devices".into(),
+            None,
+            S::FORBIDDEN,
+        ),
         // Inviting and removing: owners and admins; owners are the owners' business.
-        ("mia", &mia_key, Method::POST, "/v1/invitations".into(), Some(json!({"email": "z@example.com"})), S::FORBIDDEN),
-        ("adam", &adam_key, Method::POST, "/v1/invitations".into(), Some(json!({"email": "z@example.com"})), S::CREATED),
-        ("adam", &adam_key, Method::POST, "/v1/invitations".into(), Some(json!({"email": "o@example.com", "role": "owner"})), S::FORBIDDEN),
-        ("alice", &alice, Method::POST, "/v1/invitations".into(), Some(json!({"email": "o@example.com", "role": "owner"})), S::CREATED),
-        ("mia", &mia_key, Method::POST, format!("/v1/members/{}/remove", adam.id), None, S::FORBIDDEN),
-        ("adam", &adam_key, Method::POST, format!("/v1/members/{alice_id}/remove"), None, S::FORBIDDEN),
+        (
+            "mia",
+            &mia_key,
+            Method::POST,
+            "/v1/invitations".into(),
+            Some(json!({"email": "z@example.com"})),
+            S::FORBIDDEN,
+        ),
+        (
+            "adam",
+            &adam_key,
+            Method::POST,
+            "/v1/invitations".into(),
+            Some(json!({"email": "z@example.com"})),
+            S::CREATED,
+        ),
+        (
+            "adam",
+            &adam_key,
+            Method::POST,
+            "/v1/invitations".into(),
+            Some(json!({"email": "o@example.com", "role": "owner"})),
+            S::FORBIDDEN,
+        ),
+        (
+            "alice",
+            &alice,
+            Method::POST,
+            "/v1/invitations".into(),
+            Some(json!({"email": "o@example.com", "role": "owner"})),
+            S::CREATED,
+        ),
+        (
+            "mia",
+            &mia_key,
+            Method::POST,
+            format!("/v1/members/{}/remove", adam.id),
+            None,
+            S::FORBIDDEN,
+        ),
+        (
+            "adam",
+            &adam_key,
+            Method::POST,
+            format!("/v1/members/{alice_id}/remove"),
+            None,
+            S::FORBIDDEN,
+        ),
         // The audit log: owners and admins.
-        ("adam", &adam_key, Method::GET, "/v1/audit".into(), None, S::OK),
-        ("mia", &mia_key, Method::GET, "/v1/audit".into(), None, S::FORBIDDEN),
-        ("mia enroll", &mia_enroll, Method::GET, "/v1/audit".into(), None, S::FORBIDDEN),
+        (
+            "adam",
+            &adam_key,
+            Method::GET,
+            "/v1/audit".into(),
+            None,
+            S::OK,
+        ),
+        (
+            "mia",
+            &mia_key,
+            Method::GET,
+            "/v1/audit".into(),
+            None,
+            S::FORBIDDEN,
+        ),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::GET,
+            "/v1/audit".into(),
+            None,
+            S::FORBIDDEN,
+        ),
         // An admin revokes anyone's key; any key may revoke itself.
-        ("adam", &adam_key, Method::POST, format!("/v1/keys/{}/revoke", id_of(&mia_spare)), None, S::OK),
-        ("mia enroll", &mia_enroll, Method::POST, format!("/v1/keys/{}/revoke", id_of(&mia_enroll)), None, S::OK),
+        (
+            "adam",
+            &adam_key,
+            Method::POST,
+            format!("/v1/keys/{}/revoke", id_of(&mia_spare)),
+            None,
+            S::OK,
+        ),
+        (
+            "mia enroll",
+            &mia_enroll,
+            Method::POST,
+            format!("/v1/keys/{}/revoke", id_of(&mia_enroll)),
+            None,
+            S::OK,
+        ),
     ];
     for (who, key, method, path, body, expect) in cases {
         let (status, bytes) = api
-            .call(method.clone(), &path, Some(key), body.map(|b| b.to_string()))
+            .call(
+                method.clone(),
+                &path,
+                Some(key),
+                body.map(|b| b.to_string()),
+            )
             .await;
         let text = String::from_utf8_lossy(&bytes);
         assert_eq!(status, expect, "{who}: {method} {path}: {text}");
@@ -265,7 +492,7 @@ async fn rotation_keeps_the_old_key_for_the_overlap_only() {
             Method::POST,
             &format!("/v1/keys/{}/rotate", old.info.id),
             Some(&api.owner_key),
-            Some(json!({"overlap_secs": 2})),
+            Some(json!({"overlap_secs": 3})),
             StatusCode::CREATED,
         )
         .await;
@@ -275,15 +502,20 @@ async fn rotation_keeps_the_old_key_for_the_overlap_only() {
     assert_eq!(new.expires_at - new.created_at, time::Duration::days(7));
     assert!(new.created_at >= old.info.created_at);
 
-    // Both enroll during the overlap; the list shows the scheduled revocation.
-    api.enroll(&old.key, StatusCode::CREATED).await;
-    api.enroll(&rotated.key, StatusCode::CREATED).await;
+    // The list shows the scheduled revocation; both keys enroll during the overlap.
     let listed = api.keys(&api.owner_key, false).await;
     let old_entry = listed.iter().find(|k| k.info.id == old.info.id).unwrap();
     assert_eq!(old_entry.status, KeyStatus::Active);
     assert_eq!(old_entry.replaced_by.as_ref(), Some(&new.id));
-    assert!(old_entry.info.revoked_at.unwrap() > time::OffsetDateTime::now_utc());
-    assert_eq!(old_entry.info.revoked_by.as_deref(), Some("owner@example.com"));
+    let revoked_at = old_entry.info.revoked_at.unwrap();
+    assert_eq!(revoked_at, new.created_at + time::Duration::seconds(3));
+    assert_eq!(
+        old_entry.info.revoked_by.as_deref(),
+        Some("owner@example.com")
+    );
+    api.enroll(&old.key, StatusCode::CREATED).await;
+    api.enroll(&rotated.key, StatusCode::CREATED).await;
+    let listed = api.keys(&api.owner_key, false).await;
     let new_entry = listed.iter().find(|k| k.info.id == new.id).unwrap();
     assert_eq!((new_entry.uses, new_entry.max_uses), (1, Some(5)));
 
@@ -297,9 +529,14 @@ async fn rotation_keeps_the_old_key_for_the_overlap_only() {
             StatusCode::BAD_REQUEST,
         )
         .await;
-    assert!(e.message.contains(&format!("rotate {}", new.id)), "{}", e.message);
+    assert!(
+        e.message.contains(&format!("rotate {}", new.id)),
+        "{}",
+        e.message
+    );
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let wait = revoked_at - time::OffsetDateTime::now_utc() + time::Duration::milliseconds(100);
+    tokio::time::sleep(wait.try_into().unwrap_or_default()).await;
     let (_, body) = api.enroll(&old.key, StatusCode::UNAUTHORIZED).await;
     let e: ErrorBody = serde_json::from_slice(&body).unwrap();
     assert_eq!(e.error, ErrorCode::KeyRevoked);
@@ -319,7 +556,13 @@ async fn rotation_keeps_the_old_key_for_the_overlap_only() {
         )
         .await;
     let e = api
-        .error(Method::GET, "/v1/whoami", Some(&rotated.key), None, StatusCode::UNAUTHORIZED)
+        .error(
+            Method::GET,
+            "/v1/whoami",
+            Some(&rotated.key),
+            None,
+            StatusCode::UNAUTHORIZED,
+        )
         .await;
     assert_eq!(e.error, ErrorCode::KeyRevoked);
     let e = api
@@ -348,7 +591,7 @@ async fn rotation_keeps_the_old_key_for_the_overlap_only() {
     assert_eq!(rotations.len(), 2);
     assert_eq!(rotations[1].target, old.info.id.as_str());
     assert_eq!(rotations[1].details["replaced_by"], new.id.as_str());
-    assert_eq!(rotations[1].details["overlap_secs"], 2);
+    assert_eq!(rotations[1].details["overlap_secs"], 3);
 }
 
 #[tokio::test]
@@ -359,10 +602,8 @@ async fn removing_a_member_revokes_their_keys_and_keeps_their_devices() {
     let bob_enroll = api
         .create_key(&bob_cli, json!({"name": "robots", "scope": "enroll"}))
         .await;
-    let enrolled: EnrollResponse = serde_json::from_slice(
-        &api.enroll(&bob_enroll.key, StatusCode::CREATED).await.1,
-    )
-    .unwrap();
+    let enrolled: EnrollResponse =
+        serde_json::from_slice(&api.enroll(&bob_enroll.key, StatusCode::CREATED).await.1).unwrap();
 
     let removed: RemoveMemberResponse = api
         .json(
@@ -395,7 +636,8 @@ async fn removing_a_member_revokes_their_keys_and_keeps_their_devices() {
     let e: ErrorBody = serde_json::from_slice(&body).unwrap();
     assert_eq!(e.error, ErrorCode::KeyRevoked);
     assert!(
-        e.message.starts_with(&format!("API key {} was revoked on ", bob_enroll.info.id)),
+        e.message
+            .starts_with(&format!("API key {} was revoked on ", bob_enroll.info.id)),
         "{}",
         e.message
     );
@@ -422,20 +664,30 @@ async fn removing_a_member_revokes_their_keys_and_keeps_their_devices() {
 
     // Again, unknown, malformed, the last owner: refused, saying why.
     for (path, status, needle) in [
-        (format!("/v1/members/{}/remove", bob.id), StatusCode::BAD_REQUEST, "already removed"),
+        (
+            format!("/v1/members/{}/remove", bob.id),
+            StatusCode::BAD_REQUEST,
+            "already removed",
+        ),
         (
             format!("/v1/members/{}/remove", MemberId::generate()),
             StatusCode::NOT_FOUND,
             "no member",
         ),
-        ("/v1/members/bob/remove".to_owned(), StatusCode::NOT_FOUND, "no member"),
+        (
+            "/v1/members/bob/remove".to_owned(),
+            StatusCode::NOT_FOUND,
+            "no member",
+        ),
         (
             format!("/v1/members/{}/remove", api.whoami(&alice).await.member_id),
             StatusCode::BAD_REQUEST,
             "last owner",
         ),
     ] {
-        let e = api.error(Method::POST, &path, Some(&alice), None, status).await;
+        let e = api
+            .error(Method::POST, &path, Some(&alice), None, status)
+            .await;
         assert!(e.message.contains(needle), "{path}: {}", e.message);
     }
     let event = &api.audit(&alice, "?action=member.remove").await[0];
@@ -461,7 +713,10 @@ async fn invitations_are_single_use_and_expire() {
     assert_eq!(inv.email, "carol@example.com");
     assert_eq!(inv.role, heex_proto::api::Role::Member);
     let ttl = inv.expires_at - time::OffsetDateTime::now_utc();
-    assert!(ttl > time::Duration::days(7) - time::Duration::minutes(1) && ttl <= time::Duration::days(7));
+    assert!(
+        ttl > time::Duration::days(7) - time::Duration::minutes(1)
+            && ttl <= time::Duration::days(7)
+    );
 
     let joined: AcceptInvitationResponse = api
         .json(
@@ -473,7 +728,11 @@ async fn invitations_are_single_use_and_expire() {
         )
         .await;
     assert_eq!(joined.workspace_name, "default");
-    assert_eq!(joined.key.info.scope, Scope::Admin, "a member's first key is their CLI key");
+    assert_eq!(
+        joined.key.info.scope,
+        Scope::Admin,
+        "a member's first key is their CLI key"
+    );
     assert_eq!(joined.key.info.name, "carol-laptop");
     assert_eq!(api.whoami(&joined.key.key).await.role, "member");
 
@@ -486,7 +745,11 @@ async fn invitations_are_single_use_and_expire() {
             StatusCode::BAD_REQUEST,
         )
         .await;
-    assert!(again.message.contains("already accepted"), "{}", again.message);
+    assert!(
+        again.message.contains("already accepted"),
+        "{}",
+        again.message
+    );
 
     // An expired invitation (made directly with a past expiry).
     let me = api.whoami(&alice).await;
@@ -544,7 +807,13 @@ async fn invitations_are_single_use_and_expire() {
         json!({"email": "x@example.com", "role": "root"}),
     ] {
         let e = api
-            .error(Method::POST, "/v1/invitations", Some(&alice), Some(body.clone()), StatusCode::BAD_REQUEST)
+            .error(
+                Method::POST,
+                "/v1/invitations",
+                Some(&alice),
+                Some(body.clone()),
+                StatusCode::BAD_REQUEST,
+            )
             .await;
         assert_eq!(e.error, ErrorCode::BadRequest, "{body}");
     }
@@ -552,7 +821,10 @@ async fn invitations_are_single_use_and_expire() {
     // The audit log has the invitation and the join, never the token.
     let events = api.audit(&alice, "?action=member.").await;
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
-    assert!(actions.contains(&"member.invite") && actions.contains(&"member.join"), "{actions:?}");
+    assert!(
+        actions.contains(&"member.invite") && actions.contains(&"member.join"),
+        "{actions:?}"
+    );
     let text = serde_json::to_string(&events).unwrap();
     assert!(!text.contains(&inv.token[8..]));
 }
@@ -561,7 +833,10 @@ async fn invitations_are_single_use_and_expire() {
 async fn copy_re_derives_the_created_key_which_the_database_does_not_hold() {
     let api = api().await;
     let created = api
-        .create_key(&api.owner_key, json!({"name": "docker-fleet-a", "scope": "enroll"}))
+        .create_key(
+            &api.owner_key,
+            json!({"name": "docker-fleet-a", "scope": "enroll"}),
+        )
         .await;
     let copied: CopyKeyResponse = api
         .json(
@@ -630,7 +905,9 @@ fn heex_tests_files_containing(root: &std::path::Path, needle: &str) -> Vec<std:
 async fn audit_records_each_change_with_its_actor() {
     let api = api().await;
     let alice = api.owner_key.clone();
-    let key = api.create_key(&alice, json!({"name": "ci", "scope": "enroll"})).await;
+    let key = api
+        .create_key(&alice, json!({"name": "ci", "scope": "enroll"}))
+        .await;
     let enrolled: EnrollResponse =
         serde_json::from_slice(&api.enroll(&key.key, StatusCode::CREATED).await.1).unwrap();
     let _: KeyInfo = api
@@ -653,9 +930,7 @@ async fn audit_records_each_change_with_its_actor() {
         )
         .await;
 
-    let on_key = api
-        .audit(&alice, &format!("?target={}", key.info.id))
-        .await;
+    let on_key = api.audit(&alice, &format!("?target={}", key.info.id)).await;
     let actions: Vec<&str> = on_key.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["key.revoke", "key.create"]);
     assert!(on_key.iter().all(|e| e.actor == "owner@example.com"));
@@ -673,8 +948,17 @@ async fn audit_records_each_change_with_its_actor() {
 
     assert_eq!(api.audit(&alice, "?limit=1").await.len(), 1);
     let future = "2999-01-01T00:00:00Z";
-    assert!(api.audit(&alice, &format!("?since={future}")).await.is_empty());
-    for bad in ["?limit=0", "?limit=1001", "?since=yesterday", "?colour=red", "?limit=x"] {
+    assert!(api
+        .audit(&alice, &format!("?since={future}"))
+        .await
+        .is_empty());
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?since=yesterday",
+        "?colour=red",
+        "?limit=x",
+    ] {
         let e = api
             .error(
                 Method::GET,
@@ -694,9 +978,7 @@ async fn concurrent_enrollments_spend_a_limited_key_exactly() {
     let limited = api
         .create_key(&api.owner_key, json!({"name": "three", "max_uses": 3}))
         .await;
-    let csrs: Vec<String> = (0..24)
-        .map(|_| csr_pem(&PKCS_ECDSA_P256_SHA256))
-        .collect();
+    let csrs: Vec<String> = (0..24).map(|_| csr_pem(&PKCS_ECDSA_P256_SHA256)).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for csr in csrs {
         let api = Arc::clone(&api);
@@ -728,10 +1010,19 @@ async fn concurrent_enrollments_spend_a_limited_key_exactly() {
     }
     assert_eq!((created, refused), (3, 21));
     let devices: Vec<DeviceInfo> = api
-        .json(Method::GET, "/v1/devices", Some(&api.owner_key), None, StatusCode::OK)
+        .json(
+            Method::GET,
+            "/v1/devices",
+            Some(&api.owner_key),
+            None,
+            StatusCode::OK,
+        )
         .await;
     assert_eq!(devices.len(), 3);
     let listed = api.keys(&api.owner_key, false).await;
-    let entry = listed.iter().find(|k| k.info.id == limited.info.id).unwrap();
+    let entry = listed
+        .iter()
+        .find(|k| k.info.id == limited.info.id)
+        .unwrap();
     assert_eq!((entry.uses, entry.status), (3, KeyStatus::Exhausted));
 }

@@ -32,7 +32,11 @@ async fn documented(api: &Api) -> BTreeSet<(String, String)> {
     let (status, body) = api.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
     let mut ops = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, _) in item.as_object().unwrap() {
@@ -141,12 +145,12 @@ async fn the_document_describes_bodies_and_authentication() {
     ] {
         assert!(schemas.contains_key(name), "no schema {name}");
     }
-    let scheme = &doc["components"]["securitySchemes"][openapi::API_KEY];
+    let scheme = &doc["components"]["securitySchemes"][crate::api::openapi::API_KEY];
     assert_eq!(scheme["scheme"], "bearer");
     // Authenticated operations name the scheme; the open ones do not.
     let security = |method: &str, path: &str| doc["paths"][path][method]["security"].clone();
     assert_eq!(
-        security("get", "/v1/keys")[0][openapi::API_KEY],
+        security("get", "/v1/keys")[0][crate::api::openapi::API_KEY],
         json!([])
     );
     for (method, path) in [
@@ -168,7 +172,12 @@ async fn the_document_describes_bodies_and_authentication() {
         names,
         ["action", "actor", "limit", "since", "target"].into()
     );
+    // Rotation's body may be left out (`required` absent means false).
+    let rotate_body = &doc["paths"]["/v1/keys/{id}/rotate"]["post"]["requestBody"];
+    assert!(rotate_body["content"]["application/json"].is_object());
+    assert_ne!(rotate_body["required"], json!(true));
     // The same document is available without a router.
     let built = serde_json::to_value(openapi_document()).unwrap();
     assert_eq!(built, doc);
 }
+

@@ -73,7 +73,8 @@ impl SqliteStore {
         workspace: WorkspaceId,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
         self.read(move |c| {
-            let sql = format!("{DEVICE_SELECT} WHERE d.workspace_id = ?1 ORDER BY d.enrolled_at, d.id");
+            let sql =
+                format!("{DEVICE_SELECT} WHERE d.workspace_id = ?1 ORDER BY d.enrolled_at, d.id");
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map([workspace.as_str()], device_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -209,7 +209,10 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
             .map(|r| Revocation::parse(&r).ok_or_else(|| conversion(15, format!("{r:?}"))))
             .transpose()?,
         replaced_by: replaced_by
-            .map(|id| id.parse().map_err(|e: heex_proto::KeyParseError| conversion(16, e)))
+            .map(|id| {
+                id.parse()
+                    .map_err(|e: heex_proto::KeyParseError| conversion(16, e))
+            })
             .transpose()?,
     })
 }

@@ -34,9 +34,11 @@ impl SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Vec<MemberRecord>, StoreError> {
         self.read(move |c| {
-            let sql = format!("{MEMBER_SELECT} WHERE m.workspace_id = ?2 ORDER BY m.created_at, m.id");
+            let sql =
+                format!("{MEMBER_SELECT} WHERE m.workspace_id = ?2 ORDER BY m.created_at, m.id");
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![to_unix(now), workspace.as_str()], member_from_row)?;
+            let rows =
+                stmt.query_map(params![to_unix(now), workspace.as_str()], member_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -109,9 +111,8 @@ impl SqliteStore {
                 details.insert("revoked_keys".into(), json!(revoked_keys));
             }
             audit::insert(c, &audit)?;
-            let member = select_member(c, &workspace, &id, at)?.ok_or_else(|| {
-                StoreError::Database(format!("removed member {id} vanished"))
-            })?;
+            let member = select_member(c, &workspace, &id, at)?
+                .ok_or_else(|| StoreError::Database(format!("removed member {id} vanished")))?;
             Ok(RemoveOutcome::Removed {
                 member,
                 revoked_keys,
@@ -254,9 +255,12 @@ fn accept(c: &Connection, a: &Acceptance) -> Result<AcceptOutcome, StoreError> {
     )?;
     let member = select_member(c, &inv.workspace_id, &a.member_id, a.at)?
         .ok_or_else(|| StoreError::Database("new member vanished".into()))?;
-    let key = select_key(c, &key.id)?
-        .ok_or_else(|| StoreError::Database("new key vanished".into()))?;
-    Ok(AcceptOutcome::Joined { member, key })
+    let key =
+        select_key(c, &key.id)?.ok_or_else(|| StoreError::Database("new key vanished".into()))?;
+    Ok(AcceptOutcome::Joined {
+        member: Box::new(member),
+        key: Box::new(key),
+    })
 }
 
 /// True when a current (not removed) member of `workspace` has this email, in any case.

@@ -112,13 +112,21 @@ async fn rotation_keeps_the_old_key_until_the_overlap_ends() {
     let again = rotation(&f, &old, time::Duration::ZERO);
     let again_id = again.new.id.clone();
     let err = f.store.rotate_key(again).await.unwrap_err();
-    assert!(matches!(err, StoreError::KeyUnusable(ref id) if id == &old), "{err:?}");
+    assert!(
+        matches!(err, StoreError::KeyUnusable(ref id) if id == &old),
+        "{err:?}"
+    );
     assert!(f.store.find_key(&again_id).await.unwrap().is_none());
 
     // Revoking it now overrides the schedule.
     let revoked = f
         .store
-        .revoke_key(&old, &f.owner, f.now, audit(&f, AuditAction::KeyRevoke, "k"))
+        .revoke_key(
+            &old,
+            &f.owner,
+            f.now,
+            audit(&f, AuditAction::KeyRevoke, "k"),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -167,7 +175,12 @@ async fn removing_a_member_revokes_every_key_in_the_same_transaction() {
     let earlier = add_key(&f, &bob, None).await;
     let before = f.now - time::Duration::hours(1);
     f.store
-        .revoke_key(&earlier, &bob, before, audit(&f, AuditAction::KeyRevoke, "k"))
+        .revoke_key(
+            &earlier,
+            &bob,
+            before,
+            audit(&f, AuditAction::KeyRevoke, "k"),
+        )
         .await
         .unwrap();
     let enrolled = device(&f, &plain);
@@ -189,7 +202,10 @@ async fn removing_a_member_revokes_every_key_in_the_same_transaction() {
     let listed = f.store.list_members(&f.ws, f.now).await.unwrap();
     let b = listed.iter().find(|m| m.id == bob).unwrap();
     assert!(b.removed_at.is_none());
-    assert_eq!(b.active_keys, 3, "plain, rotating (overlap) and its replacement");
+    assert_eq!(
+        b.active_keys, 3,
+        "plain, rotating (overlap) and its replacement"
+    );
     assert!(!f
         .store
         .find_key(&plain)
@@ -247,7 +263,10 @@ async fn removing_a_member_revokes_every_key_in_the_same_transaction() {
     .await;
     assert_eq!(removal.len(), 1);
     assert_eq!(removal[0].target, "bob@example.com");
-    assert_eq!(removal[0].details["revoked_keys"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        removal[0].details["revoked_keys"].as_array().unwrap().len(),
+        3
+    );
 
     let again = f
         .store
@@ -435,7 +454,12 @@ async fn audit_filters_and_order() {
         ("alice@example.com", AuditAction::KeyCreate, "K1", at(1)),
         ("alice@example.com", AuditAction::KeyRevoke, "K1", at(2)),
         ("bob@example.com", AuditAction::KeyCreate, "K2", at(3)),
-        ("alice@example.com", AuditAction::MemberInvite, "carol@example.com", at(4)),
+        (
+            "alice@example.com",
+            AuditAction::MemberInvite,
+            "carol@example.com",
+            at(4),
+        ),
         ("bob@example.com", AuditAction::DeviceEnroll, "dev_1", at(5)),
     ];
     for (actor, action, target, when) in rows {
@@ -497,7 +521,10 @@ async fn audit_filters_and_order() {
         targets(events(&f, action("key.revoke")).await),
         ["key.revoke:K1"]
     );
-    assert!(events(&f, action("key")).await.is_empty(), "exact, not prefix");
+    assert!(
+        events(&f, action("key")).await.is_empty(),
+        "exact, not prefix"
+    );
     let target = AuditFilter {
         target: Some("K1".into()),
         ..all(100)
@@ -567,13 +594,12 @@ async fn keys_are_listed_per_owner_or_workspace() {
     let bob = add_member(&f, "bob@example.com", Role::Member).await;
     let bobs = add_key(&f, &bob, None).await;
     let mine = f.store.list_keys(&f.ws, Some(&f.owner)).await.unwrap();
-    assert_eq!(
-        mine.iter().map(|k| &k.id).collect::<Vec<_>>(),
-        [&f.key]
-    );
+    assert_eq!(mine.iter().map(|k| &k.id).collect::<Vec<_>>(), [&f.key]);
     let every = f.store.list_keys(&f.ws, None).await.unwrap();
     assert_eq!(every.len(), 2);
-    assert!(every.iter().any(|k| k.id == bobs && k.member_email == "bob@example.com"));
+    assert!(every
+        .iter()
+        .any(|k| k.id == bobs && k.member_email == "bob@example.com"));
     assert!(f
         .store
         .list_keys(&WorkspaceId::generate(), None)

@@ -148,7 +148,12 @@ async fn revoke_is_recorded_once() {
     let f = fixture().await;
     let first = f
         .store
-        .revoke_key(&f.key, &f.owner, f.now, audit(&f, AuditAction::KeyRevoke, "k"))
+        .revoke_key(
+            &f.key,
+            &f.owner,
+            f.now,
+            audit(&f, AuditAction::KeyRevoke, "k"),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -156,14 +161,24 @@ async fn revoke_is_recorded_once() {
     assert_eq!(first.revoked_by.as_deref(), Some("alice@example.com"));
     let again = f
         .store
-        .revoke_key(&f.key, &f.owner, f.now + time::Duration::hours(1), audit(&f, AuditAction::KeyRevoke, "k"))
+        .revoke_key(
+            &f.key,
+            &f.owner,
+            f.now + time::Duration::hours(1),
+            audit(&f, AuditAction::KeyRevoke, "k"),
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again.revoked_at, Some(f.now), "the first revocation stands");
     assert!(f
         .store
-        .revoke_key(&KeyId::generate(), &f.owner, f.now, audit(&f, AuditAction::KeyRevoke, "k"))
+        .revoke_key(
+            &KeyId::generate(),
+            &f.owner,
+            f.now,
+            audit(&f, AuditAction::KeyRevoke, "k")
+        )
         .await
         .unwrap()
         .is_none());
@@ -173,18 +188,34 @@ async fn revoke_is_recorded_once() {
 async fn enrollment_needs_a_usable_key_and_counts_uses() {
     let f = fixture().await;
     let d = device(&f, &f.key);
-    f.store.insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap();
+    f.store
+        .insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d"))
+        .await
+        .unwrap();
     assert_eq!(f.store.find_key(&f.key).await.unwrap().unwrap().uses, 1);
 
     // A limited key stops at its limit, and the refused device is not stored.
     let limited = KeyId::generate();
     f.store
-        .create_key(new_key(&limited, &f.ws, &f.owner, f.now, Some(1)), audit(&f, AuditAction::KeyCreate, "k"))
+        .create_key(
+            new_key(&limited, &f.ws, &f.owner, f.now, Some(1)),
+            audit(&f, AuditAction::KeyCreate, "k"),
+        )
         .await
         .unwrap();
-    f.store.insert_device(device(&f, &limited), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap();
+    f.store
+        .insert_device(
+            device(&f, &limited),
+            audit(&f, AuditAction::DeviceEnroll, "d"),
+        )
+        .await
+        .unwrap();
     let refused = device(&f, &limited);
-    let err = f.store.insert_device(refused.clone(), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap_err();
+    let err = f
+        .store
+        .insert_device(refused.clone(), audit(&f, AuditAction::DeviceEnroll, "d"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::KeyUnusable(ref id) if id == &limited),
         "{err:?}"
@@ -192,8 +223,23 @@ async fn enrollment_needs_a_usable_key_and_counts_uses() {
     assert!(f.store.device_status(&refused.id).await.unwrap().is_none());
 
     // A revoked key enrolls nothing more.
-    f.store.revoke_key(&f.key, &f.owner, f.now, audit(&f, AuditAction::KeyRevoke, "k")).await.unwrap();
-    let err = f.store.insert_device(device(&f, &f.key), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap_err();
+    f.store
+        .revoke_key(
+            &f.key,
+            &f.owner,
+            f.now,
+            audit(&f, AuditAction::KeyRevoke, "k"),
+        )
+        .await
+        .unwrap();
+    let err = f
+        .store
+        .insert_device(
+            device(&f, &f.key),
+            audit(&f, AuditAction::DeviceEnroll, "d"),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::KeyUnusable(_)), "{err:?}");
 
     // Devices do not depend on the key that enrolled them.
@@ -220,7 +266,11 @@ async fn expired_key_cannot_enroll() {
         .create_key(k, audit(&f, AuditAction::KeyCreate, "k"))
         .await
         .unwrap();
-    let err = f.store.insert_device(device(&f, &old), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap_err();
+    let err = f
+        .store
+        .insert_device(device(&f, &old), audit(&f, AuditAction::DeviceEnroll, "d"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::KeyUnusable(_)));
 }
 
@@ -228,7 +278,10 @@ async fn expired_key_cannot_enroll() {
 async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
     let f = fixture().await;
     let d = device(&f, &f.key);
-    f.store.insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap();
+    f.store
+        .insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d"))
+        .await
+        .unwrap();
     let t1 = f.now + time::Duration::minutes(1);
     f.store.record_seen(&d.id, None, t1).await.unwrap();
     let got = &f.store.list_devices(&f.ws).await.unwrap()[0];
@@ -295,7 +348,10 @@ async fn key_use_is_visible_at_once_and_persisted_in_the_background() {
 async fn reopening_keeps_data_and_schema() {
     let f = fixture().await;
     let d = device(&f, &f.key);
-    f.store.insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d")).await.unwrap();
+    f.store
+        .insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d"))
+        .await
+        .unwrap();
     f.store.touch_key_used(&f.key, f.now);
     f.store.close().await;
     let reopened = Store::open_sqlite(&f.path).unwrap();

@@ -1,17 +1,11 @@
-//! The command line of `heex-agent`, as its `main.rs` defines it.
-//!
-//! The agent's clap definition lives in its binary, out of reach of this crate, so it is
-//! repeated here for the man pages and completions. The end-to-end test
-//! `tests/tests/packaging.rs` compares the help this renders with the real binary's, word for
-//! word, so the two cannot drift apart unnoticed.
+//! The command line of `heex-agent`. Public so packaging can render man pages and shell
+//! completions from the very definition the binary parses.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Where the agent looks for its configuration when no path is given (the agent's
-/// `config::DEFAULT_CONFIG_PATH`).
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/heex/agent.toml";
+use crate::config::DEFAULT_CONFIG_PATH;
 
 /// Heex agent: keeps this machine's mTLS session to the Heex cloud.
 #[derive(Debug, Parser)]
