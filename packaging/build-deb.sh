@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the heex-agent Debian package: release binaries, then the man pages and shell
+# Builds the heex-agent Debian package: size-optimised binaries (profile agent-small), then the man pages and shell
 # completions generated from their command lines, then `cargo deb` (metadata in
 # packaging/Cargo.toml). Prints the path of the .deb on its last line.
 # Needs cargo-deb (`cargo install cargo-deb --locked`).
@@ -7,11 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-assets="$target_dir/release/heex-assets"
+assets="$target_dir/agent-small/heex-assets"
 
-cargo build --release --locked -p heex-agent -p heex-installer
+# Both run on small robots: they are built with the size-optimised profile (the agent's idle
+# RSS and binary size are product requirements; the installer runs once, speed is moot).
+cargo build --profile agent-small --locked -p heex-agent -p heex-installer
 rm -rf "$assets"
 cargo run --quiet --locked -p heex-packaging --bin heex-package-assets -- "$assets" >/dev/null
 # Debian policy wants man pages compressed; cargo-deb leaves files under target/ as they are.
 gzip -9n "$assets"/man/*.8
-cargo deb --locked -p heex-packaging --no-build --output "$target_dir/debian/" | tail -n 1
+cargo deb --locked -p heex-packaging --profile agent-small --no-build --output "$target_dir/debian/" | tail -n 1

@@ -25,6 +25,43 @@ pub enum Command {
         #[arg(long, env = "HEEX_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Queue one report (a JSON value) for the cloud; succeeds once it is durable on disk.
+    ///
+    /// Works whether or not the daemon runs; the daemon delivers it when connected.
+    #[command(group = clap::ArgGroup::new("input").required(true).multiple(false))]
+    Report {
+        /// Configuration file.
+        #[arg(long, env = "HEEX_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The report as JSON text.
+        #[arg(long, group = "input")]
+        data: Option<String>,
+        /// Read the report from this file (`-` for standard input).
+        #[arg(long, group = "input")]
+        file: Option<PathBuf>,
+        /// Read the report from standard input.
+        #[arg(value_name = "-", group = "input", value_parser = clap::builder::PossibleValuesParser::new(["-"]))]
+        stdin: Option<String>,
+    },
+    /// Measure the durable enqueue rate of the outbox (grouped fsync) in a scratch directory.
+    #[command(hide = true)]
+    BenchOutbox {
+        /// Scratch directory (a fresh outbox is created inside).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Reports per run.
+        #[arg(long, default_value_t = 20_000)]
+        reports: usize,
+        /// Concurrent submitting threads.
+        #[arg(long, default_value_t = 64)]
+        threads: usize,
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+    },
     /// Show whether the daemon is connected, since when, and to what.
     Status {
         /// Configuration file.

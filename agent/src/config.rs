@@ -39,6 +39,13 @@ pub struct Config {
     /// Largest reconnect delay.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// Bound on the report outbox, in bytes; reports beyond it are refused, never dropped.
+    #[serde(default = "default_outbox_max_bytes")]
+    pub outbox_max_bytes: u64,
+    /// Unix socket where programs on the machine submit reports (default
+    /// `<state_dir>/agent.sock`).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
 }
 
 fn default_heartbeat() -> Duration {
@@ -52,6 +59,9 @@ fn default_backoff_initial() -> Duration {
 }
 fn default_backoff_max() -> Duration {
     Duration::from_secs(60)
+}
+fn default_outbox_max_bytes() -> u64 {
+    crate::outbox::DEFAULT_MAX_BYTES
 }
 
 /// Why the configuration cannot be used. Every variant names the file and the fix.
@@ -134,6 +144,12 @@ impl Config {
         if self.backoff_max < self.backoff_initial {
             return Err("backoff_max must not be shorter than backoff_initial".into());
         }
+        if self.outbox_max_bytes < crate::outbox::MIN_MAX_BYTES {
+            return Err(format!(
+                "outbox_max_bytes must be at least {}",
+                crate::outbox::MIN_MAX_BYTES
+            ));
+        }
         Ok(())
     }
 
@@ -162,6 +178,16 @@ impl Config {
     /// The status file `heex-agent status` reads.
     pub fn status_path(&self) -> PathBuf {
         self.state_dir.join("status.json")
+    }
+    /// The report outbox directory.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.state_dir.join("outbox")
+    }
+    /// The report intake socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("agent.sock"))
     }
 }
 
@@ -266,6 +292,24 @@ mod tests {
             Path::new("a")
         )
         .is_err());
+    }
+
+    #[test]
+    fn outbox_and_socket_settings() {
+        let c = Config::parse(&minimal(), Path::new("a.toml")).unwrap();
+        assert_eq!(c.outbox_max_bytes, crate::outbox::DEFAULT_MAX_BYTES);
+        assert_eq!(c.outbox_dir(), Path::new("/var/lib/heex/outbox"));
+        assert_eq!(c.socket_path(), Path::new("/var/lib/heex/agent.sock"));
+        let text = format!(
+            "{}outbox_max_bytes = 1048576\nsocket = \"/run/heex/agent.sock\"\n",
+            minimal()
+        );
+        let c = Config::parse(&text, Path::new("a.toml")).unwrap();
+        assert_eq!(c.outbox_max_bytes, 1 << 20);
+        assert_eq!(c.socket_path(), Path::new("/run/heex/agent.sock"));
+        let tiny = format!("{}outbox_max_bytes = 1000\n", minimal());
+        let err = Config::parse(&tiny, Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("outbox_max_bytes"), "{err}");
     }
 
     #[test]

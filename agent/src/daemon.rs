@@ -21,8 +21,13 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::notify::Notifier;
+use crate::renew::{CredentialFiles, Renewal};
 use crate::session::{self, Observer, SessionEnd, SessionParams};
 use crate::status::{State, Status, StatusFile};
+
+/// Wait before reconnecting after the gateway refused this device's identity for good
+/// (revoked, or certificate expired beyond the renewal grace).
+pub const REFUSED_RETRY: Duration = Duration::from_secs(3600);
 
 /// Longest time between a stop signal and the daemon's return.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -37,6 +42,9 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The report outbox cannot be used.
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
 /// Runs until SIGTERM or SIGINT, then closes the session and returns.
@@ -82,7 +90,13 @@ pub async fn run(
     // delays after it ends. One dropped right after Welcome keeps the delays growing.
     let stable_after = config.heartbeat_interval * 3;
     let mut backoff = Backoff::try_new(config.backoff_initial, config.backoff_max, stable_after)?;
-    let params = SessionParams {
+    let (_intake, reports) = crate::intake::start(
+        &config.outbox_dir(),
+        config.outbox_max_bytes,
+        config.socket_path(),
+        cancel.clone(),
+    )?;
+    let mut params = SessionParams {
         host: config.gateway_host().to_owned(),
         port: config.gateway_port(),
         device_id: config.device_id.clone(),
@@ -90,6 +104,7 @@ pub async fn run(
         heartbeat_interval: config.heartbeat_interval,
         facts_interval: config.facts_interval,
         ack_timeout: session::ack_timeout_for(config.heartbeat_interval),
+        reports: Some(reports.clone()),
     };
     let now = OffsetDateTime::now_utc();
     let status = StatusFile::create(
@@ -109,10 +124,25 @@ pub async fn run(
             updated_at: now,
         },
     );
+    let renewal = match Renewal::new(
+        CredentialFiles::new(config.key_path(), config.cert_path()),
+        creds.ca.clone(),
+        config.device_id.clone(),
+    ) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            // Credentials::load read the same file moments ago; renewal stays off if not.
+            tracing::error!("certificate renewal disabled: {e}");
+            None
+        }
+    };
     let mut tracker = Tracker {
         status,
         notifier,
         gateway: &config.gateway,
+        config,
+        renewal,
+        tls: creds.tls.clone(),
     };
     notifier.ready(&format!("connecting to {}", config.gateway));
     let watchdog = notifier.watchdog_period().map(|period| {
@@ -144,17 +174,33 @@ pub async fn run(
         attempt += 1;
         tracker.enter(State::Connecting, None);
         tracing::info!(gateway = %config.gateway, attempt, "connecting to gateway");
+        // The latest renewed certificate, if any.
+        params.tls = tracker.tls.clone();
         let outcome = session::run(&params, &mut tracker, &cancel).await;
         if outcome.up_for.is_some() {
             attempt = 0;
         }
+        let mut refused = false;
         let error = match outcome.end {
             SessionEnd::Shutdown => break,
             SessionEnd::Closed { reason, message } => {
                 let line = describe_close(reason, &message);
+                let expired_here = tracker
+                    .renewal
+                    .as_ref()
+                    .is_none_or(|r| r.current().not_after <= OffsetDateTime::now_utc());
                 match reason {
-                    CloseReason::DeviceRevoked
-                    | CloseReason::DeviceUnknown
+                    // A new identity is needed: retry only rarely, in case an operator
+                    // undoes the revocation or extends the grace.
+                    CloseReason::DeviceRevoked => {
+                        refused = true;
+                        tracing::error!("{line}");
+                    }
+                    CloseReason::CertificateExpired if expired_here => {
+                        refused = true;
+                        tracing::error!("{line}");
+                    }
+                    CloseReason::DeviceUnknown
                     | CloseReason::CertificateExpired
                     | CloseReason::Replaced => {
                         // Retrying soon will not help; keep trying slowly in case an operator
@@ -180,7 +226,11 @@ pub async fn run(
             backoff.session_ended(up);
         }
         let ceiling = backoff.ceiling();
-        let delay = backoff.next_delay();
+        let delay = if refused {
+            REFUSED_RETRY.max(backoff.next_delay())
+        } else {
+            backoff.next_delay()
+        };
         tracker.enter(State::Backoff, Some(error));
         tracker.notifier.status(&format!(
             "reconnecting in {}",
@@ -197,6 +247,7 @@ pub async fn run(
         }
     }
 
+    reports.flush();
     tracker.enter(State::Stopped, None);
     notifier.stopping();
     if let Some(w) = watchdog {
@@ -209,13 +260,13 @@ pub async fn run(
 fn describe_close(reason: CloseReason, message: &str) -> String {
     let what = match reason {
         CloseReason::DeviceRevoked => {
-            "the gateway refused this device: it was revoked; re-enroll with heex-installer"
+            "this device was revoked: reinstall it with heex-installer --force and a new API key"
         }
         CloseReason::DeviceUnknown => {
             "the gateway does not know this device; re-enroll with heex-installer"
         }
         CloseReason::CertificateExpired => {
-            "the gateway refused the expired device certificate; re-enroll with heex-installer"
+            "certificate expired beyond the renewal grace: reinstall with heex-installer --force and a new API key"
         }
         CloseReason::Replaced => {
             "another agent with this device's identity connected; only one may run per device"
@@ -231,11 +282,16 @@ fn describe_close(reason: CloseReason, message: &str) -> String {
     }
 }
 
-/// Turns session progress into status-file updates and systemd status lines.
+/// Turns session progress into status-file updates and systemd status lines, and keeps the
+/// certificate renewal state across sessions.
 struct Tracker<'a> {
     status: StatusFile,
     notifier: &'a Notifier,
     gateway: &'a str,
+    config: &'a Config,
+    renewal: Option<Renewal>,
+    /// TLS configuration with the newest certificate, for the next connection.
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Tracker<'_> {
@@ -285,5 +341,52 @@ impl Observer for Tracker<'_> {
             s.heartbeats_acked += 1;
         });
         tracing::debug!(seq, "heartbeat acknowledged");
+    }
+
+    fn renewal_due(&self) -> Option<tokio::time::Instant> {
+        let due = self.renewal.as_ref()?.due();
+        let delay = crate::renew::delay_until(due, OffsetDateTime::now_utc());
+        Some(tokio::time::Instant::now() + delay)
+    }
+
+    fn renewal_request(&mut self) -> Option<String> {
+        let renewal = self.renewal.as_mut()?;
+        match renewal.request(OffsetDateTime::now_utc()) {
+            Ok(csr) => {
+                tracing::info!("requesting a renewed device certificate");
+                Some(csr)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+
+    fn renewed(&mut self, certificate_pem: String) {
+        let Some(renewal) = self.renewal.as_mut() else {
+            return;
+        };
+        let not_after = match renewal.complete(&certificate_pem, OffsetDateTime::now_utc()) {
+            Ok(identity) => identity.not_after,
+            Err(e) => {
+                tracing::error!("certificate renewal failed, keeping the current certificate: {e}");
+                return;
+            }
+        };
+        match Credentials::load(self.config) {
+            Ok(creds) => self.tls = creds.tls,
+            Err(e) => {
+                tracing::error!("renewed credentials cannot be loaded: {e}");
+                return;
+            }
+        }
+        self.status.update(|s| s.certificate_expires_at = not_after);
+        tracing::info!(
+            certificate_expires_at = %not_after
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "device certificate renewed"
+        );
     }
 }

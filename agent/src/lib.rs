@@ -15,9 +15,14 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+pub mod delivery;
 pub mod facts;
 pub mod frames;
+pub mod intake;
 pub mod notify;
+pub mod renew;
+pub mod outbox;
+pub mod report;
 pub mod session;
 pub mod status;
 
@@ -47,6 +52,12 @@ pub enum AgentError {
     /// The async runtime could not be built.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// A report could not be queued.
+    #[error(transparent)]
+    Report(#[from] outbox::OutboxError),
+    /// The report input could not be read.
+    #[error("cannot read the report from {0}")]
+    ReportInput(String),
 }
 
 impl AgentError {
@@ -55,7 +66,10 @@ impl AgentError {
         match self {
             AgentError::Config(_) | AgentError::Credentials(_) => exit::CONFIG,
             AgentError::Daemon(daemon::DaemonError::Backoff(_)) => exit::CONFIG,
+            AgentError::Daemon(daemon::DaemonError::Outbox(_)) => exit::FILE_ERROR,
             AgentError::Daemon(_) | AgentError::Runtime(_) => exit::SOFTWARE,
+            AgentError::Report(e) => report::exit_code(e),
+            AgentError::ReportInput(_) => exit::FILE_ERROR,
         }
     }
 }
@@ -63,6 +77,11 @@ impl AgentError {
 /// Loads the configuration and the credentials it points to.
 pub fn load(config_path: &Path) -> Result<(Config, Credentials), AgentError> {
     let config = Config::load(config_path)?;
+    // Finish or discard a certificate renewal a crash interrupted, before loading the pair.
+    renew::reconcile(&renew::CredentialFiles::new(
+        config.key_path(),
+        config.cert_path(),
+    ));
     let creds = Credentials::load(&config)?;
     Ok((config, creds))
 }

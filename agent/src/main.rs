@@ -24,6 +24,23 @@ fn main() -> ExitCode {
             heex_agent::init_logging();
             heex_agent::run(&config)
         }
+        Command::Report {
+            config,
+            data,
+            file,
+            stdin,
+        } => heex_agent::report::run(&config, data, file, stdin.is_some()).map(|seq| {
+            println!("queued report {seq}");
+        }),
+        Command::BenchOutbox {
+            dir,
+            reports,
+            threads,
+            runs,
+            size,
+        } => heex_agent::report::bench(&dir, reports, threads, runs, size).map(|text| {
+            print!("{text}");
+        }),
         Command::Status { config, json } => heex_agent::status(&config, json).map(|text| {
             print!("{text}");
         }),

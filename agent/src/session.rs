@@ -44,6 +44,8 @@ pub struct SessionParams {
     pub facts_interval: Duration,
     /// How long a heartbeat may stay unacknowledged before the path counts as dead.
     pub ack_timeout: Duration,
+    /// The report outbox to deliver from, when reporting is on.
+    pub reports: Option<crate::delivery::Reports>,
 }
 
 /// The default dead-path bound for a heartbeat interval: one more interval, but at least
@@ -58,6 +60,17 @@ pub trait Observer {
     fn connected(&mut self);
     /// The gateway acknowledged heartbeat `seq`.
     fn heartbeat_acked(&mut self, seq: u64);
+    /// When the session should ask for a renewed device certificate; `None` for never.
+    fn renewal_due(&self) -> Option<Instant> {
+        None
+    }
+    /// The CSR for a RenewRequest (the observer keeps the new key), or `None` to skip this
+    /// renewal.
+    fn renewal_request(&mut self) -> Option<String> {
+        None
+    }
+    /// The gateway answered a RenewRequest with this certificate, PEM.
+    fn renewed(&mut self, _certificate_pem: String) {}
 }
 
 /// Why a session could not be established or was lost.
@@ -257,7 +270,7 @@ impl Session<'_> {
         let hello = Message::Hello {
             agent_version: heex_proto::VERSION.to_owned(),
             facts: facts::gather(),
-            next_report_seq: 0,
+            next_report_seq: self.params.reports.as_ref().map_or(0, |r| r.acked() + 1),
         };
         self.send(stream, &hello).await?;
 
@@ -299,8 +312,11 @@ impl Session<'_> {
         let mut seq = 0u64;
         // Oldest heartbeat not yet acknowledged, and when it was sent.
         let mut unacked: Option<(u64, Instant)> = None;
+        // Highest report sent on this session: a new session resends what was not acked.
+        let mut sent = p.reports.as_ref().map_or(0, |r| r.acked());
 
         loop {
+            let renew_at = observer.renewal_due();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -308,6 +324,9 @@ impl Session<'_> {
                     return Ok(SessionEnd::Shutdown);
                 }
                 msg = self.reader.read(stream) => match msg? {
+                    Message::RenewResponse { certificate_pem } => {
+                        observer.renewed(certificate_pem);
+                    }
                     Message::HeartbeatAck { seq: acked } => {
                         if unacked.is_some_and(|(s, _)| acked >= s) {
                             unacked = None;
@@ -316,6 +335,15 @@ impl Session<'_> {
                     }
                     Message::Close { reason, message } => {
                         return Ok(SessionEnd::Closed { reason, message });
+                    }
+                    Message::ReportAck { seq: acked } => {
+                        if let Some(r) = &p.reports {
+                            // Never trust an ack beyond what was sent.
+                            r.acknowledge(acked.min(sent));
+                            if acked >= sent {
+                                r.flush();
+                            }
+                        }
                     }
                     other => tracing::debug!(kind = kind(&other), "ignoring unexpected frame"),
                 },
@@ -329,6 +357,24 @@ impl Session<'_> {
                 }
                 _ = facts_tick.tick() => {
                     self.send(stream, &Message::Facts { facts: facts::gather() }).await?;
+                }
+                // Before anything else the session sends: a session with an expired
+                // certificate may only renew until it has.
+                _ = sleep_until_some(renew_at) => {
+                    if let Some(csr_pem) = observer.renewal_request() {
+                        self.send(stream, &Message::RenewRequest { csr_pem }).await?;
+                    }
+                }
+                records = crate::delivery::next_batch(p.reports.as_ref(), sent) => {
+                    for record in records {
+                        let payload = serde_json::from_slice(&record.payload).unwrap_or_else(|e| {
+                            // Checked at intake and by checksum since; cannot happen.
+                            tracing::error!(seq = record.seq, error = %e, "unreadable report");
+                            serde_json::Value::Null
+                        });
+                        self.send(stream, &Message::Report { seq: record.seq, payload }).await?;
+                        sent = record.seq;
+                    }
                 }
             }
         }
@@ -346,6 +392,14 @@ impl Session<'_> {
             }
         })
         .await;
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -41,9 +41,12 @@ pub enum Command {
     /// Accept an invitation to a workspace.
     #[command(subcommand)]
     Invitations(InvitationsCommand),
-    /// List and show enrolled devices.
+    /// List, show, revoke, rename, label and delete enrolled devices.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// List the reports devices sent.
+    #[command(subcommand)]
+    Reports(ReportsCommand),
     /// Show the workspace's audit log, newest first.
     Audit(AuditArgs),
     /// Print a shell completion script.
@@ -172,6 +175,49 @@ pub enum DevicesCommand {
     Show {
         /// Device id (dev_…).
         id: String,
+    },
+    /// Revoke a device: its session closes at once and it can no longer connect or renew.
+    Revoke {
+        /// Device id (dev_…).
+        id: String,
+    },
+    /// Rename a device.
+    Rename {
+        /// Device id (dev_…).
+        id: String,
+        /// The new name.
+        name: String,
+    },
+    /// Set labels (KEY=VALUE) or remove them (KEY-) on a device; other labels stay.
+    Label {
+        /// Device id (dev_…).
+        id: String,
+        /// KEY=VALUE to set, KEY- to remove.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        labels: Vec<String>,
+    },
+    /// Delete a revoked device's record.
+    Delete {
+        /// Device id (dev_…).
+        id: String,
+    },
+}
+
+/// `heex reports …`.
+#[derive(Debug, Subcommand)]
+pub enum ReportsCommand {
+    /// List one device's stored reports in sequence order.
+    List {
+        /// Device id (dev_…).
+        #[arg(long)]
+        device: String,
+        /// Only reports with sequence numbers above this.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        after: u64,
+        /// At most this many reports (at most 1000).
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
     },
 }
 

@@ -108,6 +108,34 @@ impl ApiClient {
         self.send(path, req)
     }
 
+    /// `PATCH path` with a JSON body.
+    pub fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Reply<T>, CliError> {
+        let req = self.http.patch(self.url(path)?).json(body);
+        self.send(path, req)
+    }
+
+    /// `DELETE path`, which answers without a body.
+    pub fn delete(&self, path: &str) -> Result<(), CliError> {
+        let req = self.http.delete(self.url(path)?);
+        let req = match &self.key {
+            Some(key) => req.bearer_auth(key.expose()),
+            None => req,
+        };
+        tracing::debug!(server = self.server(), path, "request");
+        let resp = req.send().map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        tracing::debug!(path, status = status.as_u16(), "response");
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = resp.bytes().map_err(|e| self.transport_error(&e))?;
+        Err(api_error(status.as_u16(), &bytes))
+    }
+
     fn send<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -48,6 +48,7 @@ pub fn run(cli: &Cli, env: &Env, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Members(cmd) => commands::members::run(&mut ctx, cmd),
         Command::Invitations(cmd) => commands::login::invitations(&mut ctx, cmd),
         Command::Devices(cmd) => commands::devices::run(&mut ctx, cmd),
+        Command::Reports(cmd) => commands::reports::run(&mut ctx, cmd),
         Command::Audit(args) => commands::audit::run(&mut ctx, args),
         Command::Completions { shell } => commands::completions(&mut ctx, *shell),
     }

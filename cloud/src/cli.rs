@@ -114,9 +114,21 @@ pub struct ServeArgs {
     /// Lifetime of device certificates (e.g. "30d", "12h").
     #[arg(long, default_value = "30d", value_parser = parse_duration)]
     pub device_cert_lifetime: Duration,
+    /// How long after its expiry a device certificate may still be renewed (e.g. "30d";
+    /// "0s" disables renewal after expiry).
+    #[arg(long, default_value = "30d", value_parser = parse_grace)]
+    pub renewal_grace: Duration,
     /// Options used only when the data directory must be initialized first.
     #[command(flatten)]
     pub init: InitOptions,
+}
+
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30d, 12h, 0s)"))?;
+    if d > Duration::from_secs(10 * 365 * 24 * 3600) {
+        return Err("must be at most 10 years".to_owned());
+    }
+    Ok(d)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -143,6 +155,7 @@ mod tests {
         assert_eq!(args.listen.port(), 8443);
         assert_eq!(args.gateway_listen.port(), 8444);
         assert_eq!(args.device_cert_lifetime, Duration::from_secs(30 * 86400));
+        assert_eq!(args.renewal_grace, Duration::from_secs(30 * 86400));
         assert_eq!(args.init.workspace, "default");
         assert_eq!(args.init.trust_domain, "heex.local");
     }

@@ -102,9 +102,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
 
     let store = Arc::new(loaded.store);
     let registry = SessionRegistry::default();
+    let ca = Arc::new(loaded.ca);
+    let gateway_options = gateway::GatewayOptions {
+        renewal_grace: args.renewal_grace,
+        signer: Some(gateway::DeviceSigner::new(
+            Arc::clone(&ca),
+            args.device_cert_lifetime,
+        )),
+        ..gateway::GatewayOptions::default()
+    };
     let state = AppState::new(ApiContext {
         store: Arc::clone(&store),
-        ca: Arc::new(loaded.ca),
+        ca,
         secret: loaded.secret,
         registry: registry.clone(),
         trust_domain: loaded.settings.trust_domain,
@@ -129,12 +138,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         shutdown.cancel();
     };
     let gateway = async {
-        let result = gateway::serve(
+        let result = gateway::serve_with(
             gateway_listener,
             gateway_tls,
             Arc::clone(&store),
             registry,
             shutdown.clone(),
+            gateway_options,
         )
         .await;
         shutdown.cancel();

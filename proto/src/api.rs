@@ -472,3 +472,27 @@ pub struct AuditEvent {
     #[serde(default)]
     pub details: serde_json::Value,
 }
+
+/// One stored report (`GET /v1/devices/{id}/reports`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReportInfo {
+    /// The device's sequence number of the report.
+    pub seq: u64,
+    /// When the cloud stored it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// The report's content.
+    pub payload: serde_json::Value,
+}
+
+/// One page of a device's reports, in sequence order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReportPage {
+    /// The reports with sequence numbers above the request's `after`, at most `limit`.
+    pub reports: Vec<ReportInfo>,
+    /// Pass as `after` to get the next page; absent when this page is the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}

@@ -15,3 +15,7 @@ pub const UNAVAILABLE: i32 = 69;
 pub const FILE_ERROR: i32 = 73;
 /// Configuration or credentials missing, unreadable or corrupt.
 pub const CONFIG: i32 = 78;
+/// A temporary condition: try again later (e.g. the report outbox is full).
+pub const TEMPFAIL: i32 = 75;
+/// The input data is malformed (e.g. a report that is not JSON or is too large).
+pub const DATA_ERROR: i32 = 65;

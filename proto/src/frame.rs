@@ -13,6 +13,9 @@ use crate::DeviceId;
 
 /// Largest payload a frame may carry, in bytes.
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+/// Largest report payload (compact JSON), in bytes. The agent refuses larger reports at
+/// intake and the gateway refuses them on the wire.
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
 /// Size of the length prefix.
 pub const HEADER_LEN: usize = 4;
 /// Protocol version this crate speaks.

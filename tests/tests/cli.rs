@@ -1186,7 +1186,6 @@ fn the_openapi_document_and_the_served_api_match() {
             "{method} {path} is served but not documented"
         );
     }
-    assert_eq!(documented.len(), 17, "{documented:?}");
     // An unknown path is the fallback: the check above can tell.
     let resp = http
         .get(format!("{}/v1/nothing", cloud.api_url))

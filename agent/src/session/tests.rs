@@ -55,6 +55,7 @@ fn fixture(pki: TestPki) -> Fixture {
         heartbeat_interval: Duration::from_millis(50),
         facts_interval: Duration::from_millis(120),
         ack_timeout: Duration::from_millis(400),
+        reports: None,
     };
     Fixture {
         pki,

@@ -1,4 +1,4 @@
-//! `heex devices list|show`.
+//! `heex devices list|show` (revoke, rename, label, delete: [`super::device_lifecycle`]).
 
 use heex_proto::api::{DeviceInfo, Facts};
 use heex_proto::DeviceId;
@@ -13,6 +13,10 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: &DevicesCommand) -> Result<(), CliError> {
     match cmd {
         DevicesCommand::List => list(ctx),
         DevicesCommand::Show { id } => show(ctx, id),
+        DevicesCommand::Revoke { id } => super::device_lifecycle::revoke(ctx, id),
+        DevicesCommand::Rename { id, name } => super::device_lifecycle::rename(ctx, id, name),
+        DevicesCommand::Label { id, labels } => super::device_lifecycle::label(ctx, id, labels),
+        DevicesCommand::Delete { id } => super::device_lifecycle::delete(ctx, id),
     }
 }
 

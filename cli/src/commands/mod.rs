@@ -1,10 +1,12 @@
 //! One module per subcommand group, plus helpers they share.
 
 pub mod audit;
+pub mod device_lifecycle;
 pub mod devices;
 pub mod keys;
 pub mod login;
 pub mod members;
+pub mod reports;
 pub mod whoami;
 
 use clap::CommandFactory;

@@ -124,7 +124,8 @@ pub(super) async fn enroll(
     ))
 }
 
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+/// Checks labels: count, key characters and lengths, printable values.
+pub(super) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if labels.len() > MAX_LABELS {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_LABELS} labels are allowed"

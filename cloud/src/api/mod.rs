@@ -5,12 +5,14 @@
 //! with their OpenAPI description ([`openapi`]), so `/v1/openapi.json` covers every one.
 
 mod audit;
+mod device_lifecycle;
 mod devices;
 mod enroll;
 mod invitations;
 mod keys;
 mod members;
 pub mod openapi;
+mod reports;
 mod whoami;
 
 use std::ops::Deref;
@@ -101,7 +103,9 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invitations::invite))
         .routes(routes!(invitations::accept))
         .routes(routes!(devices::list))
-        .routes(routes!(devices::show))
+        .routes(routes!(reports::list))
+        .routes(routes!(devices::show, device_lifecycle::update, device_lifecycle::delete))
+        .routes(routes!(device_lifecycle::revoke))
         .routes(routes!(audit::list))
 }
 

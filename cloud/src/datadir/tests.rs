@@ -169,3 +169,57 @@ async fn server_certificate_is_reissued_for_new_hostnames() {
     }
     assert_eq!(mode(&dir.path(SERVER_KEY)), 0o600);
 }
+
+#[tokio::test]
+async fn workspaces_are_added_with_their_owner_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("data"));
+    let beta = WorkspaceOptions {
+        name: "beta".into(),
+        owner: "bea@example.com".into(),
+    };
+    // Not before init.
+    let e = dir.add_workspace(&beta).await.unwrap_err();
+    assert_eq!(e.exit_code(), heex_proto::exit::CONFIG);
+
+    dir.init(&options()).await.unwrap();
+    let report = dir.add_workspace(&beta).await.unwrap();
+    let mut shown = Vec::new();
+    report.print(&mut shown).unwrap();
+    let shown = String::from_utf8(shown).unwrap();
+    assert!(shown.contains(&format!("Owner API key:  {}", report.owner_key.expose())));
+
+    let loaded = dir.load(&[]).unwrap();
+    assert!(report.owner_key.is_authentic(loaded.secret.as_bytes()));
+    let key = loaded
+        .store
+        .find_key(report.owner_key.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(key.workspace_name, "beta");
+    assert_eq!(key.workspace_id, report.workspace_id);
+    assert_eq!((key.scope, key.member_role), (Scope::Admin, Role::Owner));
+    assert_eq!(key.member_email, "bea@example.com");
+    loaded.store.close().await;
+
+    // Names are unique; bad input is a usage error.
+    for (name, owner) in [
+        ("beta", "x@example.com"),
+        ("", "x@example.com"),
+        ("gamma", "nobody"),
+    ] {
+        let e = dir
+            .add_workspace(&WorkspaceOptions {
+                name: name.into(),
+                owner: owner.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.exit_code(),
+            heex_proto::exit::USAGE,
+            "{name} {owner}: {e}"
+        );
+    }
+}

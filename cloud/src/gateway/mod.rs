@@ -9,8 +9,11 @@
 //! no payload buffer while idle (frames are read header first, payload allocated on arrival),
 //! an idle timeout that drops silent peers, and a bound on concurrent TLS handshakes.
 
+mod expired;
 mod frames;
 mod registry;
+mod reports;
+mod renew;
 mod session;
 mod tls;
 
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use registry::SessionRegistry;
+pub use renew::{DeviceSigner, DEFAULT_RENEWAL_GRACE};
 pub use tls::{peer_identity, server_config, IdentityError, TlsSetupError};
 
 /// What the gateway needs to know about a device before accepting its frames.
@@ -57,6 +61,24 @@ pub trait DeviceDirectory: Send + Sync + 'static {
         facts: Option<&Facts>,
         at: OffsetDateTime,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Records the device's renewed certificate (serial, lowercase hex, and expiry). False
+    /// when the device does not exist or is revoked; then nothing changes.
+    fn record_renewal(
+        &self,
+        id: &DeviceId,
+        serial_hex: &str,
+        not_after: OffsetDateTime,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+
+    /// Stores the device's reports (sequence number, compact JSON), each (device, seq) at
+    /// most once: already stored ones are left alone. Resolves once they are durable, with
+    /// the highest sequence number of the batch.
+    fn store_reports(
+        &self,
+        id: &DeviceId,
+        reports: Vec<(u64, String)>,
+    ) -> impl Future<Output = anyhow::Result<u64>> + Send;
 }
 
 /// TLS material for the gateway: the cloud CA (to verify clients) and the server identity.
@@ -87,6 +109,10 @@ pub struct GatewayOptions {
     pub seen_interval: Duration,
     /// How long shutdown waits for sessions to send their Close.
     pub shutdown_grace: Duration,
+    /// How long after its expiry a device certificate may still connect to renew.
+    pub renewal_grace: Duration,
+    /// Signs renewed device certificates; without one, renewal requests are refused.
+    pub signer: Option<DeviceSigner>,
 }
 
 impl Default for GatewayOptions {
@@ -100,6 +126,8 @@ impl Default for GatewayOptions {
             max_handshakes: 256,
             seen_interval: Duration::from_secs(180),
             shutdown_grace: Duration::from_secs(5),
+            renewal_grace: DEFAULT_RENEWAL_GRACE,
+            signer: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::{self, FrameIoError, FrameReader};
 use super::registry::SessionRegistry;
-use super::{tls, DeviceDirectory, GatewayOptions};
+use super::{renew, tls, DeviceDirectory, GatewayOptions};
 
 /// What every session shares.
 pub(crate) struct Shared<D> {
@@ -63,6 +63,8 @@ pub(crate) async fn run<D: DeviceDirectory>(
         peer,
         buf: Vec::new(),
         reader: FrameReader::default(),
+        identity: None,
+        cert_not_after: None,
     };
     session.serve(&mut stream).await;
     // close_notify, bounded: the peer may be gone.
@@ -74,6 +76,11 @@ struct Session<'a, D> {
     peer: SocketAddr,
     buf: Vec<u8>,
     reader: FrameReader,
+    /// The verified identity, once known (renewal certifies it again).
+    identity: Option<SpiffeId>,
+    /// Expiry of the session's newest certificate: the peer's, or the one it renewed to.
+    /// Once past it (within the renewal grace) the session may only renew.
+    cert_not_after: Option<OffsetDateTime>,
 }
 
 /// How the frame loop ended, for the log line.
@@ -137,6 +144,14 @@ impl<D: DeviceDirectory> Session<'_, D> {
             let _ = self.close(stream, reason, message).await;
             return;
         }
+        if let Some(message) = self.check_expiry(stream) {
+            tracing::info!(%peer, %device, "refused: {message}");
+            let _ = self
+                .close(stream, CloseReason::CertificateExpired, &message)
+                .await;
+            return;
+        }
+        self.identity = Some(identity);
 
         // The device is known and not revoked: now, and only now, read its frames.
         let first = tokio::select! {
@@ -205,6 +220,60 @@ impl<D: DeviceDirectory> Session<'_, D> {
         }
     }
 
+    /// Applies the renewal grace to the peer's certificate: `None` to go on (renew-only when
+    /// expired within the grace), or the message of the Close to send.
+    fn check_expiry(&mut self, stream: &Stream) -> Option<String> {
+        let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+        let Some(not_after) = renew::not_after(leaf) else {
+            // The verifier parsed this certificate already.
+            return Some("certificate does not parse".to_owned());
+        };
+        self.cert_not_after = Some(not_after);
+        match self.expiry_now() {
+            renew::Expiry::Beyond(not_after) => Some(renew::beyond_grace_message(
+                not_after,
+                self.shared.options.renewal_grace,
+            )),
+            renew::Expiry::Valid | renew::Expiry::RenewOnly => None,
+        }
+    }
+
+    /// Where the session's newest certificate stands now.
+    fn expiry_now(&self) -> renew::Expiry {
+        match self.cert_not_after {
+            Some(not_after) => renew::classify(
+                not_after,
+                OffsetDateTime::now_utc(),
+                self.shared.options.renewal_grace,
+            ),
+            None => renew::Expiry::Valid,
+        }
+    }
+
+    /// Refuses frames an expired session may not send: past the grace, anything; within it,
+    /// anything but renewal, heartbeats and Close. `Some` when the session ended.
+    async fn expiry_gate(&mut self, stream: &mut Stream, msg: &Message) -> Option<End> {
+        let message = match self.expiry_now() {
+            renew::Expiry::Valid => return None,
+            renew::Expiry::RenewOnly => match msg {
+                Message::Heartbeat { .. }
+                | Message::RenewRequest { .. }
+                | Message::Close { .. } => return None,
+                other => format!(
+                    "certificate expired: renew before sending {} frames",
+                    kind(other)
+                ),
+            },
+            renew::Expiry::Beyond(not_after) => {
+                renew::beyond_grace_message(not_after, self.shared.options.renewal_grace)
+            }
+        };
+        Some(
+            self.close(stream, CloseReason::CertificateExpired, &message)
+                .await,
+        )
+    }
+
     /// The device record's verdict: `None` to accept, or the Close to send.
     async fn check_device(&self, identity: &SpiffeId) -> Option<(CloseReason, &'static str)> {
         match self.shared.directory.device_status(identity.device()).await {
@@ -247,6 +316,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
         let opts = &shared.options;
         let shutdown = &shared.shutdown;
         let mut last_frame = Instant::now();
+        let mut reports: Option<super::reports::ReportSink> = None;
         loop {
             let msg = tokio::select! {
                 biased;
@@ -261,6 +331,20 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 _ = tokio::time::sleep_until(last_frame + opts.idle_timeout) => {
                     return End::Lost(format!("silent for {:?}", opts.idle_timeout));
                 }
+                ack = super::reports::next_ack(&mut reports) => {
+                    match ack {
+                        Ok(seq) => {
+                            if let Err(e) = self.send(stream, &Message::ReportAck { seq }).await {
+                                return End::Lost(e.to_string());
+                            }
+                        }
+                        // Come back later, as after a restart; unacked reports are resent.
+                        Err(_) => {
+                            return self.close(stream, CloseReason::Shutdown, "cannot store reports now").await;
+                        }
+                    }
+                    continue;
+                }
                 r = self.reader.read(stream) => r,
             };
             last_frame = Instant::now();
@@ -273,6 +357,9 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 }
                 Err(e) => return End::Lost(e.to_string()),
             };
+            if let Some(end) = self.expiry_gate(stream, &msg).await {
+                return end;
+            }
             match msg {
                 Message::Heartbeat { seq } => {
                     if let Err(e) = self.send(stream, &Message::HeartbeatAck { seq }).await {
@@ -289,11 +376,48 @@ impl<D: DeviceDirectory> Session<'_, D> {
                     self.record_seen(device, Some(&facts), OffsetDateTime::now_utc())
                         .await;
                 }
+                Message::RenewRequest { csr_pem } => {
+                    let renewed = match &self.identity {
+                        Some(identity) => {
+                            renew::renew(
+                                &*shared.directory,
+                                opts.signer.as_ref(),
+                                identity,
+                                &csr_pem,
+                            )
+                            .await
+                        }
+                        None => Err((CloseReason::ProtocolError, "no identity".to_owned())),
+                    };
+                    match renewed {
+                        Ok(renewed) => {
+                            self.cert_not_after = Some(renewed.not_after);
+                            let reply = Message::RenewResponse {
+                                certificate_pem: renewed.pem,
+                            };
+                            if let Err(e) = self.send(stream, &reply).await {
+                                return End::Lost(e.to_string());
+                            }
+                        }
+                        Err((reason, message)) => {
+                            tracing::info!(%device, ?reason, "renewal refused: {message}");
+                            return self.close(stream, reason, &message).await;
+                        }
+                    }
+                }
                 Message::Close { reason, message } => {
                     tracing::debug!(%device, ?reason, %message, "agent closed the session");
                     return End::Received(reason);
                 }
-                // Reports and renewal are not served by this gateway version.
+                Message::Report { seq, payload } => {
+                    let sink = reports.get_or_insert_with(|| {
+                        super::reports::ReportSink::spawn(shared.directory.clone(), device.clone())
+                    });
+                    if let Err(msg) = sink.push(seq, payload) {
+                        tracing::info!(%device, "refused report: {msg}");
+                        return self.close(stream, CloseReason::ProtocolError, &msg).await;
+                    }
+                }
                 other => {
                     let msg = format!("unexpected {} frame", kind(&other));
                     return self.close(stream, CloseReason::ProtocolError, &msg).await;

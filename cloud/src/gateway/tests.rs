@@ -123,6 +123,26 @@ impl DeviceDirectory for Directory {
         self.seen.lock().unwrap().push((id.clone(), facts.cloned()));
         Ok(())
     }
+    async fn store_reports(
+        &self,
+        _id: &DeviceId,
+        reports: Vec<(u64, String)>,
+    ) -> anyhow::Result<u64> {
+        Ok(reports.iter().map(|r| r.0).max().unwrap_or(0))
+    }
+    async fn record_renewal(
+        &self,
+        id: &DeviceId,
+        _serial_hex: &str,
+        _not_after: OffsetDateTime,
+    ) -> anyhow::Result<bool> {
+        Ok(self
+            .devices
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|s| s.revoked_at.is_none()))
+    }
 }
 
 // ---------------------------------------------------------------- harness
@@ -146,6 +166,7 @@ fn fast_options() -> GatewayOptions {
         max_handshakes: 8,
         seen_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(2),
+        ..GatewayOptions::default()
     }
 }
 
@@ -499,16 +520,53 @@ async fn garbage_or_oversized_frames_cost_only_their_own_session() {
 async fn unexpected_frames_are_protocol_errors() {
     let gw = start(fast_options()).await;
     let (_, mut c) = gw.welcomed().await;
-    c.send(&Message::Report {
-        seq: 1,
-        payload: serde_json::json!({}),
-    })
-    .await;
+    // Acks flow from the gateway to the agent, never the other way.
+    c.send(&Message::ReportAck { seq: 1 }).await;
     assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
 
     let (_, config) = gw.device();
     let mut c = Client::connect(gw.addr, config).await.unwrap();
     c.send(&Message::Heartbeat { seq: 1 }).await;
+    assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
+}
+
+#[tokio::test]
+async fn reports_are_acknowledged_cumulatively_and_bad_ones_refused() {
+    let gw = start(fast_options()).await;
+    let (_, mut c) = gw.welcomed().await;
+    for seq in 1..=5 {
+        c.send(&Message::Report {
+            seq,
+            payload: serde_json::json!({ "n": seq }),
+        })
+        .await;
+    }
+    // Acks may be coalesced, but they only grow and end at the last report.
+    let mut last = 0;
+    while last < 5 {
+        match c.recv().await {
+            Some(Message::ReportAck { seq }) => {
+                assert!(seq > last, "ack {seq} after {last}");
+                last = seq;
+            }
+            other => panic!("expected a report ack, got {other:?}"),
+        }
+    }
+
+    let big = "x".repeat(heex_proto::frame::MAX_REPORT_BYTES);
+    c.send(&Message::Report {
+        seq: 6,
+        payload: serde_json::json!({ "big": big }),
+    })
+    .await;
+    assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
+
+    let (_, mut c) = gw.welcomed().await;
+    c.send(&Message::Report {
+        seq: 0,
+        payload: serde_json::json!({}),
+    })
+    .await;
     assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
 }
 

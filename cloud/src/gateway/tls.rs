@@ -39,7 +39,7 @@ pub fn server_config(tls: GatewayTls) -> Result<Arc<ServerConfig>, TlsSetupError
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsSetupError::ServerCert)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(super::expired::ExpiredTolerant::new(verifier)))
         .with_single_cert(tls.server_chain, tls.server_key)
         .map_err(TlsSetupError::ServerCert)?;
     config.alpn_protocols = vec![heex_proto::ALPN.to_vec()];

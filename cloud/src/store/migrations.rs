@@ -121,6 +121,22 @@ CREATE INDEX audit_events_target ON audit_events(workspace_id, target, id);
 CREATE INDEX audit_events_at ON audit_events(workspace_id, at);
 "#,
     },
+    Migration {
+        version: 3,
+        description: "device reports, stored once per (device, sequence number)",
+        sql: r#"
+-- The primary key makes redelivery after a lost acknowledgement harmless: the gateway
+-- inserts with INSERT OR IGNORE. No reference to devices: reports outlive nothing but are
+-- removed explicitly with their device.
+CREATE TABLE reports (
+    device_id    TEXT NOT NULL,
+    seq          INTEGER NOT NULL CHECK (seq > 0),
+    received_at  INTEGER NOT NULL,
+    payload      TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -242,7 +258,7 @@ mod tests {
                      NULL);",
         )
         .unwrap();
-        assert_eq!(migrate(&mut conn, 200).unwrap(), 2);
+        assert_eq!(migrate(&mut conn, 200).unwrap(), latest_version());
         let reasons: Vec<(String, Option<String>, Option<String>)> = conn
             .prepare("SELECT id, revoked_reason, replaced_by FROM api_keys ORDER BY id")
             .unwrap()

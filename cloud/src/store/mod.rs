@@ -5,6 +5,7 @@
 //! networked SQL backend can implement the same semantics. No secret material is stored:
 //! API key secrets are derived from the server secret, which lives in the data directory.
 
+mod device_lifecycle;
 pub mod migrations;
 mod records;
 pub mod sqlite;
@@ -14,6 +15,7 @@ pub use records::{
     MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome,
     Revocation, Role, Rotation,
 };
+pub use device_lifecycle::DeleteDeviceOutcome;
 pub use sqlite::SYSTEM_ACTOR;
 
 use std::path::Path;
@@ -304,6 +306,31 @@ impl Store {
         }
     }
 
+    /// Stores a device's reports (sequence number, compact JSON) exactly once each; returns
+    /// the highest sequence number of the batch, durable when this returns.
+    pub async fn store_reports(
+        &self,
+        device: &DeviceId,
+        reports: Vec<(u64, String)>,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.store_reports(device.clone(), reports, at).await,
+        }
+    }
+
+    /// Up to `limit` of a device's reports with sequence numbers above `after`, in order.
+    pub async fn list_reports(
+        &self,
+        device: &DeviceId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<heex_proto::api::ReportInfo>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.list_reports(device.clone(), after, limit).await,
+        }
+    }
+
     /// Writes pending key-use times and stops the writer. Later writes fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
@@ -325,6 +352,19 @@ impl DeviceDirectory for Store {
         at: OffsetDateTime,
     ) -> anyhow::Result<()> {
         Ok(Store::record_seen(self, id, facts, at).await?)
+    }
+
+    async fn record_renewal(
+        &self,
+        id: &DeviceId,
+        serial_hex: &str,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<bool> {
+        Ok(Store::record_renewal(self, id, serial_hex, not_after).await?)
+    }
+
+    async fn store_reports(&self, id: &DeviceId, reports: Vec<(u64, String)>) -> anyhow::Result<u64> {
+        Ok(Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await?)
     }
 }
 

@@ -321,11 +321,17 @@ pub enum AuditAction {
     MemberRemove,
     /// A device was enrolled.
     DeviceEnroll,
+    /// A device was revoked.
+    DeviceRevoke,
+    /// A device was renamed or relabelled.
+    DeviceUpdate,
+    /// A revoked device was deleted.
+    DeviceDelete,
 }
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 8] = [
+    pub const ALL: [AuditAction; 11] = [
         AuditAction::KeyCreate,
         AuditAction::KeyRevoke,
         AuditAction::KeyRotate,
@@ -334,6 +340,9 @@ impl AuditAction {
         AuditAction::MemberJoin,
         AuditAction::MemberRemove,
         AuditAction::DeviceEnroll,
+        AuditAction::DeviceRevoke,
+        AuditAction::DeviceUpdate,
+        AuditAction::DeviceDelete,
     ];
 
     /// The action's name, e.g. "key.create".
@@ -347,6 +356,9 @@ impl AuditAction {
             AuditAction::MemberJoin => "member.join",
             AuditAction::MemberRemove => "member.remove",
             AuditAction::DeviceEnroll => "device.enroll",
+            AuditAction::DeviceRevoke => "device.revoke",
+            AuditAction::DeviceUpdate => "device.update",
+            AuditAction::DeviceDelete => "device.delete",
         }
     }
 }

@@ -5,9 +5,11 @@
 //! queue behind the writer.
 
 mod audit;
+mod device_lifecycle;
 mod devices;
 mod keys;
 mod members;
+mod reports;
 pub mod pool;
 pub mod writer;
 

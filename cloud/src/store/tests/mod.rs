@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use super::*;
 
+mod device_lifecycle;
 mod lifecycle;
 
 struct Fixture {

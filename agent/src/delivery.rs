@@ -1,0 +1,127 @@
+//! Delivery of outbox records over the session: which records to send next, and what the
+//! cloud acknowledged.
+//!
+//! The session sends Report frames in sequence order with at most [`WINDOW`] unacknowledged
+//! at once; the gateway answers `ReportAck{seq}` (cumulative) once the store committed them.
+//! A new session starts again after the last acknowledged record, so a lost ack only means
+//! a redelivery, which the cloud ignores.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::outbox::{self, Outbox, Reader, Record};
+
+/// Most reports in flight (sent, not yet acknowledged) on one session.
+pub const WINDOW: u64 = 64;
+/// How often the outbox is checked for records appended by other processes
+/// (`heex-agent report`); the daemon's own intake wakes delivery at once.
+pub const POLL: Duration = Duration::from_millis(200);
+/// The ack cursor is written at most this often while reports stream (and whenever the
+/// session catches up): losing a later ack only causes a harmless redelivery.
+pub const CURSOR_INTERVAL: Duration = Duration::from_millis(100);
+
+struct Inner {
+    outbox: Outbox,
+    reader: Reader,
+    acked: u64,
+    persisted: u64,
+    last_persist: Instant,
+}
+
+/// The daemon's delivery state. Cheap to clone.
+#[derive(Clone)]
+pub struct Reports {
+    inner: Arc<Mutex<Inner>>,
+    appended: Arc<Notify>,
+}
+
+impl Reports {
+    /// Delivery from `outbox`, woken by `appended`.
+    pub fn new(outbox: Outbox, appended: Arc<Notify>) -> Reports {
+        let acked = outbox::read_cursor(outbox.dir());
+        let reader = Reader::new(outbox.dir());
+        Reports {
+            inner: Arc::new(Mutex::new(Inner {
+                outbox,
+                reader,
+                acked,
+                persisted: acked,
+                last_persist: Instant::now(),
+            })),
+            appended,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        // A panic while holding the lock cannot leave Inner inconsistent in a way that
+        // matters (the cursor only moves forward), so a poisoned lock is used as is.
+        let mut guard = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Highest sequence number the cloud acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.with(|i| i.acked)
+    }
+
+    /// Up to `max` records after `after`; waits until there is at least one. Cancel-safe.
+    pub async fn next(&self, after: u64, max: usize) -> Vec<Record> {
+        loop {
+            let records = self.with(|i| i.reader.read(after, max));
+            match records {
+                Ok(r) if !r.is_empty() => return r,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the report outbox"),
+            }
+            tokio::select! {
+                _ = self.appended.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// The cloud stored every report up to `seq`.
+    pub fn acknowledge(&self, seq: u64) {
+        self.with(|i| {
+            i.acked = i.acked.max(seq);
+            if i.last_persist.elapsed() >= CURSOR_INTERVAL {
+                persist(i);
+            }
+        });
+    }
+
+    /// Writes the ack cursor now if it moved.
+    pub fn flush(&self) {
+        self.with(persist);
+    }
+}
+
+fn persist(i: &mut Inner) {
+    if i.acked == i.persisted {
+        return;
+    }
+    match i.outbox.ack(i.acked) {
+        Ok(()) => i.persisted = i.acked,
+        Err(e) => tracing::warn!(error = %e, "cannot record acknowledged reports"),
+    }
+    i.last_persist = Instant::now();
+}
+
+/// [`Reports::next`] when delivery is on and the window has room; never otherwise.
+pub async fn next_batch(reports: Option<&Reports>, sent: u64) -> Vec<Record> {
+    match reports {
+        Some(r) => {
+            let room = WINDOW.saturating_sub(sent.saturating_sub(r.acked()));
+            if room == 0 {
+                return std::future::pending().await;
+            }
+            r.next(sent, room as usize).await
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,491 @@
+//! Device certificate renewal: when to renew, the fresh key and CSR, checking the renewed
+//! certificate, and swapping the files so that a crash at any point leaves a usable pair.
+//!
+//! The agent renews at a random point between 70% and 90% of its certificate's lifetime,
+//! over its mTLS session (RenewRequest → RenewResponse); no API key is involved. Each renewal
+//! uses a fresh ECDSA P-256 key. The swap:
+//!
+//! 1. write `device.key.new` (0600) and `device.crt.new`, each fsynced, then fsync the
+//!    directory — `device.key`/`device.crt` are untouched;
+//! 2. rename `device.crt.new` over `device.crt`;
+//! 3. rename `device.key.new` over `device.key`, and fsync the directory.
+//!
+//! [`reconcile`] runs before the credentials are loaded and finishes or discards an
+//! interrupted swap: after step 1 the old pair matches (the `.new` files are dropped); after
+//! step 2 `device.key.new` matches `device.crt` (step 3 is completed). The new pair is only
+//! written after it has been checked against the pinned CA, the new key and this device's
+//! identity, so the old pair is never given up for a bad one.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use heex_proto::DeviceId;
+use rand::Rng;
+use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::X509Certificate;
+
+/// Earliest point of the lifetime at which the agent renews.
+pub const RENEW_FROM: f64 = 0.70;
+/// Latest point of the lifetime at which the agent renews.
+pub const RENEW_TO: f64 = 0.90;
+/// Shortest wait before retrying a failed or unanswered renewal.
+pub const MIN_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait before retrying a failed or unanswered renewal.
+pub const MAX_RETRY: Duration = Duration::from_secs(5 * 60);
+
+/// Why a renewal step failed. The old key and certificate stay in use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenewError {
+    /// The key or CSR could not be made.
+    #[error("cannot make the renewal key or CSR: {0}")]
+    Key(#[from] rcgen::Error),
+    /// The gateway's certificate is not acceptable.
+    #[error("renewed certificate refused: {0}")]
+    Certificate(String),
+    /// A RenewResponse arrived without a request in flight.
+    #[error("unexpected renewal response: no renewal was requested")]
+    NotRequested,
+    /// Writing the new files failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The point of a certificate's lifetime at `fraction` (0.0 = notBefore, 1.0 = notAfter).
+pub fn renewal_time(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    fraction: f64,
+) -> OffsetDateTime {
+    let lifetime = (not_after - not_before).max(time::Duration::ZERO);
+    not_before + lifetime * fraction.clamp(0.0, 1.0)
+}
+
+/// A random point between [`RENEW_FROM`] and [`RENEW_TO`] of the lifetime.
+pub fn random_renewal_time(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> OffsetDateTime {
+    let fraction = rand::thread_rng().gen_range(RENEW_FROM..=RENEW_TO);
+    renewal_time(not_before, not_after, fraction)
+}
+
+/// Where a certificate's renewal window is measured from: when the agent received it
+/// (clamped into its validity), else its notBefore. notBefore is backdated for clock skew,
+/// which would make short-lived certificates look older than they are.
+pub fn lifetime_start(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    received: Option<OffsetDateTime>,
+) -> OffsetDateTime {
+    match received {
+        Some(r) if not_before <= not_after => r.clamp(not_before, not_after),
+        _ => not_before,
+    }
+}
+
+/// How long from `now` until `at` (zero when it has passed).
+pub fn delay_until(at: OffsetDateTime, now: OffsetDateTime) -> Duration {
+    Duration::try_from(at - now).unwrap_or(Duration::ZERO)
+}
+
+/// How long to wait before retrying an unanswered or failed renewal: a twentieth of the
+/// lifetime, within [`MIN_RETRY`]..=[`MAX_RETRY`].
+pub fn retry_delay(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Duration {
+    let lifetime = Duration::try_from(not_after - not_before).unwrap_or(Duration::ZERO);
+    (lifetime / 20).clamp(MIN_RETRY, MAX_RETRY)
+}
+
+/// A fresh key pair and its CSR, waiting for the gateway's certificate.
+pub struct Pending {
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// Generates a fresh P-256 key and a CSR for it, PEM. The CSR's subject is informative
+    /// only; the cloud certifies the identity of the current certificate.
+    pub fn generate(device: &DeviceId) -> Result<(Pending, String), RenewError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, device.as_str());
+        let csr = params.serialize_request(&key)?.pem()?;
+        Ok((Pending { key }, csr))
+    }
+}
+
+/// The identity a device certificate carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertIdentity {
+    /// Subject CN.
+    pub common_name: String,
+    /// URI SANs (the SPIFFE ID).
+    pub uris: Vec<String>,
+    /// notBefore.
+    pub not_before: OffsetDateTime,
+    /// notAfter.
+    pub not_after: OffsetDateTime,
+}
+
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c)
+        .map_err(|e| format!("not an X.509 certificate ({e})"))
+}
+
+fn identity_of(cert: &X509Certificate<'_>) -> CertIdentity {
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let uris = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    CertIdentity {
+        common_name,
+        uris,
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+    }
+}
+
+/// The identity in a PEM certificate file's first certificate.
+pub fn read_identity(path: &Path) -> Result<CertIdentity, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let der = CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{} holds no PEM certificate ({e:?})", path.display()))?;
+    Ok(identity_of(&parse(der.as_ref())?))
+}
+
+/// Checks a renewed certificate before anything is written: it parses, is signed by the
+/// pinned CA, certifies `key`, names the same device (CN and SPIFFE ID) as `current`, and
+/// has not expired at `now`. (Its notBefore is not compared with the local clock, which
+/// may lag.) Returns the certificate's identity.
+pub fn check_renewed(
+    certificate_pem: &str,
+    ca: &CertificateDer<'_>,
+    key: &KeyPair,
+    current: &CertIdentity,
+    now: OffsetDateTime,
+) -> Result<CertIdentity, RenewError> {
+    let bad = RenewError::Certificate;
+    let der = CertificateDer::from_pem_slice(certificate_pem.as_bytes())
+        .map_err(|e| bad(format!("not a PEM certificate ({e:?})")))?;
+    let cert = parse(der.as_ref()).map_err(bad)?;
+    let ca_cert = parse(ca.as_ref()).map_err(|e| bad(format!("pinned CA: {e}")))?;
+    cert.verify_signature(Some(ca_cert.public_key()))
+        .map_err(|_| bad("not signed by the pinned cloud CA".to_owned()))?;
+    if cert.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
+        return Err(bad("it does not certify the new key".to_owned()));
+    }
+    let identity = identity_of(&cert);
+    if identity.common_name != current.common_name || identity.uris != current.uris {
+        return Err(bad(format!(
+            "it names {} {:?}, not this device ({} {:?})",
+            identity.common_name, identity.uris, current.common_name, current.uris
+        )));
+    }
+    if identity.not_after <= now {
+        return Err(bad("it has already expired".to_owned()));
+    }
+    Ok(identity)
+}
+
+/// The files of a device's credentials.
+#[derive(Debug, Clone)]
+pub struct CredentialFiles {
+    /// `device.key`.
+    pub key: PathBuf,
+    /// `device.crt`.
+    pub cert: PathBuf,
+}
+
+impl CredentialFiles {
+    /// The files at these paths.
+    pub fn new(key: PathBuf, cert: PathBuf) -> Self {
+        CredentialFiles { key, cert }
+    }
+
+    /// `device.key.new`.
+    pub fn key_new(&self) -> PathBuf {
+        with_suffix(&self.key, ".new")
+    }
+
+    /// `device.crt.new`.
+    pub fn cert_new(&self) -> PathBuf {
+        with_suffix(&self.cert, ".new")
+    }
+
+    fn dir(&self) -> &Path {
+        self.key.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Installs a checked key and certificate (see the module docs for the order).
+    pub fn install(&self, key_pem: &str, cert_pem: &str) -> Result<(), RenewError> {
+        self.stage(key_pem, cert_pem)?;
+        self.rename(&self.cert_new(), &self.cert)?;
+        self.rename(&self.key_new(), &self.key)?;
+        self.sync_dir()
+    }
+
+    /// Step 1: both `.new` files, durable.
+    fn stage(&self, key_pem: &str, cert_pem: &str) -> Result<(), RenewError> {
+        write_durable(&self.key_new(), key_pem.as_bytes(), 0o600)?;
+        write_durable(&self.cert_new(), cert_pem.as_bytes(), 0o644)?;
+        self.sync_dir()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), RenewError> {
+        std::fs::rename(from, to).map_err(|source| RenewError::Io {
+            path: to.to_owned(),
+            source,
+        })
+    }
+
+    fn sync_dir(&self) -> Result<(), RenewError> {
+        File::open(self.dir())
+            .and_then(|d| d.sync_all())
+            .map_err(|source| RenewError::Io {
+                path: self.dir().to_owned(),
+                source,
+            })
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Writes `path` through a temp file in the same directory (fsynced, then renamed), so it
+/// holds the whole content or does not exist.
+fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RenewError> {
+    let err = |source| RenewError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".renew.")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+/// True when `key` (PEM private key) and `cert` (PEM certificate) both parse and the
+/// certificate certifies the key. Missing or unreadable files do not match.
+pub fn pair_matches(key: &Path, cert: &Path) -> bool {
+    let (Ok(key_pem), Ok(cert_pem)) = (std::fs::read_to_string(key), std::fs::read(cert)) else {
+        return false;
+    };
+    let Ok(key) = KeyPair::from_pem(&key_pem) else {
+        return false;
+    };
+    let Ok(der) = CertificateDer::from_pem_slice(&cert_pem) else {
+        return false;
+    };
+    parse(der.as_ref()).is_ok_and(|c| {
+        c.tbs_certificate.subject_pki.raw == key.subject_public_key_info().as_slice()
+    })
+}
+
+/// What [`reconcile`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// `device.key` and `device.crt` match; nothing was pending.
+    Clean,
+    /// An interrupted swap left files behind; the matching old pair stays and the leftovers
+    /// were removed.
+    KeptOld,
+    /// An interrupted swap was completed; the new pair is in place.
+    CompletedNew,
+    /// No matching pair was found; the files were left as they are.
+    NoMatch,
+}
+
+/// Finishes or discards a renewal interrupted by a crash, so that `device.key` and
+/// `device.crt` match again. Runs before the credentials are loaded.
+pub fn reconcile(files: &CredentialFiles) -> Reconciled {
+    let (key_new, cert_new) = (files.key_new(), files.cert_new());
+    let leftovers = key_new.exists() || cert_new.exists();
+    let remove = |p: &Path| {
+        let _ = std::fs::remove_file(p);
+    };
+    let outcome = if pair_matches(&files.key, &files.cert) {
+        remove(&key_new);
+        remove(&cert_new);
+        if leftovers {
+            Reconciled::KeptOld
+        } else {
+            Reconciled::Clean
+        }
+    } else if pair_matches(&key_new, &files.cert) {
+        // Crashed between the two renames: the certificate is already the new one.
+        let done = files.rename(&key_new, &files.key).is_ok();
+        remove(&cert_new);
+        if done {
+            Reconciled::CompletedNew
+        } else {
+            Reconciled::NoMatch
+        }
+    } else if pair_matches(&key_new, &cert_new) {
+        let done = files.rename(&cert_new, &files.cert).is_ok()
+            && files.rename(&key_new, &files.key).is_ok();
+        if done {
+            Reconciled::CompletedNew
+        } else {
+            Reconciled::NoMatch
+        }
+    } else {
+        Reconciled::NoMatch
+    };
+    if outcome != Reconciled::Clean {
+        let _ = files.sync_dir();
+    }
+    match outcome {
+        Reconciled::KeptOld => {
+            tracing::warn!("an interrupted certificate renewal was discarded; keeping the previous certificate")
+        }
+        Reconciled::CompletedNew => {
+            tracing::warn!("an interrupted certificate renewal was completed")
+        }
+        _ => {}
+    }
+    outcome
+}
+
+/// Finishes a renewal: checks the certificate against `pending`'s key and the current
+/// identity, then installs both files. Returns the new certificate's identity.
+pub fn complete(
+    files: &CredentialFiles,
+    ca: &CertificateDer<'_>,
+    pending: Pending,
+    current: &CertIdentity,
+    certificate_pem: &str,
+    now: OffsetDateTime,
+) -> Result<CertIdentity, RenewError> {
+    let identity = check_renewed(certificate_pem, ca, &pending.key, current, now)?;
+    files.install(&pending.key.serialize_pem(), certificate_pem)?;
+    Ok(identity)
+}
+
+/// The renewal state the daemon keeps across sessions: the current certificate's identity,
+/// when to renew next, and the key of a request in flight.
+#[derive(Debug)]
+pub struct Renewal {
+    files: CredentialFiles,
+    ca: CertificateDer<'static>,
+    device: DeviceId,
+    current: CertIdentity,
+    /// Start of the current certificate's renewal window (see [`lifetime_start`]).
+    start: OffsetDateTime,
+    due: OffsetDateTime,
+    pending: Option<Pending>,
+}
+
+impl Renewal {
+    /// Starts with the certificate in `files`, renewing at a random point of its lifetime.
+    pub fn new(
+        files: CredentialFiles,
+        ca: CertificateDer<'static>,
+        device: DeviceId,
+    ) -> Result<Renewal, String> {
+        let current = read_identity(&files.cert)?;
+        // The file was written when the certificate arrived (by the installer or a renewal).
+        let received = std::fs::metadata(&files.cert)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(OffsetDateTime::from);
+        let start = lifetime_start(current.not_before, current.not_after, received);
+        let due = random_renewal_time(start, current.not_after);
+        Ok(Renewal {
+            files,
+            ca,
+            device,
+            current,
+            start,
+            due,
+            pending: None,
+        })
+    }
+
+    /// When the next renewal request is due (may be in the past).
+    pub fn due(&self) -> OffsetDateTime {
+        self.due
+    }
+
+    /// The current certificate.
+    pub fn current(&self) -> &CertIdentity {
+        &self.current
+    }
+
+    /// Makes a fresh key and CSR for a RenewRequest. The next attempt is scheduled a
+    /// [`retry_delay`] later, in case no answer comes.
+    pub fn request(&mut self, now: OffsetDateTime) -> Result<String, RenewError> {
+        self.due = now + retry_delay(self.start, self.current.not_after);
+        let (pending, csr) = Pending::generate(&self.device)?;
+        self.pending = Some(pending);
+        Ok(csr)
+    }
+
+    /// Handles a RenewResponse: checks and installs the certificate, then schedules the next
+    /// renewal in its lifetime. On error the current files stay and a retry is scheduled.
+    pub fn complete(
+        &mut self,
+        certificate_pem: &str,
+        now: OffsetDateTime,
+    ) -> Result<&CertIdentity, RenewError> {
+        let pending = self.pending.take().ok_or(RenewError::NotRequested)?;
+        let renewed = complete(
+            &self.files,
+            &self.ca,
+            pending,
+            &self.current,
+            certificate_pem,
+            now,
+        )?;
+        self.start = lifetime_start(renewed.not_before, renewed.not_after, Some(now));
+        self.due = random_renewal_time(self.start, renewed.not_after);
+        self.current = renewed;
+        Ok(&self.current)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! Certificate renewal over a live session, and the expiry rules for connecting devices.
+//!
+//! A device renews with a CSR for a fresh key pair; the gateway signs a certificate built from
+//! the identity in the device's verified certificate (never from the CSR) and records its
+//! serial and expiry. No API key is involved. A certificate that expired less than the
+//! renewal grace ago may still connect, but its session is renew-only until it renews.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use heex_proto::frame::CloseReason;
+use heex_proto::SpiffeId;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use super::DeviceDirectory;
+use crate::ca::Ca;
+use crate::csr::DeviceCsr;
+
+/// Default renewal grace: how long after expiry a device may still renew.
+pub const DEFAULT_RENEWAL_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What signs renewed device certificates: the cloud CA and the certificate lifetime.
+#[derive(Clone)]
+pub struct DeviceSigner {
+    ca: Arc<Ca>,
+    lifetime: Duration,
+}
+
+impl std::fmt::Debug for DeviceSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSigner")
+            .field("ca", &self.ca)
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+impl DeviceSigner {
+    /// Signs with `ca`, issuing certificates valid for `lifetime`.
+    pub fn new(ca: Arc<Ca>, lifetime: Duration) -> DeviceSigner {
+        DeviceSigner { ca, lifetime }
+    }
+}
+
+/// Where a connecting certificate stands with respect to its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// Within its validity.
+    Valid,
+    /// Expired, but within the grace: the session may only renew.
+    RenewOnly,
+    /// Expired longer ago than the grace.
+    Beyond(OffsetDateTime),
+}
+
+/// The notAfter of the certificate `der`.
+pub(crate) fn not_after(der: &CertificateDer<'_>) -> Option<OffsetDateTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.to_datetime())
+}
+
+/// Where a certificate valid until `not_after` stands at `now` with `grace`.
+pub(crate) fn classify(not_after: OffsetDateTime, now: OffsetDateTime, grace: Duration) -> Expiry {
+    if now <= not_after {
+        Expiry::Valid
+    } else if now - not_after <= grace {
+        Expiry::RenewOnly
+    } else {
+        Expiry::Beyond(not_after)
+    }
+}
+
+/// The Close message for a certificate past the grace.
+pub(crate) fn beyond_grace_message(not_after: OffsetDateTime, grace: Duration) -> String {
+    let date = not_after
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    format!(
+        "device certificate expired on {date}, beyond the renewal grace of {}; reinstall with \
+         heex-installer --force and a new API key",
+        humantime::format_duration(grace)
+    )
+}
+
+/// A renewed certificate.
+pub(crate) struct Renewed {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Its notAfter.
+    pub not_after: OffsetDateTime,
+}
+
+/// Signs a renewed certificate for `identity` with the CSR's key and records it. On
+/// refusal, the Close to send.
+pub(crate) async fn renew<D: DeviceDirectory>(
+    directory: &D,
+    signer: Option<&DeviceSigner>,
+    identity: &SpiffeId,
+    csr_pem: &str,
+) -> Result<Renewed, (CloseReason, String)> {
+    let device = identity.device();
+    let Some(signer) = signer else {
+        return Err((
+            CloseReason::ProtocolError,
+            "this gateway does not renew certificates".to_owned(),
+        ));
+    };
+    let csr = DeviceCsr::from_pem(csr_pem)
+        .map_err(|e| (CloseReason::ProtocolError, format!("renewal refused: {e}")))?;
+    let unavailable = |e: anyhow::Error| {
+        tracing::error!(%device, error = %e, "renewal failed");
+        (
+            CloseReason::Shutdown,
+            "gateway temporarily unavailable".to_owned(),
+        )
+    };
+    match directory.device_status(device).await.map_err(unavailable)? {
+        None => {
+            return Err((CloseReason::DeviceUnknown, "no such device".to_owned()));
+        }
+        Some(s) if s.revoked_at.is_some() => {
+            return Err((CloseReason::DeviceRevoked, "device revoked".to_owned()));
+        }
+        Some(s) if s.workspace_id != *identity.workspace() => {
+            return Err((
+                CloseReason::DeviceUnknown,
+                "certificate names another workspace".to_owned(),
+            ));
+        }
+        Some(_) => {}
+    }
+    let cert = signer
+        .ca
+        .sign_device(
+            &csr,
+            device,
+            identity,
+            signer.lifetime,
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| unavailable(e.into()))?;
+    let recorded = directory
+        .record_renewal(device, &cert.serial_hex, cert.not_after)
+        .await
+        .map_err(unavailable)?;
+    if !recorded {
+        return Err((CloseReason::DeviceRevoked, "device revoked".to_owned()));
+    }
+    tracing::info!(%device, serial = %cert.serial_hex, "device certificate renewed");
+    Ok(Renewed {
+        pem: cert.pem,
+        not_after: cert.not_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_classes() {
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let grace = Duration::from_secs(60);
+        assert_eq!(classify(t, t, grace), Expiry::Valid);
+        assert_eq!(
+            classify(t, t - time::Duration::seconds(5), grace),
+            Expiry::Valid
+        );
+        assert_eq!(
+            classify(t, t + time::Duration::seconds(1), grace),
+            Expiry::RenewOnly
+        );
+        assert_eq!(
+            classify(t, t + time::Duration::seconds(60), grace),
+            Expiry::RenewOnly
+        );
+        assert_eq!(
+            classify(t, t + time::Duration::seconds(61), grace),
+            Expiry::Beyond(t)
+        );
+        assert_eq!(
+            classify(t, t + time::Duration::seconds(1), Duration::ZERO),
+            Expiry::Beyond(t)
+        );
+        assert!(beyond_grace_message(t, grace).contains("heex-installer --force"));
+    }
+}

@@ -1,0 +1,103 @@
+//! Reports of one session: stored in batches while the session keeps reading, acknowledged
+//! cumulatively once stored.
+//!
+//! The frame loop hands each Report to a [`ReportSink`]; its task takes everything queued,
+//! stores it in one call (one job of the store's group commit, `INSERT OR IGNORE` on
+//! (device, seq)), and only then yields the ack. The agent sends in sequence order on one
+//! stream and batches are stored in arrival order, so the highest stored sequence number is
+//! a cumulative ack. Created on the first report, so idle sessions cost no task.
+
+use std::sync::Arc;
+
+use heex_proto::frame::MAX_REPORT_BYTES;
+use heex_proto::DeviceId;
+use tokio::sync::mpsc;
+
+use super::DeviceDirectory;
+
+/// Most reports queued for storage per session; an agent keeps far fewer in flight.
+pub const MAX_QUEUED: usize = 1024;
+/// Most reports stored in one call.
+pub const MAX_BATCH: usize = 512;
+
+/// The storage side of one session's reports.
+pub(crate) struct ReportSink {
+    queue: mpsc::Sender<(u64, String)>,
+    acks: mpsc::UnboundedReceiver<Result<u64, String>>,
+}
+
+impl ReportSink {
+    /// Starts the storage task for `device`.
+    pub(crate) fn spawn<D: DeviceDirectory>(directory: Arc<D>, device: DeviceId) -> ReportSink {
+        let (queue, mut rx) = mpsc::channel::<(u64, String)>(MAX_QUEUED);
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let n = batch.len();
+                let result = directory
+                    .store_reports(&device, std::mem::take(&mut batch))
+                    .await;
+                let answer = match result {
+                    Ok(seq) => {
+                        tracing::debug!(%device, reports = n, seq, "reports stored");
+                        Ok(seq)
+                    }
+                    Err(e) => {
+                        tracing::error!(%device, error = %e, "cannot store reports");
+                        Err(e.to_string())
+                    }
+                };
+                let failed = answer.is_err();
+                if ack_tx.send(answer).is_err() || failed {
+                    // The session is gone, or it will close on the error: the agent resends
+                    // whatever was not acknowledged.
+                    break;
+                }
+            }
+        });
+        ReportSink { queue, acks }
+    }
+
+    /// Queues one report; an error is the protocol violation to close the session with.
+    pub(crate) fn push(&self, seq: u64, payload: serde_json::Value) -> Result<(), String> {
+        if seq == 0 {
+            return Err("report sequence numbers start at 1".to_owned());
+        }
+        let text = payload.to_string();
+        if text.len() > MAX_REPORT_BYTES {
+            return Err(format!(
+                "report {seq} is {} bytes of JSON; the maximum is {MAX_REPORT_BYTES}",
+                text.len()
+            ));
+        }
+        self.queue.try_send((seq, text)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                format!("more than {MAX_QUEUED} reports awaiting storage")
+            }
+            mpsc::error::TrySendError::Closed(_) => "report storage stopped".to_owned(),
+        })
+    }
+
+    /// The next cumulative ack (the latest, when several are ready), or the storage error.
+    /// Cancel-safe.
+    pub(crate) async fn next_ack(&mut self) -> Result<u64, String> {
+        let mut latest = self
+            .acks
+            .recv()
+            .await
+            .unwrap_or_else(|| Err("report storage stopped".to_owned()))?;
+        while let Ok(next) = self.acks.try_recv() {
+            latest = latest.max(next?);
+        }
+        Ok(latest)
+    }
+}
+
+/// [`ReportSink::next_ack`] of the session's sink; never when it has none.
+pub(crate) async fn next_ack(sink: &mut Option<ReportSink>) -> Result<u64, String> {
+    match sink {
+        Some(s) => s.next_ack().await,
+        None => std::future::pending().await,
+    }
+}

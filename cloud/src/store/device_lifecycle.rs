@@ -1,0 +1,85 @@
+//! Device lifecycle operations of the [`Store`]: renewal bookkeeping, revocation,
+//! rename/labels and deletion.
+
+use std::collections::BTreeMap;
+
+use heex_proto::{DeviceId, WorkspaceId};
+use time::OffsetDateTime;
+
+use super::{AuditEntry, Backend, Store, StoreError};
+
+/// What deleting a device did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteDeviceOutcome {
+    /// The device and its record are gone.
+    Deleted,
+    /// No such device in the workspace.
+    NotFound,
+    /// The device is not revoked; only revoked devices may be deleted.
+    NotRevoked,
+}
+
+impl Store {
+    /// Records a renewed certificate's serial and expiry. False when the device does not
+    /// exist or is revoked (then nothing changes).
+    pub async fn record_renewal(
+        &self,
+        id: &DeviceId,
+        serial_hex: &str,
+        not_after: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.record_renewal(id.clone(), serial_hex.to_owned(), not_after)
+                    .await
+            }
+        }
+    }
+
+    /// Revokes a device of `workspace` at `at` with its audit event, once (a second revoke
+    /// keeps the first time). False when no such device exists.
+    pub async fn revoke_device(
+        &self,
+        workspace: &WorkspaceId,
+        id: &DeviceId,
+        at: OffsetDateTime,
+        audit: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.revoke_device(workspace.clone(), id.clone(), at, audit)
+                    .await
+            }
+        }
+    }
+
+    /// Renames a device and/or replaces its labels, with its audit event. False when no
+    /// such device exists.
+    pub async fn update_device(
+        &self,
+        workspace: &WorkspaceId,
+        id: &DeviceId,
+        name: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+        audit: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.update_device(workspace.clone(), id.clone(), name, labels, audit)
+                    .await
+            }
+        }
+    }
+
+    /// Deletes a revoked device with its audit event.
+    pub async fn delete_device(
+        &self,
+        workspace: &WorkspaceId,
+        id: &DeviceId,
+        audit: AuditEntry,
+    ) -> Result<DeleteDeviceOutcome, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.delete_device(workspace.clone(), id.clone(), audit).await,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Device lifecycle writes: certificate renewal, revocation, rename/labels, deletion.
+
+use std::collections::BTreeMap;
+
+use heex_proto::{DeviceId, WorkspaceId};
+use rusqlite::{params, OptionalExtension};
+use time::OffsetDateTime;
+
+use super::{audit, SqliteStore};
+use crate::store::{to_unix, AuditEntry, DeleteDeviceOutcome, StoreError};
+
+impl SqliteStore {
+    pub(crate) async fn record_renewal(
+        &self,
+        id: DeviceId,
+        serial_hex: String,
+        not_after: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            // A revocation that lands between the gateway's check and this write wins.
+            let n = c
+                .prepare_cached(
+                    "UPDATE devices SET cert_serial = ?1, cert_expires_at = ?2
+                     WHERE id = ?3 AND revoked_at IS NULL",
+                )?
+                .execute(params![serial_hex, to_unix(not_after), id.as_str()])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(crate) async fn revoke_device(
+        &self,
+        workspace: WorkspaceId,
+        id: DeviceId,
+        at: OffsetDateTime,
+        audit_entry: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let exists = c
+                .prepare_cached(
+                    "SELECT revoked_at FROM devices WHERE id = ?1 AND workspace_id = ?2",
+                )?
+                .query_row([id.as_str(), workspace.as_str()], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .optional()?;
+            match exists {
+                None => Ok(false),
+                // Already revoked: keep the first revocation time, record nothing new.
+                Some(Some(_)) => Ok(true),
+                Some(None) => {
+                    c.prepare_cached("UPDATE devices SET revoked_at = ?1 WHERE id = ?2")?
+                        .execute(params![to_unix(at), id.as_str()])?;
+                    audit::insert(c, &audit_entry)?;
+                    Ok(true)
+                }
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn update_device(
+        &self,
+        workspace: WorkspaceId,
+        id: DeviceId,
+        name: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+        audit_entry: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let labels = labels
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Database(format!("cannot encode labels: {e}")))?;
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE devices SET name = COALESCE(?1, name), labels = COALESCE(?2, labels)
+                     WHERE id = ?3 AND workspace_id = ?4",
+                )?
+                .execute(params![name, labels, id.as_str(), workspace.as_str()])?;
+            if n == 1 {
+                audit::insert(c, &audit_entry)?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_device(
+        &self,
+        workspace: WorkspaceId,
+        id: DeviceId,
+        audit_entry: AuditEntry,
+    ) -> Result<DeleteDeviceOutcome, StoreError> {
+        self.write(move |c| {
+            let revoked = c
+                .prepare_cached(
+                    "SELECT revoked_at FROM devices WHERE id = ?1 AND workspace_id = ?2",
+                )?
+                .query_row([id.as_str(), workspace.as_str()], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .optional()?;
+            match revoked {
+                None => Ok(DeleteDeviceOutcome::NotFound),
+                Some(None) => Ok(DeleteDeviceOutcome::NotRevoked),
+                Some(Some(_)) => {
+                    c.prepare_cached("DELETE FROM devices WHERE id = ?1")?
+                        .execute([id.as_str()])?;
+                    // Reports do not reference devices; they go with their device.
+                    let has_reports: bool = c.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                                        WHERE type = 'table' AND name = 'reports')",
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    if has_reports {
+                        c.prepare_cached("DELETE FROM reports WHERE device_id = ?1")?
+                            .execute([id.as_str()])?;
+                    }
+                    audit::insert(c, &audit_entry)?;
+                    Ok(DeleteDeviceOutcome::Deleted)
+                }
+            }
+        })
+        .await
+    }
+}

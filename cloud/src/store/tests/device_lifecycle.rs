@@ -1,0 +1,128 @@
+//! Device renewal bookkeeping, revocation, rename/labels and deletion.
+
+use super::*;
+
+async fn enrolled(f: &Fixture) -> DeviceId {
+    let d = device(f, &f.key);
+    let id = d.id.clone();
+    f.store
+        .insert_device(d, audit(f, AuditAction::DeviceEnroll, id.as_str()))
+        .await
+        .unwrap();
+    id
+}
+
+async fn record(f: &Fixture, id: &DeviceId) -> DeviceRecord {
+    f.store.find_device(&f.ws, id).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn renewal_updates_serial_and_expiry_until_revoked() {
+    let f = fixture().await;
+    let id = enrolled(&f).await;
+    let later = f.now + time::Duration::days(60);
+    assert!(f.store.record_renewal(&id, "41bb", later).await.unwrap());
+    let d = record(&f, &id).await;
+    assert_eq!(d.cert_serial, "41bb");
+    assert_eq!(d.cert_expires_at, later);
+
+    let at = f.now + time::Duration::seconds(5);
+    let revoke = audit(&f, AuditAction::DeviceRevoke, id.as_str());
+    assert!(f
+        .store
+        .revoke_device(&f.ws, &id, at, revoke.clone())
+        .await
+        .unwrap());
+    // A second revocation keeps the first time.
+    let again = f.now + time::Duration::seconds(50);
+    assert!(f
+        .store
+        .revoke_device(&f.ws, &id, again, revoke)
+        .await
+        .unwrap());
+    assert_eq!(record(&f, &id).await.revoked_at, Some(at));
+    // Renewal of a revoked device changes nothing.
+    assert!(!f
+        .store
+        .record_renewal(&id, "42cc", later + time::Duration::days(1))
+        .await
+        .unwrap());
+    assert_eq!(record(&f, &id).await.cert_serial, "41bb");
+    assert!(!f
+        .store
+        .record_renewal(&DeviceId::generate(), "43dd", later)
+        .await
+        .unwrap());
+    let revokes = f
+        .store
+        .audit_events(
+            &f.ws,
+            AuditFilter {
+                action: Some("device.revoke".into()),
+                limit: 10,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(revokes.len(), 1);
+}
+
+#[tokio::test]
+async fn rename_relabel_and_delete_only_when_revoked() {
+    let f = fixture().await;
+    let id = enrolled(&f).await;
+    let other_ws = WorkspaceId::generate();
+    let upd = || audit(&f, AuditAction::DeviceUpdate, id.as_str());
+    assert!(f
+        .store
+        .update_device(&f.ws, &id, Some("arm-2".into()), None, upd())
+        .await
+        .unwrap());
+    let d = record(&f, &id).await;
+    assert_eq!(d.name, "arm-2");
+    assert_eq!(d.labels["site"], "lab");
+    let labels: std::collections::BTreeMap<_, _> = [("team".to_owned(), "x".to_owned())].into();
+    assert!(f
+        .store
+        .update_device(&f.ws, &id, None, Some(labels.clone()), upd())
+        .await
+        .unwrap());
+    let d = record(&f, &id).await;
+    assert_eq!((d.name.as_str(), &d.labels), ("arm-2", &labels));
+    // Another workspace cannot touch it.
+    assert!(!f
+        .store
+        .update_device(&other_ws, &id, Some("x".into()), None, upd())
+        .await
+        .unwrap());
+
+    let del = || audit(&f, AuditAction::DeviceDelete, id.as_str());
+    assert_eq!(
+        f.store.delete_device(&f.ws, &id, del()).await.unwrap(),
+        DeleteDeviceOutcome::NotRevoked
+    );
+    f.store
+        .revoke_device(
+            &f.ws,
+            &id,
+            f.now,
+            audit(&f, AuditAction::DeviceRevoke, id.as_str()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.delete_device(&other_ws, &id, del()).await.unwrap(),
+        DeleteDeviceOutcome::NotFound
+    );
+    assert_eq!(
+        f.store.delete_device(&f.ws, &id, del()).await.unwrap(),
+        DeleteDeviceOutcome::Deleted
+    );
+    assert!(f.store.find_device(&f.ws, &id).await.unwrap().is_none());
+    assert!(f.store.device_status(&id).await.unwrap().is_none());
+    assert_eq!(
+        f.store.delete_device(&f.ws, &id, del()).await.unwrap(),
+        DeleteDeviceOutcome::NotFound
+    );
+}
