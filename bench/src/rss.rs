@@ -36,8 +36,8 @@ pub fn tree(pid: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
     out
 }
 
-/// Total RSS in KiB of `pid` and its descendants; `None` if `pid` is gone.
-pub fn tree_rss_kib(pid: u32) -> Option<u64> {
+/// Parent of every process, from `/proc/*/stat`.
+pub fn parents() -> HashMap<u32, u32> {
     let mut parents = HashMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for e in entries.flatten() {
@@ -53,9 +53,14 @@ pub fn tree_rss_kib(pid: u32) -> Option<u64> {
             }
         }
     }
+    parents
+}
+
+/// Total RSS in KiB of `pid` and its descendants; `None` if `pid` is gone.
+pub fn tree_rss_kib(pid: u32) -> Option<u64> {
     let own = rss_kib(pid)?;
     Some(
-        own + tree(pid, &parents)
+        own + tree(pid, &parents())
             .into_iter()
             .skip(1)
             .filter_map(rss_kib)
@@ -94,9 +99,18 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_an_rss() {
+    fn this_process_and_its_children_are_found() {
         let me = std::process::id();
         assert!(rss_kib(me).is_some_and(|k| k > 0));
-        assert!(tree_rss_kib(me).unwrap() >= rss_kib(me).unwrap());
+        assert!(tree_rss_kib(me).is_some_and(|k| k > 0));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let found = tree(me, &parents()).contains(&child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found);
+        assert_eq!(tree_rss_kib(u32::MAX), None);
     }
 }

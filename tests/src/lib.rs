@@ -61,7 +61,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -83,7 +86,10 @@ impl Logs {
     /// A fresh, empty log directory.
     pub fn new() -> Self {
         Logs {
-            dir: tempfile::Builder::new().prefix("heex-logs-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("heex-logs-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -200,7 +206,12 @@ impl Proc {
             .arg(self.pid().to_string())
             .status()
             .unwrap();
-        assert!(status.success(), "kill -{sig} {} ({}) failed", self.pid(), self.name);
+        assert!(
+            status.success(),
+            "kill -{sig} {} ({}) failed",
+            self.pid(),
+            self.name
+        );
     }
 
     /// SIGKILL and reap.
@@ -254,7 +265,10 @@ impl Cloud {
     /// Like [`Cloud::start`], with extra `serve` arguments.
     pub fn start_with(serve_args: &[&str]) -> Cloud {
         let logs = Logs::new();
-        let data_dir = tempfile::Builder::new().prefix("heex-cloud-").tempdir().unwrap();
+        let data_dir = tempfile::Builder::new()
+            .prefix("heex-cloud-")
+            .tempdir()
+            .unwrap();
         let out = logs.run(
             "cloud-init",
             Command::new(bin("heex-cloud"))
@@ -311,27 +325,31 @@ impl Cloud {
             .args(&self.serve_args)
             .env("RUST_LOG", "info");
         let mut proc = self.logs.spawn("cloud-serve", &mut cmd);
-        let (api, gw) = wait_for(Duration::from_secs(30), "heex-cloud serve to listen", || {
-            if let Some(status) = proc.try_wait() {
-                panic!(
-                    "heex-cloud serve exited with {status}:\n{}\n{}",
-                    proc.stdout(),
-                    proc.stderr()
-                );
-            }
-            let out = proc.stdout();
-            let api = out
-                .lines()
-                .find_map(|l| l.strip_prefix("API listening on https://"))?
-                .trim()
-                .to_owned();
-            let gw = out
-                .lines()
-                .find_map(|l| l.strip_prefix("Gateway listening on "))?
-                .trim()
-                .to_owned();
-            Some((api, gw))
-        });
+        let (api, gw) = wait_for(
+            Duration::from_secs(30),
+            "heex-cloud serve to listen",
+            || {
+                if let Some(status) = proc.try_wait() {
+                    panic!(
+                        "heex-cloud serve exited with {status}:\n{}\n{}",
+                        proc.stdout(),
+                        proc.stderr()
+                    );
+                }
+                let out = proc.stdout();
+                let api = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("API listening on https://"))?
+                    .trim()
+                    .to_owned();
+                let gw = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Gateway listening on "))?
+                    .trim()
+                    .to_owned();
+                Some((api, gw))
+            },
+        );
         self.api_addr = api.parse().unwrap();
         self.gateway = gw.parse().unwrap();
         self.api_url = format!("https://{}", self.api_addr);
@@ -401,7 +419,12 @@ impl Cloud {
     }
 
     /// Creates a key with the owner's key; returns (full key, key id).
-    pub fn create_key(&self, name: &str, scope: &str, expires_in_secs: Option<u64>) -> (String, String) {
+    pub fn create_key(
+        &self,
+        name: &str,
+        scope: &str,
+        expires_in_secs: Option<u64>,
+    ) -> (String, String) {
         let mut body = serde_json::json!({"name": name, "scope": scope});
         if let Some(s) = expires_in_secs {
             body["expires_in_secs"] = s.into();
@@ -416,7 +439,11 @@ impl Cloud {
 
     /// Revokes key `id` with the owner's key.
     pub fn revoke_key(&self, id: &str) {
-        let (status, v) = self.post(&format!("/v1/keys/{id}/revoke"), &self.owner_key, &Value::Null);
+        let (status, v) = self.post(
+            &format!("/v1/keys/{id}/revoke"),
+            &self.owner_key,
+            &Value::Null,
+        );
         assert_eq!(status, 200, "revoke key: {v}");
     }
 
@@ -448,7 +475,10 @@ impl Machine {
     /// Empty config and state directories.
     pub fn new() -> Self {
         Machine {
-            root: tempfile::Builder::new().prefix("heex-machine-").tempdir().unwrap(),
+            root: tempfile::Builder::new()
+                .prefix("heex-machine-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -510,7 +540,10 @@ impl Machine {
     pub fn device_id(&self) -> String {
         let text = fs::read_to_string(self.agent_config()).unwrap();
         let v: toml::Table = text.parse().unwrap();
-        v["device_id"].as_str().expect("device_id in agent.toml").to_owned()
+        v["device_id"]
+            .as_str()
+            .expect("device_id in agent.toml")
+            .to_owned()
     }
 
     /// Appends `line` to agent.toml (e.g. `heartbeat_interval = "1s"`).
@@ -571,10 +604,7 @@ pub fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
             if p.is_dir() {
                 stack.push(p);
             } else if let Ok(bytes) = fs::read(&p) {
-                if bytes
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_bytes())
-                {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                     hits.push(p);
                 }
             }

@@ -104,7 +104,11 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invitations::accept))
         .routes(routes!(devices::list))
         .routes(routes!(reports::list))
-        .routes(routes!(devices::show, device_lifecycle::update, device_lifecycle::delete))
+        .routes(routes!(
+            devices::show,
+            device_lifecycle::update,
+            device_lifecycle::delete
+        ))
         .routes(routes!(device_lifecycle::revoke))
         .routes(routes!(audit::list))
 }

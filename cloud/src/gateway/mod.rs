@@ -12,8 +12,8 @@
 mod expired;
 mod frames;
 mod registry;
-mod reports;
 mod renew;
+mod reports;
 mod session;
 mod tls;
 

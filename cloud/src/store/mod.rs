@@ -10,12 +10,12 @@ pub mod migrations;
 mod records;
 pub mod sqlite;
 
+pub use device_lifecycle::DeleteDeviceOutcome;
 pub use records::{
     AcceptOutcome, Acceptance, AuditAction, AuditEntry, AuditFilter, DeviceRecord, KeyRecord,
     MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome,
     Revocation, Role, Rotation,
 };
-pub use device_lifecycle::DeleteDeviceOutcome;
 pub use sqlite::SYSTEM_ACTOR;
 
 use std::path::Path;
@@ -363,7 +363,11 @@ impl DeviceDirectory for Store {
         Ok(Store::record_renewal(self, id, serial_hex, not_after).await?)
     }
 
-    async fn store_reports(&self, id: &DeviceId, reports: Vec<(u64, String)>) -> anyhow::Result<u64> {
+    async fn store_reports(
+        &self,
+        id: &DeviceId,
+        reports: Vec<(u64, String)>,
+    ) -> anyhow::Result<u64> {
         Ok(Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await?)
     }
 }

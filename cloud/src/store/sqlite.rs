@@ -9,8 +9,8 @@ mod device_lifecycle;
 mod devices;
 mod keys;
 mod members;
-mod reports;
 pub mod pool;
+mod reports;
 pub mod writer;
 
 use std::path::Path;
