@@ -15,9 +15,11 @@ use crate::outbox::{self, Outbox, Reader, Record};
 
 /// Most reports in flight (sent, not yet acknowledged) on one session.
 pub const WINDOW: u64 = 64;
-/// How often the outbox is checked for records appended by other processes
-/// (`heex-agent report`); the daemon's own intake wakes delivery at once.
-pub const POLL: Duration = Duration::from_millis(200);
+/// How often the outbox is checked for records appended by other processes when no wake-up
+/// came: `heex-agent report` connects to the intake socket after appending and the daemon's
+/// own intake wakes delivery at once, so this is only a safety net (an idle agent must not
+/// wake up often).
+pub const POLL: Duration = Duration::from_secs(30);
 /// The ack cursor is written at most this often while reports stream (and whenever the
 /// session catches up): losing a later ack only causes a harmless redelivery.
 pub const CURSOR_INTERVAL: Duration = Duration::from_millis(100);

@@ -33,6 +33,7 @@ struct Submission {
 #[derive(Clone)]
 pub struct Intake {
     tx: mpsc::Sender<Submission>,
+    appended: Arc<Notify>,
 }
 
 impl Intake {
@@ -40,6 +41,7 @@ impl Intake {
     /// append.
     pub fn spawn(mut outbox: Outbox, appended: Arc<Notify>) -> Result<Intake, OutboxError> {
         let (tx, rx) = mpsc::channel::<Submission>();
+        let wake = Arc::clone(&appended);
         let dir = outbox.dir().to_owned();
         std::thread::Builder::new()
             .name("heex-outbox".to_owned())
@@ -73,7 +75,12 @@ impl Intake {
                 }
             })
             .map_err(OutboxError::io_at(&dir))?;
-        Ok(Intake { tx })
+        Ok(Intake { tx, appended: wake })
+    }
+
+    /// Wakes delivery: another process (`heex-agent report`) may have appended to the outbox.
+    pub fn wake(&self) {
+        self.appended.notify_one();
     }
 
     /// Queues one report (compact JSON from [`outbox::prepare`]); resolves once durable.
@@ -168,6 +175,9 @@ async fn serve(listener: UnixListener, path: PathBuf, intake: Intake, cancel: Ca
         };
         match accepted {
             Ok((stream, _)) => {
+                // `heex-agent report` appends under the outbox lock itself, then connects
+                // here only to say so: delivery needs no polling to notice.
+                intake.wake();
                 tokio::spawn(connection(stream, intake.clone(), cancel.clone()));
             }
             Err(e) => {

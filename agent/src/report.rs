@@ -48,7 +48,11 @@ pub fn run(
     let payload = outbox::prepare(&raw)?;
     let mut outbox = Outbox::open(&config.outbox_dir(), config.outbox_max_bytes)?;
     let mut answers = outbox.append(&[payload])?;
-    Ok(answers.pop().ok_or(OutboxError::Closed)??)
+    let seq = answers.pop().ok_or(OutboxError::Closed)??;
+    // The report is durable; a running daemon is told to deliver it now (best effort: a
+    // daemon that isn't running reads the outbox when it starts).
+    let _ = std::os::unix::net::UnixStream::connect(config.socket_path());
+    Ok(seq)
 }
 
 /// Runs the enqueue benchmark: `runs` times, `threads` threads submit `reports` reports of
