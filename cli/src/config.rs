@@ -109,7 +109,7 @@ impl Env {
                 "set only one of {ENV_CA_FINGERPRINT} and {ENV_CA_FILE}"
             ))),
             (Some(fp), None) => parse_fingerprint(fp, ENV_CA_FINGERPRINT).map(Some),
-            (None, Some(path)) => TrustAnchor::from_ca_file(path).map(Some),
+            (None, Some(path)) => Ok(Some(TrustAnchor::from_ca_file(path)?)),
             (None, None) => Ok(None),
         }
     }

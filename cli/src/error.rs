@@ -76,6 +76,24 @@ impl CliError {
 /// Shorthand for results of this crate.
 pub type Result<T, E = CliError> = std::result::Result<T, E>;
 
+impl From<heex_trust::TrustError> for CliError {
+    fn from(e: heex_trust::TrustError) -> Self {
+        use heex_trust::TrustError;
+        match e {
+            TrustError::Read { path, source } => CliError::file("read CA file", &path, source),
+            TrustError::NotPem { path, detail } => CliError::Usage(format!(
+                "CA file {} is not a PEM certificate file: {detail}",
+                path.display()
+            )),
+            TrustError::NoCertificate { path } => CliError::Usage(format!(
+                "CA file {} contains no certificate; use the cloud's ca.crt",
+                path.display()
+            )),
+            other => CliError::Unexpected(other.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +119,22 @@ mod tests {
         assert_eq!(CliError::File("x".into()).exit_code(), 73);
         assert_eq!(CliError::Usage("x".into()).exit_code(), 64);
         assert_eq!(api(401).to_string(), "m");
+    }
+
+    #[test]
+    fn ca_file_errors_keep_their_wording_and_exit_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a certificate\n").unwrap();
+        let e = CliError::from(heex_trust::TrustAnchor::from_ca_file(&bad).unwrap_err());
+        assert_eq!(e.exit_code(), 64);
+        assert!(e.to_string().starts_with("CA file "), "{e}");
+        assert!(e.to_string().contains("contains no certificate"), "{e}");
+        let missing = dir.path().join("missing.pem");
+        let e = CliError::from(heex_trust::TrustAnchor::from_ca_file(&missing).unwrap_err());
+        assert_eq!(e.exit_code(), 73);
+        let e = CliError::from(heex_trust::TrustError::Tls("x".into()));
+        assert_eq!(e.exit_code(), 70);
+        assert_eq!(e.to_string(), "TLS setup failed: x");
     }
 }

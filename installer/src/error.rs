@@ -67,6 +67,24 @@ impl InstallError {
     }
 }
 
+impl From<heex_trust::TrustError> for InstallError {
+    fn from(e: heex_trust::TrustError) -> Self {
+        use heex_trust::TrustError;
+        match e {
+            TrustError::Read { path, source } => InstallError::file("cannot read", &path, source),
+            TrustError::NotPem { path, detail } => InstallError::Usage(format!(
+                "--ca-file {} is not a PEM certificate file: {detail}",
+                path.display()
+            )),
+            TrustError::NoCertificate { path } => InstallError::Usage(format!(
+                "--ca-file {} contains no certificate; pass the cloud's ca.crt",
+                path.display()
+            )),
+            other => InstallError::Unexpected(other.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +108,22 @@ mod tests {
         assert!(file.to_string().starts_with("cannot write /x: "));
         assert_eq!(InstallError::Unexpected("x".into()).exit_code(), 70);
         assert_eq!(InstallError::Service("x".into()).exit_code(), 70);
+    }
+
+    #[test]
+    fn ca_file_errors_keep_their_wording_and_exit_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a certificate\n").unwrap();
+        let e = InstallError::from(heex_trust::TrustAnchor::from_ca_file(&bad).unwrap_err());
+        assert_eq!(e.exit_code(), 64);
+        assert!(e.to_string().starts_with("--ca-file "), "{e}");
+        assert!(e.to_string().contains("contains no certificate"), "{e}");
+        let missing = dir.path().join("missing.pem");
+        let e = InstallError::from(heex_trust::TrustAnchor::from_ca_file(&missing).unwrap_err());
+        assert_eq!(e.exit_code(), 73);
+        let e = InstallError::from(heex_trust::TrustError::Tls("x".into()));
+        assert_eq!(e.exit_code(), 70);
+        assert_eq!(e.to_string(), "TLS setup failed: x");
     }
 }
