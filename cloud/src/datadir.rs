@@ -234,38 +234,9 @@ impl DataDir {
         write_atomic(&self.path(CA_CERT), ca.cert_pem().as_bytes(), 0o644)?;
         self.write_server_cert(&ca, &opts.hostnames, now)?;
 
-        let workspace_id = WorkspaceId::generate();
-        let member_id = MemberId::generate();
-        let key_id = KeyId::generate();
-        let store = Store::open_sqlite(&self.path(DATABASE))?;
-        let created = store
-            .create_workspace_with_owner(
-                NewWorkspace {
-                    id: workspace_id.clone(),
-                    name: opts.workspace.clone(),
-                    created_at: now,
-                },
-                NewMember {
-                    id: member_id.clone(),
-                    workspace_id: workspace_id.clone(),
-                    email: opts.owner.clone(),
-                    role: Role::Owner,
-                    created_at: now,
-                },
-                NewKey {
-                    id: key_id.clone(),
-                    workspace_id: workspace_id.clone(),
-                    member_id,
-                    name: "owner".to_owned(),
-                    scope: Scope::Admin,
-                    created_at: now,
-                    expires_at: now + OWNER_KEY_LIFETIME,
-                    max_uses: None,
-                },
-            )
-            .await;
-        store.close().await;
-        created?;
+        let (workspace_id, key_id) = self
+            .create_workspace_with_owner(&opts.workspace, &opts.owner, now)
+            .await?;
 
         let settings = Settings {
             format: FORMAT,
@@ -302,6 +273,35 @@ impl DataDir {
         }
         let secret = self.read_secret()?;
         let now = OffsetDateTime::now_utc();
+        let created = self
+            .create_workspace_with_owner(opts.name.trim(), &opts.owner, now)
+            .await;
+        let (workspace_id, key_id) = match created {
+            Ok(ids) => ids,
+            Err(StoreError::Conflict(_)) => {
+                return Err(Error::Usage(format!(
+                    "a workspace named {:?} exists already; choose another name",
+                    opts.name.trim()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(WorkspaceReport {
+            workspace_id,
+            workspace_name: opts.name.trim().to_owned(),
+            owner_email: opts.owner.clone(),
+            owner_key: ApiKey::derive(secret.as_bytes(), key_id),
+        })
+    }
+
+    /// Creates a workspace, its owner and the owner's first API key (admin scope) in one
+    /// transaction; returns the workspace's and the key's ids.
+    async fn create_workspace_with_owner(
+        &self,
+        name: &str,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> Result<(WorkspaceId, KeyId), StoreError> {
         let workspace_id = WorkspaceId::generate();
         let member_id = MemberId::generate();
         let key_id = KeyId::generate();
@@ -310,13 +310,13 @@ impl DataDir {
             .create_workspace_with_owner(
                 NewWorkspace {
                     id: workspace_id.clone(),
-                    name: opts.name.trim().to_owned(),
+                    name: name.to_owned(),
                     created_at: now,
                 },
                 NewMember {
                     id: member_id.clone(),
                     workspace_id: workspace_id.clone(),
-                    email: opts.owner.clone(),
+                    email: owner.to_owned(),
                     role: Role::Owner,
                     created_at: now,
                 },
@@ -333,22 +333,7 @@ impl DataDir {
             )
             .await;
         store.close().await;
-        match created {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => {
-                return Err(Error::Usage(format!(
-                    "a workspace named {:?} exists already; choose another name",
-                    opts.name.trim()
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok(WorkspaceReport {
-            workspace_id,
-            workspace_name: opts.name.trim().to_owned(),
-            owner_email: opts.owner.clone(),
-            owner_key: ApiKey::derive(secret.as_bytes(), key_id),
-        })
+        created.map(|()| (workspace_id, key_id))
     }
 
     fn read_secret(&self) -> Result<ServerSecret, Error> {
