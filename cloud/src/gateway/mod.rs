@@ -16,6 +16,7 @@ mod renew;
 mod reports;
 mod session;
 mod tls;
+mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -29,7 +30,6 @@ use heex_proto::{DeviceId, WorkspaceId};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -169,7 +169,7 @@ pub async fn serve_with<D: DeviceDirectory>(
         registry,
         shutdown: shutdown.clone(),
         options,
-        acceptor: TlsAcceptor::from(config),
+        tls: config,
     });
     let tracker = TaskTracker::new();
 

@@ -1,6 +1,8 @@
 //! One agent session, from the TLS handshake to its end. One lightweight task each.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +13,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{self, FrameIoError, FrameReader};
 use super::registry::SessionRegistry;
+use super::transport::TlsTransport;
 use super::{renew, tls, DeviceDirectory, GatewayOptions};
 
 /// What every session shares.
@@ -25,10 +26,10 @@ pub(crate) struct Shared<D> {
     pub registry: SessionRegistry,
     pub shutdown: CancellationToken,
     pub options: GatewayOptions,
-    pub acceptor: TlsAcceptor,
+    pub tls: Arc<rustls::ServerConfig>,
 }
 
-type Stream = TlsStream<TcpStream>;
+type Stream = TlsTransport;
 
 /// Runs one connection: handshake (holding `permit`, which bounds concurrent handshakes),
 /// identity and device checks, then the frame loop.
@@ -38,25 +39,8 @@ pub(crate) async fn run<D: DeviceDirectory>(
     shared: Arc<Shared<D>>,
     permit: OwnedSemaphorePermit,
 ) {
-    let handshake = tokio::time::timeout(
-        shared.options.handshake_timeout,
-        shared.acceptor.accept(tcp),
-    );
-    let stream = tokio::select! {
-        _ = shared.shutdown.cancelled() => return,
-        r = handshake => r,
-    };
-    drop(permit);
-    let mut stream = match stream {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
+    let Some(mut stream) = handshake(tcp, peer, &shared, permit).await else {
+        return;
     };
     let mut session = Session {
         shared: &shared,
@@ -69,6 +53,41 @@ pub(crate) async fn run<D: DeviceDirectory>(
     session.serve(&mut stream).await;
     // close_notify, bounded: the peer may be gone.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+/// The TLS handshake, bounded in time; releases the handshake slot when done.
+///
+/// Every idle session keeps its task's memory for as long as it is connected, and a task
+/// is as large as the largest state it may ever be in: rarely taken steps (handshake,
+/// admission, Close, renewal, store calls) therefore run in their own short-lived
+/// allocations, and the stream lives in one box of its own. `session_task_stays_small`
+/// keeps this honest.
+async fn handshake<D: DeviceDirectory>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared<D>,
+    permit: OwnedSemaphorePermit,
+) -> Option<Box<Stream>> {
+    let handshake = tokio::time::timeout(
+        shared.options.handshake_timeout,
+        Box::pin(TlsTransport::accept(tcp, shared.tls.clone())),
+    );
+    let result = tokio::select! {
+        _ = shared.shutdown.cancelled() => return None,
+        r = handshake => r,
+    };
+    drop(permit);
+    match result {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 struct Session<'a, D> {
@@ -107,23 +126,32 @@ impl<D: DeviceDirectory> Session<'_, D> {
     }
 
     /// Sends Close (best effort) and reports it.
-    async fn close(&mut self, stream: &mut Stream, reason: CloseReason, message: &str) -> End {
-        let msg = Message::Close {
-            reason,
-            message: message.to_owned(),
-        };
-        let _ = self.send(stream, &msg).await;
-        End::Sent(reason)
+    fn close<'s>(
+        &'s mut self,
+        stream: &'s mut Stream,
+        reason: CloseReason,
+        message: &'s str,
+    ) -> Pin<Box<dyn Future<Output = End> + Send + 's>> {
+        Box::pin(async move {
+            let msg = Message::Close {
+                reason,
+                message: message.to_owned(),
+            };
+            let _ = self.send(stream, &msg).await;
+            End::Sent(reason)
+        })
     }
 
-    async fn serve(&mut self, stream: &mut Stream) {
+    /// Admission: ALPN, identity, device record, certificate expiry, then Hello, whose facts
+    /// are recorded. The device and the time it was admitted, or `None` when the session was
+    /// refused (Close already sent).
+    async fn admit(&mut self, stream: &mut Stream) -> Option<(DeviceId, OffsetDateTime)> {
         let peer = self.peer;
-        let (_, conn) = stream.get_ref();
-        if conn.alpn_protocol() != Some(heex_proto::ALPN) {
+        if stream.alpn_protocol() != Some(heex_proto::ALPN) {
             tracing::info!(%peer, "refused: client did not negotiate ALPN heex/1");
-            return;
+            return None;
         }
-        let identity = conn
+        let identity = stream
             .peer_certificates()
             .and_then(|certs| certs.first())
             .ok_or(tls::IdentityError::Unparsable)
@@ -135,21 +163,21 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 let _ = self
                     .close(stream, CloseReason::DeviceUnknown, &e.to_string())
                     .await;
-                return;
+                return None;
             }
         };
         let device = identity.device().clone();
         if let Some((reason, message)) = self.check_device(&identity).await {
             tracing::info!(%peer, %device, ?reason, "refused: {message}");
             let _ = self.close(stream, reason, message).await;
-            return;
+            return None;
         }
         if let Some(message) = self.check_expiry(stream) {
             tracing::info!(%peer, %device, "refused: {message}");
             let _ = self
                 .close(stream, CloseReason::CertificateExpired, &message)
                 .await;
-            return;
+            return None;
         }
         self.identity = Some(identity);
 
@@ -157,7 +185,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
         let first = tokio::select! {
             _ = self.shared.shutdown.cancelled() => {
                 let _ = self.close(stream, CloseReason::Shutdown, "gateway shutting down").await;
-                return;
+                return None;
             }
             r = tokio::time::timeout(self.shared.options.hello_timeout, self.reader.read(stream)) => r,
         };
@@ -174,7 +202,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 let msg = format!("expected hello, got {}", kind(&other));
                 tracing::info!(%peer, %device, "refused: {msg}");
                 let _ = self.close(stream, CloseReason::ProtocolError, &msg).await;
-                return;
+                return None;
             }
             Ok(Err(e)) => {
                 tracing::info!(%peer, %device, error = %e, "session failed before hello");
@@ -183,30 +211,43 @@ impl<D: DeviceDirectory> Session<'_, D> {
                         .close(stream, CloseReason::ProtocolError, &e.to_string())
                         .await;
                 }
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::info!(%peer, %device, "no hello in time");
-                return;
+                return None;
             }
         };
-
-        let mut registration = self.shared.registry.register(&device);
-        let session = registration.session;
+        // Recorded before the session counts as connected, so whoever sees it connected
+        // sees its facts too.
         let now = OffsetDateTime::now_utc();
         self.record_seen(&device, Some(&facts), now).await;
-        let mut last_recorded = Instant::now();
-        drop(facts);
-        let welcome = Message::Welcome {
-            device_id: device.clone(),
-            server_time: now.unix_timestamp(),
+        Some((device, now))
+    }
+
+    async fn serve(&mut self, stream: &mut Stream) {
+        let peer = self.peer;
+        let Some((device, admitted)) = Box::pin(self.admit(stream)).await else {
+            return;
         };
-        tracing::info!(session, %device, %peer, "session accepted");
-        let end = if let Err(e) = self.send(stream, &welcome).await {
-            End::Lost(e.to_string())
-        } else {
-            self.frame_loop(stream, &device, &mut registration.close, &mut last_recorded)
-                .await
+        let mut registration = self.shared.registry.register(&device);
+        let session = registration.session;
+        let mut last_recorded = Instant::now();
+        // Scoped so that the Welcome takes no room in the idle session.
+        let welcomed = {
+            let welcome = Message::Welcome {
+                device_id: device.clone(),
+                server_time: admitted.unix_timestamp(),
+            };
+            tracing::info!(session, %device, %peer, "session accepted");
+            self.send(stream, &welcome).await
+        };
+        let end = match welcomed {
+            Err(e) => End::Lost(e.to_string()),
+            Ok(()) => {
+                self.frame_loop(stream, &device, &mut registration.close, &mut last_recorded)
+                    .await
+            }
         };
         self.shared.registry.deregister(&device, session);
         match end {
@@ -223,7 +264,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
     /// Applies the renewal grace to the peer's certificate: `None` to go on (renew-only when
     /// expired within the grace), or the message of the Close to send.
     fn check_expiry(&mut self, stream: &Stream) -> Option<String> {
-        let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+        let leaf = stream.peer_certificates()?.first()?;
         let Some(not_after) = renew::not_after(leaf) else {
             // The verifier parsed this certificate already.
             return Some("certificate does not parse".to_owned());
@@ -276,7 +317,9 @@ impl<D: DeviceDirectory> Session<'_, D> {
 
     /// The device record's verdict: `None` to accept, or the Close to send.
     async fn check_device(&self, identity: &SpiffeId) -> Option<(CloseReason, &'static str)> {
-        match self.shared.directory.device_status(identity.device()).await {
+        // Boxed, as every rarely taken await in the session: see `run`.
+        let status = Box::pin(self.shared.directory.device_status(identity.device())).await;
+        match status {
             Ok(None) => Some((CloseReason::DeviceUnknown, "no such device")),
             Ok(Some(s)) if s.revoked_at.is_some() => {
                 Some((CloseReason::DeviceRevoked, "device revoked"))
@@ -300,7 +343,8 @@ impl<D: DeviceDirectory> Session<'_, D> {
         facts: Option<&heex_proto::api::Facts>,
         at: OffsetDateTime,
     ) {
-        if let Err(e) = self.shared.directory.record_seen(device, facts, at).await {
+        let recorded = Box::pin(self.shared.directory.record_seen(device, facts, at)).await;
+        if let Err(e) = recorded {
             tracing::warn!(%device, error = %e, "cannot record that the device was seen");
         }
     }
@@ -334,7 +378,8 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 ack = super::reports::next_ack(&mut reports) => {
                     match ack {
                         Ok(seq) => {
-                            if let Err(e) = self.send(stream, &Message::ReportAck { seq }).await {
+                            let sent = Box::pin(self.send(stream, &Message::ReportAck { seq })).await;
+                            if let Err(e) = sent {
                                 return End::Lost(e.to_string());
                             }
                         }
@@ -348,82 +393,102 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 r = self.reader.read(stream) => r,
             };
             last_frame = Instant::now();
-            let msg = match msg {
-                Ok(m) => m,
-                Err(FrameIoError::Frame(e)) => {
-                    return self
-                        .close(stream, CloseReason::ProtocolError, &e.to_string())
-                        .await;
-                }
-                Err(e) => return End::Lost(e.to_string()),
-            };
-            if let Some(end) = self.expiry_gate(stream, &msg).await {
+            let step = Box::pin(self.handle(stream, device, msg, &mut reports, last_recorded));
+            if let Some(end) = step.await {
                 return end;
             }
-            match msg {
-                Message::Heartbeat { seq } => {
-                    if let Err(e) = self.send(stream, &Message::HeartbeatAck { seq }).await {
-                        return End::Lost(e.to_string());
-                    }
-                    if last_recorded.elapsed() >= opts.seen_interval {
-                        *last_recorded = Instant::now();
-                        self.record_seen(device, None, OffsetDateTime::now_utc())
-                            .await;
-                    }
+        }
+    }
+
+    /// One frame read by the loop (or the failure to read one): `Some` when the session
+    /// ended. Runs in its own allocation, so the idle session holds none of its state.
+    async fn handle(
+        &mut self,
+        stream: &mut Stream,
+        device: &DeviceId,
+        msg: Result<Message, FrameIoError>,
+        reports: &mut Option<super::reports::ReportSink>,
+        last_recorded: &mut Instant,
+    ) -> Option<End> {
+        let shared = self.shared;
+        let opts = &shared.options;
+        let msg = match msg {
+            Ok(m) => m,
+            Err(FrameIoError::Frame(e)) => {
+                let end = self
+                    .close(stream, CloseReason::ProtocolError, &e.to_string())
+                    .await;
+                return Some(end);
+            }
+            Err(e) => return Some(End::Lost(e.to_string())),
+        };
+        if let Some(end) = self.expiry_gate(stream, &msg).await {
+            return Some(end);
+        }
+        match msg {
+            Message::Heartbeat { seq } => {
+                if let Err(e) = self.send(stream, &Message::HeartbeatAck { seq }).await {
+                    return Some(End::Lost(e.to_string()));
                 }
-                Message::Facts { facts } => {
+                if last_recorded.elapsed() >= opts.seen_interval {
                     *last_recorded = Instant::now();
-                    self.record_seen(device, Some(&facts), OffsetDateTime::now_utc())
+                    self.record_seen(device, None, OffsetDateTime::now_utc())
                         .await;
                 }
-                Message::RenewRequest { csr_pem } => {
-                    let renewed = match &self.identity {
-                        Some(identity) => {
-                            renew::renew(
-                                &*shared.directory,
-                                opts.signer.as_ref(),
-                                identity,
-                                &csr_pem,
-                            )
-                            .await
-                        }
-                        None => Err((CloseReason::ProtocolError, "no identity".to_owned())),
-                    };
-                    match renewed {
-                        Ok(renewed) => {
-                            self.cert_not_after = Some(renewed.not_after);
-                            let reply = Message::RenewResponse {
-                                certificate_pem: renewed.pem,
-                            };
-                            if let Err(e) = self.send(stream, &reply).await {
-                                return End::Lost(e.to_string());
-                            }
-                        }
-                        Err((reason, message)) => {
-                            tracing::info!(%device, ?reason, "renewal refused: {message}");
-                            return self.close(stream, reason, &message).await;
+            }
+            Message::Facts { facts } => {
+                *last_recorded = Instant::now();
+                self.record_seen(device, Some(&facts), OffsetDateTime::now_utc())
+                    .await;
+            }
+            Message::RenewRequest { csr_pem } => {
+                let renewed = match &self.identity {
+                    Some(identity) => {
+                        Box::pin(renew::renew(
+                            &*shared.directory,
+                            opts.signer.as_ref(),
+                            identity,
+                            &csr_pem,
+                        ))
+                        .await
+                    }
+                    None => Err((CloseReason::ProtocolError, "no identity".to_owned())),
+                };
+                match renewed {
+                    Ok(renewed) => {
+                        self.cert_not_after = Some(renewed.not_after);
+                        let reply = Message::RenewResponse {
+                            certificate_pem: renewed.pem,
+                        };
+                        if let Err(e) = self.send(stream, &reply).await {
+                            return Some(End::Lost(e.to_string()));
                         }
                     }
-                }
-                Message::Close { reason, message } => {
-                    tracing::debug!(%device, ?reason, %message, "agent closed the session");
-                    return End::Received(reason);
-                }
-                Message::Report { seq, payload } => {
-                    let sink = reports.get_or_insert_with(|| {
-                        super::reports::ReportSink::spawn(shared.directory.clone(), device.clone())
-                    });
-                    if let Err(msg) = sink.push(seq, payload) {
-                        tracing::info!(%device, "refused report: {msg}");
-                        return self.close(stream, CloseReason::ProtocolError, &msg).await;
+                    Err((reason, message)) => {
+                        tracing::info!(%device, ?reason, "renewal refused: {message}");
+                        return Some(self.close(stream, reason, &message).await);
                     }
-                }
-                other => {
-                    let msg = format!("unexpected {} frame", kind(&other));
-                    return self.close(stream, CloseReason::ProtocolError, &msg).await;
                 }
             }
+            Message::Close { reason, message } => {
+                tracing::debug!(%device, ?reason, %message, "agent closed the session");
+                return Some(End::Received(reason));
+            }
+            Message::Report { seq, payload } => {
+                let sink = reports.get_or_insert_with(|| {
+                    super::reports::ReportSink::spawn(shared.directory.clone(), device.clone())
+                });
+                if let Err(msg) = sink.push(seq, payload) {
+                    tracing::info!(%device, "refused report: {msg}");
+                    return Some(self.close(stream, CloseReason::ProtocolError, &msg).await);
+                }
+            }
+            other => {
+                let msg = format!("unexpected {} frame", kind(&other));
+                return Some(self.close(stream, CloseReason::ProtocolError, &msg).await);
+            }
         }
+        None
     }
 }
 

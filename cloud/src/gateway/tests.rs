@@ -711,3 +711,96 @@ async fn idle_session_memory() {
     );
     assert_eq!(gw.registry.connected_count(), N);
 }
+
+/// Every idle session holds its task for as long as it is connected, and a task is as large
+/// as the largest state its future can be in. Rarely taken steps run in their own
+/// allocations (see `session::handshake`); this keeps a new `.await` in the session from
+/// quietly growing every idle session (it was 6 KiB before they did). Measured with the
+/// cloud's real store as the directory, whose futures are the ones the gateway runs.
+#[tokio::test]
+async fn session_task_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::Store::open_sqlite(&dir.path().join("heex.db")).unwrap());
+    let shared = Arc::new(session::Shared {
+        directory: store,
+        registry: SessionRegistry::new(),
+        shutdown: CancellationToken::new(),
+        options: GatewayOptions::default(),
+        tls: server_config(Pki::new().gateway_tls()).unwrap(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (tcp, peer) = listener.accept().await.unwrap();
+    let permit = Arc::new(tokio::sync::Semaphore::new(1))
+        .acquire_owned()
+        .await
+        .unwrap();
+    let task = session::run(tcp, peer, shared, permit);
+    let size = std::mem::size_of_val(&task);
+    assert!(
+        size <= 1536,
+        "the session future is {size} bytes; box the new rarely taken await"
+    );
+}
+
+/// The session transport carries data both ways in messages of any size, releases every
+/// buffer once idle, ends with close_notify, and refuses what is not TLS.
+#[tokio::test]
+async fn transport_round_trip_holds_no_buffer_while_idle() {
+    let pki = Pki::new();
+    let config = server_config(pki.gateway_tls()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ws, id) = (WorkspaceId::generate(), DeviceId::generate());
+    let cert = pki.device_cert(id.as_str(), &ws, id.as_str());
+    let client_tls = client_config(&pki.ca_der, Some(cert), &[&rustls::version::TLS13], true);
+    // An echo client: sends back what it reads, then waits for close_notify.
+    let client = tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = TlsConnector::from(client_tls)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 100_000];
+        tls.read_exact(&mut buf).await.unwrap();
+        tls.write_all(&buf).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut rest = Vec::new();
+        tls.read_to_end(&mut rest).await.unwrap();
+        rest.len()
+    });
+    let (tcp, _) = listener.accept().await.unwrap();
+    let mut server = transport::TlsTransport::accept(tcp, config.clone())
+        .await
+        .unwrap();
+    assert_eq!(server.alpn_protocol(), Some(heex_proto::ALPN));
+    assert_eq!(server.peer_certificates().map(|c| c.len()), Some(1));
+    assert_eq!(server.buffered_capacity(), 0);
+
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    server.write_all(&data).await.unwrap();
+    server.flush().await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    server.read_exact(&mut back).await.unwrap();
+    assert!(back == data, "echoed data differs");
+    assert_eq!(server.buffered_capacity(), 0);
+    server.shutdown().await.unwrap();
+    assert_eq!(client.await.unwrap(), 0, "the client saw close_notify");
+
+    // Not TLS at all: a clear failure, not a hang.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (tcp, _) = listener.accept().await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        transport::TlsTransport::accept(tcp, config),
+    )
+    .await
+    .unwrap();
+    assert!(refused.is_err());
+}
