@@ -764,13 +764,14 @@ async fn transport_round_trip_holds_no_buffer_while_idle() {
             .connect(name, tcp)
             .await
             .unwrap();
+        let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
         let mut buf = vec![0u8; 100_000];
         tls.read_exact(&mut buf).await.unwrap();
         tls.write_all(&buf).await.unwrap();
         tls.flush().await.unwrap();
         let mut rest = Vec::new();
         tls.read_to_end(&mut rest).await.unwrap();
-        rest.len()
+        (rest.len(), suite)
     });
     let (tcp, _) = listener.accept().await.unwrap();
     let mut server = transport::TlsTransport::accept(tcp, config.clone())
@@ -788,7 +789,10 @@ async fn transport_round_trip_holds_no_buffer_while_idle() {
     assert!(back == data, "echoed data differs");
     assert_eq!(server.buffered_capacity(), 0);
     server.shutdown().await.unwrap();
-    assert_eq!(client.await.unwrap(), 0, "the client saw close_notify");
+    let (rest, suite) = client.await.unwrap();
+    assert_eq!(rest, 0, "the client saw close_notify");
+    // The gateway's preference (SHA-256 suites first) wins over the client's default order.
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
 
     // Not TLS at all: a clear failure, not a hang.
     let mut raw = TcpStream::connect(addr).await.unwrap();

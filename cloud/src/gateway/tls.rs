@@ -30,7 +30,16 @@ pub enum TlsSetupError {
 /// Builds the server configuration: TLS 1.3 only, ALPN `heex/1`, client certificates
 /// mandatory and verified against the cloud CA alone.
 pub fn server_config(tls: GatewayTls) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let provider = Arc::new(ring::default_provider());
+    // TLS 1.3 suites with SHA-256 first: every session starts with a full handshake, whose
+    // key schedule hashes with the suite's hash, and SHA-256 has hardware support where
+    // SHA-384 often has none. The gateway's order decides.
+    let mut provider = ring::default_provider();
+    provider.cipher_suites = vec![
+        ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+    ];
+    let provider = Arc::new(provider);
     let mut roots = RootCertStore::empty();
     roots.add(tls.ca_der).map_err(TlsSetupError::Ca)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -43,6 +52,7 @@ pub fn server_config(tls: GatewayTls) -> Result<Arc<ServerConfig>, TlsSetupError
         .with_single_cert(tls.server_chain, tls.server_key)
         .map_err(TlsSetupError::ServerCert)?;
     config.alpn_protocols = vec![heex_proto::ALPN.to_vec()];
+    config.ignore_client_order = true;
     // Agents hold one long session and do not resume; tickets would only cost bytes and
     // CPU per connection.
     config.send_tls13_tickets = 0;
