@@ -308,8 +308,12 @@ async fn device(
         }
     };
     let mut rng = rand::rngs::StdRng::from_entropy();
+    // Storm figures count the heartbeats of re-established sessions only (not those of
+    // sessions still waiting to be closed by the gateway going down).
+    let mut reconnected = false;
     loop {
-        let lost = hold(&shared, &mut conn).await;
+        let lost = hold(&shared, &mut conn, reconnected).await;
+        reconnected = true;
         let Some(reason) = lost else {
             conn.close().await;
             return;
@@ -369,8 +373,9 @@ async fn device(
 }
 
 /// Holds an established session: a heartbeat every interval, each answer checked. Returns
-/// `None` when cancelled, or why the session was lost.
-async fn hold(shared: &Shared, conn: &mut Conn) -> Option<String> {
+/// `None` when cancelled, or why the session was lost. Heartbeats of a `reconnected`
+/// session sent while others are still down count in the storm figures.
+async fn hold(shared: &Shared, conn: &mut Conn, reconnected: bool) -> Option<String> {
     let job = &shared.job;
     let interval = Duration::from_millis(job.interval_ms);
     let ack_timeout = Duration::from_millis(job.ack_timeout_ms);
@@ -450,7 +455,7 @@ async fn hold(shared: &Shared, conn: &mut Conn) -> Option<String> {
                 let in_storm = {
                     let mut t = shared.tally();
                     t.stats.heartbeats_sent += 1;
-                    let active = t.storm_active;
+                    let active = reconnected && t.storm_active;
                     if let (true, Some(s)) = (active, t.stats.storm.as_mut()) {
                         s.heartbeats_sent += 1;
                     }

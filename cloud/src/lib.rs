@@ -91,8 +91,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         server_key: loaded.server_key.clone_key(),
     };
 
-    let api_listener = bind(args.listen).await?;
-    let gateway_listener = bind(args.gateway_listen).await?;
+    let api_listener = bind(args.listen)?;
+    let gateway_listener = bind(args.gateway_listen)?;
     let api_addr = local_addr(&api_listener, args.listen)?;
     let gateway_addr = local_addr(&gateway_listener, args.gateway_listen)?;
     let gateway_address = match gateway_address {
@@ -156,10 +156,24 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     gateway_result.map_err(|e| Error::Internal(format!("gateway failed: {e:#}")))
 }
 
-async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+/// Connections the kernel may hold for us before we accept them (capped by the system's
+/// `net.core.somaxconn`). After a restart a whole fleet reconnects at once: a short queue
+/// overflows, and each refused agent then waits out TCP retransmission timeouts (1 s, 3 s,
+/// 7 s, …) instead of its turn.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| Error::Bind { addr, source })
 }
 
 fn local_addr(
