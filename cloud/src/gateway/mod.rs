@@ -5,9 +5,12 @@
 //! agree) and the device record is checked (exists, not revoked) before any frame is read.
 //! Then: Hello → Welcome, Heartbeat → HeartbeatAck, Facts, Close.
 //!
-//! Built to hold on the order of 100,000 idle sessions in one process: one task per session,
-//! no payload buffer while idle (frames are read header first, payload allocated on arrival),
-//! an idle timeout that drops silent peers, and a bound on concurrent TLS handshakes.
+//! Built to hold tens of thousands of idle sessions in one process at a few KiB each: one
+//! small task per session (rare steps run in their own short-lived allocations), no buffer
+//! while idle (TLS on rustls's unbuffered API, see `transport`; frames read header first,
+//! payload allocated on arrival), an idle timeout that drops silent peers, and a bound on
+//! concurrent TLS handshakes, the rest waiting in a deep accept backlog.
+//! `docs/benchmarks.md` has the figures.
 
 mod expired;
 mod frames;
