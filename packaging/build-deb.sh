@@ -11,7 +11,10 @@ assets="$target_dir/agent-small/heex-assets"
 
 # Both run on small robots: they are built with the size-optimised profile (the agent's idle
 # RSS and binary size are product requirements; the installer runs once, speed is moot).
-cargo build --profile agent-small --locked -p heex-agent -p heex-installer
+# One at a time: built together, the agent's dependencies would get the installer's features
+# (TLS 1.2, for one) and the packaged agent would be bigger than the one benchmarked.
+cargo build --profile agent-small --locked -p heex-agent
+cargo build --profile agent-small --locked -p heex-installer
 rm -rf "$assets"
 cargo run --quiet --locked -p heex-packaging --bin heex-package-assets -- "$assets" >/dev/null
 # Debian policy wants man pages compressed; cargo-deb leaves files under target/ as they are.

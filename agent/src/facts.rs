@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use heex_proto::api::Facts;
-use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, System};
+use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, System};
 
 /// Gathers the machine's facts now.
 ///
@@ -40,7 +40,8 @@ pub fn gather() -> Facts {
 /// Total and available space of the local disks, each block device counted once (the same
 /// device is often mounted in several places, e.g. bind mounts in containers).
 fn disk_space() -> (Option<u64>, Option<u64>) {
-    let disks = Disks::new_with_refreshed_list();
+    // Sizes only: the disk kind and I/O counters would cost more reads of /sys and /proc.
+    let disks = Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage());
     let mut seen = HashSet::new();
     let (mut total, mut available) = (0u64, 0u64);
     for disk in disks.list() {

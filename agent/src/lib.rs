@@ -92,11 +92,17 @@ pub fn load(config_path: &Path) -> Result<(Config, Credentials), AgentError> {
 pub fn run(config_path: &Path) -> Result<(), AgentError> {
     let (config, creds) = load(config_path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
+        // A handful of descriptors to watch: no need for room for 1024 events per poll.
+        .max_io_events_per_tick(32)
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
     let notifier = notify::Notifier::from_env();
-    runtime.block_on(daemon::run_until_signal(&config, &creds, &notifier))?;
+    // Boxed: the daemon's future (several KiB) is then not copied onto the main stack, whose
+    // deepest point stays resident for the life of the process.
+    runtime.block_on(Box::pin(daemon::run_until_signal(
+        &config, &creds, &notifier,
+    )))?;
     Ok(())
 }
 
