@@ -206,6 +206,11 @@ impl TlsTransport {
                 }
                 ConnectionState::Closed => {
                     self.peer_closed = true;
+                    // Both close_notify sent: nothing more may be written, and data asked to
+                    // be sent must not be reported as sent.
+                    if !matches!(want, Want::Nothing) {
+                        return Err(io::ErrorKind::BrokenPipe.into());
+                    }
                     Some(Status::Ready)
                 }
                 // Early data is not enabled, and no other state is expected.
