@@ -361,18 +361,7 @@ impl Outbox {
         let Some((first, path, size)) = segs.last().cloned() else {
             // A fresh outbox (or one whose segments were removed by hand): continue after
             // the last acknowledged report so numbers never repeat.
-            let first = read_cursor(&self.dir) + 1;
-            let path = self.dir.join(segment_name(first));
-            let file = open_segment(&path)?;
-            sync_dir(&self.dir)?;
-            self.tail = Some(Tail {
-                first,
-                path,
-                file,
-                len: 0,
-                next_seq: first,
-            });
-            return Ok(());
+            return self.start_segment(read_cursor(&self.dir) + 1);
         };
         let reuse = matches!(&self.tail, Some(t) if t.first == first && t.len <= size);
         if !reuse {
@@ -463,15 +452,9 @@ impl Outbox {
         Ok(answers)
     }
 
-    /// Starts a new segment when the newest one is large. Must hold the lock.
-    fn rotate_if_large(&mut self) -> Result<(), OutboxError> {
-        let Some(tail) = self.tail.as_ref() else {
-            return Ok(());
-        };
-        if tail.len < self.segment_limit {
-            return Ok(());
-        }
-        let first = tail.next_seq;
+    /// Creates an empty segment whose first report will be `first` and makes it the tail.
+    /// Must hold the lock.
+    fn start_segment(&mut self, first: u64) -> Result<(), OutboxError> {
         let path = self.dir.join(segment_name(first));
         let file = open_segment(&path)?;
         sync_dir(&self.dir)?;
@@ -482,6 +465,18 @@ impl Outbox {
             len: 0,
             next_seq: first,
         });
+        Ok(())
+    }
+
+    /// Starts a new segment when the newest one is large. Must hold the lock.
+    fn rotate_if_large(&mut self) -> Result<(), OutboxError> {
+        let Some(tail) = self.tail.as_ref() else {
+            return Ok(());
+        };
+        if tail.len < self.segment_limit {
+            return Ok(());
+        }
+        self.start_segment(tail.next_seq)?;
         // Acknowledged segments may be removable now.
         self.compact(read_cursor(&self.dir))
     }
