@@ -485,27 +485,11 @@ fn validate_init_options(opts: &InitOptions) -> Result<(), Error> {
 }
 
 fn check_workspace_name(name: &str, what: &str) -> Result<(), Error> {
-    let ws = name.trim();
-    if ws.is_empty() || ws.chars().count() > 64 || ws.chars().any(char::is_control) {
-        return Err(Error::Usage(format!(
-            "{what} must be 1 to 64 printable characters"
-        )));
-    }
-    Ok(())
+    heex_proto::text::check_name(what, name, 64).map_err(|e| Error::Usage(e.to_string()))
 }
 
 fn check_email(owner: &str, what: &str) -> Result<(), Error> {
-    let plausible = owner.len() <= 254
-        && !owner.chars().any(|c| c.is_whitespace() || c.is_control())
-        && owner
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
-    if !plausible {
-        return Err(Error::Usage(format!(
-            "{what} {owner:?} is not an email address"
-        )));
-    }
-    Ok(())
+    heex_proto::text::check_email(what, owner).map_err(|e| Error::Usage(e.to_string()))
 }
 
 fn read_text(path: &Path) -> Result<String, Error> {

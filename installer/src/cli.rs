@@ -114,11 +114,8 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
             "label key must be 1-{MAX_LABEL_KEY} letters, digits, '.', '_', '-' or '/'"
         ));
     }
-    if value.chars().count() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
-        return Err(format!(
-            "label value must be at most {MAX_LABEL_VALUE} characters, without control characters"
-        ));
-    }
+    heex_proto::text::check_value("label value", value, MAX_LABEL_VALUE)
+        .map_err(|e| e.to_string())?;
     Ok((key.to_owned(), value.to_owned()))
 }
 

@@ -26,3 +26,6 @@ pub const ALPN: &[u8] = b"heex/1";
 
 /// Version of this crate, reported by agents in their Hello.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub mod facts;
+pub mod text;

@@ -37,7 +37,7 @@ pub const MAX_LABEL_VALUE: usize = 256;
     security(("api_key" = [])),
     responses(
         (status = 201, description = "The device's identity and where to connect", body = EnrollResponse),
-        (status = 400, description = "Bad CSR, name or labels", body = ErrorBody),
+        (status = 400, description = "Bad CSR, name, labels or facts", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 403, description = "The key has used all of its enrollments", body = ErrorBody),
         (status = 413, description = "Request body too large", body = ErrorBody)
@@ -57,6 +57,11 @@ pub(super) async fn enroll(
     }
     check_name("name", &req.name, MAX_DEVICE_NAME)?;
     check_labels(&req.labels)?;
+    if let Some(facts) = &req.facts {
+        facts
+            .check()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
     let csr = DeviceCsr::from_pem(&req.csr_pem).map_err(|e| ApiError::bad_csr(e.to_string()))?;
 
     let key = &caller.key;
@@ -141,11 +146,8 @@ pub(super) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiE
                 "label key {k:?} must be 1 to {MAX_LABEL_KEY} letters, digits, '-', '_', '.' or '/'"
             )));
         }
-        if v.chars().count() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(format!(
-                "label {k:?} value must be at most {MAX_LABEL_VALUE} printable characters"
-            )));
-        }
+        heex_proto::text::check_value(&format!("label {k:?} value"), v, MAX_LABEL_VALUE)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     Ok(())
 }

@@ -200,19 +200,9 @@ fn is_token_shaped(token: &str) -> bool {
         .is_some_and(|rest| rest.len() == TOKEN_RANDOM_LEN && base62::is_base62(rest))
 }
 
-/// A plausible email: one '@' with something on both sides, no spaces, at most 254 bytes.
+/// A plausible email ([`heex_proto::text::check_email`]).
 fn check_email(email: &str) -> Result<(), ApiError> {
-    let plausible = email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
-        });
-    if !plausible {
-        return Err(ApiError::bad_request(format!(
-            "{email:?} is not an email address"
-        )));
-    }
-    Ok(())
+    heex_proto::text::check_email("email", email).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 #[cfg(test)]

@@ -233,16 +233,11 @@ fn json_error(rejection: &JsonRejection) -> ApiError {
     }
 }
 
-/// Checks a human-supplied name: trimmed length within `1..=max` characters, no control
-/// characters.
+/// Checks a human-supplied name: trimmed length within `1..=max` characters, no control or
+/// formatting characters (bidi overrides, zero-width characters: [`heex_proto::text`]).
 pub fn check_name(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    let n = value.trim().chars().count();
-    if n == 0 || n > max || value.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "{field} must be 1 to {max} printable characters"
-        )));
-    }
-    Ok(())
+    heex_proto::text::check_name(field, value, max)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// An audit event by the caller, at `at`, in the caller's workspace.

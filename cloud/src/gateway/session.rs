@@ -218,6 +218,12 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 return None;
             }
         };
+        if let Err(e) = facts.check() {
+            let msg = format!("hello refused: {e}");
+            tracing::info!(%peer, %device, "refused: {msg}");
+            let _ = self.close(stream, CloseReason::ProtocolError, &msg).await;
+            return None;
+        }
         // Recorded before the session counts as connected, so whoever sees it connected
         // sees its facts too.
         let now = OffsetDateTime::now_utc();
@@ -437,6 +443,11 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 }
             }
             Message::Facts { facts } => {
+                if let Err(e) = facts.check() {
+                    let msg = format!("facts refused: {e}");
+                    tracing::info!(%device, "{msg}");
+                    return Some(self.close(stream, CloseReason::ProtocolError, &msg).await);
+                }
                 *last_recorded = Instant::now();
                 self.record_seen(device, Some(&facts), OffsetDateTime::now_utc())
                     .await;
