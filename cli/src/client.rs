@@ -200,8 +200,11 @@ pub fn api_error(status: u16, body: &[u8]) -> CliError {
         Ok(err) => CliError::Api {
             status,
             code: err.error,
-            // One line, whatever the server sent.
-            message: err.message.split_whitespace().collect::<Vec<_>>().join(" "),
+            // One line, whatever the server sent, and nothing in it drives the terminal.
+            message: crate::display::safe(
+                &err.message.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+            .into_owned(),
         },
         Err(_) => CliError::Api {
             status,

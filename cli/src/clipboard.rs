@@ -20,7 +20,11 @@ pub fn osc52(text: &str) -> String {
 pub fn deliver(out: &mut dyn Write, tty: bool, secret: &str, summary: &str) -> io::Result<()> {
     if tty {
         out.write_all(osc52(secret).as_bytes())?;
-        writeln!(out, "copied to clipboard: {summary}")?;
+        writeln!(
+            out,
+            "copied to clipboard: {}",
+            crate::display::safe(summary)
+        )?;
     } else {
         writeln!(out, "{secret}")?;
     }

@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::client::ApiClient;
 use crate::clipboard;
 use crate::config::{self, Env, Profile};
+use crate::display;
 use crate::error::CliError;
 use crate::table::Clock;
 
@@ -37,8 +38,16 @@ fn stdout_error(e: std::io::Error) -> CliError {
 }
 
 impl Ctx<'_> {
-    /// Writes `text` as is.
+    /// Writes human-readable `text`, with any control or formatting character other than a
+    /// line break shown escaped ([`display::safe_lines`]): whatever server text it holds
+    /// cannot drive the terminal.
     pub fn print(&mut self, text: &str) -> Result<(), CliError> {
+        self.print_raw(&display::safe_lines(text))
+    }
+
+    /// Writes `text` exactly as is: only for bytes this program made for the terminal or a
+    /// script (the OSC 52 sequence, completion scripts).
+    pub fn print_raw(&mut self, text: &str) -> Result<(), CliError> {
         self.out.write_all(text.as_bytes()).map_err(stdout_error)?;
         self.out.flush().map_err(stdout_error)
     }
@@ -48,11 +57,13 @@ impl Ctx<'_> {
         self.print(&format!("{line}\n"))
     }
 
-    /// Prints JSON, pretty, as the API sent it.
+    /// Prints JSON, pretty, as the API sent it; control and formatting characters in strings
+    /// are written as `\uXXXX` escapes (the same JSON value, harmless on a terminal).
     pub fn print_json(&mut self, value: &Value) -> Result<(), CliError> {
         let text = serde_json::to_string_pretty(value)
             .map_err(|e| CliError::Unexpected(format!("cannot format JSON: {e}")))?;
-        self.println(&text)
+        let text = display::safe_json(&text);
+        self.print_raw(&format!("{text}\n"))
     }
 
     /// Whether stdout is a terminal.
@@ -94,7 +105,7 @@ impl Ctx<'_> {
         if let Some(v) = shown.pointer_mut(key_pointer) {
             *v = Value::String("<copied to clipboard>".into());
         }
-        self.print(&clipboard::osc52(key))?;
+        self.print_raw(&clipboard::osc52(key))?;
         self.print_json(&shown)
     }
 }

@@ -5,7 +5,8 @@
 //! ([`heex_proto::exit`]); everything else lives here so tests call the same code:
 //! [`config`] finds credentials (file or environment), [`trust`] and [`client`] talk to the
 //! cloud trusting only its pinned CA, [`commands`] implement each subcommand, [`table`] and
-//! [`clipboard`] shape what the user sees.
+//! [`clipboard`] shape what the user sees, and [`display`] escapes control and formatting
+//! characters in everything shown that came from the server.
 //!
 //! An API key is never logged and never printed, except by `keys create|copy|rotate` (and
 //! `invitations accept --json`) when stdout is not a terminal — a script asked for it. On a
@@ -18,6 +19,7 @@ pub mod clipboard;
 pub mod commands;
 pub mod config;
 pub mod context;
+pub mod display;
 pub mod error;
 pub mod table;
 pub mod trust;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             drop(stdout);
-            eprintln!("error: {e}");
+            eprintln!("error: {}", heex_cli::display::safe(&e.to_string()));
             code(e.exit_code())
         }
     }

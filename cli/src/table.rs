@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
+use crate::display::safe;
+
 static LOCAL_OFFSET: OnceLock<UtcOffset> = OnceLock::new();
 
 /// Records the local UTC offset. Call first thing in `main`, while the process has one
@@ -49,17 +51,23 @@ impl Table {
     }
 
     /// The table as text, one line per row, columns separated by two spaces, no trailing
-    /// spaces.
+    /// spaces. Control and formatting characters in cells are shown escaped
+    /// ([`crate::display::safe`]): a cell cannot move the cursor, break the line or reorder
+    /// its neighbours.
     pub fn render(&self) -> String {
         let width = |s: &str| s.chars().count();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for row in &self.rows {
+        let rows: Vec<Vec<String>> = std::iter::once(&self.headers)
+            .chain(&self.rows)
+            .map(|row| row.iter().map(|c| safe(c).into_owned()).collect())
+            .collect();
+        let mut widths: Vec<usize> = rows[0].iter().map(|h| width(h)).collect();
+        for row in &rows[1..] {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(width(cell));
             }
         }
         let mut out = String::new();
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
+        for row in &rows {
             let mut line = String::new();
             for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
                 if i > 0 {
@@ -75,7 +83,9 @@ impl Table {
     }
 }
 
-/// Labelled values, one per line, values aligned: `Label:   value`.
+/// Labelled values, one per line, values aligned: `Label:   value`. Control and formatting
+/// characters in values are shown escaped ([`crate::display::safe`]), so a value cannot add
+/// a line of its own.
 pub fn fields(pairs: &[(&str, String)]) -> String {
     let w = pairs
         .iter()
@@ -85,7 +95,7 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
     let mut out = String::new();
     for (k, v) in pairs {
         let pad = w - k.chars().count();
-        out.push_str(&format!("{k}:{}  {v}\n", " ".repeat(pad)));
+        out.push_str(&format!("{k}:{}  {}\n", " ".repeat(pad), safe(v)));
     }
     out
 }
@@ -124,15 +134,22 @@ impl Clock {
         }
     }
 
-    /// `t` relative to now: "in 12 days", "3 hours ago".
+    /// `t` relative to now: "in 12 days" for a time to come, "3 hours ago" or "less than a
+    /// minute ago" for one that has passed (now included).
     pub fn relative(&self, t: OffsetDateTime) -> String {
-        let secs = (t - self.now).whole_seconds();
-        let span = span(secs.unsigned_abs());
-        if secs >= 0 {
+        let ahead = t - self.now;
+        let span = span(ahead.whole_seconds().unsigned_abs());
+        if ahead.is_positive() {
             format!("in {span}")
         } else {
             format!("{span} ago")
         }
+    }
+
+    /// When something happened ("3 hours ago"). A time slightly ahead of this machine's
+    /// clock (the server's clock runs ahead) still reads as past: "less than a minute ago".
+    pub fn ago(&self, t: OffsetDateTime) -> String {
+        self.relative(t.min(self.now))
     }
 
     /// An expiry relative to now: "in 12 days", or "expired 3 days ago" once past.
@@ -149,9 +166,15 @@ impl Clock {
         format!("{} ({})", self.local(t), self.relative(t))
     }
 
-    /// An optional time, relative; `never` when absent.
-    pub fn relative_or_never(&self, t: Option<OffsetDateTime>) -> String {
-        t.map_or_else(|| "never".to_owned(), |t| self.relative(t))
+    /// A local time followed by how long ago it was, as [`Clock::ago`]:
+    /// `2026-05-01 14:03 (3 hours ago)`.
+    pub fn both_ago(&self, t: OffsetDateTime) -> String {
+        format!("{} ({})", self.local(t), self.ago(t))
+    }
+
+    /// When something last happened, as [`Clock::ago`]; `never` when it did not.
+    pub fn ago_or_never(&self, t: Option<OffsetDateTime>) -> String {
+        t.map_or_else(|| "never".to_owned(), |t| self.ago(t))
     }
 }
 
@@ -228,10 +251,25 @@ mod tests {
             c.relative(c.now - time::Duration::seconds(1)),
             "less than a minute ago"
         );
-        assert_eq!(c.relative(c.now), "in less than a minute");
+        assert_eq!(c.relative(c.now), "less than a minute ago");
+        // Within the same second, past and future still read as such.
+        let ms = time::Duration::milliseconds;
+        assert_eq!(c.relative(c.now - ms(400)), "less than a minute ago");
+        assert_eq!(c.relative(c.now + ms(400)), "in less than a minute");
+        assert_eq!(c.relative(c.now + d(3)), "in 3 days");
         assert_eq!(
             c.relative(c.now + time::Duration::seconds(50)),
             "in 1 minute"
+        );
+        // Something that happened never reads as future, even with the server's clock ahead.
+        assert_eq!(
+            c.ago(c.now + time::Duration::seconds(20)),
+            "less than a minute ago"
+        );
+        assert_eq!(c.ago(c.now - d(2)), "2 days ago");
+        assert_eq!(
+            c.ago_or_never(Some(c.now - ms(1))),
+            "less than a minute ago"
         );
         // A key created a moment ago with a 90-day lifetime still reads "90 days".
         assert_eq!(
@@ -248,7 +286,8 @@ mod tests {
             c.expiry(c.now - time::Duration::days(3)),
             "expired 3 days ago"
         );
-        assert_eq!(c.relative_or_never(None), "never");
+        assert_eq!(c.ago_or_never(None), "never");
+        assert_eq!(c.expiry(c.now), "expired less than a minute ago");
     }
 
     #[test]

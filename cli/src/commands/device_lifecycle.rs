@@ -7,6 +7,7 @@ use heex_proto::DeviceId;
 use serde_json::json;
 
 use crate::context::Ctx;
+use crate::display::safe;
 use crate::error::CliError;
 
 fn device_id(id: &str) -> Result<DeviceId, CliError> {
@@ -26,7 +27,7 @@ pub fn revoke(ctx: &mut Ctx<'_>, id: &str) -> Result<(), CliError> {
     ctx.println(&format!(
         "Revoked device {id} ({}). Its session was closed; it can no longer connect or renew. \
          To use the machine again, reinstall it with heex-installer --force and a new API key.",
-        reply.value.name
+        safe(&reply.value.name)
     ))
 }
 
@@ -84,7 +85,7 @@ pub fn label(ctx: &mut Ctx<'_>, id: &str, args: &[String]) -> Result<(), CliErro
             .value
             .labels
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={}", safe(k), safe(v)))
             .collect::<Vec<_>>()
             .join(", ")
     };

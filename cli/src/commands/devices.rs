@@ -36,7 +36,7 @@ fn list(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
 /// A device's state in one word or two.
 fn state(d: &DeviceInfo, clock: &Clock) -> String {
     match d.revoked_at {
-        Some(at) => format!("revoked {}", clock.relative(at)),
+        Some(at) => format!("revoked {}", clock.ago(at)),
         None if d.connected => "connected".into(),
         None => "offline".into(),
     }
@@ -58,8 +58,8 @@ pub fn device_table(devices: &[DeviceInfo], clock: &Clock) -> String {
             d.id.to_string(),
             d.name.clone(),
             state(d, clock),
-            clock.relative_or_never(d.last_seen_at),
-            clock.relative(d.enrolled_at),
+            clock.ago_or_never(d.last_seen_at),
+            clock.ago(d.enrolled_at),
             d.enrolled_by_member.clone(),
             clock.expiry(d.certificate_expires_at),
         ]);
@@ -99,11 +99,11 @@ pub fn describe(d: &DeviceInfo, clock: &Clock) -> String {
         (
             "Last seen",
             d.last_seen_at
-                .map_or_else(|| "never".to_owned(), |t| clock.both(t)),
+                .map_or_else(|| "never".to_owned(), |t| clock.both_ago(t)),
         ),
         ("SPIFFE ID", d.spiffe_id.to_string()),
         ("Labels", labels),
-        ("Enrolled", clock.both(d.enrolled_at)),
+        ("Enrolled", clock.both_ago(d.enrolled_at)),
         (
             "Enrolled by",
             format!("{} (API key {})", d.enrolled_by_member, d.enrolled_by_key),

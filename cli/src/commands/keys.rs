@@ -98,7 +98,7 @@ pub fn key_table(keys: &[KeyListEntry], owners: bool, clock: &Clock) -> String {
             status(k, clock),
             uses,
             clock.expiry(i.expires_at),
-            clock.relative_or_never(i.last_used_at),
+            clock.ago_or_never(i.last_used_at),
         ]);
         table.row(row);
     }

@@ -50,7 +50,7 @@ pub fn member_table(members: &[MemberInfo], clock: &Clock) -> String {
     let mut table = Table::new(["ID", "EMAIL", "ROLE", "STATUS", "ACTIVE KEYS", "JOINED"]);
     for m in members {
         let status = match m.removed_at {
-            Some(at) => format!("removed {}", clock.relative(at)),
+            Some(at) => format!("removed {}", clock.ago(at)),
             None => "active".into(),
         };
         table.row(vec![
@@ -59,7 +59,7 @@ pub fn member_table(members: &[MemberInfo], clock: &Clock) -> String {
             m.role.as_str().to_owned(),
             status,
             m.active_keys.to_string(),
-            clock.relative(m.created_at),
+            clock.ago(m.created_at),
         ]);
     }
     table.render()

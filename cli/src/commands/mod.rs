@@ -22,7 +22,7 @@ pub fn completions(ctx: &mut Ctx<'_>, shell: Shell) -> Result<(), CliError> {
     let mut cmd = Cli::command();
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "heex", &mut script);
-    ctx.print(&String::from_utf8_lossy(&script))
+    ctx.print_raw(&String::from_utf8_lossy(&script))
 }
 
 /// A key id given on the command line. A full key is refused without echoing it: it belongs

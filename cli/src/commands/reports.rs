@@ -40,7 +40,7 @@ fn list(ctx: &mut Ctx<'_>, device: &str, after: u64, limit: u32) -> Result<(), C
     for r in &page.reports {
         table.row(vec![
             r.seq.to_string(),
-            ctx.clock.relative(r.received_at),
+            ctx.clock.ago(r.received_at),
             r.payload.to_string(),
         ]);
     }
