@@ -154,9 +154,16 @@ pub enum MembersCommand {
 #[derive(Debug, Subcommand)]
 pub enum InvitationsCommand {
     /// Join a workspace with an invitation token and store the API key it gives you.
+    ///
+    /// The token comes from the argument, else --token-stdin, else $HEEX_INVITATION_TOKEN,
+    /// else a no-echo prompt on a terminal. An argument shows in the process list and shell
+    /// history: prefer the others.
     Accept {
-        /// The invitation token (heexinv_…).
-        token: String,
+        /// The invitation token (heexinv_…), or `-` to read it from standard input.
+        token: Option<String>,
+        /// Read the token from the first line of standard input.
+        #[arg(long, conflicts_with = "token")]
+        token_stdin: bool,
         /// Server and trust.
         #[command(flatten)]
         server: ServerArgs,

@@ -27,6 +27,8 @@ pub const ENV_API_KEY: &str = "HEEX_API_KEY";
 pub const ENV_CA_FINGERPRINT: &str = "HEEX_CA_FINGERPRINT";
 /// Environment variable naming a CA file (alternative to the fingerprint).
 pub const ENV_CA_FILE: &str = "HEEX_CA_FILE";
+/// Environment variable holding an invitation token (`heex invitations accept`).
+pub const ENV_INVITATION_TOKEN: &str = "HEEX_INVITATION_TOKEN";
 
 /// The parts of the process environment `heex` depends on. Empty values count as unset.
 #[derive(Clone, Default)]
@@ -35,6 +37,8 @@ pub struct Env {
     pub server: Option<String>,
     /// `$HEEX_API_KEY`.
     pub api_key: Option<String>,
+    /// `$HEEX_INVITATION_TOKEN`.
+    pub invitation_token: Option<String>,
     /// `$HEEX_CA_FINGERPRINT`.
     pub ca_fingerprint: Option<String>,
     /// `$HEEX_CA_FILE`.
@@ -54,6 +58,10 @@ impl fmt::Debug for Env {
         f.debug_struct("Env")
             .field("server", &self.server)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "invitation_token",
+                &self.invitation_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("ca_fingerprint", &self.ca_fingerprint)
             .field("ca_file", &self.ca_file)
             .field("xdg_config_home", &self.xdg_config_home)
@@ -77,6 +85,7 @@ impl Env {
         Env {
             server: text(ENV_SERVER),
             api_key: text(ENV_API_KEY),
+            invitation_token: text(ENV_INVITATION_TOKEN),
             ca_fingerprint: text(ENV_CA_FINGERPRINT),
             ca_file: var(ENV_CA_FILE).map(PathBuf::from),
             xdg_config_home: var("XDG_CONFIG_HOME").map(PathBuf::from),

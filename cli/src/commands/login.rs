@@ -9,7 +9,7 @@ use crate::cli::{InvitationsCommand, LoginArgs, ServerArgs};
 use crate::client::ApiClient;
 use crate::config::{
     parse_fingerprint, parse_key, parse_server, write_credentials, Env, StoredCredentials,
-    ENV_API_KEY, ENV_SERVER,
+    ENV_API_KEY, ENV_INVITATION_TOKEN, ENV_SERVER,
 };
 use crate::context::Ctx;
 use crate::error::CliError;
@@ -64,9 +64,24 @@ pub fn invitations(ctx: &mut Ctx<'_>, cmd: &InvitationsCommand) -> Result<(), Cl
     match cmd {
         InvitationsCommand::Accept {
             token,
+            token_stdin,
             server,
             key_name,
-        } => accept(ctx, token, server, key_name.clone()),
+        } => {
+            let input = SecretInput {
+                what: "invitation token",
+                arg: token.as_deref().map(|t| (t, "the token argument")),
+                stdin: *token_stdin,
+                env: ctx
+                    .env
+                    .invitation_token
+                    .as_deref()
+                    .map(|t| (t, ENV_INVITATION_TOKEN)),
+                how: "pass it as the argument, with --token-stdin, or in HEEX_INVITATION_TOKEN",
+            };
+            let token = input.read(ctx.env)?;
+            accept(ctx, &token.text, server, key_name.clone())
+        }
     }
 }
 
@@ -162,20 +177,96 @@ pub fn server_and_trust(args: &ServerArgs, env: &Env) -> Result<(Url, TrustAncho
 
 /// The key to log in with: `--api-key`, else `$HEEX_API_KEY`, else a no-echo prompt.
 fn login_key(args: &LoginArgs, env: &Env) -> Result<ApiKey, CliError> {
-    if let Some(k) = &args.api_key {
-        return parse_key(k, "--api-key");
+    let input = SecretInput {
+        what: "API key",
+        arg: args.api_key.as_deref().map(|k| (k, "--api-key")),
+        stdin: false,
+        env: env.api_key.as_deref().map(|k| (k, ENV_API_KEY)),
+        how: "pass --api-key or set HEEX_API_KEY",
+    };
+    let typed = input.read(env)?;
+    parse_key(&typed.text, typed.from)
+}
+
+/// Where a secret the user types (an API key, an invitation token) comes from, in this
+/// order: the command line (`-` meaning standard input), standard input when asked, the
+/// environment, else a no-echo prompt when standard input is a terminal.
+struct SecretInput<'a> {
+    /// What the secret is, for the prompt and messages.
+    what: &'static str,
+    /// The command-line value and how to name it.
+    arg: Option<(&'a str, &'static str)>,
+    /// Read it from standard input.
+    stdin: bool,
+    /// The environment's value and the variable's name.
+    env: Option<(&'a str, &'static str)>,
+    /// The ways to give it, for the message when there is none.
+    how: &'static str,
+}
+
+/// A secret and where it came from (messages name the source, never the secret).
+struct Typed {
+    text: String,
+    from: &'static str,
+}
+
+/// Longest line read from standard input for a secret.
+const MAX_SECRET_LINE: u64 = 4096;
+
+impl SecretInput<'_> {
+    fn read(&self, env: &Env) -> Result<Typed, CliError> {
+        let what = self.what;
+        match (self.arg, self.stdin, self.env) {
+            (Some(("-", _)), _, _) | (None, true, _) => Ok(Typed {
+                text: read_stdin_line(what)?,
+                from: "standard input",
+            }),
+            (Some((text, from)), _, _) | (None, false, Some((text, from))) => Ok(Typed {
+                text: text.to_owned(),
+                from,
+            }),
+            (None, false, None) if env.stdin_tty => {
+                let typed = rpassword::prompt_password(format!("{}: ", capitalized(what)))
+                    .map_err(|e| {
+                        CliError::Usage(format!("cannot read the {what} from the terminal: {e}"))
+                    })?;
+                Ok(Typed {
+                    text: typed,
+                    from: "the prompt",
+                })
+            }
+            (None, false, None) => Err(CliError::Usage(format!(
+                "no {what}: {} (or run on a terminal to be prompted)",
+                self.how
+            ))),
+        }
     }
-    if let Some(k) = &env.api_key {
-        return parse_key(k, ENV_API_KEY);
-    }
-    if !env.stdin_tty {
+}
+
+/// The first line of standard input, trimmed.
+fn read_stdin_line(what: &str) -> Result<String, CliError> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_SECRET_LINE)
+        .read_line(&mut line)
+        .map_err(|e| CliError::Usage(format!("cannot read the {what} from standard input: {e}")))?;
+    let line = line.trim();
+    if line.is_empty() {
         return Err(CliError::Usage(format!(
-            "no API key: pass --api-key or set {ENV_API_KEY} (or run on a terminal to be prompted)"
+            "standard input held no {what}: give it on the first line"
         )));
     }
-    let typed = rpassword::prompt_password("API key: ")
-        .map_err(|e| CliError::Usage(format!("cannot read the API key from the terminal: {e}")))?;
-    parse_key(&typed, "the API key")
+    Ok(line.to_owned())
+}
+
+fn capitalized(what: &str) -> String {
+    let mut chars = what.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
