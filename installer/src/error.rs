@@ -36,6 +36,10 @@ pub enum InstallError {
         #[source]
         source: io::Error,
     },
+    /// A config or state directory others could write into; the message names it and the
+    /// fix.
+    #[error("{0}")]
+    UnsafeDirectory(String),
     /// Something that should not happen: an unexpected server answer or an internal failure.
     #[error("{0}")]
     Unexpected(String),
@@ -52,7 +56,7 @@ impl InstallError {
             InstallError::Usage(_) | InstallError::MalformedKey(_) => exit::USAGE,
             InstallError::Unreachable(_) | InstallError::Untrusted(_) => exit::UNAVAILABLE,
             InstallError::KeyRefused(_) => exit::KEY_REFUSED,
-            InstallError::File { .. } => exit::FILE_ERROR,
+            InstallError::File { .. } | InstallError::UnsafeDirectory(_) => exit::FILE_ERROR,
             InstallError::Unexpected(_) | InstallError::Service(_) => exit::SOFTWARE,
         }
     }

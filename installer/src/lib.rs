@@ -49,6 +49,10 @@ use trust::TrustAnchor;
 
 /// Longest device name accepted.
 const MAX_NAME_CHARS: usize = 128;
+/// Mode of the state directory (device key, outbox, socket): the agent's alone.
+const STATE_DIR_MODE: u32 = 0o700;
+/// Mode of the configuration directory.
+const CONFIG_DIR_MODE: u32 = 0o755;
 
 /// What a successful run did.
 #[derive(Debug, Clone)]
@@ -111,6 +115,12 @@ pub fn run(cli: &Cli, env: &KeyEnv, out: &mut dyn Write) -> Result<Outcome, Inst
         None
     };
 
+    // Before the key is spent: directories others could write into are refused (and
+    // checked again when the files are written).
+    let owners = files::Owners::trusted(service::lookup_user(&cli.systemd_root)?);
+    files::check_dir(&state_dir, STATE_DIR_MODE, &owners)?;
+    files::check_dir(&config_dir, CONFIG_DIR_MODE, &owners)?;
+
     let request = Request {
         server,
         server_text,
@@ -118,6 +128,7 @@ pub fn run(cli: &Cli, env: &KeyEnv, out: &mut dyn Write) -> Result<Outcome, Inst
         labels,
         config_dir,
         state_dir,
+        owners,
         given_key,
         anchor,
     };
@@ -136,6 +147,7 @@ struct Request {
     labels: BTreeMap<String, String>,
     config_dir: PathBuf,
     state_dir: PathBuf,
+    owners: files::Owners,
     given_key: Option<ApiKey>,
     anchor: TrustAnchor,
 }
@@ -154,6 +166,7 @@ fn enroll_unless_enrolled(
         labels,
         config_dir,
         state_dir,
+        owners,
         given_key,
         anchor,
     } = request;
@@ -215,8 +228,8 @@ fn enroll_unless_enrolled(
         },
     )?;
     progress.step("Writing credentials", || {
-        write_credentials(&config_dir, &state_dir, &server_text, &issued, &device_key)
-            .map(|()| ((), None))
+        let dirs = (config_dir.as_path(), state_dir.as_path(), &owners);
+        write_credentials(dirs, &server_text, &issued, &device_key).map(|()| ((), None))
     })?;
 
     progress.line(&format!("Enrolled as {}", issued.device_id));
@@ -257,12 +270,9 @@ fn device_name(given: Option<&str>) -> Result<String, InstallError> {
             InstallError::Usage("cannot determine the host name; pass --name".to_owned())
         })?,
     };
-    let len = name.chars().count();
-    if len == 0 || len > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(InstallError::Usage(format!(
-            "--name must be 1-{MAX_NAME_CHARS} characters without control characters"
-        )));
-    }
+    // The cloud's own rule, checked before the key is spent.
+    heex_proto::text::check_name("--name", &name, MAX_NAME_CHARS)
+        .map_err(|e| InstallError::Usage(e.to_string()))?;
     Ok(name)
 }
 
@@ -291,14 +301,13 @@ fn absolute(path: &Path, flag: &str) -> Result<PathBuf, InstallError> {
 /// presence means the files it points to are complete. A crash between two renames leaves a
 /// key/certificate mismatch that the next run detects and repairs by enrolling again.
 fn write_credentials(
-    config_dir: &Path,
-    state_dir: &Path,
+    (config_dir, state_dir, owners): (&Path, &Path, &files::Owners),
     server: &str,
     issued: &Issued,
     key: &DeviceKey,
 ) -> Result<(), InstallError> {
-    files::ensure_dir(state_dir, 0o700)?;
-    files::ensure_dir(config_dir, 0o755)?;
+    files::ensure_dir(state_dir, STATE_DIR_MODE, owners)?;
+    files::ensure_dir(config_dir, CONFIG_DIR_MODE, owners)?;
     let config_path = config_dir.join(AGENT_TOML);
     let previous = std::fs::read_to_string(&config_path).ok();
     let config = state::agent_toml(

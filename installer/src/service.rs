@@ -245,7 +245,7 @@ impl Service {
             return Ok(UnitFile::Unchanged);
         }
         if let Some(dir) = path.parent() {
-            files::ensure_dir(dir, 0o755)?;
+            files::ensure_dir(dir, 0o755, &files::Owners::trusted(None))?;
         }
         files::write_atomic(&path, wanted.as_bytes(), files::PUBLIC)?;
         Ok(if current.is_some() {
