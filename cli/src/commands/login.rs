@@ -210,6 +210,15 @@ struct Typed {
     from: &'static str,
 }
 
+impl std::fmt::Debug for Typed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Typed")
+            .field("text", &"<redacted>")
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
 /// Longest line read from standard input for a secret.
 const MAX_SECRET_LINE: u64 = 4096;
 
@@ -281,6 +290,31 @@ mod tests {
         assert!(check_invitation_token("heex_abc").is_err());
         let e = check_invitation_token(&format!("heexinv_{}", "-".repeat(32))).unwrap_err();
         assert_eq!(e.exit_code(), heex_proto::exit::USAGE);
+    }
+
+    #[test]
+    fn secrets_come_from_the_argument_then_the_environment() {
+        let input = |arg, env| SecretInput {
+            what: "invitation token",
+            arg,
+            stdin: false,
+            env,
+            how: "pass it as the argument, with --token-stdin, or in HEEX_INVITATION_TOKEN",
+        };
+        let no_tty = Env::default();
+        let both = input(Some(("a", "the token argument")), Some(("e", "HEEX_X")));
+        let got = both.read(&no_tty).unwrap();
+        assert_eq!((got.text.as_str(), got.from), ("a", "the token argument"));
+        let got = input(None, Some(("e", "HEEX_X"))).read(&no_tty).unwrap();
+        assert_eq!((got.text.as_str(), got.from), ("e", "HEEX_X"));
+        // Nothing given and no terminal to prompt on: a usage error saying how to give it.
+        let e = input(None, None).read(&no_tty).unwrap_err();
+        assert_eq!(e.exit_code(), heex_proto::exit::USAGE);
+        assert!(
+            e.to_string().starts_with("no invitation token: pass it"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("HEEX_INVITATION_TOKEN"), "{e}");
     }
 
     #[test]
