@@ -112,6 +112,7 @@ fn copy_error(e: &OutboxError) -> OutboxError {
             used: *used,
             max: *max,
         },
+        OutboxError::DiskFull { path } => OutboxError::DiskFull { path: path.clone() },
         _ => OutboxError::Closed,
     }
 }

@@ -80,13 +80,30 @@ pub enum OutboxError {
     /// The process's outbox writer stopped.
     #[error("the report outbox writer stopped")]
     Closed,
+    /// The filesystem holding the outbox has no space left (or the quota is used up).
+    #[error(
+        "no space left on the disk holding the report outbox ({}): the report was not \
+         queued; free space there and retry (reports already queued are kept)",
+        .path.display()
+    )]
+    DiskFull {
+        /// The file or directory that could not grow.
+        path: PathBuf,
+    },
 }
 
 impl OutboxError {
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
-        move |source| OutboxError::Io {
-            path: path.to_owned(),
-            source,
+        move |source| match source.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                OutboxError::DiskFull {
+                    path: path.to_owned(),
+                }
+            }
+            _ => OutboxError::Io {
+                path: path.to_owned(),
+                source,
+            },
         }
     }
 }
@@ -539,3 +556,27 @@ mod reader;
 mod tests;
 
 pub use reader::Reader;
+
+/// One record as the outbox stores it: `seq` and its compact JSON `payload` (at most
+/// [`MAX_REPORT_BYTES`], as [`prepare`] guarantees). Appending goes through
+/// [`Outbox::append`]; this is for tools and tests of the record format.
+pub fn encode_record(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    encode(seq, payload, &mut out);
+    out
+}
+
+/// The records at the start of `buf`, read the way the outbox reads a segment: up to the
+/// first bytes that are not a whole valid record. Returns the records and the number of
+/// bytes they take. Never panics, whatever `buf` holds.
+pub fn decode_records(buf: &[u8]) -> (Vec<Record>, usize) {
+    let (records, valid, _) = scan(buf);
+    let records = records
+        .into_iter()
+        .map(|(seq, range)| Record {
+            seq,
+            payload: buf.get(range).unwrap_or_default().to_vec(),
+        })
+        .collect();
+    (records, valid)
+}

@@ -12,11 +12,11 @@ use crate::intake::Intake;
 use crate::outbox::{self, Outbox, OutboxError};
 use crate::{AgentError, Config};
 
-/// The exit code for an outbox error: 75 when full (retry later), 65 for a bad report,
-/// 73 for a file error.
+/// The exit code for an outbox error: 75 when the outbox or the disk holding it is full
+/// (retry later), 65 for a bad report, 73 for a file error.
 pub fn exit_code(e: &OutboxError) -> i32 {
     match e {
-        OutboxError::Full { .. } => exit::TEMPFAIL,
+        OutboxError::Full { .. } | OutboxError::DiskFull { .. } => exit::TEMPFAIL,
         OutboxError::TooLarge { .. } | OutboxError::Invalid(_) => exit::DATA_ERROR,
         OutboxError::Io { .. } => exit::FILE_ERROR,
         _ => exit::SOFTWARE,

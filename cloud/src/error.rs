@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -182,6 +182,18 @@ impl ApiError {
         )
     }
 
+    /// 503 `unavailable`: the server's disk is full, so it cannot store anything now. The
+    /// cause is logged; the client is told what is wrong and that retrying later works.
+    pub fn disk_full(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "cannot write: the disk holding the data directory is full");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the server cannot store changes now: the disk holding its data directory is full; \
+             retry once its operator has freed space",
+        )
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -195,7 +207,10 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(e)
+        match e {
+            StoreError::DiskFull(_) => ApiError::disk_full(e),
+            e => ApiError::internal(e),
+        }
     }
 }
 
@@ -207,6 +222,11 @@ impl IntoResponse for ApiError {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"heex\""),
             );
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("30"));
         }
         response
     }

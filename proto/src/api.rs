@@ -101,6 +101,9 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// A server-side failure.
     Internal,
+    /// The server cannot take the request for now (e.g. its disk is full); the message says
+    /// why. Retry later.
+    Unavailable,
     /// A code this client does not know yet.
     #[serde(other)]
     Other,

@@ -318,4 +318,17 @@ mod tests {
             }
         );
     }
+
+    /// Found by fuzzing (see docs/fuzzing.md): numbers in a report payload must survive
+    /// decode(encode(m)) exactly, also long integers that only fit a float.
+    #[test]
+    fn report_numbers_round_trip_exactly() {
+        let payload = format!(
+            r#"{{"v":1,"msg":{{"type":"report","seq":1,"payload":{}1}}}}"#,
+            "4".repeat(70)
+        );
+        let m = decode_payload(payload.as_bytes()).unwrap();
+        let (again, _) = decode(&to_frame(&m).unwrap()).unwrap();
+        assert_eq!(again, m);
+    }
 }

@@ -247,3 +247,22 @@ fn prepare_checks_json_and_size() {
     assert!(matches!(err, OutboxError::TooLarge { .. }));
     assert!(err.to_string().contains("maximum"), "{err}");
 }
+
+/// Found by the `outbox_records` fuzz target: a 70-digit integer became a float whose
+/// printed form parsed back 1 ULP away, so a report's number changed on its way to the cloud.
+#[test]
+fn prepare_keeps_every_number_exact() {
+    let raw = format!("{}1", "4".repeat(70));
+    let compact = prepare(raw.as_bytes()).unwrap();
+    assert_eq!(prepare(&compact).unwrap(), compact);
+    for n in [
+        "0.1",
+        "1e-7",
+        "5e-324",
+        "1.7976931348623157e308",
+        "2.2250738585072014e-308",
+    ] {
+        let once = prepare(n.as_bytes()).unwrap();
+        assert_eq!(prepare(&once).unwrap(), once, "{n}");
+    }
+}
