@@ -78,6 +78,17 @@ pub enum OutboxError {
         /// The maximum.
         max: usize,
     },
+    /// A line on the report socket is longer than any report can be; reading stopped there.
+    #[error(
+        "the report line is more than {line_max} bytes long; a report may be at most {max} \
+         bytes of compact JSON"
+    )]
+    LineTooLong {
+        /// The longest line accepted.
+        line_max: usize,
+        /// The largest report.
+        max: usize,
+    },
     /// The report is not JSON.
     #[error("the report is not valid JSON: {0}")]
     Invalid(String),
