@@ -42,11 +42,19 @@ pub struct Config {
     /// Bound on the report outbox, in bytes; reports beyond it are refused, never dropped.
     #[serde(default = "default_outbox_max_bytes")]
     pub outbox_max_bytes: u64,
-    /// Unix socket where programs on the machine submit reports (default
-    /// `<state_dir>/agent.sock`).
+    /// Unix socket where programs on the machine submit reports (see
+    /// [`Config::socket_path`] for the default). `socket` is the older name.
+    #[serde(default, alias = "socket")]
+    pub socket_path: Option<PathBuf>,
+    /// Group (name or number) whose members may submit reports on the socket: the socket
+    /// and, when it is not the state directory, its directory get this group (0660 and
+    /// 0750). Default: the agent's own group.
     #[serde(default)]
-    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
 }
+
+/// The systemd RuntimeDirectory of the packaged unit; the socket lives here when it exists.
+pub const RUNTIME_DIR: &str = "/run/heex";
 
 fn default_heartbeat() -> Duration {
     Duration::from_secs(30)
@@ -144,6 +152,11 @@ impl Config {
         if self.backoff_max < self.backoff_initial {
             return Err("backoff_max must not be shorter than backoff_initial".into());
         }
+        if let Some(g) = &self.socket_group {
+            if g.is_empty() || g.contains(|c: char| c == ':' || c.is_whitespace()) {
+                return Err(format!("socket_group {g:?} is not a group name or number"));
+            }
+        }
         if self.outbox_max_bytes < crate::outbox::MIN_MAX_BYTES {
             return Err(format!(
                 "outbox_max_bytes must be at least {}",
@@ -183,11 +196,19 @@ impl Config {
     pub fn outbox_dir(&self) -> PathBuf {
         self.state_dir.join("outbox")
     }
-    /// The report intake socket.
+    /// The report intake socket: `socket_path`, else `/run/heex/agent.sock` when
+    /// `/run/heex` exists (the packaged unit's RuntimeDirectory, where a group may reach
+    /// it), else `<state_dir>/agent.sock` (reachable by the agent's user only: the state
+    /// directory is 0700).
     pub fn socket_path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("agent.sock"))
+        if let Some(p) = &self.socket_path {
+            return p.clone();
+        }
+        let runtime = Path::new(RUNTIME_DIR);
+        if runtime.is_dir() {
+            return runtime.join("agent.sock");
+        }
+        self.state_dir.join("agent.sock")
     }
 }
 
@@ -299,7 +320,9 @@ mod tests {
         let c = Config::parse(&minimal(), Path::new("a.toml")).unwrap();
         assert_eq!(c.outbox_max_bytes, crate::outbox::DEFAULT_MAX_BYTES);
         assert_eq!(c.outbox_dir(), Path::new("/var/lib/heex/outbox"));
-        assert_eq!(c.socket_path(), Path::new("/var/lib/heex/agent.sock"));
+        if !Path::new(RUNTIME_DIR).is_dir() {
+            assert_eq!(c.socket_path(), Path::new("/var/lib/heex/agent.sock"));
+        }
         let text = format!(
             "{}outbox_max_bytes = 1048576\nsocket = \"/run/heex/agent.sock\"\n",
             minimal()
@@ -307,6 +330,16 @@ mod tests {
         let c = Config::parse(&text, Path::new("a.toml")).unwrap();
         assert_eq!(c.outbox_max_bytes, 1 << 20);
         assert_eq!(c.socket_path(), Path::new("/run/heex/agent.sock"));
+        let text = format!(
+            "{}socket_path = \"/tmp/x.sock\"\nsocket_group = \"robots\"\n",
+            minimal()
+        );
+        let c = Config::parse(&text, Path::new("a.toml")).unwrap();
+        assert_eq!(c.socket_path(), Path::new("/tmp/x.sock"));
+        assert_eq!(c.socket_group.as_deref(), Some("robots"));
+        let bad = format!("{}socket_group = \"a:b\"\n", minimal());
+        let err = Config::parse(&bad, Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("socket_group"), "{err}");
         let tiny = format!("{}outbox_max_bytes = 1000\n", minimal());
         let err = Config::parse(&tiny, Path::new("a.toml")).unwrap_err();
         assert!(err.to_string().contains("outbox_max_bytes"), "{err}");

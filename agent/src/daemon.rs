@@ -94,6 +94,7 @@ pub async fn run(
         &config.outbox_dir(),
         config.outbox_max_bytes,
         config.socket_path(),
+        config.socket_group.as_deref(),
         cancel.clone(),
     )?;
     let mut params = SessionParams {

@@ -5,6 +5,12 @@
 //! at once; the gateway answers `ReportAck{seq}` (cumulative) once the store committed them.
 //! A new session starts again after the last acknowledged record, so a lost ack only means
 //! a redelivery, which the cloud ignores.
+//!
+//! A rewound outbox (restored from a backup or snapshot) is put right with the cloud's
+//! help: Welcome says where the cloud's free numbers start and the outbox's numbering moves
+//! up to it ([`Reports::resume_at`]); a pending report whose number the cloud holds with
+//! other content comes back as `ReportConflict` and is queued again under a fresh number
+//! ([`Reports::requeue`]) before its old number counts as done.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,6 +75,66 @@ impl Reports {
     /// Highest sequence number the cloud acknowledged.
     pub fn acked(&self) -> u64 {
         self.with(|i| i.acked)
+    }
+
+    /// The number the next new report will get (Hello's `next_report_seq`), or 0 when the
+    /// outbox cannot be read.
+    pub fn next_seq(&self) -> u64 {
+        self.with(|i| i.outbox.next_seq()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the report outbox");
+            0
+        })
+    }
+
+    /// Welcome said the cloud's free numbers start at `cloud_next`: new reports are
+    /// numbered from there at least, durably.
+    pub fn resume_at(&self, cloud_next: u64) -> Result<(), outbox::OutboxError> {
+        self.with(|i| {
+            let own = i.outbox.next_seq()?;
+            if cloud_next <= own {
+                return Ok(());
+            }
+            i.outbox.raise_floor(cloud_next)?;
+            outbox::notice(
+                i.outbox.dir(),
+                &format!(
+                    "the report outbox was rewound (restored from a backup or snapshot?): the                      cloud holds reports up to {} but this outbox would have numbered its next                      report {own}; new reports are numbered from {cloud_next}, and pending ones                      the cloud holds differently are queued again",
+                    cloud_next - 1
+                ),
+            );
+            Ok(())
+        })
+    }
+
+    /// The cloud holds another report under `seq` (every report below it is settled):
+    /// appends this one again under a fresh number of at least `cloud_next`, then counts
+    /// `seq` as done. Returns the new number. On an error nothing is counted as done, so the
+    /// report is delivered (and conflicts) again on the next session.
+    pub fn requeue(&self, seq: u64, cloud_next: u64) -> Result<u64, outbox::OutboxError> {
+        self.with(|i| {
+            let record = i.reader.read(seq.saturating_sub(1), 1)?;
+            let Some(record) = record.into_iter().find(|r| r.seq == seq) else {
+                // Not in the outbox (acknowledged and compacted meanwhile): nothing to do.
+                tracing::warn!(seq, "the cloud reported a conflict for a report no longer queued");
+                return Ok(seq);
+            };
+            i.outbox.raise_floor(cloud_next)?;
+            let fresh = i
+                .outbox
+                .append(&[record.payload])?
+                .pop()
+                .ok_or(outbox::OutboxError::Closed)??;
+            // Durably done at once: a redelivery of `seq` after a restart would queue it again.
+            i.acked = i.acked.max(seq);
+            persist(i);
+            outbox::notice(
+                i.outbox.dir(),
+                &format!(
+                    "report {seq} was queued again as report {fresh}: the cloud already held                      another report numbered {seq} (the outbox had been rewound)"
+                ),
+            );
+            Ok(fresh)
+        })
     }
 
     /// Up to `max` records after `after`; waits until there is at least one. Cancel-safe.

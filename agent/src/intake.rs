@@ -132,6 +132,7 @@ pub fn start(
     outbox_dir: &Path,
     max_bytes: u64,
     socket: PathBuf,
+    socket_group: Option<&str>,
     cancel: CancellationToken,
 ) -> Result<(Intake, Reports), OutboxError> {
     let mut appender = Outbox::open(outbox_dir, max_bytes)?;
@@ -140,7 +141,8 @@ pub fn start(
     let appended = Arc::new(Notify::new());
     let intake = Intake::spawn(appender, appended.clone())?;
     let reports = Reports::new(acker, appended);
-    match bind(&socket) {
+    let state_dir = outbox_dir.parent().unwrap_or(outbox_dir);
+    match bind(&socket, socket_group, state_dir) {
         Ok(listener) => {
             tracing::info!(socket = %socket.display(), "accepting reports on the socket");
             tokio::spawn(serve(listener, socket, intake.clone(), cancel));
@@ -154,8 +156,53 @@ pub fn start(
     Ok((intake, reports))
 }
 
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// The group id of `group`: a number, or a name in `/etc/group`.
+fn resolve_group(group: &str) -> std::io::Result<rustix::fs::Gid> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(rustix::fs::Gid::from_raw(n));
+    }
+    let groups = std::fs::read_to_string("/etc/group")?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .map(rustix::fs::Gid::from_raw)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no group {group:?} in /etc/group (socket_group in agent.toml)"),
+            )
+        })
+}
+
+/// Binds the report socket: 0660, in `group` when given, so the group's members may write
+/// reports. Its directory must let them in too: a directory the agent creates for it, or the
+/// runtime directory (`/run/heex`), is made 0750 in that group. The state directory (0700,
+/// it holds the device key) is never opened up: a socket there serves the agent's user only.
+fn bind(path: &Path, group: Option<&str>, state_dir: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let gid = group.map(resolve_group).transpose()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let own = !dir.exists() || dir == Path::new(crate::config::RUNTIME_DIR);
+        if dir == state_dir {
+            tracing::info!(
+                socket = %path.display(),
+                "the report socket is in the state directory: only the agent's user can use \
+                 it (set socket_path, e.g. /run/heex/agent.sock, for group access)"
+            );
+        } else if own {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+            if gid.is_some() {
+                rustix::fs::chown(dir, None, gid)?;
+            }
+        }
+    }
     // A socket left by a previous run that was killed; never remove anything else.
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
@@ -165,6 +212,9 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     // Owner and group (e.g. the robot's programs in the heex group) may write reports.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if gid.is_some() {
+        rustix::fs::chown(path, None, gid)?;
+    }
     Ok(listener)
 }
 
@@ -232,8 +282,8 @@ async fn connection(stream: UnixStream, intake: Intake, cancel: CancellationToke
         }
         if line.len() > MAX_LINE {
             let _ = tx
-                .send(Pending::Done(Err(OutboxError::TooLarge {
-                    len: line.len(),
+                .send(Pending::Done(Err(OutboxError::LineTooLong {
+                    line_max: MAX_LINE,
                     max: MAX_REPORT_BYTES,
                 })))
                 .await;

@@ -58,6 +58,9 @@ pub enum AgentError {
     /// The report input could not be read.
     #[error("cannot read the report from {0}")]
     ReportInput(String),
+    /// Neither the outbox nor the report socket may be used by this user.
+    #[error("{0}")]
+    ReportAccess(String),
 }
 
 impl AgentError {
@@ -69,7 +72,7 @@ impl AgentError {
             AgentError::Daemon(daemon::DaemonError::Outbox(_)) => exit::FILE_ERROR,
             AgentError::Daemon(_) | AgentError::Runtime(_) => exit::SOFTWARE,
             AgentError::Report(e) => report::exit_code(e),
-            AgentError::ReportInput(_) => exit::FILE_ERROR,
+            AgentError::ReportInput(_) | AgentError::ReportAccess(_) => exit::FILE_ERROR,
         }
     }
 }

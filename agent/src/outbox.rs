@@ -11,12 +11,18 @@
 //!   number of `heex-agent report` processes may append at once. The appender assigns the
 //!   per-device sequence numbers, writes a whole batch with one `write`, `fdatasync`s once and
 //!   only then releases the lock and answers: success means durable.
-//! * A writer that dies mid-write leaves a torn record; whoever takes the lock next finds the
-//!   first record that does not check out and cuts the segment there (a live writer always
-//!   holds the lock, so anything invalid under the lock is garbage). Valid records are kept.
-//! * `acked` holds the highest sequence number the cloud confirmed (written atomically).
-//!   Segments whose every record is acknowledged are deleted; the newest segment is always
-//!   kept, so sequence numbers never go backwards.
+//! * Damaged bytes (a flipped bit, a bad sector) cost only the records they hit: the scanner
+//!   ([`scan_records`]) resynchronises at the next record that checks out and keeps every
+//!   valid record after it, and the skipped bytes and sequence numbers are logged and shown
+//!   by `heex-agent status`. Only invalid bytes with no valid record after them are a torn
+//!   tail: a writer that died mid-write. Whoever takes the lock next cuts it (a live writer
+//!   always holds the lock, so anything invalid under the lock is garbage).
+//! * `acked` holds the highest sequence number the cloud confirmed, `floor` the lowest the
+//!   cloud allows next (see [`position`]); both are written atomically. The next sequence
+//!   number is above every valid record ever seen in any segment, above `acked` and at
+//!   least `floor`, so numbers never go backwards and a report is never numbered where
+//!   delivery would take it for acknowledged. Segments whose every record is acknowledged
+//!   are deleted; the newest segment is always kept.
 //! * The total size of the segments is bounded: an append beyond it fails with
 //!   [`OutboxError::Full`]; nothing is ever dropped silently.
 
@@ -30,8 +36,7 @@ use heex_proto::frame::MAX_REPORT_BYTES;
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest accepted bound: room for two reports of the largest size.
 pub const MIN_MAX_BYTES: u64 = 2 * (MAX_REPORT_BYTES as u64 + HEADER_LEN as u64);
-/// Bytes before each payload.
-pub const HEADER_LEN: usize = 16;
+pub use scan::HEADER_LEN;
 /// Largest segment before a new one is started (smaller for small outboxes, so acknowledged
 /// records do not hold on to much of the bound).
 pub const MAX_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
@@ -39,7 +44,6 @@ pub const MAX_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// Bytes read at once when delivering; holds any whole record.
 const READ_CHUNK: u64 = 256 * 1024;
 const LOCK_FILE: &str = "lock";
-const CURSOR_FILE: &str = "acked";
 const SEGMENT_PREFIX: &str = "seg-";
 const SEGMENT_SUFFIX: &str = ".log";
 
@@ -74,6 +78,17 @@ pub enum OutboxError {
         /// The maximum.
         max: usize,
     },
+    /// A line on the report socket is longer than any report can be; reading stopped there.
+    #[error(
+        "the report line is more than {line_max} bytes long; a report may be at most {max} \
+         bytes of compact JSON"
+    )]
+    LineTooLong {
+        /// The longest line accepted.
+        line_max: usize,
+        /// The largest report.
+        max: usize,
+    },
     /// The report is not JSON.
     #[error("the report is not valid JSON: {0}")]
     Invalid(String),
@@ -93,7 +108,7 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
-    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
         move |source| match source.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
                 OutboxError::DiskFull {
@@ -139,75 +154,9 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-/// What the bytes at an offset hold.
-enum Parsed {
-    /// A valid record of `len` bytes in all.
-    Record { seq: u64, len: usize },
-    /// The bytes end inside a record.
-    Incomplete,
-    /// The bytes are not a record.
-    Corrupt,
-}
-
-fn parse(buf: &[u8]) -> Parsed {
-    let Some(header) = buf.get(..HEADER_LEN) else {
-        return Parsed::Incomplete;
-    };
-    let word = |at: usize| {
-        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let len = word(0) as usize;
-    let crc = word(4);
-    let mut seq_bytes = [0u8; 8];
-    seq_bytes.copy_from_slice(&header[8..16]);
-    let seq = u64::from_le_bytes(seq_bytes);
-    if len == 0 || len > MAX_REPORT_BYTES || seq == 0 {
-        return Parsed::Corrupt;
-    }
-    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
-        return Parsed::Incomplete;
-    };
-    if checksum(&header[0..4], &seq_bytes, payload) != crc {
-        return Parsed::Corrupt;
-    }
-    Parsed::Record {
-        seq,
-        len: HEADER_LEN + len,
-    }
-}
-
-fn checksum(len: &[u8], seq: &[u8], payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(len);
-    h.update(seq);
-    h.update(payload);
-    h.finalize()
-}
-
+/// Appends one record to `out` (see [`scan::encode_record`]).
 fn encode(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
-    // prepare() bounds payloads to MAX_REPORT_BYTES, far below u32::MAX.
-    let len = (payload.len() as u32).to_le_bytes();
-    let seq_bytes = seq.to_le_bytes();
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&checksum(&len, &seq_bytes, payload).to_le_bytes());
-    out.extend_from_slice(&seq_bytes);
-    out.extend_from_slice(payload);
-}
-
-/// Scans `buf` from the start: (records, valid length, whether something invalid follows).
-fn scan(buf: &[u8]) -> (Vec<(u64, std::ops::Range<usize>)>, usize, bool) {
-    let mut at = 0;
-    let mut out = Vec::new();
-    loop {
-        match parse(&buf[at..]) {
-            Parsed::Record { seq, len } => {
-                out.push((seq, at + HEADER_LEN..at + len));
-                at += len;
-            }
-            Parsed::Incomplete => return (out, at, at < buf.len()),
-            Parsed::Corrupt => return (out, at, true),
-        }
-    }
+    scan::encode_record(seq, payload, out);
 }
 
 fn segment_name(first: u64) -> String {
@@ -246,37 +195,6 @@ fn sync_dir(dir: &Path) -> Result<(), OutboxError> {
         .map_err(OutboxError::io(dir))
 }
 
-/// The highest acknowledged sequence number recorded in `dir` (0 when none).
-pub fn read_cursor(dir: &Path) -> u64 {
-    let Ok(bytes) = fs::read(dir.join(CURSOR_FILE)) else {
-        return 0;
-    };
-    if bytes.len() != 12 {
-        tracing::warn!("outbox ack cursor is corrupt; unacknowledged reports will be resent");
-        return 0;
-    }
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&bytes[..8]);
-    let crc = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if crc32fast::hash(&seq) != crc {
-        tracing::warn!("outbox ack cursor is corrupt; unacknowledged reports will be resent");
-        return 0;
-    }
-    u64::from_le_bytes(seq)
-}
-
-fn write_cursor(dir: &Path, seq: u64) -> Result<(), OutboxError> {
-    let mut bytes = seq.to_le_bytes().to_vec();
-    bytes.extend_from_slice(&crc32fast::hash(&seq.to_le_bytes()).to_le_bytes());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(OutboxError::io(dir))?;
-    tmp.write_all(&bytes).map_err(OutboxError::io(dir))?;
-    tmp.as_file().sync_data().map_err(OutboxError::io(dir))?;
-    let path = dir.join(CURSOR_FILE);
-    tmp.persist(&path)
-        .map_err(|e| OutboxError::io(&path)(e.error))?;
-    sync_dir(dir)
-}
-
 /// The newest segment as this handle last saw it under the lock.
 struct Tail {
     first: u64,
@@ -294,6 +212,8 @@ pub struct Outbox {
     max_bytes: u64,
     segment_limit: u64,
     tail: Option<Tail>,
+    /// The highest sequence number this handle saw in any segment.
+    seen: u64,
 }
 
 /// Releases the outbox lock when dropped.
@@ -317,8 +237,8 @@ impl Drop for Locked<'_> {
 }
 
 impl Outbox {
-    /// Opens (creating if needed) the outbox in `dir`, bounded to `max_bytes`, and repairs
-    /// it: in each segment, records after the first one that does not check out are cut.
+    /// Opens (creating if needed) the outbox in `dir`, bounded to `max_bytes`, and cuts a
+    /// torn tail off its newest segment ([`Outbox::repair`] checks all of them).
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
         fs::create_dir_all(dir).map_err(OutboxError::io(dir))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -334,6 +254,7 @@ impl Outbox {
             max_bytes,
             segment_limit: (max_bytes / 16).clamp(64 * 1024, MAX_SEGMENT_BYTES),
             tail: None,
+            seen: 0,
         };
         let lock = outbox.lock.try_clone().map_err(OutboxError::io(dir))?;
         let _locked = Locked::take(&lock, dir)?;
@@ -346,39 +267,78 @@ impl Outbox {
         &self.dir
     }
 
-    /// Checks every segment (not only the newest, which [`Outbox::open`] checks) and cuts
-    /// each at its first invalid record. The daemon runs this once at start-up.
+    /// Checks every segment (not only the newest, which [`Outbox::open`] checks): logs and
+    /// records a notice for damaged bytes skipped in the middle (the valid records after
+    /// them are kept), and cuts each segment's torn tail. The daemon runs this once at
+    /// start-up.
     pub fn repair(&mut self) -> Result<(), OutboxError> {
         let lock = self.lock.try_clone().map_err(OutboxError::io(&self.dir))?;
         let _locked = Locked::take(&lock, &self.dir)?;
         let segs = segments(&self.dir)?;
-        let last = segs.len().saturating_sub(1);
-        for (i, (_, path, _)) in segs.iter().enumerate() {
-            if i == last {
-                break; // the newest is checked by refresh() below
-            }
+        for (first, path, _) in &segs {
             let buf = fs::read(path).map_err(OutboxError::io(path))?;
-            let (records, valid, bad) = scan(&buf);
-            if bad {
+            let scan = scan_records(&buf);
+            self.seen = self.seen.max(scan.highest_seq().unwrap_or(0));
+            if !scan.skipped.is_empty() {
+                let lost: Vec<String> = scan
+                    .lost_seqs(*first)
+                    .iter()
+                    .map(|(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
+                    .collect();
+                let lost = if lost.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (reports numbered {} are unreadable)", lost.join(", "))
+                };
+                notice(
+                    &self.dir,
+                    &format!(
+                        "outbox segment {} is damaged: skipped {} bytes in {} place(s){lost}; \
+                         kept the {} valid records around them",
+                        path.display(),
+                        scan.skipped_bytes(),
+                        scan.skipped.len(),
+                        scan.records.len()
+                    ),
+                );
+            }
+            if scan.valid_len < buf.len() {
                 tracing::warn!(
                     segment = %path.display(),
-                    kept = records.len(),
-                    "outbox segment is corrupt after its last valid record; cutting it there"
+                    cut = buf.len() - scan.valid_len,
+                    "outbox segment ends in a torn or corrupt record; cutting it"
                 );
-                truncate(path, valid as u64)?;
+                truncate(path, scan.valid_len as u64)?;
             }
         }
         self.tail = None;
         self.refresh()
     }
 
+    /// The lowest number the next report may get from what is recorded besides the
+    /// segments: above the last acknowledged report, at least the cloud's floor, above any
+    /// record this handle ever saw.
+    fn numbering_floor(&self) -> u64 {
+        read_cursor(&self.dir)
+            .saturating_add(1)
+            .max(read_floor(&self.dir))
+            .max(self.seen.saturating_add(1))
+    }
+
     /// Brings the cached tail up to date. Must hold the lock.
     fn refresh(&mut self) -> Result<(), OutboxError> {
         let segs = segments(&self.dir)?;
+        let floor = self.numbering_floor();
         let Some((first, path, size)) = segs.last().cloned() else {
             // A fresh outbox (or one whose segments were removed by hand): continue after
             // the last acknowledged report so numbers never repeat.
-            return self.start_segment(read_cursor(&self.dir) + 1);
+            return self.start_segment(floor);
         };
         let reuse = matches!(&self.tail, Some(t) if t.first == first && t.len <= size);
         if !reuse {
@@ -394,6 +354,7 @@ impl Outbox {
         let Some(tail) = self.tail.as_mut() else {
             return Ok(());
         };
+        tail.next_seq = tail.next_seq.max(floor);
         if size == tail.len {
             return Ok(());
         }
@@ -403,12 +364,21 @@ impl Outbox {
             .seek(SeekFrom::Start(tail.len))
             .and_then(|_| tail.file.read_to_end(&mut buf))
             .map_err(OutboxError::io(&path))?;
-        let (records, valid, bad) = scan(&buf);
-        if let Some((seq, _)) = records.last() {
-            tail.next_seq = tail.next_seq.max(seq + 1);
+        let scan = scan_records(&buf);
+        if let Some(seq) = scan.highest_seq() {
+            tail.next_seq = tail.next_seq.max(seq.saturating_add(1));
+            self.seen = self.seen.max(seq);
         }
-        tail.len += valid as u64;
-        if bad || tail.len < size {
+        if !scan.skipped.is_empty() {
+            // Logged loudly (and recorded) by repair(), which the daemon runs at start-up.
+            tracing::debug!(
+                segment = %path.display(),
+                skipped = scan.skipped_bytes(),
+                "skipping damaged bytes in the outbox"
+            );
+        }
+        tail.len += scan.valid_len as u64;
+        if tail.len < size {
             tracing::warn!(
                 segment = %path.display(),
                 cut = size - tail.len,
@@ -420,6 +390,31 @@ impl Outbox {
                 .map_err(OutboxError::io(&path))?;
         }
         Ok(())
+    }
+
+    /// The sequence number the next report will get.
+    pub fn next_seq(&mut self) -> Result<u64, OutboxError> {
+        let lock = self.lock.try_clone().map_err(OutboxError::io(&self.dir))?;
+        let _locked = Locked::take(&lock, &self.dir)?;
+        self.refresh()?;
+        Ok(self.tail.as_ref().map_or(0, |t| t.next_seq))
+    }
+
+    /// Makes sure the next report gets a number of at least `seq`, durably (the `floor`
+    /// file). True when that raised the numbering.
+    pub fn raise_floor(&mut self, seq: u64) -> Result<bool, OutboxError> {
+        let lock = self.lock.try_clone().map_err(OutboxError::io(&self.dir))?;
+        let _locked = Locked::take(&lock, &self.dir)?;
+        self.refresh()?;
+        let Some(tail) = self.tail.as_mut() else {
+            return Err(OutboxError::Closed);
+        };
+        if seq <= tail.next_seq {
+            return Ok(false);
+        }
+        position::write_mark(&self.dir, position::FLOOR_FILE, seq)?;
+        tail.next_seq = seq;
+        Ok(true)
     }
 
     /// Appends each payload (compact JSON from [`prepare`]) durably. Answers per payload:
@@ -504,7 +499,7 @@ impl Outbox {
         if seq <= read_cursor(&self.dir) {
             return Ok(());
         }
-        write_cursor(&self.dir, seq)?;
+        position::write_mark(&self.dir, position::CURSOR_FILE, seq)?;
         let lock = self.lock.try_clone().map_err(OutboxError::io(&self.dir))?;
         let _locked = Locked::take(&lock, &self.dir)?;
         self.compact(seq)
@@ -551,32 +546,12 @@ fn truncate(path: &Path, len: u64) -> Result<(), OutboxError> {
         .map_err(OutboxError::io(path))
 }
 
+mod position;
 mod reader;
+pub mod scan;
 #[cfg(test)]
 mod tests;
 
+pub use position::{notice, position, read_cursor, read_floor, read_notice, Notice, Position};
 pub use reader::Reader;
-
-/// One record as the outbox stores it: `seq` and its compact JSON `payload` (at most
-/// [`MAX_REPORT_BYTES`], as [`prepare`] guarantees). Appending goes through
-/// [`Outbox::append`]; this is for tools and tests of the record format.
-pub fn encode_record(seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    encode(seq, payload, &mut out);
-    out
-}
-
-/// The records at the start of `buf`, read the way the outbox reads a segment: up to the
-/// first bytes that are not a whole valid record. Returns the records and the number of
-/// bytes they take. Never panics, whatever `buf` holds.
-pub fn decode_records(buf: &[u8]) -> (Vec<Record>, usize) {
-    let (records, valid, _) = scan(buf);
-    let records = records
-        .into_iter()
-        .map(|(seq, range)| Record {
-            seq,
-            payload: buf.get(range).unwrap_or_default().to_vec(),
-        })
-        .collect();
-    (records, valid)
-}
+pub use scan::{encode_record, scan_records, Found, Scan};

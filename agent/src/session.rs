@@ -100,7 +100,7 @@ pub enum SessionError {
     #[error("the gateway did not agree on protocol heex/1")]
     Alpn,
     /// A step took too long.
-    #[error("timed out while {0}")]
+    #[error("timed out {0}")]
     Timeout(&'static str),
     /// No heartbeat ack within the bound.
     #[error("no heartbeat ack for {0:?}: connection presumed dead")]
@@ -111,6 +111,15 @@ pub enum SessionError {
     /// The gateway broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A report the cloud answered with a conflict cannot be queued again now; it stays
+    /// pending and conflicts again on the next session.
+    #[error("cannot queue report {seq} again under a fresh number: {error}")]
+    Requeue {
+        /// The conflicting sequence number.
+        seq: u64,
+        /// Why.
+        error: String,
+    },
 }
 
 /// How a session ended.
@@ -210,7 +219,7 @@ async fn connect(params: &SessionParams) -> Result<TlsStream<TcpStream>, Session
         TlsConnector::from(params.tls.clone()).connect(name, tcp),
     )
     .await
-    .map_err(|_| SessionError::Timeout("the TLS handshake"))?
+    .map_err(|_| SessionError::Timeout("during the TLS handshake"))?
     .map_err(SessionError::Tls)?;
     if tls.get_ref().1.alpn_protocol() != Some(heex_proto::ALPN) {
         return Err(SessionError::Alpn);
@@ -238,7 +247,7 @@ async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, SessionError> {
     socket.set_nodelay(true).map_err(err)?;
     tokio::time::timeout(STEP_TIMEOUT, socket.connect(addr))
         .await
-        .map_err(|_| SessionError::Timeout("connecting to the gateway"))?
+        .map_err(|_| SessionError::Timeout("while connecting to the gateway"))?
         .map_err(err)
 }
 
@@ -257,7 +266,7 @@ impl Session<'_> {
     ) -> Result<(), SessionError> {
         tokio::time::timeout(WRITE_TIMEOUT, frames::write(stream, msg, &mut self.buf))
             .await
-            .map_err(|_| SessionError::Timeout("sending to the gateway"))??;
+            .map_err(|_| SessionError::Timeout("while sending to the gateway"))??;
         Ok(())
     }
 
@@ -270,7 +279,7 @@ impl Session<'_> {
         let hello = Message::Hello {
             agent_version: heex_proto::VERSION.to_owned(),
             facts: facts::gather(),
-            next_report_seq: self.params.reports.as_ref().map_or(0, |r| r.acked() + 1),
+            next_report_seq: self.params.reports.as_ref().map_or(0, |r| r.next_seq()),
         };
         self.send(stream, &hello).await?;
 
@@ -280,11 +289,22 @@ impl Session<'_> {
                 return Ok(SessionEnd::Shutdown);
             }
             r = tokio::time::timeout(STEP_TIMEOUT, self.reader.read(stream)) => {
-                r.map_err(|_| SessionError::Timeout("waiting for Welcome"))??
+                r.map_err(|_| SessionError::Timeout("while waiting for Welcome"))??
             }
         };
         match first {
-            Message::Welcome { device_id, .. } if device_id == self.params.device_id => {}
+            Message::Welcome {
+                device_id,
+                next_report_seq,
+                ..
+            } if device_id == self.params.device_id => {
+                if let Some(r) = &self.params.reports {
+                    // Failing to raise it is not fatal: conflicts still renumber reports.
+                    if let Err(e) = r.resume_at(next_report_seq) {
+                        tracing::warn!(error = %e, "cannot move the outbox numbering up");
+                    }
+                }
+            }
             Message::Welcome { device_id, .. } => {
                 return Err(SessionError::Protocol(format!(
                     "the gateway welcomed {device_id}, not this device"
@@ -335,6 +355,19 @@ impl Session<'_> {
                     }
                     Message::Close { reason, message } => {
                         return Ok(SessionEnd::Closed { reason, message });
+                    }
+                    Message::ReportConflict { seq: conflict, next_seq } => {
+                        if let Some(r) = &p.reports {
+                            if conflict > sent {
+                                return Err(SessionError::Protocol(format!(
+                                    "conflict reported for report {conflict}, never sent"
+                                )));
+                            }
+                            r.requeue(conflict, next_seq).map_err(|e| SessionError::Requeue {
+                                seq: conflict,
+                                error: e.to_string(),
+                            })?;
+                        }
                     }
                     Message::ReportAck { seq: acked } => {
                         if let Some(r) = &p.reports {
@@ -421,6 +454,7 @@ pub fn kind(msg: &Message) -> &'static str {
         Message::Facts { .. } => "facts",
         Message::Report { .. } => "report",
         Message::ReportAck { .. } => "report_ack",
+        Message::ReportConflict { .. } => "report_conflict",
         Message::RenewRequest { .. } => "renew_request",
         Message::RenewResponse { .. } => "renew_response",
         Message::Close { .. } => "close",

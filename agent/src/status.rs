@@ -162,6 +162,9 @@ pub struct Report {
     pub last_error: Option<String>,
     /// Daemon process id, when running.
     pub pid: Option<u32>,
+    /// Where the report outbox stands (numbering, acknowledgements, its latest notice), when
+    /// it can be read.
+    pub outbox: Option<crate::outbox::Position>,
 }
 
 /// Builds the status report from the configuration, the status file and the certificate.
@@ -199,6 +202,11 @@ pub fn report(config: &Config) -> Report {
             .and_then(|s| s.last_error.clone())
             .or(cert_error),
         pid: status.as_ref().map(|s| s.pid).filter(|_| running),
+        outbox: config
+            .outbox_dir()
+            .is_dir()
+            .then(|| crate::outbox::position(&config.outbox_dir()).ok())
+            .flatten(),
     }
 }
 
@@ -241,6 +249,21 @@ impl Report {
         }
         if let Some(e) = &self.last_error {
             line("Last error:", e.clone());
+        }
+        if let Some(o) = &self.outbox {
+            line(
+                "Outbox:",
+                format!(
+                    "{} waiting, acknowledged up to {}, next report {}",
+                    o.pending, o.acked, o.next_seq
+                ),
+            );
+            if let Some(n) = &o.notice {
+                line(
+                    "Outbox notice:",
+                    format!("{} {}", ts(Some(n.at)), n.message),
+                );
+            }
         }
         out
     }

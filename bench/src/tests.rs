@@ -173,6 +173,7 @@ async fn serve(f: &Fixture, restart: Restart) -> SocketAddr {
                             Message::Hello { .. } => Message::Welcome {
                                 device_id: device.clone(),
                                 server_time: 0,
+                                next_report_seq: 0,
                             },
                             Message::Heartbeat { seq } => Message::HeartbeatAck { seq },
                             Message::Close { .. } => return,

@@ -1,13 +1,14 @@
 //! The outbox record scanner, on arbitrary segment bytes (a torn write, a flipped bit, a
 //! foreign file), and the record codec's round trip.
 //!
-//! Properties: scanning never panics; the records found are exactly what encoding them gives
-//! back, byte for byte, and they cover the valid prefix; records encoded from any
-//! (seq, payload) list scan back to that list; a cut anywhere keeps every whole record
-//! before the cut; the report intake (`prepare`) is idempotent on what it accepts.
+//! Properties: scanning never panics; every record found re-encodes to exactly the bytes it
+//! was found at, and found records and skipped ranges never overlap; records encoded from
+//! any (seq, payload) list scan back to that list; a cut anywhere keeps every whole record
+//! before the cut; a flipped byte loses at most the one record it lands in (the scanner
+//! resynchronises past it); the report intake (`prepare`) is idempotent on what it accepts.
 #![no_main]
 
-use heex_agent::outbox::{self, decode_records, encode_record, HEADER_LEN};
+use heex_agent::outbox::{self, encode_record, scan_records, HEADER_LEN};
 use heex_proto::frame::MAX_REPORT_BYTES;
 use libfuzzer_sys::fuzz_target;
 
@@ -67,7 +68,7 @@ fn records(mut rest: &[u8]) {
     let mut buf = Vec::new();
     let mut ends = Vec::new();
     for (seq, p) in &records {
-        buf.extend_from_slice(&encode_record(*seq, p));
+        encode_record(*seq, p, &mut buf);
         ends.push(buf.len());
     }
     // encode -> scan gives the records back, covering every byte.
@@ -84,31 +85,62 @@ fn records(mut rest: &[u8]) {
     let whole = ends.iter().filter(|&&e| e <= cut).count();
     assert_eq!(got.len(), whole);
     assert_eq!(valid, if whole == 0 { 0 } else { ends[whole - 1] });
-    // A flipped byte: every record before the damaged one survives.
+    // A flipped byte: every record but the one it lands in survives.
     if !buf.is_empty() && mask != 0 {
         let at = at % buf.len();
         buf[at] ^= mask;
         let (got, _) = decode_records(&buf);
-        let before = ends.iter().filter(|&&e| e <= at).count();
-        assert!(got.len() >= before);
-        for (r, (seq, p)) in got.iter().zip(&records).take(before) {
-            assert_eq!(r.seq, *seq);
-            assert_eq!(&r.payload[..], *p);
+        for (i, (seq, p)) in records.iter().enumerate() {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            if (start..ends[i]).contains(&at) {
+                continue;
+            }
+            assert!(
+                got.iter().any(|r| r.seq == *seq && &r.payload[..] == *p),
+                "record {seq} after a flipped byte at {at} was lost"
+            );
         }
         check_scan(&buf);
     }
 }
 
-/// Whatever the bytes, the records found re-encode to the valid prefix exactly.
+struct Record {
+    seq: u64,
+    payload: Vec<u8>,
+}
+
+/// The records found in `buf` and the end of the last one.
+fn decode_records(buf: &[u8]) -> (Vec<Record>, usize) {
+    let scan = scan_records(buf);
+    let records = scan
+        .records
+        .iter()
+        .map(|f| Record {
+            seq: f.seq,
+            payload: buf[f.payload.clone()].to_vec(),
+        })
+        .collect();
+    (records, scan.valid_len)
+}
+
+/// Whatever the bytes, each record found re-encodes to exactly the bytes it was found at, in
+/// order, and no skipped range overlaps a record.
 fn check_scan(buf: &[u8]) {
-    let (records, valid) = decode_records(buf);
-    assert!(valid <= buf.len());
-    let mut again = Vec::with_capacity(valid);
-    for r in &records {
-        assert_ne!(r.seq, 0);
-        assert!(!r.payload.is_empty() && r.payload.len() <= MAX_REPORT_BYTES);
-        again.extend_from_slice(&encode_record(r.seq, &r.payload));
+    let scan = scan_records(buf);
+    assert!(scan.valid_len <= buf.len());
+    let mut last_end = 0;
+    for f in &scan.records {
+        assert!(f.record.start >= last_end, "records overlap");
+        last_end = f.record.end;
+        assert_ne!(f.seq, 0);
+        let payload = &buf[f.payload.clone()];
+        assert!(!payload.is_empty() && payload.len() <= MAX_REPORT_BYTES);
+        let mut again = Vec::new();
+        encode_record(f.seq, payload, &mut again);
+        assert_eq!(&again[..], &buf[f.record.clone()]);
+        assert!(f.record.len() >= HEADER_LEN);
+        for s in &scan.skipped {
+            assert!(s.end <= f.record.start || s.start >= f.record.end, "skipped a record");
+        }
     }
-    assert_eq!(&again[..], &buf[..valid]);
-    assert!(records.len() * HEADER_LEN <= valid);
 }

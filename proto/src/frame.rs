@@ -5,6 +5,12 @@
 //! [`MAX_FRAME_LEN`] before any payload is buffered, so a peer cannot make the other side
 //! allocate more than that. Readers that want to hold no buffer while idle read the 4-byte
 //! header with [`payload_len`], then exactly that many bytes, then call [`decode_payload`].
+//!
+//! Compatibility: fields added to a message carry `#[serde(default)]` and unknown fields are
+//! ignored, so old and new peers read each other's messages. A message *type* a peer does
+//! not know is a malformed frame to it, which ends the session with a protocol error: a new
+//! type is never silently dropped. (`report_conflict` is such a type: an agent too old to
+//! know it reconnects and logs the error instead of losing the report.)
 
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +60,8 @@ pub enum Message {
         agent_version: String,
         /// System facts.
         facts: Facts,
-        /// Sequence number of the next report the agent will send (outbox position).
+        /// The sequence number the agent's next new report will get (its outbox position):
+        /// the gateway compares it with what it stored to notice a rewound outbox.
         #[serde(default)]
         next_report_seq: u64,
     },
@@ -64,6 +71,12 @@ pub enum Message {
         device_id: DeviceId,
         /// Server time, Unix seconds, so the agent can notice clock skew.
         server_time: i64,
+        /// The cloud's highest stored report sequence number of this device plus one (0 when
+        /// it holds none, or from an older gateway): new reports must be numbered from here
+        /// on, so an agent whose outbox was rewound (a restored backup or snapshot) moves
+        /// its numbering up to this.
+        #[serde(default)]
+        next_report_seq: u64,
     },
     /// Agent → gateway liveness probe.
     Heartbeat {
@@ -91,6 +104,16 @@ pub enum Message {
     ReportAck {
         /// Highest stored sequence number.
         seq: u64,
+    },
+    /// Gateway → agent: report `seq` was not stored because the cloud already holds a
+    /// different report under that number (the agent's outbox was rewound). Every report up
+    /// to `seq` is settled; the agent queues this one again under a fresh number of at least
+    /// `next_seq` before it counts `seq` as done. Sent before the ReportAck that covers it.
+    ReportConflict {
+        /// The conflicting sequence number.
+        seq: u64,
+        /// The lowest sequence number free in the cloud.
+        next_seq: u64,
     },
     /// Agent → gateway: a CSR for a fresh key pair.
     RenewRequest {
@@ -234,6 +257,11 @@ mod tests {
             Message::Welcome {
                 device_id: DeviceId::generate(),
                 server_time: 1_700_000_000,
+                next_report_seq: 12,
+            },
+            Message::ReportConflict {
+                seq: 4,
+                next_seq: 12,
             },
             Message::Heartbeat { seq: 1 },
             Message::HeartbeatAck { seq: 1 },
@@ -305,6 +333,54 @@ mod tests {
             decode_payload(br#"{"v":2,"msg":{"type":"heartbeat","seq":1}}"#),
             Err(FrameError::UnsupportedVersion(2))
         );
+    }
+
+    #[test]
+    fn old_and_new_peers_read_each_other() {
+        // A Welcome from an older gateway (no next_report_seq) reads as 0.
+        let device = DeviceId::generate();
+        let old = format!(
+            r#"{{"v":1,"msg":{{"type":"welcome","device_id":"{device}","server_time":5}}}}"#
+        );
+        assert_eq!(
+            decode_payload(old.as_bytes()).unwrap(),
+            Message::Welcome {
+                device_id: device.clone(),
+                server_time: 5,
+                next_report_seq: 0
+            }
+        );
+        // An older agent reads a new Welcome: the extra field is ignored (checked here by
+        // decoding into the old shape).
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        #[allow(dead_code)]
+        enum OldMessage {
+            Welcome {
+                device_id: DeviceId,
+                server_time: i64,
+            },
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldEnvelope {
+            v: u16,
+            msg: OldMessage,
+        }
+        let new = to_frame(&Message::Welcome {
+            device_id: device,
+            server_time: 5,
+            next_report_seq: 9,
+        })
+        .unwrap();
+        assert!(serde_json::from_slice::<OldEnvelope>(&new[HEADER_LEN..]).is_ok());
+        // ...but a message type it does not know is an error, never silently skipped.
+        let conflict = to_frame(&Message::ReportConflict {
+            seq: 1,
+            next_seq: 2,
+        })
+        .unwrap();
+        assert!(serde_json::from_slice::<OldEnvelope>(&conflict[HEADER_LEN..]).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{scan, segments, OutboxError, Record, READ_CHUNK};
+use super::scan::{scan_records, MAX_RECORD_LEN};
+use super::{segments, OutboxError, Record, READ_CHUNK};
 
 /// Reads records in order for delivery. Needs no lock: it only returns whole records whose
 /// checksum holds, and makes them durable before returning them (a record written by a
@@ -55,21 +56,29 @@ impl Reader {
                 f.seek(SeekFrom::Start(offset))
                     .and_then(|_| f.take(want).read_to_end(&mut buf))
                     .map_err(OutboxError::io(path))?;
-                let (records, _, _) = scan(&buf);
-                if records.is_empty() {
-                    break; // the end of the valid records (a chunk holds any whole record)
+                let scan = scan_records(&buf);
+                let at_end = offset + want >= *size;
+                if scan.records.is_empty() && at_end {
+                    break; // the end of the valid records
                 }
-                let mut consumed = offset;
-                for (seq, range) in records {
+                // Damaged bytes are skipped (the scan resynchronises); a chunk with no
+                // record at all is damage longer than a chunk: no record that would end
+                // within this chunk starts in it, so go on from where one still could.
+                let mut consumed = if scan.records.is_empty() {
+                    offset + want - (MAX_RECORD_LEN as u64 - 1).min(want - 1)
+                } else {
+                    offset
+                };
+                for found in scan.records {
                     if out.len() >= max {
                         break;
                     }
-                    consumed = offset + range.end as u64;
-                    if seq > after {
+                    consumed = offset + found.record.end as u64;
+                    if found.seq > after {
                         took = true;
                         out.push(Record {
-                            seq,
-                            payload: buf[range].to_vec(),
+                            seq: found.seq,
+                            payload: buf[found.payload].to_vec(),
                         });
                     }
                 }

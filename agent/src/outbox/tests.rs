@@ -67,26 +67,117 @@ fn torn_tail_is_cut_and_earlier_records_kept() {
     assert_eq!(all(dir.path()).len(), 6);
 }
 
+/// Flips one payload byte of record `nth` (0-based) of the newest segment.
+fn flip_payload_byte(dir: &Path, nth: usize) {
+    let seg = newest_segment(dir);
+    let mut bytes = fs::read(&seg).unwrap();
+    let at = scan_records(&bytes).records[nth].payload.start + 2;
+    bytes[at] ^= 0x55;
+    fs::write(&seg, &bytes).unwrap();
+}
+
 #[test]
-fn corruption_in_the_middle_stops_at_the_last_valid_record() {
+fn corruption_in_the_middle_costs_only_the_damaged_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
     for i in 0..10 {
         append_one(&mut ob, report(i)).unwrap();
     }
     drop(ob);
+    flip_payload_byte(dir.path(), 3);
+    let seqs = |dir: &Path| all(dir).iter().map(|r| r.seq).collect::<Vec<_>>();
+    let want: Vec<u64> = (1..=10).filter(|&s| s != 4).collect();
+    // The reader skips the damaged record and delivers everything after it...
+    assert_eq!(seqs(dir.path()), want);
+    // ...opening and repairing keep them (the damage is not a torn tail)...
+    let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+    ob.repair().unwrap();
+    assert_eq!(seqs(dir.path()), want);
+    // ...numbering continues after the highest valid record, never reusing a number...
+    assert_eq!(append_one(&mut ob, report(0)).unwrap(), 11);
+    // ...and the damage is recorded for `heex-agent status`.
+    let notice = read_notice(dir.path()).unwrap();
+    assert!(
+        notice.message.contains("skipped") && notice.message.contains("numbered 4"),
+        "{notice:?}"
+    );
+    let pos = position(dir.path()).unwrap();
+    assert_eq!((pos.next_seq, pos.pending), (12, 10));
+}
+
+#[test]
+fn numbering_stays_above_what_was_acknowledged_when_records_are_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+    for i in 0..10 {
+        append_one(&mut ob, report(i)).unwrap();
+    }
+    ob.ack(10).unwrap();
+    drop(ob);
+    // The last (acknowledged) record is damaged: it is a torn tail now, and cut.
+    flip_payload_byte(dir.path(), 9);
+    let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+    ob.repair().unwrap();
+    // Reusing 10 would make the report look acknowledged: it would never be delivered.
+    let seq = append_one(&mut ob, report(10)).unwrap();
+    assert_eq!(seq, 11);
+    let pending = Reader::new(dir.path())
+        .read(read_cursor(dir.path()), 100)
+        .unwrap();
+    assert_eq!(pending.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![11]);
+    // Even with every segment gone.
+    drop(ob);
+    for (_, p, _) in segments(dir.path()).unwrap() {
+        fs::remove_file(p).unwrap();
+    }
+    let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+    assert_eq!(append_one(&mut ob, report(11)).unwrap(), 11);
+    assert_eq!(read_cursor(dir.path()), 10);
+}
+
+#[test]
+fn the_floor_raised_by_the_cloud_holds_across_handles_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+    append_one(&mut ob, report(0)).unwrap();
+    assert!(ob.raise_floor(50).unwrap());
+    assert!(!ob.raise_floor(20).unwrap(), "the floor never goes down");
+    assert_eq!(ob.next_seq().unwrap(), 50);
+    // Another handle (another process) sees it at once.
+    let mut other = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+    assert_eq!(append_one(&mut other, report(1)).unwrap(), 50);
+    assert_eq!(append_one(&mut ob, report(2)).unwrap(), 51);
+    drop((ob, other));
+    let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+    assert_eq!(append_one(&mut ob, report(3)).unwrap(), 52);
+    let got = all(dir.path());
+    assert_eq!(
+        got.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 50, 51, 52]
+    );
+    assert_eq!(read_floor(dir.path()), 50);
+}
+
+#[test]
+fn damage_longer_than_a_read_chunk_is_skipped_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+    let big = prepare(format!("\"{}\"", "q".repeat(60_000)).as_bytes()).unwrap();
+    for _ in 0..12 {
+        append_one(&mut ob, big.clone()).unwrap();
+    }
+    drop(ob);
+    // Zero out records 2..=7 (about 360 KiB, more than one read chunk).
     let seg = newest_segment(dir.path());
     let mut bytes = fs::read(&seg).unwrap();
-    // Flip a payload byte of the fourth record.
-    let (records, _, _) = scan(&bytes);
-    let fourth = records[3].1.start + 2;
-    bytes[fourth] ^= 0x55;
+    let recs = scan_records(&bytes).records;
+    bytes[recs[1].record.start..recs[6].record.end].fill(0);
     fs::write(&seg, &bytes).unwrap();
     let got = all(dir.path());
-    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-    let mut ob = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
-    assert_eq!(all(dir.path()).len(), 3);
-    assert_eq!(append_one(&mut ob, report(0)).unwrap(), 4);
+    assert_eq!(
+        got.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 8, 9, 10, 11, 12]
+    );
 }
 
 #[test]

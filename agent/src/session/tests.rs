@@ -121,6 +121,7 @@ async fn fake_gateway(
                 (Message::Hello { .. }, _) => Some(Message::Welcome {
                     device_id: welcome.clone(),
                     server_time: 0,
+                    next_report_seq: 0,
                 }),
                 (Message::Heartbeat { seq }, Behaviour::Normal) => {
                     Some(Message::HeartbeatAck { seq: *seq })

@@ -75,13 +75,29 @@ pub trait DeviceDirectory: Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
 
     /// Stores the device's reports (sequence number, compact JSON), each (device, seq) at
-    /// most once: already stored ones are left alone. Resolves once they are durable, with
-    /// the highest sequence number of the batch.
+    /// most once: one already stored with the same content is a redelivery and left alone,
+    /// one stored with different content is a conflict (nothing changes). Resolves once the
+    /// batch is durable.
     fn store_reports(
         &self,
         id: &DeviceId,
         reports: Vec<(u64, String)>,
-    ) -> impl Future<Output = anyhow::Result<u64>> + Send;
+    ) -> impl Future<Output = anyhow::Result<StoredReports>> + Send;
+
+    /// The highest report sequence number stored for the device (0 when none).
+    fn highest_report_seq(&self, id: &DeviceId)
+        -> impl Future<Output = anyhow::Result<u64>> + Send;
+}
+
+/// What storing a batch of reports did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredReports {
+    /// The highest sequence number of the batch: every report up to it is settled.
+    pub highest: u64,
+    /// Sequence numbers already stored with a different content, in batch order.
+    pub conflicts: Vec<u64>,
+    /// The device's highest stored sequence number plus one, after the batch.
+    pub next_seq: u64,
 }
 
 /// TLS material for the gateway: the cloud CA (to verify clients) and the server identity.

@@ -2,10 +2,17 @@
 //! cumulatively once stored.
 //!
 //! The frame loop hands each Report to a [`ReportSink`]; its task takes everything queued,
-//! stores it in one call (one job of the store's group commit, `INSERT OR IGNORE` on
-//! (device, seq)), and only then yields the ack. The agent sends in sequence order on one
-//! stream and batches are stored in arrival order, so the highest stored sequence number is
-//! a cumulative ack. Created on the first report, so idle sessions cost no task.
+//! stores it in one call (one job of the store's group commit, once per (device, seq)), and
+//! only then yields the ack. The agent sends in sequence order on one stream and batches
+//! are stored in arrival order, so the highest stored sequence number is a cumulative ack.
+//! Created on the first report, so idle sessions cost no task.
+//!
+//! A rewound outbox (a restored backup or VM snapshot) numbers new reports with numbers
+//! the cloud already holds. The gateway notices at Hello (the agent's next number is not
+//! above the highest stored one) and tells the agent in Welcome where free numbers start;
+//! a pending report whose number is taken by a different report is answered with
+//! `ReportConflict` before the ack that covers it, and the agent queues it again under a
+//! fresh number. Nothing is overwritten, dropped or stored twice.
 
 use std::sync::Arc;
 
@@ -13,7 +20,9 @@ use heex_proto::frame::MAX_REPORT_BYTES;
 use heex_proto::DeviceId;
 use tokio::sync::mpsc;
 
-use super::DeviceDirectory;
+use heex_proto::frame::Message;
+
+use super::{DeviceDirectory, StoredReports};
 
 /// Most reports queued for storage per session; an agent keeps far fewer in flight.
 pub const MAX_QUEUED: usize = 1024;
@@ -23,7 +32,7 @@ pub const MAX_BATCH: usize = 512;
 /// The storage side of one session's reports.
 pub(crate) struct ReportSink {
     queue: mpsc::Sender<(u64, String)>,
-    acks: mpsc::UnboundedReceiver<Result<u64, String>>,
+    acks: mpsc::UnboundedReceiver<Result<StoredReports, String>>,
 }
 
 impl ReportSink {
@@ -39,9 +48,9 @@ impl ReportSink {
                     .store_reports(&device, std::mem::take(&mut batch))
                     .await;
                 let answer = match result {
-                    Ok(seq) => {
-                        tracing::debug!(%device, reports = n, seq, "reports stored");
-                        Ok(seq)
+                    Ok(stored) => {
+                        tracing::debug!(%device, reports = n, seq = stored.highest, "reports stored");
+                        Ok(stored)
                     }
                     Err(e) => {
                         tracing::error!(%device, error = %e, "cannot store reports");
@@ -79,23 +88,75 @@ impl ReportSink {
         })
     }
 
-    /// The next cumulative ack (the latest, when several are ready), or the storage error.
-    /// Cancel-safe.
-    pub(crate) async fn next_ack(&mut self) -> Result<u64, String> {
+    /// What the next stored batches need the agent to hear (all of those ready), or the
+    /// storage error. Cancel-safe.
+    pub(crate) async fn next_ack(&mut self) -> Result<StoredReports, String> {
         let mut latest = self
             .acks
             .recv()
             .await
             .unwrap_or_else(|| Err("report storage stopped".to_owned()))?;
         while let Ok(next) = self.acks.try_recv() {
-            latest = latest.max(next?);
+            let next = next?;
+            latest.highest = latest.highest.max(next.highest);
+            latest.next_seq = latest.next_seq.max(next.next_seq);
+            latest.conflicts.extend(next.conflicts);
         }
         Ok(latest)
     }
 }
 
+/// The frames that tell the agent about stored batches: a `ReportConflict` for each
+/// conflict (each settles every report up to it), then the cumulative `ReportAck`.
+pub(crate) fn answers(stored: &StoredReports) -> Vec<Message> {
+    let mut out: Vec<Message> = stored
+        .conflicts
+        .iter()
+        .map(|&seq| Message::ReportConflict {
+            seq,
+            next_seq: stored.next_seq,
+        })
+        .collect();
+    out.push(Message::ReportAck {
+        seq: stored.highest,
+    });
+    out
+}
+
+/// Where the device's new reports must be numbered from (Welcome's `next_report_seq`):
+/// the highest stored number plus one. Warns when the agent's `hello_next` (the number its
+/// next new report gets) is not above it: its outbox was rewound. 0 when unknown.
+pub(crate) async fn resume_point<D: DeviceDirectory>(
+    directory: &D,
+    device: &DeviceId,
+    hello_next: u64,
+) -> u64 {
+    match directory.highest_report_seq(device).await {
+        Ok(0) => 0,
+        Ok(stored) => {
+            // 0 means an agent that does not say (it reports nothing).
+            if hello_next != 0 && stored >= hello_next {
+                tracing::warn!(
+                    %device,
+                    stored,
+                    agent_next = hello_next,
+                    "the device's outbox was rewound (restored backup or snapshot?): the cloud \
+                     holds reports up to {stored} but the agent would number its next report \
+                     {hello_next}; it is told to continue at {}",
+                    stored + 1
+                );
+            }
+            stored.saturating_add(1)
+        }
+        Err(e) => {
+            tracing::warn!(%device, error = %e, "cannot read the device's report position");
+            0
+        }
+    }
+}
+
 /// [`ReportSink::next_ack`] of the session's sink; never when it has none.
-pub(crate) async fn next_ack(sink: &mut Option<ReportSink>) -> Result<u64, String> {
+pub(crate) async fn next_ack(sink: &mut Option<ReportSink>) -> Result<StoredReports, String> {
     match sink {
         Some(s) => s.next_ack().await,
         None => std::future::pending().await,

@@ -49,6 +49,7 @@ pub(crate) async fn run<D: DeviceDirectory>(
         reader: FrameReader::default(),
         identity: None,
         cert_not_after: None,
+        hello_next_report: 0,
     };
     session.serve(&mut stream).await;
     // close_notify, bounded: the peer may be gone.
@@ -100,6 +101,8 @@ struct Session<'a, D> {
     /// Expiry of the session's newest certificate: the peer's, or the one it renewed to.
     /// Once past it (within the renewal grace) the session may only renew.
     cert_not_after: Option<OffsetDateTime>,
+    /// Hello's `next_report_seq`: the number the agent's next new report gets.
+    hello_next_report: u64,
 }
 
 /// How the frame loop ended, for the log line.
@@ -193,9 +196,10 @@ impl<D: DeviceDirectory> Session<'_, D> {
             Ok(Ok(Message::Hello {
                 facts,
                 agent_version,
-                ..
+                next_report_seq,
             })) => {
                 tracing::debug!(%device, %agent_version, "hello");
+                self.hello_next_report = next_report_seq;
                 facts
             }
             Ok(Ok(other)) => {
@@ -241,9 +245,16 @@ impl<D: DeviceDirectory> Session<'_, D> {
         let mut last_recorded = Instant::now();
         // Scoped so that the Welcome takes no room in the idle session.
         let welcomed = {
+            let next_report_seq = Box::pin(super::reports::resume_point(
+                &*self.shared.directory,
+                &device,
+                self.hello_next_report,
+            ))
+            .await;
             let welcome = Message::Welcome {
                 device_id: device.clone(),
                 server_time: admitted.unix_timestamp(),
+                next_report_seq,
             };
             tracing::info!(session, %device, %peer, "session accepted");
             self.send(stream, &welcome).await
@@ -383,10 +394,12 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 }
                 ack = super::reports::next_ack(&mut reports) => {
                     match ack {
-                        Ok(seq) => {
-                            let sent = Box::pin(self.send(stream, &Message::ReportAck { seq })).await;
-                            if let Err(e) = sent {
-                                return End::Lost(e.to_string());
+                        Ok(stored) => {
+                            for answer in super::reports::answers(&stored) {
+                                let sent = Box::pin(self.send(stream, &answer)).await;
+                                if let Err(e) = sent {
+                                    return End::Lost(e.to_string());
+                                }
                             }
                         }
                         // Come back later, as after a restart; unacked reports are resent.
@@ -522,6 +535,7 @@ fn kind(msg: &Message) -> &'static str {
         Message::Facts { .. } => "facts",
         Message::Report { .. } => "report",
         Message::ReportAck { .. } => "report_ack",
+        Message::ReportConflict { .. } => "report_conflict",
         Message::RenewRequest { .. } => "renew_request",
         Message::RenewResponse { .. } => "renew_response",
         Message::Close { .. } => "close",

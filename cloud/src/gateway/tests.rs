@@ -127,8 +127,16 @@ impl DeviceDirectory for Directory {
         &self,
         _id: &DeviceId,
         reports: Vec<(u64, String)>,
-    ) -> anyhow::Result<u64> {
-        Ok(reports.iter().map(|r| r.0).max().unwrap_or(0))
+    ) -> anyhow::Result<super::StoredReports> {
+        let highest = reports.iter().map(|r| r.0).max().unwrap_or(0);
+        Ok(super::StoredReports {
+            highest,
+            conflicts: Vec::new(),
+            next_seq: highest + 1,
+        })
+    }
+    async fn highest_report_seq(&self, _id: &DeviceId) -> anyhow::Result<u64> {
+        Ok(0)
     }
     async fn record_renewal(
         &self,

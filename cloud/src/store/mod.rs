@@ -24,7 +24,7 @@ use heex_proto::api::{AuditEvent, Facts};
 use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use time::OffsetDateTime;
 
-use crate::gateway::{DeviceDirectory, DeviceStatus};
+use crate::gateway::{DeviceDirectory, DeviceStatus, StoredReports};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -310,16 +310,24 @@ impl Store {
         }
     }
 
-    /// Stores a device's reports (sequence number, compact JSON) exactly once each; returns
-    /// the highest sequence number of the batch, durable when this returns.
+    /// Stores a device's reports (sequence number, compact JSON) exactly once each; a number
+    /// already stored with other content is a conflict, left as it is. Durable when this
+    /// returns.
     pub async fn store_reports(
         &self,
         device: &DeviceId,
         reports: Vec<(u64, String)>,
         at: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<StoredReports, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.store_reports(device.clone(), reports, at).await,
+        }
+    }
+
+    /// The highest stored report sequence number of a device (0 when none).
+    pub async fn highest_report_seq(&self, device: &DeviceId) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.highest_report_seq(device.clone()).await,
         }
     }
 
@@ -371,8 +379,12 @@ impl DeviceDirectory for Store {
         &self,
         id: &DeviceId,
         reports: Vec<(u64, String)>,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<StoredReports> {
         Ok(Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await?)
+    }
+
+    async fn highest_report_seq(&self, id: &DeviceId) -> anyhow::Result<u64> {
+        Ok(Store::highest_report_seq(self, id).await?)
     }
 }
 

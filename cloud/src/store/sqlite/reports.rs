@@ -6,6 +6,7 @@ use rusqlite::params;
 use time::OffsetDateTime;
 
 use super::{conversion, time_at, SqliteStore};
+use crate::gateway::StoredReports;
 use crate::store::{to_unix, StoreError};
 
 fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
@@ -13,20 +14,44 @@ fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::Database(format!("report sequence {seq} is out of range")))
 }
 
+/// True when two stored forms of a report say the same: byte-equal, or equal as JSON (a
+/// number written differently by another encoder).
+fn same_report(stored: &str, new: &str) -> bool {
+    stored == new
+        || matches!(
+            (
+                serde_json::from_str::<serde_json::Value>(stored),
+                serde_json::from_str::<serde_json::Value>(new),
+            ),
+            (Ok(a), Ok(b)) if a == b
+        )
+}
+
+fn highest(c: &rusqlite::Connection, device: &DeviceId) -> Result<u64, StoreError> {
+    let max: Option<i64> = c.query_row(
+        "SELECT MAX(seq) FROM reports WHERE device_id = ?1",
+        params![device.as_str()],
+        |row| row.get(0),
+    )?;
+    Ok(max.and_then(|m| u64::try_from(m).ok()).unwrap_or(0))
+}
+
 impl SqliteStore {
     /// Stores `reports` (sequence number, compact JSON) of `device` in one job of the next
-    /// group commit; those already stored are left as they are. Returns the highest sequence
-    /// number of the batch, which is stored once this returns.
+    /// group commit. A number already stored with the same content is a redelivery (a lost
+    /// acknowledgement) and left alone; with different content it is a conflict: the stored
+    /// report stays, the number is returned among the conflicts, and the agent queues its
+    /// report again under a fresh number. Durable once this returns.
     pub(crate) async fn store_reports(
         &self,
         device: DeviceId,
         reports: Vec<(u64, String)>,
         at: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
-        let highest = reports.iter().map(|r| r.0).max().unwrap_or(0);
+    ) -> Result<StoredReports, StoreError> {
+        let batch_highest = reports.iter().map(|r| r.0).max().unwrap_or(0);
         let rows = reports
             .into_iter()
-            .map(|(seq, payload)| Ok((seq_to_sql(seq)?, payload)))
+            .map(|(seq, payload)| Ok((seq, seq_to_sql(seq)?, payload)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let at = to_unix(at);
         self.write(move |c| {
@@ -34,20 +59,51 @@ impl SqliteStore {
                 "INSERT OR IGNORE INTO reports (device_id, seq, received_at, payload)
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
-            let mut inserted = 0;
-            for (seq, payload) in &rows {
-                inserted += insert.execute(params![device.as_str(), seq, at, payload])?;
+            let mut existing =
+                c.prepare_cached("SELECT payload FROM reports WHERE device_id = ?1 AND seq = ?2")?;
+            let mut redelivered = 0;
+            let mut conflicts = Vec::new();
+            for (seq, sql_seq, payload) in &rows {
+                if insert.execute(params![device.as_str(), sql_seq, at, payload])? == 1 {
+                    continue;
+                }
+                let stored: String =
+                    existing.query_row(params![device.as_str(), sql_seq], |row| row.get(0))?;
+                if same_report(&stored, payload) {
+                    redelivered += 1;
+                } else {
+                    conflicts.push(*seq);
+                }
             }
-            if inserted < rows.len() {
+            if redelivered > 0 {
                 tracing::info!(
                     %device,
-                    ignored = rows.len() - inserted,
+                    redelivered,
                     "reports already stored were delivered again and ignored"
                 );
             }
-            Ok(highest)
+            let next_seq = highest(c, &device)?.saturating_add(1);
+            if !conflicts.is_empty() {
+                tracing::warn!(
+                    %device,
+                    ?conflicts,
+                    next_seq,
+                    "the device sent other reports under numbers already stored (its outbox \
+                     was rewound); it is told to queue them again under fresh numbers"
+                );
+            }
+            Ok(StoredReports {
+                highest: batch_highest,
+                conflicts,
+                next_seq,
+            })
         })
         .await
+    }
+
+    /// The highest stored report sequence number of `device` (0 when none).
+    pub(crate) async fn highest_report_seq(&self, device: DeviceId) -> Result<u64, StoreError> {
+        self.read(move |c| highest(c, &device)).await
     }
 
     /// Up to `limit` reports of `device` with sequence numbers above `after`.
@@ -95,41 +151,55 @@ mod tests {
                 .map(|s| (*s, format!("{{\"seq\":{s},\"tag\":\"{tag}\"}}")))
                 .collect()
         };
-        assert_eq!(
-            store
-                .store_reports(&a, batch(&[1, 2], "first"), now)
-                .await
-                .unwrap(),
-            2
-        );
-        // A redelivery after a lost ack: the stored copies stay, nothing is duplicated.
-        assert_eq!(
-            store
-                .store_reports(&a, batch(&[2, 3], "again"), now)
-                .await
-                .unwrap(),
-            3
-        );
-        assert_eq!(
-            store
-                .store_reports(&a, batch(&[1, 2, 3], "x"), now)
-                .await
-                .unwrap(),
-            3
-        );
+        let stored = store
+            .store_reports(&a, batch(&[1, 2], "first"), now)
+            .await
+            .unwrap();
+        assert_eq!((stored.highest, stored.next_seq), (2, 3));
+        assert!(stored.conflicts.is_empty());
+        // A redelivery after a lost ack (same content): nothing is duplicated or changed.
+        let again = batch(&[2], "first").into_iter().chain(batch(&[3], "first"));
+        let stored = store.store_reports(&a, again.collect(), now).await.unwrap();
+        assert_eq!(stored.highest, 3);
+        assert!(stored.conflicts.is_empty());
+        // Other content under numbers already stored (a rewound outbox): conflicts, the
+        // stored reports stay, and the cloud says where free numbers start.
+        let stored = store
+            .store_reports(&a, batch(&[1, 2, 3], "x"), now)
+            .await
+            .unwrap();
+        assert_eq!(stored.conflicts, vec![1, 2, 3]);
+        assert_eq!(stored.next_seq, 4);
+        assert_eq!(store.highest_report_seq(&a).await.unwrap(), 3);
+        // The same JSON written differently is the same report.
+        let stored = store
+            .store_reports(
+                &a,
+                vec![(1, "{ \"tag\": \"first\", \"seq\": 1 }".into())],
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(stored.conflicts.is_empty(), "{stored:?}");
         // Another device's numbers are its own.
+        let stored = store
+            .store_reports(&b, batch(&[1], "b"), now)
+            .await
+            .unwrap();
+        assert_eq!((stored.highest, stored.next_seq), (1, 2));
+        assert_eq!(store.highest_report_seq(&b).await.unwrap(), 1);
         assert_eq!(
             store
-                .store_reports(&b, batch(&[1], "b"), now)
+                .highest_report_seq(&DeviceId::generate())
                 .await
                 .unwrap(),
-            1
+            0
         );
 
         let all = store.list_reports(&a, 0, 100).await.unwrap();
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(all[1].payload["tag"], "first");
-        assert_eq!(all[2].payload["tag"], "again");
+        assert_eq!(all[2].payload["tag"], "first");
         let page = store.list_reports(&a, 1, 1).await.unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].seq, 2);
