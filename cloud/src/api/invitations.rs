@@ -32,6 +32,8 @@ pub const DEFAULT_INVITATION_LIFETIME: time::Duration = time::Duration::days(7);
 pub const MAX_INVITATION_LIFETIME: time::Duration = time::Duration::days(30);
 /// Name of a new member's first key when they name none.
 pub const FIRST_KEY_NAME: &str = "cli";
+/// Longest invitee email, in characters.
+pub const MAX_EMAIL_LEN: usize = 254;
 
 /// Invites someone (owner or admin role; inviting an owner needs the owner role). The
 /// answer carries the token, shown this once.
@@ -200,9 +202,10 @@ fn is_token_shaped(token: &str) -> bool {
         .is_some_and(|rest| rest.len() == TOKEN_RANDOM_LEN && base62::is_base62(rest))
 }
 
-/// A plausible email: one '@' with something on both sides, no spaces, at most 254 bytes.
+/// A plausible email: one '@' with something on both sides, no spaces, at most
+/// [`MAX_EMAIL_LEN`] characters.
 fn check_email(email: &str) -> Result<(), ApiError> {
-    let plausible = email.len() <= 254
+    let plausible = email.chars().count() <= MAX_EMAIL_LEN
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && !domain.is_empty() && !domain.contains('@')
