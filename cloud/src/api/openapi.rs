@@ -153,7 +153,7 @@ fn range(min: i64, max: i64) -> Value {
 
 /// The constraints the handlers enforce, put on the schemas of their bodies and parameters.
 /// Returns the targets that are not in `doc` (a renamed field, say).
-fn constrain(doc: &mut Value) -> Vec<String> {
+pub(crate) fn constrain(doc: &mut Value) -> Vec<String> {
     let key_lifetime_days = MAX_KEY_LIFETIME.whole_days();
     let key_lifetime_secs = MAX_KEY_LIFETIME.whole_seconds();
     let invitation_secs = MAX_INVITATION_LIFETIME.whole_seconds();
