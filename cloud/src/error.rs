@@ -205,6 +205,19 @@ impl ApiError {
     }
 }
 
+/// The statuses `From<StoreError>` can answer with, and why: the OpenAPI document declares
+/// them on every operation that reads or writes the store.
+pub const STORE_FAILURES: &[(StatusCode, &str)] = &[
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Server-side failure; the server log has details",
+    ),
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The disk holding the store is full; retry after the Retry-After delay",
+    ),
+];
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

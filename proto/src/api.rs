@@ -227,6 +227,7 @@ pub struct WhoAmI {
     /// Workspace name.
     pub workspace_name: String,
     /// Member id.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::MemberId))]
     pub member_id: String,
     /// Member email.
     pub email: String,
@@ -369,6 +370,7 @@ impl std::str::FromStr for Role {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberInfo {
     /// Member id (`mem_…`).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::MemberId))]
     pub id: String,
     /// Email.
     pub email: String,

@@ -6,40 +6,64 @@
 //! them in every name, label, email and fact it stores ([`forbidden_char`]), and the CLI
 //! escapes them in everything it prints, for data stored before these checks.
 
-/// True for the characters of Unicode general categories Cc (controls, ESC and DEL
-/// included), Cf (format: bidi controls, zero-width characters, the byte order mark, tags),
-/// Zl and Zp (line and paragraph separators): those that change how other text is shown
-/// rather than showing themselves.
+/// The characters of Unicode general categories Cc (controls, ESC and DEL included), Cf
+/// (format: bidi controls, zero-width characters, the byte order mark, tags; Unicode 15.1, in
+/// full), Zl and Zp (line and paragraph separators): those that change how other text is
+/// shown rather than showing themselves. Inclusive ranges, in order.
+pub const CONTROL_OR_FORMAT: &[(char, char)] = &[
+    ('\u{0000}', '\u{001F}'),
+    ('\u{007F}', '\u{009F}'),
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{2028}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+/// True for the characters of [`CONTROL_OR_FORMAT`].
 pub fn is_control_or_format(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format(c)
+    CONTROL_OR_FORMAT
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
 }
 
-/// Unicode 15.1 general category Cf, in full (a short, stable list).
-fn is_format(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{0600}'..='\u{0605}'
-            | '\u{061C}'
-            | '\u{06DD}'
-            | '\u{070F}'
-            | '\u{0890}'..='\u{0891}'
-            | '\u{08E2}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-            | '\u{110BD}'
-            | '\u{110CD}'
-            | '\u{13430}'..='\u{1343F}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0001}'
-            | '\u{E0020}'..='\u{E007F}'
-    )
+/// [`CONTROL_OR_FORMAT`] as the body of a regular-expression character class, for schemas:
+/// `\uXXXX` escapes in the Basic Multilingual Plane, the characters themselves beyond it (so
+/// that both ECMA-262 with the `u` flag and other engines read them as one code point).
+pub fn control_or_format_class() -> String {
+    let one = |c: char| {
+        if u32::from(c) <= 0xFFFF {
+            format!("\\u{:04X}", u32::from(c))
+        } else {
+            c.to_string()
+        }
+    };
+    CONTROL_OR_FORMAT
+        .iter()
+        .map(|&(first, last)| {
+            if first == last {
+                one(first)
+            } else {
+                format!("{}-{}", one(first), one(last))
+            }
+        })
+        .collect()
 }
 
 /// The first control or formatting character of `text` ([`is_control_or_format`]), if any.
@@ -129,11 +153,15 @@ pub fn check_value(field: &str, value: &str, max: usize) -> Result<(), TextError
     Ok(())
 }
 
-/// A plausible email: at most 254 bytes, exactly one '@' with text on both sides, no white
-/// space, no control or formatting character.
+/// Longest email accepted, in characters.
+pub const MAX_EMAIL_LEN: usize = 254;
+
+/// Checks that `value` is a plausible email: printable, one '@' with something on both
+/// sides, no white space, no control or formatting character, at most [`MAX_EMAIL_LEN`]
+/// characters.
 pub fn check_email(field: &str, value: &str) -> Result<(), TextError> {
     check_printable(field, value)?;
-    let plausible = value.len() <= 254
+    let plausible = value.chars().count() <= MAX_EMAIL_LEN
         && !value.chars().any(char::is_whitespace)
         && value.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && !domain.is_empty() && !domain.contains('@')

@@ -32,6 +32,8 @@ pub const DEFAULT_INVITATION_LIFETIME: time::Duration = time::Duration::days(7);
 pub const MAX_INVITATION_LIFETIME: time::Duration = time::Duration::days(30);
 /// Name of a new member's first key when they name none.
 pub const FIRST_KEY_NAME: &str = "cli";
+/// Longest invitee email, in characters.
+pub use heex_proto::text::MAX_EMAIL_LEN;
 
 /// Invites someone (owner or admin role; inviting an owner needs the owner role). The
 /// answer carries the token, shown this once.

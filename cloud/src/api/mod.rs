@@ -113,16 +113,16 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list))
 }
 
-/// The OpenAPI document of every route.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    documented_routes().into_openapi()
+/// The OpenAPI document of every route, as served.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::finish(&documented_routes().into_openapi())
 }
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = documented_routes().split_for_parts();
     routes
-        .layer(Extension(openapi::Document::new(&doc)))
+        .layer(Extension(openapi::Document::new(&openapi::finish(&doc))))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -1,5 +1,8 @@
-//! `GET /v1/openapi.json`: the OpenAPI 3 document, generated from the handlers' annotations
-//! and the `heex_proto::api` body types when the router is built.
+//! `GET /v1/openapi.json`: the OpenAPI 3.1 document, generated from the handlers' annotations
+//! and the `heex_proto::api` body types when the router is built, then completed by
+//! [`finish`] with what the annotations cannot say: the bounds and patterns the handlers
+//! enforce (built from the same constants as the checks) and the error responses every
+//! operation can give.
 
 use std::sync::Arc;
 
@@ -7,8 +10,15 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::Extension;
 use heex_proto::api::{ErrorBody, ErrorCode};
+use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
+use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+
+use super::invitations::{MAX_EMAIL_LEN, MAX_INVITATION_LIFETIME, TOKEN_PREFIX, TOKEN_RANDOM_LEN};
+use super::keys::{MAX_KEY_LIFETIME, MAX_KEY_NAME, MAX_ROTATION_OVERLAP};
+use super::{audit, enroll, reports};
+use crate::error;
 
 /// Name of the bearer API key security scheme in the document.
 pub const API_KEY: &str = "api_key";
@@ -23,7 +33,7 @@ pub const API_KEY: &str = "api_key";
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerApiKey),
-    components(schemas(ErrorBody, ErrorCode)),
+    components(schemas(ErrorBody, ErrorCode, KeyId, MemberId, DeviceId, WorkspaceId)),
     tags(
         (name = "server", description = "Health, CA certificate and this document (no key needed)"),
         (name = "keys", description = "API keys: create, list, copy, revoke, rotate"),
@@ -61,14 +71,8 @@ pub struct Document(Arc<String>);
 
 impl Document {
     /// Renders `doc` as JSON.
-    pub fn new(doc: &utoipa::openapi::OpenApi) -> Self {
-        // Serializing these plain data structures cannot fail; an empty object would only
-        // hide a bug, so say so in the document itself.
-        let json = doc.to_json().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot render the OpenAPI document");
-            "{}".to_owned()
-        });
-        Document(Arc::new(json))
+    pub fn new(doc: &Value) -> Self {
+        Document(Arc::new(doc.to_string()))
     }
 }
 
@@ -84,4 +88,337 @@ pub(super) async fn openapi_json(Extension(doc): Extension<Document>) -> impl In
         [(CONTENT_TYPE, "application/json")],
         doc.0.as_str().to_owned(),
     )
+}
+
+/// Completes the document generated from the annotations: the constraints the handlers
+/// enforce ([`constrain`]), unique operation ids, and the error responses of every operation
+/// ([`declare_errors`]). A constraint whose target is missing is logged (and fails the tests).
+pub fn finish(doc: &utoipa::openapi::OpenApi) -> Value {
+    let mut value = match serde_json::to_value(doc) {
+        Ok(value) => value,
+        Err(e) => {
+            // Serializing these plain data structures cannot fail; an empty object would only
+            // hide a bug, so say so in the log.
+            tracing::error!(error = %e, "cannot render the OpenAPI document");
+            return json!({});
+        }
+    };
+    for missing in constrain(&mut value) {
+        tracing::error!(target = %missing, "OpenAPI constraint has no target in the document");
+    }
+    name_operations(&mut value);
+    declare_errors(&mut value);
+    value
+}
+
+/// The characters names, label values and emails may not contain
+/// ([`heex_proto::text::CONTROL_OR_FORMAT`]), as the body of a regular expression character
+/// class.
+static CONTROL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(heex_proto::text::control_or_format_class);
+
+/// What [`super::check_name`] accepts with `max`: 1 to `max` characters, not only white
+/// space, no control characters. (The server trims surrounding white space before counting;
+/// the schema counts it.)
+fn name(max: usize) -> Value {
+    json!({
+        "minLength": 1,
+        "maxLength": max,
+        "pattern": format!("^[^{c}]*[^\\s{c}][^{c}]*$", c = *CONTROL),
+    })
+}
+
+/// At most `max` characters, no control characters.
+fn printable(max: usize) -> Value {
+    json!({"maxLength": max, "pattern": format!("^[^{c}]*$", c = *CONTROL)})
+}
+
+/// What `enroll::check_labels` accepts.
+fn labels() -> Value {
+    let mut value = printable(enroll::MAX_LABEL_VALUE);
+    value["type"] = json!("string");
+    json!({
+        "maxProperties": enroll::MAX_LABELS,
+        "propertyNames": {
+            "minLength": 1,
+            "maxLength": enroll::MAX_LABEL_KEY,
+            "pattern": format!("^[0-9A-Za-z._/-]{{1,{}}}$", enroll::MAX_LABEL_KEY),
+        },
+        "additionalProperties": value,
+    })
+}
+
+/// An integer in `min..=max`.
+fn range(min: i64, max: i64) -> Value {
+    json!({"minimum": min, "maximum": max})
+}
+
+/// The constraints the handlers enforce, put on the schemas of their bodies and parameters.
+/// Returns the targets that are not in `doc` (a renamed field, say).
+pub(crate) fn constrain(doc: &mut Value) -> Vec<String> {
+    let key_lifetime_days = MAX_KEY_LIFETIME.whole_days();
+    let key_lifetime_secs = MAX_KEY_LIFETIME.whole_seconds();
+    let invitation_secs = MAX_INVITATION_LIFETIME.whole_seconds();
+    let overlap_secs = MAX_ROTATION_OVERLAP.whole_seconds();
+    let email = json!({
+        "maxLength": MAX_EMAIL_LEN,
+        "pattern": format!("^[^\\s{c}@]+@[^\\s{c}@]+$", c = *CONTROL),
+    });
+    let token = json!({
+        "minLength": TOKEN_PREFIX.len() + TOKEN_RANDOM_LEN,
+        "maxLength": TOKEN_PREFIX.len() + TOKEN_RANDOM_LEN,
+        "pattern": format!("^{TOKEN_PREFIX}[0-9A-Za-z]{{{TOKEN_RANDOM_LEN}}}$"),
+    });
+    let schemas: Vec<(&str, &str, Value)> = vec![
+        ("CreateKeyRequest", "name", name(MAX_KEY_NAME)),
+        (
+            "CreateKeyRequest",
+            "expires_in_days",
+            range(1, key_lifetime_days),
+        ),
+        (
+            "CreateKeyRequest",
+            "expires_in_secs",
+            range(1, key_lifetime_secs),
+        ),
+        ("CreateKeyRequest", "max_uses", range(1, i64::MAX)),
+        ("RotateKeyRequest", "overlap_secs", range(0, overlap_secs)),
+        ("InviteRequest", "email", email),
+        (
+            "InviteRequest",
+            "expires_in_secs",
+            range(1, invitation_secs),
+        ),
+        ("AcceptInvitationRequest", "token", token),
+        // Absent or blank: the first key is named "cli".
+        (
+            "AcceptInvitationRequest",
+            "key_name",
+            printable(MAX_KEY_NAME),
+        ),
+        ("EnrollRequest", "name", name(enroll::MAX_DEVICE_NAME)),
+        ("EnrollRequest", "labels", labels()),
+        (
+            "EnrollRequest",
+            "csr_pem",
+            json!({"pattern": "-----BEGIN (NEW )?CERTIFICATE REQUEST-----"}),
+        ),
+        // A null field changes nothing; at least one of the two must be given (see below).
+        (
+            "UpdateDeviceRequest",
+            "name",
+            merged(json!({"type": "string"}), name(enroll::MAX_DEVICE_NAME)),
+        ),
+        (
+            "UpdateDeviceRequest",
+            "labels",
+            merged(json!({"type": "object"}), labels()),
+        ),
+    ];
+    let mut missing = Vec::new();
+    for (schema, property, constraint) in schemas {
+        match doc
+            .pointer_mut(&format!(
+                "/components/schemas/{schema}/properties/{property}"
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            Some(target) => merge(target, constraint),
+            None => missing.push(format!("{schema}.{property}")),
+        }
+    }
+    // "nothing to change" otherwise.
+    match doc
+        .pointer_mut("/components/schemas/UpdateDeviceRequest")
+        .and_then(Value::as_object_mut)
+    {
+        Some(target) => merge(target, json!({"minProperties": 1})),
+        None => missing.push("UpdateDeviceRequest".to_owned()),
+    }
+    let audit_limit = i64::from(audit::MAX_LIMIT);
+    let reports_limit = i64::from(reports::MAX_LIMIT);
+    let params: Vec<(&str, &str, &str, Value)> = vec![
+        ("get", "/v1/audit", "limit", range(1, audit_limit)),
+        ("get", "/v1/audit", "since", json!({"format": "date-time"})),
+        (
+            "get",
+            "/v1/devices/{id}/reports",
+            "limit",
+            range(1, reports_limit),
+        ),
+        (
+            "get",
+            "/v1/devices/{id}/reports",
+            "after",
+            range(0, i64::MAX),
+        ),
+    ];
+    for (method, path, param, constraint) in params {
+        let target = doc
+            .pointer_mut(&format!(
+                "/paths/{}/{method}/parameters",
+                pointer_escape(path)
+            ))
+            .and_then(Value::as_array_mut)
+            .and_then(|params| params.iter_mut().find(|p| p["name"] == param))
+            .and_then(|p| p.get_mut("schema"))
+            .and_then(Value::as_object_mut);
+        match target {
+            Some(target) => merge(target, constraint),
+            None => missing.push(format!("{method} {path} ?{param}")),
+        }
+    }
+    missing
+}
+
+/// `a` with the members of `b` added (replacing those of the same name).
+fn merged(mut a: Value, b: Value) -> Value {
+    if let Some(target) = a.as_object_mut() {
+        merge(target, b);
+    }
+    a
+}
+
+fn merge(target: &mut Map<String, Value>, patch: Value) {
+    if let Value::Object(patch) = patch {
+        target.extend(patch);
+    }
+}
+
+/// A JSON pointer segment for `s` (RFC 6901).
+fn pointer_escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// Operations that answer without touching the store.
+const STORELESS: &[&str] = &["/healthz", "/v1/ca", "/v1/openapi.json"];
+
+/// Declares on every operation the errors any request to it can meet, whatever the handler:
+/// authentication (401), the JSON body and query extractors (400, 413), and the store's
+/// failures ([`error::STORE_FAILURES`]).
+fn declare_errors(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (_method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            let authenticated = op.get("security").is_some_and(|s| s != &json!([]));
+            let has_body = op.contains_key("requestBody");
+            let has_query = op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            let mut errors: Vec<(u16, &str)> = Vec::new();
+            if authenticated {
+                errors.push((401, "Missing, unknown, revoked or expired key"));
+            }
+            if has_body {
+                errors.push((
+                    400,
+                    "Malformed JSON, wrong Content-Type, an unknown field, or a value the \
+                     schema refuses",
+                ));
+                errors.push((413, "Request body larger than 64 KiB"));
+            }
+            if has_query {
+                errors.push((400, "Unknown or malformed query parameter"));
+            }
+            if !STORELESS.contains(&path.as_str()) {
+                for (status, description) in error::STORE_FAILURES {
+                    errors.push((status.as_u16(), description));
+                }
+            }
+            let responses = op
+                .entry("responses")
+                .or_insert_with(|| json!({}))
+                .as_object_mut();
+            let Some(responses) = responses else {
+                continue;
+            };
+            for (status, description) in errors {
+                let mut response = json!({
+                    "description": description,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                });
+                if status == 401 {
+                    response["headers"] = json!({"WWW-Authenticate": {
+                        "description": "Bearer realm=\"heex\"",
+                        "schema": {"type": "string"},
+                    }});
+                }
+                let entry = responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| response.clone());
+                // Keep the handler's own description; add the header where it lacks one.
+                if status == 401 {
+                    if let Some(entry) = entry.as_object_mut() {
+                        entry
+                            .entry("headers")
+                            .or_insert_with(|| response["headers"].clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Operation ids, unique as OpenAPI requires (the handlers' function names repeat: `list`);
+/// generated clients name their functions after them. An operation missing here is named
+/// after its method and path.
+const OPERATION_IDS: &[(&str, &str, &str)] = &[
+    ("get", "/healthz", "health"),
+    ("get", "/v1/ca", "get_ca_certificate"),
+    ("get", "/v1/openapi.json", "get_openapi_document"),
+    ("get", "/v1/whoami", "whoami"),
+    ("post", "/v1/enroll", "enroll"),
+    ("get", "/v1/keys", "list_keys"),
+    ("post", "/v1/keys", "create_key"),
+    ("post", "/v1/keys/{id}/copy", "copy_key"),
+    ("post", "/v1/keys/{id}/revoke", "revoke_key"),
+    ("post", "/v1/keys/{id}/rotate", "rotate_key"),
+    ("get", "/v1/members", "list_members"),
+    ("post", "/v1/members/{id}/remove", "remove_member"),
+    ("post", "/v1/invitations", "invite"),
+    ("post", "/v1/invitations/accept", "accept_invitation"),
+    ("get", "/v1/devices", "list_devices"),
+    ("get", "/v1/devices/{id}", "show_device"),
+    ("patch", "/v1/devices/{id}", "update_device"),
+    ("delete", "/v1/devices/{id}", "delete_device"),
+    ("post", "/v1/devices/{id}/revoke", "revoke_device"),
+    ("get", "/v1/devices/{id}/reports", "list_reports"),
+    ("get", "/v1/audit", "list_audit_events"),
+];
+
+fn name_operations(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            let id = OPERATION_IDS
+                .iter()
+                .find(|(m, p, _)| m == method && p == path)
+                .map(|(_, _, id)| (*id).to_owned())
+                .unwrap_or_else(|| {
+                    let words: Vec<&str> = path
+                        .split(|c: char| !c.is_ascii_alphanumeric())
+                        .filter(|w| !w.is_empty())
+                        .collect();
+                    format!("{method}_{}", words.join("_"))
+                });
+            op.insert("operationId".to_owned(), json!(id));
+        }
+    }
 }

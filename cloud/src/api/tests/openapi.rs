@@ -183,3 +183,145 @@ async fn the_document_describes_bodies_and_authentication() {
     let built = serde_json::to_value(openapi_document()).unwrap();
     assert_eq!(built, doc);
 }
+
+/// Every `$ref` of `node` (with where it is).
+fn refs(node: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
+    match node {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", serde_json::Value::String(r)) => out.push((at.to_owned(), r.clone())),
+                    _ => refs(v, &format!("{at}/{k}"), out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                refs(v, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_ref_resolves_and_operation_ids_are_unique() {
+    let doc = openapi_document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut found = Vec::new();
+    refs(&doc, "#", &mut found);
+    assert!(found.len() > 20, "{found:?}");
+    for (at, r) in &found {
+        let pointer = r.strip_prefix('#').unwrap_or(r);
+        assert!(
+            doc.pointer(pointer).is_some(),
+            "{at}: $ref {r} resolves to nothing"
+        );
+    }
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(
+                ids.insert(id.to_owned()),
+                "{method} {path}: operationId {id} repeats"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_constraint_finds_its_target_and_uses_the_checks_constants() {
+    let mut raw = serde_json::to_value(documented_routes().into_openapi()).unwrap();
+    let missing = crate::api::openapi::constrain(&mut raw);
+    assert!(
+        missing.is_empty(),
+        "constraints without a target: {missing:?}"
+    );
+    let doc = openapi_document();
+    let schema =
+        |name: &str, prop: &str| doc["components"]["schemas"][name]["properties"][prop].clone();
+    assert_eq!(
+        schema("CreateKeyRequest", "name")["maxLength"],
+        keys::MAX_KEY_NAME
+    );
+    assert_eq!(
+        schema("EnrollRequest", "name")["maxLength"],
+        enroll::MAX_DEVICE_NAME
+    );
+    assert_eq!(
+        schema("EnrollRequest", "labels")["maxProperties"],
+        enroll::MAX_LABELS
+    );
+    assert_eq!(
+        schema("CreateKeyRequest", "expires_in_days")["maximum"],
+        keys::MAX_KEY_LIFETIME.whole_days()
+    );
+    assert_eq!(schema("CreateKeyRequest", "max_uses")["minimum"], 1);
+    assert_eq!(
+        schema("AcceptInvitationRequest", "token")["pattern"],
+        "^heexinv_[0-9A-Za-z]{32}$"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["CreateKeyRequest"]["additionalProperties"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn every_answer_to_a_bad_request_has_a_documented_status() {
+    let api = api().await;
+    let doc = openapi_document();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(&api.owner_key),
+            Some(json!({"name": "enroll only", "scope": "enroll"}).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let created: CreateKeyResponse = serde_json::from_slice(&body).unwrap();
+    let enroll_key = created.key;
+    let forged = ApiKey::derive(b"not the server secret, not at all", KeyId::generate()).expose();
+    let oversized = format!(
+        "{{\"name\": \"{}\"}}",
+        "x".repeat(heex_proto::api::MAX_BODY_BYTES)
+    );
+    let mut answers = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let declared = op["responses"].as_object().unwrap();
+            let concrete = concrete(path);
+            let mut tries: Vec<(Option<&str>, Option<String>)> = vec![
+                (None, None),
+                (Some(forged.as_str()), None),
+                (Some(enroll_key.as_str()), None),
+                (Some(api.owner_key.as_str()), None),
+            ];
+            if op.get("requestBody").is_some() {
+                for body in ["{", "[]", "{\"bogus\": 1}", oversized.as_str()] {
+                    tries.push((Some(api.owner_key.as_str()), Some(body.to_owned())));
+                }
+            }
+            for (key, body) in tries {
+                let (status, bytes) = api
+                    .call(method.to_uppercase().parse().unwrap(), &concrete, key, body)
+                    .await;
+                answers += 1;
+                assert!(
+                    declared.contains_key(status.as_str()),
+                    "{method} {path} answered {status}, not declared ({:?}): {}",
+                    declared.keys().collect::<Vec<_>>(),
+                    String::from_utf8_lossy(&bytes)
+                );
+                if !status.is_success() {
+                    serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|e| {
+                        panic!("{method} {path} {status}: not an ErrorBody ({e})")
+                    });
+                }
+            }
+        }
+    }
+    assert!(answers > 80, "{answers}");
+}
