@@ -67,6 +67,8 @@ pub fn invitations(ctx: &mut Ctx<'_>, cmd: &InvitationsCommand) -> Result<(), Cl
             server,
             key_name,
         } => accept(ctx, token, server, key_name.clone()),
+        InvitationsCommand::List => super::members::list_invitations(ctx),
+        InvitationsCommand::Cancel { id } => super::members::cancel_invitation(ctx, id),
     }
 }
 
