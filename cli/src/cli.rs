@@ -171,6 +171,13 @@ pub enum InvitationsCommand {
         #[arg(long, value_name = "NAME")]
         key_name: Option<String>,
     },
+    /// List the workspace's pending invitations (owner or admin role; tokens are never shown).
+    List,
+    /// Cancel a pending invitation: its token stops working at once.
+    Cancel {
+        /// The invitation id (inv_…), as `heex invitations list` shows it.
+        id: String,
+    },
 }
 
 /// `heex devices …`.

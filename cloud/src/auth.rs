@@ -20,9 +20,12 @@ use heex_proto::ApiKey;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::access::{self, Need};
 use crate::api::AppState;
 use crate::error::ApiError;
-use crate::store::{KeyRecord, Revocation, Role, Store};
+use crate::store::{CallerCheck, KeyRecord, Store};
+#[cfg(test)]
+use crate::store::{Revocation, Role};
 
 /// The authenticated caller of a request: the key it presented and that key's owner.
 #[derive(Debug, Clone)]
@@ -34,16 +37,7 @@ pub struct Caller {
 impl Caller {
     /// Requires the key's scope to be one of `allowed`.
     pub fn require_scope(&self, allowed: &[Scope], action: &str) -> Result<(), ApiError> {
-        if allowed.contains(&self.key.scope) {
-            return Ok(());
-        }
-        let needed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-        Err(ApiError::forbidden(format!(
-            "API key {} has scope \"{}\"; {action} needs scope {}",
-            self.key.id,
-            self.key.scope.as_str(),
-            needed.join(" or ")
-        )))
+        Ok(access::require_scope(&self.key, allowed, action)?)
     }
 
     /// Requires admin scope.
@@ -53,7 +47,7 @@ impl Caller {
 
     /// True when the caller's role lets them manage the workspace (owner or admin).
     pub fn has_manager_role(&self) -> bool {
-        matches!(self.key.member_role, Role::Owner | Role::Admin)
+        access::is_manager(&self.key)
     }
 
     /// Requires admin scope and the owner or admin role.
@@ -67,17 +61,22 @@ impl Caller {
 
     /// The 403 for a member whose role does not allow `action`.
     pub fn role_refusal(&self, action: &str) -> ApiError {
-        ApiError::forbidden(format!(
-            "{} has the role \"{}\" in workspace {}; {action} needs the owner or admin role",
-            self.key.member_email,
-            self.key.member_role.as_str(),
-            self.key.workspace_name
-        ))
+        access::role_refusal(&self.key, action).into()
     }
 
     /// True when `key` belongs to the caller's member.
     pub fn owns(&self, key: &KeyRecord) -> bool {
-        key.member_id == self.key.member_id && key.workspace_id == self.key.workspace_id
+        access::owns(&self.key, key)
+    }
+
+    /// What a store write made on the caller's behalf checks again inside its transaction:
+    /// this key, usable and allowed `need` for `action`.
+    pub fn check(&self, need: Need, action: &'static str) -> CallerCheck {
+        CallerCheck {
+            key: self.key.id.clone(),
+            need,
+            action,
+        }
     }
 }
 
@@ -128,50 +127,18 @@ pub fn check_key(
     refusal(&record, now).map_or(Ok(record), Err)
 }
 
-/// Why an authentic key can no longer be used at `now`, if it cannot.
+/// Why an authentic key can no longer be used at `now`, if it cannot: revoked, expired, or
+/// its member removed.
 pub fn refusal(record: &KeyRecord, now: OffsetDateTime) -> Option<ApiError> {
-    // A revocation scheduled for the end of a rotation overlap does not count before then.
-    if let Some(at) = record.revoked_at.filter(|at| *at <= now) {
-        let by = record.revoked_by.as_deref().unwrap_or("an admin");
-        let message = match record.revoked_reason {
-            Some(Revocation::MemberRemoved) => format!(
-                "API key {} was revoked on {} because its owner {} was removed from the \
-                 workspace by {by}",
-                record.id,
-                rfc3339(at),
-                record.member_email
-            ),
-            _ => format!(
-                "API key {} was revoked on {} by {by}; ask an admin for a new key",
-                record.id,
-                rfc3339(at)
-            ),
-        };
-        return Some(ApiError::key_revoked(message));
-    }
-    if record.expires_at <= now {
-        return Some(ApiError::key_expired(format!(
-            "API key {} expired on {}; create a new key",
-            record.id,
-            rfc3339(record.expires_at)
-        )));
-    }
-    None
+    access::unusable(record, now).map(ApiError::from)
 }
 
 /// Why an authentic key may not enroll another device: it is revoked, expired, or has
 /// reached its use limit.
 pub fn enroll_refusal(record: &KeyRecord, now: OffsetDateTime) -> Option<ApiError> {
-    if let Some(refused) = refusal(record, now) {
-        return Some(refused);
-    }
-    match record.max_uses {
-        Some(max) if record.uses >= max => Some(ApiError::forbidden(format!(
-            "API key {} has used all of its {max} enrollments; create a new key",
-            record.id
-        ))),
-        _ => None,
-    }
+    access::check(record, Need::Enroll, "enrolling a device", now)
+        .err()
+        .map(ApiError::from)
 }
 
 /// A time as RFC 3339 text.
@@ -208,6 +175,7 @@ mod tests {
             replaced_by: None,
             max_uses: None,
             uses: 0,
+            member_removed_at: None,
         }
     }
 

@@ -11,6 +11,7 @@ use axum::Json;
 use heex_proto::api::{ErrorBody, ErrorCode};
 use heex_proto::exit;
 
+use crate::access::Refusal;
 use crate::store::StoreError;
 
 /// Why `heex-cloud` stopped. Each variant maps to one exit code; the message is one line
@@ -163,12 +164,13 @@ impl ApiError {
         )
     }
 
-    /// 405 with a `bad_request` body.
+    /// 405 `method_not_allowed`.
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::BadRequest,
-            "method not allowed on this path",
+            ErrorCode::MethodNotAllowed,
+            "this path does not take this HTTP method; the OpenAPI document at \
+             /v1/openapi.json lists each path's methods",
         )
     }
 
@@ -222,7 +224,19 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::DiskFull(_) => ApiError::disk_full(e),
+            StoreError::Refused(refusal) => refusal.into(),
             e => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthorized => ApiError::unauthorized(),
+            Refusal::Revoked(message) => ApiError::key_revoked(message),
+            Refusal::Expired(message) => ApiError::key_expired(message),
+            Refusal::Forbidden(message) => ApiError::forbidden(message),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! `main.rs` only parses the command line and calls [`run`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod atomic_file;
 pub mod auth;

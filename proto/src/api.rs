@@ -104,6 +104,8 @@ pub enum ErrorCode {
     /// The server cannot take the request for now (e.g. its disk is full); the message says
     /// why. Retry later.
     Unavailable,
+    /// The path exists but does not take this HTTP method.
+    MethodNotAllowed,
     /// A code this client does not know yet.
     #[serde(other)]
     Other,
@@ -412,6 +414,9 @@ fn default_role() -> Role {
 pub struct InviteResponse {
     /// One-time invitation token.
     pub token: String,
+    /// The invitation's id (for `GET /v1/invitations` and cancelling; not a secret).
+    #[serde(default)]
+    pub id: String,
     /// Invitee's email.
     pub email: String,
     /// Role.
@@ -455,6 +460,18 @@ pub struct RemoveMemberResponse {
     pub member: MemberInfo,
     /// Keys revoked in the same transaction.
     pub revoked_keys: Vec<KeyId>,
+    /// Pending invitations cancelled in the same transaction: those the member issued and
+    /// those addressed to their email.
+    #[serde(default)]
+    pub cancelled_invitations: Vec<String>,
+    /// Set when the member had been removed before this request (which then only revoked
+    /// and cancelled what was still active).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub already_removed_at: Option<OffsetDateTime>,
 }
 
 /// One audit log entry (`GET /v1/audit`).
@@ -500,4 +517,24 @@ pub struct ReportPage {
     /// Pass as `after` to get the next page; absent when this page is the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<u64>,
+}
+
+/// A pending invitation (`GET /v1/invitations`). The token is never shown again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InvitationInfo {
+    /// Id (`inv_` and 16 letters or digits).
+    pub id: String,
+    /// Invitee's email.
+    pub email: String,
+    /// Role they will have.
+    pub role: Role,
+    /// Email of the member who invited them.
+    pub invited_by: String,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the token stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
 }

@@ -82,6 +82,8 @@ pub fn invitations(ctx: &mut Ctx<'_>, cmd: &InvitationsCommand) -> Result<(), Cl
             let token = input.read(ctx.env)?;
             accept(ctx, &token.text, server, key_name.clone())
         }
+        InvitationsCommand::List => super::members::list_invitations(ctx),
+        InvitationsCommand::Cancel { id } => super::members::cancel_invitation(ctx, id),
     }
 }
 

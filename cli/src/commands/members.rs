@@ -1,6 +1,8 @@
 //! `heex members list|invite|remove`.
 
-use heex_proto::api::{InviteRequest, InviteResponse, MemberInfo, RemoveMemberResponse};
+use heex_proto::api::{
+    InvitationInfo, InviteRequest, InviteResponse, MemberInfo, RemoveMemberResponse,
+};
 use heex_proto::MemberId;
 use serde_json::json;
 
@@ -152,6 +154,41 @@ fn member_id(client: &ApiClient, member: &str) -> Result<MemberId, CliError> {
             found.id
         ))
     })
+}
+
+/// `heex invitations list`.
+pub fn list_invitations(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
+    let (_, client) = ctx.client()?;
+    let reply = client.get::<Vec<InvitationInfo>>("/v1/invitations", &[])?;
+    if ctx.json {
+        return ctx.print_json(&reply.raw);
+    }
+    let mut table = Table::new(["ID", "EMAIL", "ROLE", "INVITED BY", "CREATED", "EXPIRES"]);
+    for i in &reply.value {
+        table.row(vec![
+            i.id.clone(),
+            i.email.clone(),
+            i.role.as_str().to_owned(),
+            i.invited_by.clone(),
+            ctx.clock.relative(i.created_at),
+            ctx.clock.expiry(i.expires_at),
+        ]);
+    }
+    let text = table.render();
+    ctx.print(&text)
+}
+
+/// `heex invitations cancel ID`.
+pub fn cancel_invitation(ctx: &mut Ctx<'_>, id: &str) -> Result<(), CliError> {
+    let (_, client) = ctx.client()?;
+    let id = id.trim();
+    client.delete(&format!("/v1/invitations/{id}"))?;
+    if ctx.json {
+        return ctx.print_json(&json!({"id": id, "cancelled": true}));
+    }
+    ctx.println(&format!(
+        "Cancelled invitation {id}; its token no longer works."
+    ))
 }
 
 #[cfg(test)]

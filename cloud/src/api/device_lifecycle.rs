@@ -1,5 +1,9 @@
 //! `/v1/devices/{id}` lifecycle (admin scope): revoke, rename/relabel, delete.
 //!
+//! Owners and admins manage every device of the workspace; a member may rename, relabel and
+//! revoke only the devices they enrolled, and delete none (see [`crate::access`]). The store
+//! decides inside each change's transaction.
+//!
 //! Revoking a device is separate from revoking keys: it closes the device's live gateway
 //! session at once and the gateway refuses its handshakes and renewals afterwards.
 
@@ -17,6 +21,7 @@ use time::OffsetDateTime;
 
 use super::enroll::{check_labels, MAX_DEVICE_NAME};
 use super::{audit_entry, check_name, not_in_workspace, whole_seconds, ApiJson, AppState};
+use crate::access::Need;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::store::{AuditAction, DeleteDeviceOutcome};
@@ -61,7 +66,7 @@ async fn device_info(
     responses(
         (status = 200, description = "The revoked device", body = DeviceInfo),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
-        (status = 403, description = "Enroll scope", body = ErrorBody),
+        (status = 403, description = "Enroll scope, or a member acting on a device they did not enroll (or deleting any)", body = ErrorBody),
         (status = 404, description = "No such device in the workspace", body = ErrorBody)
     )
 )]
@@ -75,6 +80,8 @@ pub(super) async fn revoke(
     let now = whole_seconds(OffsetDateTime::now_utc());
     let audit = audit_entry(
         &caller,
+        Need::Admin,
+        "revoking devices",
         now,
         AuditAction::DeviceRevoke,
         device_id.as_str(),
@@ -105,7 +112,7 @@ pub(super) async fn revoke(
         (status = 200, description = "The updated device", body = DeviceInfo),
         (status = 400, description = "Bad name or labels, or nothing to change", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
-        (status = 403, description = "Enroll scope", body = ErrorBody),
+        (status = 403, description = "Enroll scope, or a member acting on a device they did not enroll (or deleting any)", body = ErrorBody),
         (status = 404, description = "No such device in the workspace", body = ErrorBody)
     )
 )]
@@ -131,6 +138,8 @@ pub(super) async fn update(
     let name = req.name.map(|n| n.trim().to_owned());
     let audit = audit_entry(
         &caller,
+        Need::Admin,
+        "updating devices",
         OffsetDateTime::now_utc(),
         AuditAction::DeviceUpdate,
         device_id.as_str(),
@@ -163,7 +172,7 @@ pub(super) async fn update(
         (status = 204, description = "Deleted"),
         (status = 400, description = "The device is not revoked", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
-        (status = 403, description = "Enroll scope", body = ErrorBody),
+        (status = 403, description = "Enroll scope, or a member acting on a device they did not enroll (or deleting any)", body = ErrorBody),
         (status = 404, description = "No such device in the workspace", body = ErrorBody)
     )
 )]
@@ -176,6 +185,8 @@ pub(super) async fn delete(
     let device_id = parse_id(&id)?;
     let audit = audit_entry(
         &caller,
+        Need::Admin,
+        "deleting devices",
         OffsetDateTime::now_utc(),
         AuditAction::DeviceDelete,
         device_id.as_str(),

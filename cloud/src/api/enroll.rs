@@ -12,6 +12,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{audit_entry, check_name, ApiJson, AppState, GatewayAddress};
+use crate::access::Need;
 use crate::auth::{enroll_refusal, Caller};
 use crate::csr::DeviceCsr;
 use crate::error::ApiError;
@@ -85,6 +86,8 @@ pub(super) async fn enroll(
 
     let audit = audit_entry(
         &caller,
+        Need::Enroll,
+        "enrolling a device",
         now,
         AuditAction::DeviceEnroll,
         device_id.as_str(),

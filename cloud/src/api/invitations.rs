@@ -4,12 +4,12 @@
 //! A token is `heexinv_` and 32 random base62 characters. Only its SHA-256 is stored; it
 //! works once and expires (7 days by default).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use heex_proto::api::{
-    AcceptInvitationRequest, AcceptInvitationResponse, CreateKeyResponse, ErrorBody, InviteRequest,
-    InviteResponse, Role,
+    AcceptInvitationRequest, AcceptInvitationResponse, CreateKeyResponse, ErrorBody,
+    InvitationInfo, InviteRequest, InviteResponse,
 };
 use heex_proto::{base62, ApiKey, KeyId, MemberId};
 use serde_json::json;
@@ -17,10 +17,13 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::keys::{DEFAULT_KEY_LIFETIME, MAX_KEY_NAME};
-use super::{audit_entry, check_name, whole_seconds, ApiJson, AppState};
+use super::{audit_entry, check_name, not_in_workspace, whole_seconds, ApiJson, AppState};
+use crate::access::{self, Need};
 use crate::auth::{rfc3339, Caller};
 use crate::error::ApiError;
-use crate::store::{AcceptOutcome, Acceptance, AuditAction, NewInvitation};
+use crate::store::{
+    AcceptOutcome, Acceptance, AuditAction, CancelOutcome, InvitationCancel, NewInvitation,
+};
 
 /// What every invitation token starts with.
 pub const TOKEN_PREFIX: &str = "heexinv_";
@@ -55,12 +58,8 @@ pub(super) async fn invite(
     caller: Caller,
     ApiJson(req): ApiJson<InviteRequest>,
 ) -> Result<(StatusCode, Json<InviteResponse>), ApiError> {
-    caller.require_manager("inviting members")?;
-    if req.role == Role::Owner && caller.key.member_role != Role::Owner {
-        return Err(ApiError::forbidden(
-            "only an owner can invite another owner; invite them as admin or member",
-        ));
-    }
+    // Decided here to answer early, and again by the store inside the write.
+    access::invite(&caller.key, req.role, OffsetDateTime::now_utc())?;
     let email = req.email.trim().to_owned();
     check_email(&email)?;
     let lifetime = match req.expires_in_secs {
@@ -83,14 +82,21 @@ pub(super) async fn invite(
         created_at: now,
         expires_at: now + lifetime,
         invited_by: caller.key.member_id.clone(),
+        id: format!(
+            "{INVITATION_ID_PREFIX}{}",
+            base62::random(INVITATION_ID_LEN)
+        ),
     };
+    let id = invitation.id.clone();
     let expires_at = invitation.expires_at;
     let audit = audit_entry(
         &caller,
+        Need::Manager,
+        "inviting members",
         now,
         AuditAction::MemberInvite,
         email.clone(),
-        json!({"role": req.role, "expires_at": rfc3339(expires_at)}),
+        json!({"role": req.role, "expires_at": rfc3339(expires_at), "invitation": id}),
     );
     if !state.store.create_invitation(invitation, audit).await? {
         return Err(ApiError::bad_request(format!(
@@ -102,6 +108,7 @@ pub(super) async fn invite(
         StatusCode::CREATED,
         Json(InviteResponse {
             token,
+            id,
             email,
             role: req.role,
             expires_at,
@@ -119,7 +126,7 @@ pub(super) async fn invite(
     request_body = AcceptInvitationRequest,
     responses(
         (status = 201, description = "The new member and their first key, in full", body = AcceptInvitationResponse),
-        (status = 400, description = "Unknown, used or expired token, or already a member", body = ErrorBody)
+        (status = 400, description = "Unknown, used, cancelled or expired token, an inviter who may no longer invite, or already a member", body = ErrorBody)
     )
 )]
 pub(super) async fn accept(
@@ -174,6 +181,27 @@ pub(super) async fn accept(
                 "{email} is already a member of this workspace; use your existing API key"
             )))
         }
+        AcceptOutcome::Cancelled(at, reason) => {
+            let why = match reason {
+                InvitationCancel::Cancelled => "cancelled",
+                InvitationCancel::InviterRemoved => {
+                    "cancelled because the member who sent it was removed"
+                }
+                InvitationCancel::InviteeRemoved => {
+                    "cancelled because the member it was sent to was removed"
+                }
+            };
+            return Err(ApiError::bad_request(format!(
+                "this invitation was {why} on {}; ask an admin for a new invitation",
+                rfc3339(at)
+            )));
+        }
+        AcceptOutcome::InviterGone(inviter) => {
+            return Err(ApiError::bad_request(format!(
+                "this invitation is void: {inviter}, who sent it, may no longer invite with \
+                 its role; ask an admin for a new invitation"
+            )))
+        }
     };
     tracing::info!(member = %member.id, key = %key.id, "invitation accepted");
     let secret = ApiKey::derive(state.secret.as_bytes(), key.id.clone());
@@ -189,6 +217,96 @@ pub(super) async fn accept(
             },
         }),
     ))
+}
+
+/// Lists the workspace's pending invitations (owner or admin role), oldest first: neither
+/// accepted, cancelled nor expired. Tokens are never shown again.
+#[utoipa::path(
+    get,
+    path = "/v1/invitations",
+    tag = "members",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The pending invitations", body = Vec<InvitationInfo>),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 403, description = "Scope or role does not allow listing invitations", body = ErrorBody)
+    )
+)]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<InvitationInfo>>, ApiError> {
+    caller.require_manager("listing invitations")?;
+    let pending = state
+        .store
+        .list_invitations(&caller.key.workspace_id, OffsetDateTime::now_utc())
+        .await?;
+    Ok(Json(pending.iter().map(|i| i.info()).collect()))
+}
+
+/// Cancels a pending invitation (owner or admin role): its token stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/invitations/{id}",
+    tag = "members",
+    params(("id" = String, Path, description = "Invitation id (inv_…)")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The cancelled invitation", body = InvitationInfo),
+        (status = 400, description = "Already accepted or cancelled", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 403, description = "Scope or role does not allow cancelling invitations", body = ErrorBody),
+        (status = 404, description = "No such invitation in the workspace", body = ErrorBody)
+    )
+)]
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InvitationInfo>, ApiError> {
+    caller.require_manager("cancelling invitations")?;
+    if !is_invitation_id(&id) {
+        return Err(not_in_workspace("invitation", &id));
+    }
+    let now = whole_seconds(OffsetDateTime::now_utc());
+    let audit = audit_entry(
+        &caller,
+        Need::Manager,
+        "cancelling invitations",
+        now,
+        AuditAction::InvitationCancel,
+        id.clone(),
+        json!({}),
+    );
+    match state
+        .store
+        .cancel_invitation(&caller.key.workspace_id, &id, &caller.key.member_id, audit)
+        .await?
+    {
+        CancelOutcome::Cancelled(inv) => {
+            tracing::info!(invitation = %inv.id, by = %caller.key.id, "invitation cancelled");
+            Ok(Json(inv.info()))
+        }
+        CancelOutcome::NotFound => Err(not_in_workspace("invitation", &id)),
+        CancelOutcome::AlreadyAccepted(at) => Err(ApiError::bad_request(format!(
+            "invitation {id} was accepted on {}; remove the member instead",
+            rfc3339(at)
+        ))),
+        CancelOutcome::AlreadyCancelled(at) => Err(ApiError::bad_request(format!(
+            "invitation {id} was already cancelled on {}",
+            rfc3339(at)
+        ))),
+    }
+}
+
+/// What every invitation id starts with.
+pub const INVITATION_ID_PREFIX: &str = "inv_";
+/// Letters or digits after the prefix.
+pub const INVITATION_ID_LEN: usize = 16;
+
+fn is_invitation_id(id: &str) -> bool {
+    id.strip_prefix(INVITATION_ID_PREFIX)
+        .is_some_and(|rest| rest.len() == INVITATION_ID_LEN && base62::is_base62(rest))
 }
 
 /// Hex SHA-256 of a token: what the store keeps.

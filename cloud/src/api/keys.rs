@@ -21,6 +21,7 @@ use super::{
     audit_entry, check_name, not_in_workspace, whole_seconds, ApiJson, ApiQuery, AppState,
     OptionalJson,
 };
+use crate::access::{self, Need};
 use crate::auth::{rfc3339, Caller};
 use crate::error::ApiError;
 use crate::store::{AuditAction, KeyRecord, NewKey, Rotation, StoreError};
@@ -77,6 +78,8 @@ pub(super) async fn create(
     let info = new_key_info(&new, &owner.member_email);
     let audit = audit_entry(
         &caller,
+        Need::Admin,
+        "creating keys",
         now,
         AuditAction::KeyCreate,
         new.id.as_str(),
@@ -241,6 +244,8 @@ pub(super) async fn copy(
     require_usable(&key, now, "copied")?;
     let audit = audit_entry(
         &caller,
+        Need::Admin,
+        "copying keys",
         now,
         AuditAction::KeyCopy,
         key.id.as_str(),
@@ -255,8 +260,9 @@ pub(super) async fn copy(
 }
 
 /// Revokes a key at once. Allowed on the caller's own keys (any key may revoke itself, so a
-/// leaked enroll key can be killed with itself) and, for owners and admins, on any key of
-/// the workspace. Revoking a revoked key returns it unchanged.
+/// leaked enroll key can be killed with itself) and, for owners and admins, on other
+/// members' keys of the workspace; only an owner may revoke an owner's key. Revoking a
+/// revoked key returns it unchanged.
 #[utoipa::path(
     post,
     path = "/v1/keys/{id}/revoke",
@@ -276,19 +282,13 @@ pub(super) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<KeyInfo>, ApiError> {
     let target = workspace_key(&state, &caller, &id).await?;
-    if target.id != caller.key.id {
-        caller.require_admin("revoking keys")?;
-        if !caller.owns(&target) && !caller.has_manager_role() {
-            return Err(ApiError::forbidden(format!(
-                "{} may revoke only their own keys; revoking another member's keys needs the \
-                 owner or admin role",
-                caller.key.member_email
-            )));
-        }
-    }
     let now = whole_seconds(OffsetDateTime::now_utc());
+    // Decided here to answer early, and again by the store inside the revocation.
+    access::revoke_key(&caller.key, &target, OffsetDateTime::now_utc())?;
     let audit = audit_entry(
         &caller,
+        Need::Usable,
+        "revoking keys",
         now,
         AuditAction::KeyRevoke,
         target.id.as_str(),
@@ -352,6 +352,8 @@ pub(super) async fn rotate(
     let audit = vec![
         audit_entry(
             &caller,
+            Need::Admin,
+            "rotating keys",
             now,
             AuditAction::KeyRotate,
             old.id.as_str(),
@@ -363,6 +365,8 @@ pub(super) async fn rotate(
         ),
         audit_entry(
             &caller,
+            Need::Admin,
+            "rotating keys",
             now,
             AuditAction::KeyCreate,
             new.id.as_str(),

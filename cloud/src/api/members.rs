@@ -3,12 +3,13 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use heex_proto::api::{ErrorBody, MemberInfo, RemoveMemberResponse, Role};
+use heex_proto::api::{ErrorBody, MemberInfo, RemoveMemberResponse};
 use heex_proto::MemberId;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{audit_entry, not_in_workspace, whole_seconds, AppState};
+use crate::access::{self, Need};
 use crate::auth::{rfc3339, Caller};
 use crate::error::ApiError;
 use crate::store::{AuditAction, RemoveOutcome};
@@ -38,9 +39,11 @@ pub(super) async fn list(
     Ok(Json(members.iter().map(|m| m.info()).collect()))
 }
 
-/// Removes a member (owner or admin role; removing an owner needs the owner role) and
-/// revokes all of their keys in the same transaction. The last owner cannot be removed.
-/// Devices the member enrolled belong to the workspace and are untouched.
+/// Removes a member (owner or admin role; removing an owner needs the owner role), revokes
+/// all of their keys and cancels the pending invitations they issued or were sent, in the
+/// same transaction. Removing a removed member again revokes and cancels whatever is still
+/// active. The last owner cannot be removed. Devices the member enrolled belong to the
+/// workspace and are untouched.
 #[utoipa::path(
     post,
     path = "/v1/members/{id}/remove",
@@ -49,7 +52,7 @@ pub(super) async fn list(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The removed member and the keys revoked", body = RemoveMemberResponse),
-        (status = 400, description = "The last owner, or already removed", body = ErrorBody),
+        (status = 400, description = "The last owner, or already removed with nothing left active", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 403, description = "Scope or role does not allow removing this member", body = ErrorBody),
         (status = 404, description = "No such member in the workspace", body = ErrorBody)
@@ -70,14 +73,17 @@ pub(super) async fn remove(
         .find_member(ws, &member_id, now)
         .await?
         .ok_or_else(not_found)?;
-    if target.role == Role::Owner && caller.key.member_role != Role::Owner {
-        return Err(ApiError::forbidden(format!(
-            "{} is an owner; only an owner can remove an owner",
-            target.email
-        )));
-    }
+    // Decided here to answer early, and again by the store inside the removal.
+    access::remove_member(
+        &caller.key,
+        &target.email,
+        target.role,
+        OffsetDateTime::now_utc(),
+    )?;
     let audit = audit_entry(
         &caller,
+        Need::Manager,
+        "removing members",
         now,
         AuditAction::MemberRemove,
         target.email.clone(),
@@ -91,16 +97,27 @@ pub(super) async fn remove(
         RemoveOutcome::Removed {
             member,
             revoked_keys,
+            cancelled_invitations,
+            already_removed_at,
         } => {
-            tracing::info!(member = %member.id, keys = revoked_keys.len(), by = %caller.key.id, "member removed");
+            tracing::info!(
+                member = %member.id,
+                keys = revoked_keys.len(),
+                invitations = cancelled_invitations.len(),
+                again = already_removed_at.is_some(),
+                by = %caller.key.id,
+                "member removed"
+            );
             Ok(Json(RemoveMemberResponse {
                 member: member.info(),
                 revoked_keys,
+                cancelled_invitations,
+                already_removed_at,
             }))
         }
         RemoveOutcome::NotFound => Err(not_found()),
         RemoveOutcome::AlreadyRemoved(at) => Err(ApiError::bad_request(format!(
-            "{} was already removed on {}",
+            "{} was already removed on {}; none of their keys or invitations is still active",
             target.email,
             rfc3339(at)
         ))),

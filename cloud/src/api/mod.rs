@@ -33,6 +33,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::access::Need;
 use crate::auth::Caller;
 use crate::ca::Ca;
 use crate::datadir::ServerSecret;
@@ -100,8 +101,9 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::rotate))
         .routes(routes!(members::list))
         .routes(routes!(members::remove))
-        .routes(routes!(invitations::invite))
+        .routes(routes!(invitations::invite, invitations::list))
         .routes(routes!(invitations::accept))
+        .routes(routes!(invitations::cancel))
         .routes(routes!(devices::list))
         .routes(routes!(reports::list))
         .routes(routes!(
@@ -240,9 +242,13 @@ pub fn check_name(field: &str, value: &str, max: usize) -> Result<(), ApiError> 
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-/// An audit event by the caller, at `at`, in the caller's workspace.
+/// An audit event by the caller, at `at`, in the caller's workspace. The store writes it
+/// only after checking again, inside the change's transaction, that the caller's key is
+/// usable and allowed `need` for `what` (and the change's own policy).
 pub fn audit_entry(
     caller: &Caller,
+    need: Need,
+    what: &'static str,
     at: OffsetDateTime,
     action: AuditAction,
     target: impl Into<String>,
@@ -255,6 +261,7 @@ pub fn audit_entry(
         action,
         target: target.into(),
         details,
+        caller: Some(caller.check(need, what)),
     }
 }
 
@@ -263,9 +270,36 @@ pub fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0).unwrap_or(t)
 }
 
-/// A 404 for an object that does not exist in the caller's workspace.
+/// A 404 for an object that does not exist in the caller's workspace. The id is the
+/// client's text: at most [`ECHOED_ID_CHARS`] characters of it are echoed, escaped.
 pub fn not_in_workspace(what: &str, id: &str) -> ApiError {
-    ApiError::not_found(format!("no {what} {id} in this workspace"))
+    ApiError::not_found(format!("no {what} {} in this workspace", echoed(id)))
+}
+
+/// Most characters of a client-supplied id echoed in a message.
+pub const ECHOED_ID_CHARS: usize = 64;
+
+/// A client-supplied value as a message may echo it: control and format characters escaped,
+/// cut to [`ECHOED_ID_CHARS`] characters with "…" when longer.
+pub fn echoed(value: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        if i == ECHOED_ID_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || is_format_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Invisible characters that reorder or hide text (bidi controls, zero-width characters).
+fn is_format_char(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 fn one_line(s: &str) -> String {

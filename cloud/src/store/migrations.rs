@@ -137,6 +137,21 @@ CREATE TABLE reports (
 ) WITHOUT ROWID;
 "#,
     },
+    Migration {
+        version: 4,
+        description: "invitation ids and cancellation",
+        sql: r#"
+-- An invitation is named by a public id (listing, cancelling); the token stays secret. A
+-- cancelled invitation cannot be accepted: cancelled by a member, or because its inviter or
+-- its invitee was removed from the workspace.
+ALTER TABLE invitations ADD COLUMN id TEXT;
+ALTER TABLE invitations ADD COLUMN cancelled_at INTEGER;
+ALTER TABLE invitations ADD COLUMN cancelled_by TEXT REFERENCES members(id);
+ALTER TABLE invitations ADD COLUMN cancelled_reason TEXT;
+UPDATE invitations SET id = 'inv_' || lower(hex(randomblob(8))) WHERE id IS NULL;
+CREATE UNIQUE INDEX invitations_id ON invitations(id);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -12,9 +12,9 @@ pub mod sqlite;
 
 pub use device_lifecycle::DeleteDeviceOutcome;
 pub use records::{
-    AcceptOutcome, Acceptance, AuditAction, AuditEntry, AuditFilter, DeviceRecord, KeyRecord,
-    MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome,
-    Revocation, Role, Rotation,
+    AcceptOutcome, Acceptance, AuditAction, AuditEntry, AuditFilter, CallerCheck, CancelOutcome,
+    DeviceRecord, InvitationCancel, InvitationRecord, KeyRecord, MemberRecord, NewDevice,
+    NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome, Revocation, Role, Rotation,
 };
 pub use sqlite::SYSTEM_ACTOR;
 
@@ -56,6 +56,10 @@ pub enum StoreError {
     /// The filesystem holding the database is full: nothing was written.
     #[error("the disk holding the database is full: {0}")]
     DiskFull(String),
+    /// The caller's key (see [`AuditEntry::caller`]) may not make this change, as decided
+    /// inside its transaction; nothing was written.
+    #[error("{0}")]
+    Refused(crate::access::Refusal),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -177,6 +181,34 @@ impl Store {
     ) -> Result<AcceptOutcome, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.accept_invitation(acceptance).await,
+        }
+    }
+
+    /// The pending invitations of a workspace (neither accepted, cancelled nor expired at
+    /// `now`), oldest first.
+    pub async fn list_invitations(
+        &self,
+        workspace: &WorkspaceId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<InvitationRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.list_invitations(workspace.clone(), now).await,
+        }
+    }
+
+    /// Cancels a pending invitation of `workspace` by its id, with `audit`.
+    pub async fn cancel_invitation(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+        by: &MemberId,
+        audit: AuditEntry,
+    ) -> Result<CancelOutcome, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.cancel_invitation(workspace.clone(), id.to_owned(), by.clone(), audit)
+                    .await
+            }
         }
     }
 

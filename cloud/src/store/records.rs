@@ -124,6 +124,9 @@ pub struct KeyRecord {
     pub max_uses: Option<u64>,
     /// Enrollments performed.
     pub uses: u64,
+    /// When the owner was removed from the workspace (then the key is unusable, whatever
+    /// its own revocation says).
+    pub member_removed_at: Option<OffsetDateTime>,
 }
 
 impl KeyRecord {
@@ -245,6 +248,8 @@ pub struct NewInvitation {
     pub expires_at: OffsetDateTime,
     /// Who invited them.
     pub invited_by: MemberId,
+    /// Public id (`inv_…`).
+    pub id: String,
 }
 
 /// Accepting an invitation: who the new member and their first key will be.
@@ -282,21 +287,108 @@ pub enum AcceptOutcome {
     Expired(OffsetDateTime),
     /// The invitee's email already belongs to a current member of the workspace.
     AlreadyMember(String),
+    /// The invitation was cancelled at this time, for this reason.
+    Cancelled(OffsetDateTime, InvitationCancel),
+    /// Whoever issued the invitation can no longer invite with its role (removed, or no
+    /// longer an owner or admin): it is void.
+    InviterGone(String),
+}
+
+/// Why an invitation was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvitationCancel {
+    /// A member cancelled it.
+    Cancelled,
+    /// The member who issued it was removed.
+    InviterRemoved,
+    /// The member it was addressed to was removed.
+    InviteeRemoved,
+}
+
+impl InvitationCancel {
+    /// The reason as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvitationCancel::Cancelled => "cancelled",
+            InvitationCancel::InviterRemoved => "inviter_removed",
+            InvitationCancel::InviteeRemoved => "invitee_removed",
+        }
+    }
+
+    /// Parses a stored reason.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cancelled" => Some(InvitationCancel::Cancelled),
+            "inviter_removed" => Some(InvitationCancel::InviterRemoved),
+            "invitee_removed" => Some(InvitationCancel::InviteeRemoved),
+            _ => None,
+        }
+    }
+}
+
+/// A pending invitation as listed.
+#[derive(Debug, Clone)]
+pub struct InvitationRecord {
+    /// Public id.
+    pub id: String,
+    /// Invitee's email.
+    pub email: String,
+    /// Role they will have.
+    pub role: Role,
+    /// Email of the member who invited them.
+    pub invited_by: String,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Expiry.
+    pub expires_at: OffsetDateTime,
+}
+
+impl InvitationRecord {
+    /// The invitation as the API lists it.
+    pub fn info(&self) -> heex_proto::api::InvitationInfo {
+        heex_proto::api::InvitationInfo {
+            id: self.id.clone(),
+            email: self.email.clone(),
+            role: self.role,
+            invited_by: self.invited_by.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// What cancelling an invitation did.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// Cancelled now.
+    Cancelled(InvitationRecord),
+    /// No such invitation in the workspace.
+    NotFound,
+    /// It was accepted already, at this time: nothing to cancel.
+    AlreadyAccepted(OffsetDateTime),
+    /// It was cancelled already, at this time.
+    AlreadyCancelled(OffsetDateTime),
 }
 
 /// What removing a member did.
 #[derive(Debug, Clone)]
 pub enum RemoveOutcome {
-    /// The member is removed and these keys were revoked in the same transaction.
+    /// The member is removed and these keys were revoked, these invitations cancelled, in
+    /// the same transaction.
     Removed {
         /// The member as it is now.
         member: MemberRecord,
         /// Keys revoked by the removal.
         revoked_keys: Vec<KeyId>,
+        /// Pending invitations cancelled: those the member issued or was sent.
+        cancelled_invitations: Vec<String>,
+        /// When the member had been removed already (this removal only revoked and
+        /// cancelled what was still active).
+        already_removed_at: Option<OffsetDateTime>,
     },
     /// No such member in the workspace.
     NotFound,
-    /// The member was removed already.
+    /// The member was removed already, at this time, and nothing of theirs was still active.
     AlreadyRemoved(OffsetDateTime),
     /// The member is the workspace's last owner.
     LastOwner,
@@ -327,11 +419,13 @@ pub enum AuditAction {
     DeviceUpdate,
     /// A revoked device was deleted.
     DeviceDelete,
+    /// An invitation was cancelled.
+    InvitationCancel,
 }
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 11] = [
+    pub const ALL: [AuditAction; 12] = [
         AuditAction::KeyCreate,
         AuditAction::KeyRevoke,
         AuditAction::KeyRotate,
@@ -343,6 +437,7 @@ impl AuditAction {
         AuditAction::DeviceRevoke,
         AuditAction::DeviceUpdate,
         AuditAction::DeviceDelete,
+        AuditAction::InvitationCancel,
     ];
 
     /// The action's name, e.g. "key.create".
@@ -359,6 +454,7 @@ impl AuditAction {
             AuditAction::DeviceRevoke => "device.revoke",
             AuditAction::DeviceUpdate => "device.update",
             AuditAction::DeviceDelete => "device.delete",
+            AuditAction::InvitationCancel => "invitation.cancel",
         }
     }
 }
@@ -378,6 +474,20 @@ pub struct AuditEntry {
     pub target: String,
     /// Extra details (never a secret).
     pub details: serde_json::Value,
+    /// The API key the change is made with, when a key's holder makes it: the store checks
+    /// it again (and the policy of the change) inside the change's transaction.
+    pub caller: Option<CallerCheck>,
+}
+
+/// The API key a change is made with and what the change needs of it.
+#[derive(Debug, Clone)]
+pub struct CallerCheck {
+    /// The key.
+    pub key: KeyId,
+    /// What the change needs of it, besides being usable.
+    pub need: crate::access::Need,
+    /// The change, for refusals ("creating keys").
+    pub action: &'static str,
 }
 
 /// Which audit events to read, newest first.

@@ -107,6 +107,7 @@ impl SqliteStore {
                 action,
                 target,
                 details,
+                caller: None,
             };
             audit::insert(
                 c,

@@ -766,6 +766,7 @@ async fn invitations_are_single_use_and_expire() {
                 created_at: now - time::Duration::days(8),
                 expires_at: now - time::Duration::days(1),
                 invited_by: me.member_id.parse().unwrap(),
+                id: format!("inv_{}", heex_proto::base62::random(16)),
             },
             crate::store::AuditEntry {
                 workspace_id: me.workspace_id.clone(),
@@ -774,6 +775,7 @@ async fn invitations_are_single_use_and_expire() {
                 action: crate::store::AuditAction::MemberInvite,
                 target: "late@example.com".into(),
                 details: json!({}),
+                caller: None,
             },
         )
         .await

@@ -20,6 +20,7 @@ use crate::datadir::DataDir;
 
 mod lifecycle;
 mod openapi;
+mod promises;
 
 struct Api {
     _dir: tempfile::TempDir,
@@ -503,6 +504,7 @@ async fn only_admins_revoke_other_members_keys() {
                 action: crate::store::AuditAction::KeyCreate,
                 target: bobs_id.to_string(),
                 details: json!({}),
+                caller: None,
             },
         )
         .await

@@ -21,6 +21,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("POST", "/v1/members/{id}/remove"),
     ("POST", "/v1/invitations"),
     ("POST", "/v1/invitations/accept"),
+    ("GET", "/v1/invitations"),
+    ("DELETE", "/v1/invitations/{id}"),
     ("GET", "/v1/devices"),
     ("GET", "/v1/devices/{id}"),
     ("GET", "/v1/devices/{id}/reports"),

@@ -11,7 +11,11 @@ use crate::store::{to_unix, AuditEntry, AuditFilter, StoreError};
 
 impl SqliteStore {
     pub(crate) async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.write(move |c| insert(c, &entry)).await
+        self.write(move |c| {
+            super::keys::caller(c, &entry)?;
+            insert(c, &entry)
+        })
+        .await
     }
 
     pub(crate) async fn audit_events(

@@ -2,12 +2,42 @@
 
 use std::collections::BTreeMap;
 
-use heex_proto::{DeviceId, WorkspaceId};
-use rusqlite::{params, OptionalExtension};
+use heex_proto::{DeviceId, MemberId, WorkspaceId};
+use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
-use super::{audit, SqliteStore};
+use super::{audit, parsed, SqliteStore};
+use crate::access::{self, DeviceAction};
 use crate::store::{to_unix, AuditEntry, DeleteDeviceOutcome, StoreError};
+
+/// A device of `workspace`: who enrolled it and when it was revoked; `None` when there is no
+/// such device. When the change is made with an API key, the access policy decides on
+/// `action` here, inside the change's transaction.
+fn device_for(
+    c: &Connection,
+    workspace: &WorkspaceId,
+    id: &DeviceId,
+    audit_entry: &AuditEntry,
+    action: DeviceAction,
+) -> Result<Option<Option<i64>>, StoreError> {
+    let actor = super::keys::caller(c, audit_entry)?;
+    let device = c
+        .prepare_cached(
+            "SELECT enrolled_by_member, revoked_at FROM devices WHERE id = ?1 AND workspace_id = ?2",
+        )?
+        .query_row([id.as_str(), workspace.as_str()], |r| {
+            Ok((parsed::<MemberId>(r, 0)?, r.get::<_, Option<i64>>(1)?))
+        })
+        .optional()?;
+    let Some((enrolled_by, revoked_at)) = device else {
+        return Ok(None);
+    };
+    if let Some(actor) = actor {
+        access::manage_device(&actor, &enrolled_by, action, OffsetDateTime::now_utc())
+            .map_err(StoreError::Refused)?;
+    }
+    Ok(Some(revoked_at))
+}
 
 impl SqliteStore {
     pub(crate) async fn record_renewal(
@@ -37,14 +67,7 @@ impl SqliteStore {
         audit_entry: AuditEntry,
     ) -> Result<bool, StoreError> {
         self.write(move |c| {
-            let exists = c
-                .prepare_cached(
-                    "SELECT revoked_at FROM devices WHERE id = ?1 AND workspace_id = ?2",
-                )?
-                .query_row([id.as_str(), workspace.as_str()], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })
-                .optional()?;
+            let exists = device_for(c, &workspace, &id, &audit_entry, DeviceAction::Revoke)?;
             match exists {
                 None => Ok(false),
                 // Already revoked: keep the first revocation time, record nothing new.
@@ -74,6 +97,9 @@ impl SqliteStore {
             .transpose()
             .map_err(|e| StoreError::Database(format!("cannot encode labels: {e}")))?;
         self.write(move |c| {
+            if device_for(c, &workspace, &id, &audit_entry, DeviceAction::Update)?.is_none() {
+                return Ok(false);
+            }
             let n = c
                 .prepare_cached(
                     "UPDATE devices SET name = COALESCE(?1, name), labels = COALESCE(?2, labels)
@@ -95,14 +121,7 @@ impl SqliteStore {
         audit_entry: AuditEntry,
     ) -> Result<DeleteDeviceOutcome, StoreError> {
         self.write(move |c| {
-            let revoked = c
-                .prepare_cached(
-                    "SELECT revoked_at FROM devices WHERE id = ?1 AND workspace_id = ?2",
-                )?
-                .query_row([id.as_str(), workspace.as_str()], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })
-                .optional()?;
+            let revoked = device_for(c, &workspace, &id, &audit_entry, DeviceAction::Delete)?;
             match revoked {
                 None => Ok(DeleteDeviceOutcome::NotFound),
                 Some(None) => Ok(DeleteDeviceOutcome::NotRevoked),

@@ -32,6 +32,7 @@ impl SqliteStore {
             .transpose()
             .map_err(|e| StoreError::Database(format!("cannot encode facts: {e}")))?;
         self.write(move |c| {
+            super::keys::caller(c, &audit)?;
             // The use is counted in the same transaction as the device, so concurrent
             // enrollments cannot overspend a limited key. A revocation scheduled for the end
             // of a rotation overlap does not count until then.

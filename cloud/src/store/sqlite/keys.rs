@@ -8,6 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use super::{audit, conversion, opt_time, parsed, time_at, SqliteStore};
+use crate::access::{self, Refusal};
 use crate::store::{
     from_unix, to_unix, AuditEntry, KeyRecord, NewKey, Revocation, Role, Rotation, StoreError,
 };
@@ -16,7 +17,7 @@ use crate::store::{
 const KEY_SELECT: &str = "
     SELECT k.id, k.workspace_id, w.name, k.member_id, m.email, m.role, k.name, k.scope,
            k.created_at, k.expires_at, k.last_used_at, k.revoked_at, r.email,
-           k.max_uses, k.uses, k.revoked_reason, k.replaced_by
+           k.max_uses, k.uses, k.revoked_reason, k.replaced_by, m.removed_at
     FROM api_keys k
     JOIN workspaces w ON w.id = k.workspace_id
     JOIN members m ON m.id = k.member_id
@@ -25,6 +26,7 @@ const KEY_SELECT: &str = "
 impl SqliteStore {
     pub(crate) async fn create_key(&self, k: NewKey, audit: AuditEntry) -> Result<(), StoreError> {
         self.write(move |c| {
+            caller(c, &audit)?;
             insert_key(c, &k)?;
             audit::insert(c, &audit)
         })
@@ -84,6 +86,11 @@ impl SqliteStore {
     ) -> Result<Option<KeyRecord>, StoreError> {
         let found = self
             .write(move |c| {
+                let actor = caller(c, &audit)?;
+                if let (Some(actor), Some(target)) = (actor, select_key(c, &id)?) {
+                    access::revoke_key(&actor, &target, OffsetDateTime::now_utc())
+                        .map_err(StoreError::Refused)?;
+                }
                 // A key whose revocation is only scheduled (rotation overlap) is revoked now.
                 let changed = c
                     .prepare_cached(
@@ -109,6 +116,9 @@ impl SqliteStore {
         let new_id = r.new.id.clone();
         let created = self
             .write(move |c| {
+                for entry in &r.audit {
+                    caller(c, entry)?;
+                }
                 // The replacement first: the old key's replaced_by references it.
                 insert_key(c, &r.new)?;
                 let changed = c
@@ -214,5 +224,22 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
                     .map_err(|e: heex_proto::KeyParseError| conversion(16, e))
             })
             .transpose()?,
+        member_removed_at: opt_time(row, 17)?,
     })
+}
+
+/// The caller's key of a change (see [`AuditEntry::caller`]) as this transaction sees it,
+/// checked against what the change needs; `None` for a change made by no key (the system).
+/// [`StoreError::Refused`] when the key is gone, revoked, expired, its member removed, or
+/// its scope or role falls short.
+pub(super) fn caller(c: &Connection, audit: &AuditEntry) -> Result<Option<KeyRecord>, StoreError> {
+    let Some(check) = &audit.caller else {
+        return Ok(None);
+    };
+    let key = select_key(c, &check.key)?
+        .filter(|k| k.workspace_id == audit.workspace_id)
+        .ok_or(StoreError::Refused(Refusal::Unauthorized))?;
+    access::check(&key, check.need, check.action, OffsetDateTime::now_utc())
+        .map_err(StoreError::Refused)?;
+    Ok(Some(key))
 }

@@ -228,6 +228,7 @@ async fn removing_a_member_revokes_every_key_in_the_same_transaction() {
     let RemoveOutcome::Removed {
         member,
         revoked_keys,
+        ..
     } = outcome
     else {
         panic!("{outcome:?}")
@@ -329,6 +330,7 @@ fn invitation(f: &Fixture, token: &str, email: &str, expires: time::Duration) ->
         created_at: f.now,
         expires_at: f.now + expires,
         invited_by: f.owner.clone(),
+        id: format!("inv_{}", heex_proto::base62::random(16)),
     }
 }
 
@@ -471,6 +473,7 @@ async fn audit_filters_and_order() {
                 action,
                 target: target.into(),
                 details: serde_json::json!({"n": 1}),
+                caller: None,
             })
             .await
             .unwrap();
@@ -483,6 +486,7 @@ async fn audit_filters_and_order() {
             action: AuditAction::KeyCreate,
             target: "K1".into(),
             details: serde_json::json!({}),
+            caller: None,
         })
         .await
         .unwrap();

@@ -59,6 +59,7 @@ async fn fixture() -> Fixture {
                 action: AuditAction::KeyCreate,
                 target: key.to_string(),
                 details: serde_json::json!({}),
+                caller: None,
             },
         )
         .await
@@ -101,6 +102,7 @@ fn audit(f: &Fixture, action: AuditAction, target: &str) -> AuditEntry {
         action,
         target: target.to_owned(),
         details: serde_json::json!({}),
+        caller: None,
     }
 }
 
