@@ -13,17 +13,28 @@ use heex_proto::frame::MAX_REPORT_BYTES;
 use heex_proto::DeviceId;
 use tokio::sync::mpsc;
 
-use super::DeviceDirectory;
+use super::{DeviceDirectory, DeviceNotLive};
 
 /// Most reports queued for storage per session; an agent keeps far fewer in flight.
 pub const MAX_QUEUED: usize = 1024;
 /// Most reports stored in one call.
 pub const MAX_BATCH: usize = 512;
+/// The largest report sequence number (the store keeps them as signed 64-bit integers).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Why reports could not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreFailure {
+    /// The device was revoked: nothing more is stored for it.
+    DeviceRevoked,
+    /// The store failed (logged); the agent resends later.
+    Failed,
+}
 
 /// The storage side of one session's reports.
 pub(crate) struct ReportSink {
     queue: mpsc::Sender<(u64, String)>,
-    acks: mpsc::UnboundedReceiver<Result<u64, String>>,
+    acks: mpsc::UnboundedReceiver<Result<u64, StoreFailure>>,
 }
 
 impl ReportSink {
@@ -43,9 +54,13 @@ impl ReportSink {
                         tracing::debug!(%device, reports = n, seq, "reports stored");
                         Ok(seq)
                     }
+                    Err(e) if e.is::<DeviceNotLive>() => {
+                        tracing::info!(%device, "reports refused: device revoked");
+                        Err(StoreFailure::DeviceRevoked)
+                    }
                     Err(e) => {
                         tracing::error!(%device, error = %e, "cannot store reports");
-                        Err(e.to_string())
+                        Err(StoreFailure::Failed)
                     }
                 };
                 let failed = answer.is_err();
@@ -64,6 +79,11 @@ impl ReportSink {
         if seq == 0 {
             return Err("report sequence numbers start at 1".to_owned());
         }
+        if seq > MAX_SEQ {
+            return Err(format!(
+                "report seq {seq} exceeds the largest sequence number, {MAX_SEQ}"
+            ));
+        }
         let text = payload.to_string();
         if text.len() > MAX_REPORT_BYTES {
             return Err(format!(
@@ -81,12 +101,12 @@ impl ReportSink {
 
     /// The next cumulative ack (the latest, when several are ready), or the storage error.
     /// Cancel-safe.
-    pub(crate) async fn next_ack(&mut self) -> Result<u64, String> {
+    pub(crate) async fn next_ack(&mut self) -> Result<u64, StoreFailure> {
         let mut latest = self
             .acks
             .recv()
             .await
-            .unwrap_or_else(|| Err("report storage stopped".to_owned()))?;
+            .unwrap_or(Err(StoreFailure::Failed))?;
         while let Ok(next) = self.acks.try_recv() {
             latest = latest.max(next?);
         }
@@ -95,7 +115,7 @@ impl ReportSink {
 }
 
 /// [`ReportSink::next_ack`] of the session's sink; never when it has none.
-pub(crate) async fn next_ack(sink: &mut Option<ReportSink>) -> Result<u64, String> {
+pub(crate) async fn next_ack(sink: &mut Option<ReportSink>) -> Result<u64, StoreFailure> {
     match sink {
         Some(s) => s.next_ack().await,
         None => std::future::pending().await,

@@ -89,21 +89,57 @@ impl Pki {
 struct Directory {
     devices: Mutex<HashMap<DeviceId, DeviceStatus>>,
     seen: Mutex<Vec<(DeviceId, Option<Facts>)>>,
+    stored: Mutex<Vec<(DeviceId, u64)>>,
+    status_reads: Mutex<HashMap<DeviceId, usize>>,
     fail: Mutex<bool>,
+    /// Revokes a device (store, then registry, as the API does) right after its record
+    /// was read: a revocation landing just after the gateway's device check.
+    revoke_after_read: Mutex<Option<SessionRegistry>>,
 }
 
 impl Directory {
     fn add(&self, id: &DeviceId, ws: &WorkspaceId, revoked: bool) {
+        self.add_with_serial(id, ws, revoked, "");
+    }
+    fn add_with_serial(&self, id: &DeviceId, ws: &WorkspaceId, revoked: bool, serial: &str) {
         self.devices.lock().unwrap().insert(
             id.clone(),
             DeviceStatus {
                 workspace_id: ws.clone(),
                 revoked_at: revoked.then(OffsetDateTime::now_utc),
+                cert_serial: serial.to_owned(),
+                previous_cert: None,
             },
         );
     }
+    fn revoke(&self, id: &DeviceId) {
+        let mut devices = self.devices.lock().unwrap();
+        devices.get_mut(id).unwrap().revoked_at = Some(OffsetDateTime::now_utc());
+    }
+    /// As a renewal recorded `at` does: `serial` becomes current, the old one previous.
+    fn renewed(&self, id: &DeviceId, serial: &str, at: OffsetDateTime) {
+        let mut devices = self.devices.lock().unwrap();
+        let d = devices.get_mut(id).unwrap();
+        let old = std::mem::replace(&mut d.cert_serial, serial.to_owned());
+        d.previous_cert = Some((old, at));
+    }
     fn seen(&self) -> Vec<(DeviceId, Option<Facts>)> {
         self.seen.lock().unwrap().clone()
+    }
+    fn stored(&self) -> Vec<(DeviceId, u64)> {
+        self.stored.lock().unwrap().clone()
+    }
+    fn status_reads(&self, id: &DeviceId) -> usize {
+        self.status_reads
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+    fn live(&self, id: &DeviceId) -> bool {
+        let devices = self.devices.lock().unwrap();
+        devices.get(id).is_some_and(|s| s.revoked_at.is_none())
     }
 }
 
@@ -112,27 +148,51 @@ impl DeviceDirectory for Directory {
         if *self.fail.lock().unwrap() {
             anyhow::bail!("database is on fire");
         }
-        Ok(self.devices.lock().unwrap().get(id).cloned())
+        *self
+            .status_reads
+            .lock()
+            .unwrap()
+            .entry(id.clone())
+            .or_default() += 1;
+        let status = self.devices.lock().unwrap().get(id).cloned();
+        let revoker = self.revoke_after_read.lock().unwrap().clone();
+        if let Some(registry) = revoker {
+            if status.is_some() {
+                self.revoke(id);
+                registry.close(id, CloseReason::DeviceRevoked);
+            }
+        }
+        Ok(status)
     }
     async fn record_seen(
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
         _at: OffsetDateTime,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
+        if !self.live(id) {
+            return Ok(false);
+        }
         self.seen.lock().unwrap().push((id.clone(), facts.cloned()));
-        Ok(())
+        Ok(true)
     }
     async fn store_reports(
         &self,
-        _id: &DeviceId,
+        id: &DeviceId,
         reports: Vec<(u64, String)>,
     ) -> anyhow::Result<u64> {
+        // As the store: decided in the write.
+        if !self.live(id) {
+            return Err(DeviceNotLive.into());
+        }
+        let mut stored = self.stored.lock().unwrap();
+        stored.extend(reports.iter().map(|r| (id.clone(), r.0)));
         Ok(reports.iter().map(|r| r.0).max().unwrap_or(0))
     }
     async fn record_renewal(
         &self,
         id: &DeviceId,
+        from_serial: &str,
         _serial_hex: &str,
         _not_after: OffsetDateTime,
     ) -> anyhow::Result<bool> {
@@ -141,7 +201,7 @@ impl DeviceDirectory for Directory {
             .lock()
             .unwrap()
             .get(id)
-            .is_some_and(|s| s.revoked_at.is_none()))
+            .is_some_and(|s| s.revoked_at.is_none() && s.cert_serial == from_serial))
     }
 }
 
@@ -275,8 +335,10 @@ impl Gateway {
     /// A known, valid device and a client configuration for it.
     fn device(&self) -> (DeviceId, Arc<ClientConfig>) {
         let id = DeviceId::generate();
-        self.directory.add(&id, &self.ws, false);
         let cert = self.pki.device_cert(id.as_str(), &self.ws, id.as_str());
+        let serial = peer_serial(&cert.chain[0]).unwrap();
+        self.directory
+            .add_with_serial(&id, &self.ws, false, &serial);
         (
             id,
             client_config(
@@ -725,6 +787,7 @@ async fn session_task_stays_small() {
         directory: store,
         registry: SessionRegistry::new(),
         shutdown: CancellationToken::new(),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(1)),
         options: GatewayOptions::default(),
         tls: server_config(Pki::new().gateway_tls()).unwrap(),
     });
@@ -733,11 +796,13 @@ async fn session_task_stays_small() {
         .await
         .unwrap();
     let (tcp, peer) = listener.accept().await.unwrap();
-    let permit = Arc::new(tokio::sync::Semaphore::new(1))
+    let connection = Arc::new(tokio::sync::Semaphore::new(1))
         .acquire_owned()
         .await
         .unwrap();
-    let task = session::run(tcp, peer, shared, permit);
+    let source = limits::Sources::new(1).enter(peer.ip()).unwrap();
+    let admission = session::Admission { connection, source };
+    let task = session::run(tcp, peer, shared, admission);
     let size = std::mem::size_of_val(&task);
     assert!(
         size <= 1536,

@@ -53,6 +53,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// The device is revoked or no longer exists: nothing was written for it.
+    #[error("device {0} is revoked or deleted")]
+    DeviceNotLive(DeviceId),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -294,13 +297,14 @@ impl Store {
         }
     }
 
-    /// Records that a device was heard from, with fresh facts when it sent some.
+    /// Records that a device was heard from, with fresh facts when it sent some. False (and
+    /// nothing recorded) when the device is revoked or does not exist.
     pub async fn record_seen(
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
         at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_seen(id.clone(), facts.cloned(), at).await,
         }
@@ -308,6 +312,7 @@ impl Store {
 
     /// Stores a device's reports (sequence number, compact JSON) exactly once each; returns
     /// the highest sequence number of the batch, durable when this returns.
+    /// [`StoreError::DeviceNotLive`] (nothing stored) when the device is revoked or gone.
     pub async fn store_reports(
         &self,
         device: &DeviceId,
@@ -350,17 +355,19 @@ impl DeviceDirectory for Store {
         id: &DeviceId,
         facts: Option<&Facts>,
         at: OffsetDateTime,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         Ok(Store::record_seen(self, id, facts, at).await?)
     }
 
     async fn record_renewal(
         &self,
         id: &DeviceId,
+        from_serial: &str,
         serial_hex: &str,
         not_after: OffsetDateTime,
     ) -> anyhow::Result<bool> {
-        Ok(Store::record_renewal(self, id, serial_hex, not_after).await?)
+        let now = OffsetDateTime::now_utc();
+        Ok(Store::record_renewal(self, id, from_serial, serial_hex, not_after, now).await?)
     }
 
     async fn store_reports(
@@ -368,7 +375,10 @@ impl DeviceDirectory for Store {
         id: &DeviceId,
         reports: Vec<(u64, String)>,
     ) -> anyhow::Result<u64> {
-        Ok(Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await?)
+        match Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await {
+            Err(StoreError::DeviceNotLive(_)) => Err(crate::gateway::DeviceNotLive.into()),
+            r => Ok(r?),
+        }
     }
 }
 
