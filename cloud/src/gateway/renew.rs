@@ -112,14 +112,6 @@ pub(crate) async fn renew<D: DeviceDirectory>(
     csr_pem: &str,
 ) -> Result<Renewed, (CloseReason, String)> {
     let device = identity.device();
-    let Some(signer) = signer else {
-        return Err((
-            CloseReason::ProtocolError,
-            "this gateway does not renew certificates".to_owned(),
-        ));
-    };
-    let csr = DeviceCsr::from_pem(csr_pem)
-        .map_err(|e| (CloseReason::ProtocolError, format!("renewal refused: {e}")))?;
     let unavailable = |e: anyhow::Error| {
         tracing::error!(%device, error = %e, "renewal failed");
         (
@@ -148,6 +140,14 @@ pub(crate) async fn renew<D: DeviceDirectory>(
         }
         Some(_) => {}
     }
+    let Some(signer) = signer else {
+        return Err((
+            CloseReason::ProtocolError,
+            "this gateway does not renew certificates".to_owned(),
+        ));
+    };
+    let csr = DeviceCsr::from_pem(csr_pem)
+        .map_err(|e| (CloseReason::ProtocolError, format!("renewal refused: {e}")))?;
     let cert = signer
         .ca
         .sign_device(
