@@ -906,12 +906,18 @@ async fn revocation_reaches_a_connection_waiting_for_hello() {
 
     gw.directory.revoke(&id);
     gw.registry.close(&id, CloseReason::DeviceRevoked);
-    let answer = spare.hello().await;
-    assert!(
-        is_close(&Some(answer.clone()), CloseReason::DeviceRevoked),
-        "{answer:?}"
-    );
-    assert!(spare.closed().await);
+    // Closed at once; a Hello sent now is never welcomed.
+    let hello = frame::to_frame(&Message::Hello {
+        agent_version: "test".into(),
+        facts: Facts::default(),
+        next_report_seq: 0,
+    })
+    .unwrap();
+    let _ = spare.tls.write_all(&hello).await;
+    let _ = spare.tls.flush().await;
+    let answer = spare.recv().await;
+    assert!(is_close(&answer, CloseReason::DeviceRevoked), "{answer:?}");
+    assert_eq!(spare.recv().await, None, "nothing after Close");
     assert!(!gw.registry.is_connected(&id));
     assert!(gw.directory.seen().is_empty());
 }
