@@ -5,6 +5,17 @@
 //! agree) and the device record is checked (exists, not revoked) before any frame is read.
 //! Then: Hello → Welcome, Heartbeat → HeartbeatAck, Facts, Close.
 //!
+//! Revocation reaches a device's connections at every stage: a connection enters the
+//! [`SessionRegistry`] as soon as its certificate names a device (before the record is
+//! read), and the store refuses reports, last-seen records and renewals of a revoked device
+//! in the write itself. Only the certificate serial the cloud issued last is admitted, plus
+//! the previous one for [`GatewayOptions::cert_overlap`] after a renewal; only the current
+//! one renews (compare-and-set in the store). At most
+//! [`GatewayOptions::max_pending_per_device`] connections of a device wait for Hello, at
+//! most [`GatewayOptions::max_unadmitted_per_source`] per source address wait to be
+//! admitted, silent connections are closed after [`GatewayOptions::first_byte_timeout`]
+//! without holding a handshake slot, and [`GatewayOptions::max_connections`] caps them all.
+//!
 //! Built to hold tens of thousands of idle sessions in one process at a few KiB each: one
 //! small task per session (rare steps run in their own short-lived allocations), no buffer
 //! while idle (TLS on rustls's unbuffered API, see `transport`; frames read header first,
