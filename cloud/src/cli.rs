@@ -118,6 +118,14 @@ pub struct ServeArgs {
     /// "0s" disables renewal after expiry).
     #[arg(long, default_value = "30d", value_parser = parse_grace)]
     pub renewal_grace: Duration,
+    /// How long after a renewal the superseded device certificate is still admitted (the
+    /// agent swaps its files after the renewal; a reconnect in between uses the old one).
+    #[arg(long, default_value = "10m", value_parser = parse_grace)]
+    pub cert_overlap: Duration,
+    /// Most gateway connections open at once; further ones are closed right after accept.
+    /// Keep it below the descriptor limit, less what the API needs.
+    #[arg(long, default_value_t = crate::gateway::DEFAULT_MAX_CONNECTIONS)]
+    pub gateway_max_connections: usize,
     /// Options used only when the data directory must be initialized first.
     #[command(flatten)]
     pub init: InitOptions,

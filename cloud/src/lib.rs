@@ -106,6 +106,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let ca = Arc::new(loaded.ca);
     let gateway_options = gateway::GatewayOptions {
         renewal_grace: args.renewal_grace,
+        cert_overlap: args.cert_overlap,
+        max_connections: args.gateway_max_connections.max(1),
         signer: Some(gateway::DeviceSigner::new(
             Arc::clone(&ca),
             args.device_cert_lifetime,

@@ -21,22 +21,31 @@ pub enum FrameIoError {
     Frame(#[from] FrameError),
 }
 
+/// Bytes a payload buffer grows by at most per read: the buffer follows the bytes that
+/// arrived, never the length a header announced.
+const GROW_STEP: usize = 16 * 1024;
+
 /// Reads frames one at a time. Cancel-safe: progress is kept in the reader, not in the
 /// future, so [`FrameReader::read`] can sit in a `select!` beside timers.
 #[derive(Debug, Default)]
 pub struct FrameReader {
     header: [u8; HEADER_LEN],
     header_filled: usize,
-    // Allocated only once a header announced a payload; dropped after decoding, so an
-    // idle session holds no buffer.
+    // Grown as payload bytes arrive (a header alone allocates nothing, whatever length it
+    // announces); dropped after decoding, so an idle session holds no buffer.
     payload: Vec<u8>,
-    payload_filled: usize,
+    payload_len: usize,
 }
 
 impl FrameReader {
     /// A reader with nothing buffered.
     pub fn new() -> FrameReader {
         FrameReader::default()
+    }
+
+    /// Bytes this reader holds allocated now.
+    pub fn buffered_capacity(&self) -> usize {
+        self.payload.capacity()
     }
 
     /// The next complete message.
@@ -54,26 +63,54 @@ impl FrameReader {
             }
             self.header_filled += n;
             if self.header_filled == HEADER_LEN {
-                // Checked against the maximum before anything is allocated.
-                let len = frame::payload_len(self.header)?;
-                self.payload = vec![0; len];
-                self.payload_filled = 0;
+                // Checked against the maximum; nothing is allocated until bytes arrive.
+                self.payload_len = frame::payload_len(self.header)?;
+                self.payload = Vec::new();
             }
         }
-        while self.payload_filled < self.payload.len() {
+        while self.payload.len() < self.payload_len {
+            let start = self.payload.len();
+            let step = (self.payload_len - start).min(GROW_STEP);
+            if self.payload.capacity() < start + step {
+                // Doubling (so large frames are not copied over and over), but never past
+                // the announced length.
+                let target = (self.payload.capacity() * 2)
+                    .max(start + step)
+                    .min(self.payload_len);
+                self.payload.reserve_exact(target - start);
+            }
+            // Read into initialised room; truncated back to what arrived, also when this
+            // future is cancelled mid-read (the guard below runs on drop).
+            self.payload.resize(start + step, 0);
+            let mut room = Truncate {
+                buf: &mut self.payload,
+                keep: start,
+            };
             let n = rd
-                .read(&mut self.payload[self.payload_filled..])
+                .read(&mut room.buf[start..])
                 .await
                 .map_err(eof_is_closed)?;
             if n == 0 {
                 return Err(FrameIoError::Closed);
             }
-            self.payload_filled += n;
+            room.keep = start + n;
         }
         let payload = std::mem::take(&mut self.payload);
         self.header_filled = 0;
-        self.payload_filled = 0;
+        self.payload_len = 0;
         Ok(frame::decode_payload(&payload)?)
+    }
+}
+
+/// Truncates `buf` to `keep` bytes when dropped.
+struct Truncate<'a> {
+    buf: &'a mut Vec<u8>,
+    keep: usize,
+}
+
+impl Drop for Truncate<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.keep);
     }
 }
 
@@ -138,5 +175,59 @@ mod tests {
         drop(a);
         let err = FrameReader::new().read(&mut b).await.unwrap_err();
         assert!(matches!(err, FrameIoError::Closed));
+    }
+
+    /// A header announcing the largest frame costs nothing until the bytes come; then the
+    /// buffer follows what arrived.
+    #[tokio::test]
+    async fn announced_length_is_not_allocated_before_the_bytes_arrive() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new();
+        let len = frame::MAX_FRAME_LEN as u32;
+        a.write_all(&len.to_be_bytes()).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(50), reader.read(&mut b)).await;
+        assert!(r.is_err(), "no frame yet");
+        assert!(
+            reader.buffered_capacity() <= GROW_STEP,
+            "{} bytes held for a bare header",
+            reader.buffered_capacity()
+        );
+        a.write_all(&[b'{'; 100]).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(50), reader.read(&mut b)).await;
+        assert!(r.is_err(), "no frame yet");
+        // Room for the next step at most, far from the 1 MiB announced.
+        assert!(reader.buffered_capacity() <= 2 * GROW_STEP + 100);
+        assert_eq!(
+            reader.payload.len(),
+            100,
+            "cancelled reads keep only what arrived"
+        );
+    }
+
+    /// A large frame delivered in pieces, with reads cancelled between them, decodes.
+    #[tokio::test]
+    async fn large_frames_survive_cancellation_while_growing() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let msg = Message::Report {
+            seq: 7,
+            payload: serde_json::json!({ "blob": "x".repeat(200_000) }),
+        };
+        let bytes = frame::to_frame(&msg).unwrap();
+        let writer = tokio::spawn(async move {
+            for chunk in bytes.chunks(1000) {
+                a.write_all(chunk).await.unwrap();
+            }
+            a
+        });
+        let mut reader = FrameReader::new();
+        let got = loop {
+            match tokio::time::timeout(Duration::from_millis(1), reader.read(&mut b)).await {
+                Ok(r) => break r.unwrap(),
+                Err(_) => continue,
+            }
+        };
+        assert_eq!(got, msg);
+        assert_eq!(reader.buffered_capacity(), 0);
+        drop(writer.await.unwrap());
     }
 }

@@ -272,6 +272,13 @@ pub struct DeviceInfo {
     /// Revocation time, if revoked.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Serial (lowercase hex) of the certificate the cloud issued last.
+    #[serde(default)]
+    pub certificate_serial: String,
+    /// Serial of the certificate the live session uses (the current one, or the previous
+    /// one shortly after a renewal); absent when not connected.
+    #[serde(default)]
+    pub session_serial: Option<String>,
 }
 
 /// Where a key stands, as listed.

@@ -44,6 +44,9 @@ pub enum CloseReason {
     Replaced,
     /// The device certificate expired; renew before anything else.
     CertificateExpired,
+    /// The certificate was superseded by a renewal (or is a superseded copy): only the
+    /// device's current certificate is admitted, and only it may renew.
+    CertificateSuperseded,
     /// A reason this side does not know yet.
     #[serde(other)]
     Other,

@@ -141,11 +141,16 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 
 /// A raw TLS session to the gateway with the machine's current key and certificate.
 fn raw_session(cloud: &Cloud, machine: &Machine) -> Tls {
-    let chain = CertificateDer::pem_file_iter(machine.state_dir().join("device.crt"))
+    raw_session_from(cloud, &machine.state_dir())
+}
+
+/// A raw session with the device.crt and device.key in `dir`.
+fn raw_session_from(cloud: &Cloud, dir: &Path) -> Tls {
+    let chain = CertificateDer::pem_file_iter(dir.join("device.crt"))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = PrivateKeyDer::from_pem_file(machine.state_dir().join("device.key")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("device.key")).unwrap();
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(cloud.ca_file()).unwrap())
@@ -576,4 +581,123 @@ fn kill_9_during_renewals_always_leaves_a_usable_pair() {
         renewals >= 3,
         "only {renewals} renewals happened between kills"
     );
+}
+
+// ---------------------------------------------------------------- superseded certificates
+
+/// Lowercase hex serial of the certificate in `dir`, as the cloud records it.
+fn serial_in(dir: &Path) -> String {
+    let pem = fs::read(dir.join("device.crt")).unwrap();
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents).unwrap();
+    cert.raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A copy of device.crt/device.key taken before the agent renewed (a backup, a stolen
+/// disk) may not renew itself during the short overlap and is refused after it; the real
+/// agent keeps working, and the cloud shows which serial its session uses.
+#[test]
+fn a_copy_of_a_superseded_certificate_cannot_renew_and_is_refused_after_the_overlap() {
+    let cloud = Cloud::start_with(&[
+        "--device-cert-lifetime",
+        "10s",
+        "--renewal-grace",
+        "20s",
+        "--cert-overlap",
+        "3s",
+    ]);
+    let (machine, id) = enrolled(&cloud, &cloud.owner_key.clone(), "copied-robot");
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["device.crt", "device.key"] {
+        fs::copy(machine.state_dir().join(file), copy.path().join(file)).unwrap();
+    }
+    let old_serial = serial_in(copy.path());
+    assert_eq!(cloud.device(&id).unwrap()["certificate_serial"], old_serial);
+
+    let logs = Logs::new();
+    let mut agent = machine.agent(&logs);
+    wait_connected(&machine, agent.pid(), "the agent to connect");
+    wait_for(TIMEOUT, "the agent to renew", || {
+        (cert_of(&machine).is_some() && serial_in(&machine.state_dir()) != old_serial).then_some(())
+    });
+
+    // Within the overlap the copy is admitted (a reconnect of the real agent right after
+    // the renewal looks the same), but it cannot renew itself into a fresh certificate.
+    let mut stolen = raw_session_from(&cloud, copy.path());
+    send(&mut stolen, &hello());
+    let got = recv(&mut stolen);
+    assert!(matches!(got, Message::Welcome { .. }), "{got:?}");
+    let csr = {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, id.as_str());
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    send(&mut stolen, &Message::RenewRequest { csr_pem: csr });
+    let why = closed_with(recv(&mut stolen), CloseReason::CertificateSuperseded);
+    assert!(why.contains(&old_serial), "{why}");
+    assert!(why.contains("only the current certificate"), "{why}");
+
+    // Past the overlap the copy is refused before any frame.
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut stolen = raw_session_from(&cloud, copy.path());
+    let why = closed_with(recv(&mut stolen), CloseReason::CertificateSuperseded);
+    assert!(why.contains(&old_serial), "{why}");
+
+    // The real agent (replaced for a moment by the copy) is back on its current certificate.
+    let listed = wait_for(
+        TIMEOUT,
+        "the agent's session on its current certificate",
+        || {
+            let d = cloud.device(&id)?;
+            (d["connected"] == true
+                && d["session_serial"].is_string()
+                && d["session_serial"] == d["certificate_serial"])
+                .then_some(d)
+        },
+    );
+    assert_ne!(listed["certificate_serial"], old_serial);
+    wait_connected(&machine, agent.pid(), "the agent to stay connected");
+    let out = heex(&cloud, &["devices", "show", &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Session cert"), "{text}");
+    assert!(text.contains("current certificate"), "{text}");
+    stop_agent(&mut agent);
+}
+
+// ---------------------------------------------------------------- revocation before Hello
+
+/// A spare connection that finished TLS (and the device check) but never said Hello does
+/// not survive revocation: its Hello afterwards is answered with Close(DeviceRevoked),
+/// never Welcome, and the device does not show as connected.
+#[test]
+fn a_connection_waiting_for_hello_does_not_survive_revocation() {
+    let cloud = Cloud::start();
+    let (machine, id) = enrolled(&cloud, &cloud.owner_key.clone(), "spare-robot");
+    let mut spare = raw_session(&cloud, &machine);
+    // Let the gateway finish its device check on the spare connection.
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = cloud.post(
+        &format!("/v1/devices/{id}/revoke"),
+        &cloud.owner_key,
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    // The gateway closes it at once; a Hello sent now finds it closed, never a Welcome.
+    let _ = spare.write_all(&frame::to_frame(&hello()).unwrap());
+    let _ = spare.flush();
+    let why = closed_with(recv(&mut spare), CloseReason::DeviceRevoked);
+    assert!(why.contains("revoked"), "{why}");
+    let mut rest = Vec::new();
+    let _ = spare.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "more after Close: {rest:?}");
+    let listed = cloud.device(&id).unwrap();
+    assert_eq!(listed["connected"], false, "{listed}");
+    assert!(!listed["revoked_at"].is_null());
 }

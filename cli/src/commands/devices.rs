@@ -117,6 +117,17 @@ pub fn describe(d: &DeviceInfo, clock: &Clock) -> String {
             ),
         ),
     ];
+    if !d.certificate_serial.is_empty() {
+        pairs.push(("Cert serial", d.certificate_serial.clone()));
+    }
+    if let Some(serial) = &d.session_serial {
+        let which = if *serial == d.certificate_serial {
+            "current certificate"
+        } else {
+            "previous certificate, superseded by a renewal"
+        };
+        pairs.push(("Session cert", format!("{serial} ({which})")));
+    }
     if let Some(f) = &d.facts {
         pairs.extend(facts(f));
     }

@@ -52,7 +52,7 @@ async fn device_info(
         .find_device(&caller.key.workspace_id, id)
         .await?
         .ok_or_else(|| not_in_workspace("device", id.as_str()))?;
-    Ok(device.info(state.registry.is_connected(&device.id)))
+    Ok(device.live_info(&state.registry))
 }
 
 /// Revokes a device: its live session is closed with "device revoked", and the gateway

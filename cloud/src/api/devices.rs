@@ -30,7 +30,7 @@ pub(super) async fn list(
     Ok(Json(
         devices
             .iter()
-            .map(|d| d.info(state.registry.is_connected(&d.id)))
+            .map(|d| d.live_info(&state.registry))
             .collect(),
     ))
 }
@@ -62,5 +62,5 @@ pub(super) async fn show(
         .find_device(&caller.key.workspace_id, &device_id)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(device.info(state.registry.is_connected(&device.id))))
+    Ok(Json(device.live_info(&state.registry)))
 }

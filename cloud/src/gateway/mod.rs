@@ -5,6 +5,17 @@
 //! agree) and the device record is checked (exists, not revoked) before any frame is read.
 //! Then: Hello → Welcome, Heartbeat → HeartbeatAck, Facts, Close.
 //!
+//! Revocation reaches a device's connections at every stage: a connection enters the
+//! [`SessionRegistry`] as soon as its certificate names a device (before the record is
+//! read), and the store refuses reports, last-seen records and renewals of a revoked device
+//! in the write itself. Only the certificate serial the cloud issued last is admitted, plus
+//! the previous one for [`GatewayOptions::cert_overlap`] after a renewal; only the current
+//! one renews (compare-and-set in the store). At most
+//! [`GatewayOptions::max_pending_per_device`] connections of a device wait for Hello, at
+//! most [`GatewayOptions::max_unadmitted_per_source`] per source address wait to be
+//! admitted, silent connections are closed after [`GatewayOptions::first_byte_timeout`]
+//! without holding a handshake slot, and [`GatewayOptions::max_connections`] caps them all.
+//!
 //! Built to hold tens of thousands of idle sessions in one process at a few KiB each: one
 //! small task per session (rare steps run in their own short-lived allocations), no buffer
 //! while idle (TLS on rustls's unbuffered API, see `transport`; frames read header first,
@@ -14,6 +25,7 @@
 
 mod expired;
 mod frames;
+mod limits;
 mod registry;
 mod renew;
 mod reports;
@@ -38,6 +50,7 @@ use tokio_util::task::TaskTracker;
 
 pub use registry::SessionRegistry;
 pub use renew::{DeviceSigner, DEFAULT_RENEWAL_GRACE};
+pub use tls::peer_serial;
 pub use tls::{peer_identity, server_config, IdentityError, TlsSetupError};
 
 /// What the gateway needs to know about a device before accepting its frames.
@@ -47,7 +60,17 @@ pub struct DeviceStatus {
     pub workspace_id: WorkspaceId,
     /// Set when the device was revoked.
     pub revoked_at: Option<OffsetDateTime>,
+    /// Serial (lowercase hex) of the certificate the cloud issued last.
+    pub cert_serial: String,
+    /// The certificate that one superseded at renewal, and when.
+    pub previous_cert: Option<(String, OffsetDateTime)>,
 }
+
+/// A store write refused because the device is revoked (or deleted): the session ends with
+/// [`CloseReason::DeviceRevoked`](heex_proto::frame::CloseReason::DeviceRevoked).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("device revoked")]
+pub struct DeviceNotLive;
 
 /// The store operations the gateway uses. Implemented by the cloud's `Store`.
 pub trait DeviceDirectory: Send + Sync + 'static {
@@ -58,18 +81,22 @@ pub trait DeviceDirectory: Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<Option<DeviceStatus>>> + Send;
 
     /// Records that the device was heard from at `at`, with fresh facts when it sent some.
+    /// False (nothing recorded) when the device is revoked or gone.
     fn record_seen(
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
         at: OffsetDateTime,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
 
-    /// Records the device's renewed certificate (serial, lowercase hex, and expiry). False
-    /// when the device does not exist or is revoked; then nothing changes.
+    /// Records the device's certificate renewed from the one with serial `from_serial`
+    /// (serials lowercase hex; the new one's expiry). False when the device does not exist,
+    /// is revoked, or `from_serial` is no longer its current serial: decided in the write,
+    /// and then nothing changes.
     fn record_renewal(
         &self,
         id: &DeviceId,
+        from_serial: &str,
         serial_hex: &str,
         not_after: OffsetDateTime,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
@@ -77,7 +104,8 @@ pub trait DeviceDirectory: Send + Sync + 'static {
     /// Stores the device's reports (sequence number, compact JSON), each (device, seq) at
     /// most once: one already stored with the same content is a redelivery and left alone,
     /// one stored with different content is a conflict (nothing changes). Resolves once the
-    /// batch is durable.
+    /// batch is durable. Fails with [`DeviceNotLive`] (nothing stored) when the device is revoked
+    /// or gone, decided in the write.
     fn store_reports(
         &self,
         id: &DeviceId,
@@ -114,7 +142,12 @@ pub struct GatewayTls {
 /// 30-second heartbeat (and any heartbeat up to a minute).
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
-    /// Bound on one TLS handshake.
+    /// How long a new connection may stay silent before its first byte. No handshake slot
+    /// is held meanwhile, so silent connections cannot keep others from being served.
+    pub first_byte_timeout: Duration,
+    /// Bound on one TLS handshake, once its first byte arrived: well under the agent's own
+    /// 10-second TLS timeout, so a slot held by a stalled peer frees up while the agents
+    /// waiting for it still wait.
     pub handshake_timeout: Duration,
     /// How long a new session may take to send Hello.
     pub hello_timeout: Duration,
@@ -122,8 +155,24 @@ pub struct GatewayOptions {
     pub idle_timeout: Duration,
     /// Bound on writing one frame to a session.
     pub write_timeout: Duration,
-    /// Most TLS handshakes in progress at once; further connections wait in the backlog.
+    /// Most TLS handshakes in progress at once; further connections wait for a slot (within
+    /// the handshake timeout).
     pub max_handshakes: usize,
+    /// Most connections open at once; the gateway closes further ones right after accepting
+    /// them (with a rate-limited warning). Keep it below the process's descriptor limit,
+    /// less what the API needs, so neither listener can starve the other.
+    pub max_connections: usize,
+    /// Most connections from one source address not admitted yet (before Welcome); further
+    /// ones are closed at once.
+    pub max_unadmitted_per_source: usize,
+    /// Most connections of one device waiting for Hello; further ones are refused with a
+    /// Close. An agent uses one.
+    pub max_pending_per_device: usize,
+    /// How long after a renewal the certificate it superseded is still admitted. The agent
+    /// replaces its certificate files only after it received RenewResponse, so a reconnect
+    /// in between (the session lost just then, a restart) presents the previous one; after
+    /// the overlap only the current certificate is admitted, and only it may renew.
+    pub cert_overlap: Duration,
     /// Heartbeats refresh the device's last-seen time at most this often.
     pub seen_interval: Duration,
     /// How long shutdown waits for sessions to send their Close.
@@ -134,15 +183,24 @@ pub struct GatewayOptions {
     pub signer: Option<DeviceSigner>,
 }
 
+/// Default [`GatewayOptions::max_connections`]: the 19,000 sessions `docs/benchmarks.md`
+/// holds, leaving the rest of a 20,000-descriptor limit to the API.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 19_000;
+
 impl Default for GatewayOptions {
     fn default() -> Self {
         GatewayOptions {
-            handshake_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(4),
             hello_timeout: Duration::from_secs(10),
             // Three times the longest heartbeat interval an agent accepts (60 s).
             idle_timeout: Duration::from_secs(180),
             write_timeout: Duration::from_secs(10),
             max_handshakes: 256,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unadmitted_per_source: 32,
+            max_pending_per_device: 4,
+            cert_overlap: Duration::from_secs(10 * 60),
             seen_interval: Duration::from_secs(180),
             shutdown_grace: Duration::from_secs(5),
             renewal_grace: DEFAULT_RENEWAL_GRACE,
@@ -181,24 +239,25 @@ pub async fn serve_with<D: DeviceDirectory>(
     options: GatewayOptions,
 ) -> anyhow::Result<()> {
     let config = server_config(tls)?;
-    let handshakes = Arc::new(Semaphore::new(options.max_handshakes.max(1)));
+    let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let sources = limits::Sources::new(options.max_unadmitted_per_source.max(1));
     let grace = options.shutdown_grace;
     let shared = Arc::new(session::Shared {
         directory,
         registry,
         shutdown: shutdown.clone(),
+        handshakes: Arc::new(Semaphore::new(options.max_handshakes.max(1))),
         options,
         tls: config,
     });
     let tracker = TaskTracker::new();
+    let over_cap = limits::RateLimitedWarn::new();
+    let over_source = limits::RateLimitedWarn::new();
 
     loop {
-        // Take a handshake slot before accepting, so a flood waits in the kernel backlog
-        // instead of piling up half-open TLS state here.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = handshakes.clone().acquire_owned() => p?,
-        };
+        // Accepted at once, whatever the load: a connection costs a descriptor and a small
+        // task until its first byte (bounded in time, no handshake slot held), and the caps
+        // below bound how many there are.
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => r,
@@ -212,8 +271,32 @@ pub async fn serve_with<D: DeviceDirectory>(
                 continue;
             }
         };
+        let Ok(connection) = connections.clone().try_acquire_owned() else {
+            over_cap.warn(|refused| {
+                tracing::warn!(
+                    refused,
+                    max = shared.options.max_connections,
+                    "gateway connection limit reached: closing new connections"
+                )
+            });
+            drop(tcp);
+            continue;
+        };
+        let Some(source) = sources.enter(peer.ip()) else {
+            over_source.warn(|refused| {
+                tracing::warn!(
+                    refused,
+                    source = %peer.ip(),
+                    max = shared.options.max_unadmitted_per_source,
+                    "too many connections from one address waiting to be admitted: closing new ones"
+                )
+            });
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        tracker.spawn(session::run(tcp, peer, shared.clone(), permit));
+        let admission = session::Admission { connection, source };
+        tracker.spawn(session::run(tcp, peer, shared.clone(), admission));
     }
 
     drop(listener);

@@ -89,25 +89,29 @@ pub(crate) struct Renewed {
     pub pem: String,
     /// Its notAfter.
     pub not_after: OffsetDateTime,
+    /// Its serial, lowercase hex.
+    pub serial: String,
 }
 
-/// Signs a renewed certificate for `identity` with the CSR's key and records it. On
-/// refusal, the Close to send.
+/// The Close message for a renewal from a certificate that is not the current one.
+fn superseded_message(serial: &str) -> String {
+    format!(
+        "renewal refused: certificate {serial} is not the device's current certificate (a \
+         renewal superseded it); only the current certificate may renew"
+    )
+}
+
+/// Signs a renewed certificate for `identity` with the CSR's key and records it, when the
+/// session's certificate (serial `from_serial`) is the device's current one: checked
+/// before signing and again in the store's write. On refusal, the Close to send.
 pub(crate) async fn renew<D: DeviceDirectory>(
     directory: &D,
     signer: Option<&DeviceSigner>,
     identity: &SpiffeId,
+    from_serial: &str,
     csr_pem: &str,
 ) -> Result<Renewed, (CloseReason, String)> {
     let device = identity.device();
-    let Some(signer) = signer else {
-        return Err((
-            CloseReason::ProtocolError,
-            "this gateway does not renew certificates".to_owned(),
-        ));
-    };
-    let csr = DeviceCsr::from_pem(csr_pem)
-        .map_err(|e| (CloseReason::ProtocolError, format!("renewal refused: {e}")))?;
     let unavailable = |e: anyhow::Error| {
         tracing::error!(%device, error = %e, "renewal failed");
         (
@@ -128,8 +132,22 @@ pub(crate) async fn renew<D: DeviceDirectory>(
                 "certificate names another workspace".to_owned(),
             ));
         }
+        Some(s) if s.cert_serial != from_serial => {
+            return Err((
+                CloseReason::CertificateSuperseded,
+                superseded_message(from_serial),
+            ));
+        }
         Some(_) => {}
     }
+    let Some(signer) = signer else {
+        return Err((
+            CloseReason::ProtocolError,
+            "this gateway does not renew certificates".to_owned(),
+        ));
+    };
+    let csr = DeviceCsr::from_pem(csr_pem)
+        .map_err(|e| (CloseReason::ProtocolError, format!("renewal refused: {e}")))?;
     let cert = signer
         .ca
         .sign_device(
@@ -141,16 +159,25 @@ pub(crate) async fn renew<D: DeviceDirectory>(
         )
         .map_err(|e| unavailable(e.into()))?;
     let recorded = directory
-        .record_renewal(device, &cert.serial_hex, cert.not_after)
+        .record_renewal(device, from_serial, &cert.serial_hex, cert.not_after)
         .await
         .map_err(unavailable)?;
     if !recorded {
-        return Err((CloseReason::DeviceRevoked, "device revoked".to_owned()));
+        // Revoked, or another renewal from the same certificate won: say which.
+        let status = directory.device_status(device).await.map_err(unavailable)?;
+        return Err(match status {
+            Some(s) if s.revoked_at.is_none() => (
+                CloseReason::CertificateSuperseded,
+                superseded_message(from_serial),
+            ),
+            _ => (CloseReason::DeviceRevoked, "device revoked".to_owned()),
+        });
     }
-    tracing::info!(%device, serial = %cert.serial_hex, "device certificate renewed");
+    tracing::info!(%device, from = %from_serial, serial = %cert.serial_hex, "device certificate renewed");
     Ok(Renewed {
         pem: cert.pem,
         not_after: cert.not_after,
+        serial: cert.serial_hex,
     })
 }
 

@@ -22,17 +22,28 @@ use tokio::sync::mpsc;
 
 use heex_proto::frame::Message;
 
-use super::{DeviceDirectory, StoredReports};
+use super::{DeviceDirectory, DeviceNotLive, StoredReports};
 
 /// Most reports queued for storage per session; an agent keeps far fewer in flight.
 pub const MAX_QUEUED: usize = 1024;
 /// Most reports stored in one call.
 pub const MAX_BATCH: usize = 512;
+/// The largest report sequence number (the store keeps them as signed 64-bit integers).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Why reports could not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreFailure {
+    /// The device was revoked: nothing more is stored for it.
+    DeviceRevoked,
+    /// The store failed (logged); the agent resends later.
+    Failed,
+}
 
 /// The storage side of one session's reports.
 pub(crate) struct ReportSink {
     queue: mpsc::Sender<(u64, String)>,
-    acks: mpsc::UnboundedReceiver<Result<StoredReports, String>>,
+    acks: mpsc::UnboundedReceiver<Result<StoredReports, StoreFailure>>,
 }
 
 impl ReportSink {
@@ -52,9 +63,13 @@ impl ReportSink {
                         tracing::debug!(%device, reports = n, seq = stored.highest, "reports stored");
                         Ok(stored)
                     }
+                    Err(e) if e.is::<DeviceNotLive>() => {
+                        tracing::info!(%device, "reports refused: device revoked");
+                        Err(StoreFailure::DeviceRevoked)
+                    }
                     Err(e) => {
                         tracing::error!(%device, error = %e, "cannot store reports");
-                        Err(e.to_string())
+                        Err(StoreFailure::Failed)
                     }
                 };
                 let failed = answer.is_err();
@@ -73,6 +88,11 @@ impl ReportSink {
         if seq == 0 {
             return Err("report sequence numbers start at 1".to_owned());
         }
+        if seq > MAX_SEQ {
+            return Err(format!(
+                "report seq {seq} exceeds the largest sequence number, {MAX_SEQ}"
+            ));
+        }
         let text = payload.to_string();
         if text.len() > MAX_REPORT_BYTES {
             return Err(format!(
@@ -90,12 +110,12 @@ impl ReportSink {
 
     /// What the next stored batches need the agent to hear (all of those ready), or the
     /// storage error. Cancel-safe.
-    pub(crate) async fn next_ack(&mut self) -> Result<StoredReports, String> {
+    pub(crate) async fn next_ack(&mut self) -> Result<StoredReports, StoreFailure> {
         let mut latest = self
             .acks
             .recv()
             .await
-            .unwrap_or_else(|| Err("report storage stopped".to_owned()))?;
+            .unwrap_or(Err(StoreFailure::Failed))?;
         while let Ok(next) = self.acks.try_recv() {
             let next = next?;
             latest.highest = latest.highest.max(next.highest);
@@ -156,7 +176,7 @@ pub(crate) async fn resume_point<D: DeviceDirectory>(
 }
 
 /// [`ReportSink::next_ack`] of the session's sink; never when it has none.
-pub(crate) async fn next_ack(sink: &mut Option<ReportSink>) -> Result<StoredReports, String> {
+pub(crate) async fn next_ack(sink: &mut Option<ReportSink>) -> Result<StoredReports, StoreFailure> {
     match sink {
         Some(s) => s.next_ack().await,
         None => std::future::pending().await,

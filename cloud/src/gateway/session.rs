@@ -11,35 +11,47 @@ use heex_proto::{DeviceId, SpiffeId};
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{self, FrameIoError, FrameReader};
-use super::registry::SessionRegistry;
+use super::limits::SourceSlot;
+use super::registry::{Registration, SessionRegistry, TooManyPending};
+use super::reports::StoreFailure;
 use super::transport::TlsTransport;
-use super::{renew, tls, DeviceDirectory, GatewayOptions};
+use super::{renew, tls, DeviceDirectory, DeviceStatus, GatewayOptions};
 
 /// What every session shares.
 pub(crate) struct Shared<D> {
     pub directory: Arc<D>,
     pub registry: SessionRegistry,
     pub shutdown: CancellationToken,
+    /// Bounds the TLS handshakes in progress.
+    pub handshakes: Arc<Semaphore>,
     pub options: GatewayOptions,
     pub tls: Arc<rustls::ServerConfig>,
 }
 
+/// What the accept loop gave a connection: its place under the connection cap (held for
+/// the connection's life) and under its source address's cap (held until admitted).
+pub(crate) struct Admission {
+    pub connection: OwnedSemaphorePermit,
+    pub source: SourceSlot,
+}
+
 type Stream = TlsTransport;
 
-/// Runs one connection: handshake (holding `permit`, which bounds concurrent handshakes),
-/// identity and device checks, then the frame loop.
+/// Runs one connection: first byte, handshake, identity and device checks, Hello, then the
+/// frame loop.
 pub(crate) async fn run<D: DeviceDirectory>(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared<D>>,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
 ) {
-    let Some(mut stream) = handshake(tcp, peer, &shared, permit).await else {
+    let Admission { connection, source } = admission;
+    let Some(mut stream) = Box::pin(handshake(tcp, peer, &shared)).await else {
         return;
     };
     let mut session = Session {
@@ -50,13 +62,18 @@ pub(crate) async fn run<D: DeviceDirectory>(
         identity: None,
         cert_not_after: None,
         hello_next_report: 0,
+        serial: String::new(),
+        source: Some(source),
     };
     session.serve(&mut stream).await;
+    drop(session);
     // close_notify, bounded: the peer may be gone.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    drop(connection);
 }
 
-/// The TLS handshake, bounded in time; releases the handshake slot when done.
+/// Waits for the connection's first byte (holding no handshake slot), then runs the TLS
+/// handshake holding one, each bounded in time.
 ///
 /// Every idle session keeps its task's memory for as long as it is connected, and a task
 /// is as large as the largest state it may ever be in: rarely taken steps (handshake,
@@ -67,10 +84,41 @@ async fn handshake<D: DeviceDirectory>(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: &Shared<D>,
-    permit: OwnedSemaphorePermit,
 ) -> Option<Box<Stream>> {
+    let opts = &shared.options;
+    // A silent connection costs its descriptor for this long, and no handshake slot.
+    let first_byte = tokio::time::timeout(opts.first_byte_timeout, tcp.readable());
+    let first_byte = tokio::select! {
+        _ = shared.shutdown.cancelled() => return None,
+        r = first_byte => r,
+    };
+    match first_byte {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first byte");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS bytes in time: closing the connection");
+            return None;
+        }
+    }
+    let slot = tokio::time::timeout(
+        opts.handshake_timeout,
+        shared.handshakes.clone().acquire_owned(),
+    );
+    let permit = tokio::select! {
+        _ = shared.shutdown.cancelled() => return None,
+        r = slot => match r {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                tracing::debug!(%peer, "no handshake slot free in time: closing the connection");
+                return None;
+            }
+        },
+    };
     let handshake = tokio::time::timeout(
-        shared.options.handshake_timeout,
+        opts.handshake_timeout,
         Box::pin(TlsTransport::accept(tcp, shared.tls.clone())),
     );
     let result = tokio::select! {
@@ -103,6 +151,11 @@ struct Session<'a, D> {
     cert_not_after: Option<OffsetDateTime>,
     /// Hello's `next_report_seq`: the number the agent's next new report gets.
     hello_next_report: u64,
+    /// Serial (lowercase hex) of the session's newest certificate: only the device's
+    /// current certificate may renew.
+    serial: String,
+    /// The connection's place under its source address's cap, released once admitted.
+    source: Option<SourceSlot>,
 }
 
 /// How the frame loop ended, for the log line.
@@ -145,10 +198,15 @@ impl<D: DeviceDirectory> Session<'_, D> {
         })
     }
 
-    /// Admission: ALPN, identity, device record, certificate expiry, then Hello, whose facts
-    /// are recorded. The device and the time it was admitted, or `None` when the session was
-    /// refused (Close already sent).
-    async fn admit(&mut self, stream: &mut Stream) -> Option<(DeviceId, OffsetDateTime)> {
+    /// Admission: ALPN, identity, a place in the registry (from then on a revocation
+    /// reaches the connection), device record and certificate serial, certificate expiry,
+    /// then Hello, whose facts are recorded, and the place becomes the live session. The
+    /// device, the time it was admitted and the registration, or `None` when the session
+    /// was refused (Close already sent).
+    async fn admit(
+        &mut self,
+        stream: &mut Stream,
+    ) -> Option<(DeviceId, OffsetDateTime, Registration)> {
         let peer = self.peer;
         if stream.alpn_protocol() != Some(heex_proto::ALPN) {
             tracing::info!(%peer, "refused: client did not negotiate ALPN heex/1");
@@ -158,8 +216,8 @@ impl<D: DeviceDirectory> Session<'_, D> {
             .peer_certificates()
             .and_then(|certs| certs.first())
             .ok_or(tls::IdentityError::Unparsable)
-            .and_then(tls::peer_identity);
-        let identity = match identity {
+            .and_then(|leaf| Ok((tls::peer_identity(leaf)?, tls::peer_serial(leaf)?)));
+        let (identity, serial) = match identity {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "refused: certificate does not name a device");
@@ -170,9 +228,23 @@ impl<D: DeviceDirectory> Session<'_, D> {
             }
         };
         let device = identity.device().clone();
-        if let Some((reason, message)) = self.check_device(&identity).await {
+        // Registered before the device record is read: a revocation either is in the
+        // record read below or closes this registration afterwards.
+        let max_pending = self.shared.options.max_pending_per_device.max(1);
+        let mut registration = match self.shared.registry.enter(&device, &serial, max_pending) {
+            Ok(r) => r,
+            Err(TooManyPending(n)) => {
+                let msg = format!(
+                    "device {device} already has {n} connections waiting to send hello, the most allowed"
+                );
+                tracing::info!(%peer, %device, "refused: {msg}");
+                let _ = self.close(stream, CloseReason::ProtocolError, &msg).await;
+                return None;
+            }
+        };
+        if let Some((reason, message)) = self.check_device(&identity, &serial).await {
             tracing::info!(%peer, %device, ?reason, "refused: {message}");
-            let _ = self.close(stream, reason, message).await;
+            let _ = self.close(stream, reason, &message).await;
             return None;
         }
         if let Some(message) = self.check_expiry(stream) {
@@ -183,11 +255,18 @@ impl<D: DeviceDirectory> Session<'_, D> {
             return None;
         }
         self.identity = Some(identity);
+        self.serial = serial;
 
         // The device is known and not revoked: now, and only now, read its frames.
         let first = tokio::select! {
             _ = self.shared.shutdown.cancelled() => {
                 let _ = self.close(stream, CloseReason::Shutdown, "gateway shutting down").await;
+                return None;
+            }
+            reason = &mut registration.close => {
+                let reason = reason.unwrap_or(CloseReason::Shutdown);
+                tracing::info!(%peer, %device, ?reason, "closed before hello");
+                let _ = self.close(stream, reason, close_message(reason)).await;
                 return None;
             }
             r = tokio::time::timeout(self.shared.options.hello_timeout, self.reader.read(stream)) => r,
@@ -229,18 +308,29 @@ impl<D: DeviceDirectory> Session<'_, D> {
             return None;
         }
         // Recorded before the session counts as connected, so whoever sees it connected
-        // sees its facts too.
+        // sees its facts too. The write refuses a device revoked since the check above.
         let now = OffsetDateTime::now_utc();
-        self.record_seen(&device, Some(&facts), now).await;
-        Some((device, now))
+        let live = self.record_seen(&device, Some(&facts), now).await;
+        // Welcomed only if no revocation closed the registration meanwhile.
+        if !live || !self.shared.registry.promote(&registration) {
+            let reason = registration
+                .close
+                .try_recv()
+                .unwrap_or(CloseReason::DeviceRevoked);
+            tracing::info!(%peer, %device, ?reason, "refused at hello");
+            let _ = self.close(stream, reason, close_message(reason)).await;
+            return None;
+        }
+        // Admitted: no longer counts against its source address.
+        self.source = None;
+        Some((device, now, registration))
     }
 
     async fn serve(&mut self, stream: &mut Stream) {
         let peer = self.peer;
-        let Some((device, admitted)) = Box::pin(self.admit(stream)).await else {
+        let Some((device, admitted, mut registration)) = Box::pin(self.admit(stream)).await else {
             return;
         };
-        let mut registration = self.shared.registry.register(&device);
         let session = registration.session;
         let mut last_recorded = Instant::now();
         // Scoped so that the Welcome takes no room in the idle session.
@@ -262,11 +352,11 @@ impl<D: DeviceDirectory> Session<'_, D> {
         let end = match welcomed {
             Err(e) => End::Lost(e.to_string()),
             Ok(()) => {
-                self.frame_loop(stream, &device, &mut registration.close, &mut last_recorded)
+                self.frame_loop(stream, &device, &mut registration, &mut last_recorded)
                     .await
             }
         };
-        self.shared.registry.deregister(&device, session);
+        drop(registration);
         match end {
             End::Sent(reason) => {
                 tracing::info!(session, %device, ?reason, "session closed by gateway")
@@ -332,37 +422,74 @@ impl<D: DeviceDirectory> Session<'_, D> {
         )
     }
 
-    /// The device record's verdict: `None` to accept, or the Close to send.
-    async fn check_device(&self, identity: &SpiffeId) -> Option<(CloseReason, &'static str)> {
+    /// The device record's verdict on a connection presenting the certificate with
+    /// `serial`: `None` to accept, or the Close to send.
+    async fn check_device(
+        &self,
+        identity: &SpiffeId,
+        serial: &str,
+    ) -> Option<(CloseReason, String)> {
         // Boxed, as every rarely taken await in the session: see `run`.
         let status = Box::pin(self.shared.directory.device_status(identity.device())).await;
         match status {
-            Ok(None) => Some((CloseReason::DeviceUnknown, "no such device")),
+            Ok(None) => Some((CloseReason::DeviceUnknown, "no such device".to_owned())),
             Ok(Some(s)) if s.revoked_at.is_some() => {
-                Some((CloseReason::DeviceRevoked, "device revoked"))
+                Some((CloseReason::DeviceRevoked, "device revoked".to_owned()))
             }
             Ok(Some(s)) if s.workspace_id != *identity.workspace() => Some((
                 CloseReason::DeviceUnknown,
-                "certificate names another workspace",
+                "certificate names another workspace".to_owned(),
             )),
-            Ok(Some(_)) => None,
+            Ok(Some(s)) => self.check_serial(&s, serial),
             Err(e) => {
                 tracing::error!(device = %identity.device(), error = %e, "device lookup failed");
                 // Tell the agent to come back later, as after a restart.
-                Some((CloseReason::Shutdown, "gateway temporarily unavailable"))
+                Some((
+                    CloseReason::Shutdown,
+                    "gateway temporarily unavailable".to_owned(),
+                ))
             }
         }
     }
 
+    /// Admits the device's current certificate, and the one it superseded for the overlap
+    /// after the renewal; nothing older.
+    fn check_serial(&self, status: &DeviceStatus, serial: &str) -> Option<(CloseReason, String)> {
+        if status.cert_serial == serial {
+            return None;
+        }
+        let overlap = self.shared.options.cert_overlap;
+        if let Some((previous, superseded_at)) = &status.previous_cert {
+            if previous == serial && OffsetDateTime::now_utc() - *superseded_at <= overlap {
+                tracing::info!(peer = %self.peer, %serial, "admitted on the certificate superseded by the last renewal");
+                return None;
+            }
+        }
+        Some((
+            CloseReason::CertificateSuperseded,
+            format!(
+                "certificate {serial} was superseded by a renewal; only the device's current \
+                 certificate is admitted (the previous one for {} after a renewal)",
+                humantime::format_duration(overlap)
+            ),
+        ))
+    }
+
+    /// Records that the device was heard from; false when the store refused because the
+    /// device is revoked (a store failure only logs: the session goes on).
     async fn record_seen(
         &self,
         device: &DeviceId,
         facts: Option<&heex_proto::api::Facts>,
         at: OffsetDateTime,
-    ) {
+    ) -> bool {
         let recorded = Box::pin(self.shared.directory.record_seen(device, facts, at)).await;
-        if let Err(e) = recorded {
-            tracing::warn!(%device, error = %e, "cannot record that the device was seen");
+        match recorded {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(%device, error = %e, "cannot record that the device was seen");
+                true
+            }
         }
     }
 
@@ -370,7 +497,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
         &mut self,
         stream: &mut Stream,
         device: &DeviceId,
-        close: &mut tokio::sync::oneshot::Receiver<CloseReason>,
+        registration: &mut Registration,
         last_recorded: &mut Instant,
     ) -> End {
         let shared = self.shared;
@@ -384,7 +511,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 _ = shutdown.cancelled() => {
                     return self.close(stream, CloseReason::Shutdown, "gateway shutting down").await;
                 }
-                reason = &mut *close => {
+                reason = &mut registration.close => {
                     // A dropped sender only happens when the registry itself goes away.
                     let reason = reason.unwrap_or(CloseReason::Shutdown);
                     return self.close(stream, reason, close_message(reason)).await;
@@ -402,8 +529,12 @@ impl<D: DeviceDirectory> Session<'_, D> {
                                 }
                             }
                         }
+                        // Revoked since admission: the store refused the reports.
+                        Err(StoreFailure::DeviceRevoked) => {
+                            return self.close(stream, CloseReason::DeviceRevoked, "device revoked").await;
+                        }
                         // Come back later, as after a restart; unacked reports are resent.
-                        Err(_) => {
+                        Err(StoreFailure::Failed) => {
                             return self.close(stream, CloseReason::Shutdown, "cannot store reports now").await;
                         }
                     }
@@ -412,7 +543,9 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 r = self.reader.read(stream) => r,
             };
             last_frame = Instant::now();
-            let step = Box::pin(self.handle(stream, device, msg, &mut reports, last_recorded));
+            let session = registration.session;
+            let step =
+                Box::pin(self.handle(stream, (device, session), msg, &mut reports, last_recorded));
             if let Some(end) = step.await {
                 return end;
             }
@@ -424,7 +557,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
     async fn handle(
         &mut self,
         stream: &mut Stream,
-        device: &DeviceId,
+        (device, session): (&DeviceId, u64),
         msg: Result<Message, FrameIoError>,
         reports: &mut Option<super::reports::ReportSink>,
         last_recorded: &mut Instant,
@@ -451,8 +584,13 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 }
                 if last_recorded.elapsed() >= opts.seen_interval {
                     *last_recorded = Instant::now();
-                    self.record_seen(device, None, OffsetDateTime::now_utc())
-                        .await;
+                    let now = OffsetDateTime::now_utc();
+                    if !self.record_seen(device, None, now).await {
+                        return Some(
+                            self.close(stream, CloseReason::DeviceRevoked, "device revoked")
+                                .await,
+                        );
+                    }
                 }
             }
             Message::Facts { facts } => {
@@ -462,8 +600,13 @@ impl<D: DeviceDirectory> Session<'_, D> {
                     return Some(self.close(stream, CloseReason::ProtocolError, &msg).await);
                 }
                 *last_recorded = Instant::now();
-                self.record_seen(device, Some(&facts), OffsetDateTime::now_utc())
-                    .await;
+                let now = OffsetDateTime::now_utc();
+                if !self.record_seen(device, Some(&facts), now).await {
+                    return Some(
+                        self.close(stream, CloseReason::DeviceRevoked, "device revoked")
+                            .await,
+                    );
+                }
             }
             Message::RenewRequest { csr_pem } => {
                 let renewed = match &self.identity {
@@ -472,6 +615,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                             &*shared.directory,
                             opts.signer.as_ref(),
                             identity,
+                            &self.serial,
                             &csr_pem,
                         ))
                         .await
@@ -481,6 +625,8 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 match renewed {
                     Ok(renewed) => {
                         self.cert_not_after = Some(renewed.not_after);
+                        shared.registry.set_serial(device, session, &renewed.serial);
+                        self.serial = renewed.serial;
                         let reply = Message::RenewResponse {
                             certificate_pem: renewed.pem,
                         };
@@ -521,6 +667,7 @@ fn close_message(reason: CloseReason) -> &'static str {
         CloseReason::DeviceRevoked => "device revoked",
         CloseReason::Replaced => "a newer session of this device replaced this one",
         CloseReason::Shutdown => "gateway shutting down",
+        CloseReason::CertificateSuperseded => "certificate superseded by a renewal",
         _ => "closed by the gateway",
     }
 }

@@ -89,21 +89,57 @@ impl Pki {
 struct Directory {
     devices: Mutex<HashMap<DeviceId, DeviceStatus>>,
     seen: Mutex<Vec<(DeviceId, Option<Facts>)>>,
+    stored: Mutex<Vec<(DeviceId, u64)>>,
+    status_reads: Mutex<HashMap<DeviceId, usize>>,
     fail: Mutex<bool>,
+    /// Revokes a device (store, then registry, as the API does) right after its record
+    /// was read: a revocation landing just after the gateway's device check.
+    revoke_after_read: Mutex<Option<SessionRegistry>>,
 }
 
 impl Directory {
     fn add(&self, id: &DeviceId, ws: &WorkspaceId, revoked: bool) {
+        self.add_with_serial(id, ws, revoked, "");
+    }
+    fn add_with_serial(&self, id: &DeviceId, ws: &WorkspaceId, revoked: bool, serial: &str) {
         self.devices.lock().unwrap().insert(
             id.clone(),
             DeviceStatus {
                 workspace_id: ws.clone(),
                 revoked_at: revoked.then(OffsetDateTime::now_utc),
+                cert_serial: serial.to_owned(),
+                previous_cert: None,
             },
         );
     }
+    fn revoke(&self, id: &DeviceId) {
+        let mut devices = self.devices.lock().unwrap();
+        devices.get_mut(id).unwrap().revoked_at = Some(OffsetDateTime::now_utc());
+    }
+    /// As a renewal recorded `at` does: `serial` becomes current, the old one previous.
+    fn renewed(&self, id: &DeviceId, serial: &str, at: OffsetDateTime) {
+        let mut devices = self.devices.lock().unwrap();
+        let d = devices.get_mut(id).unwrap();
+        let old = std::mem::replace(&mut d.cert_serial, serial.to_owned());
+        d.previous_cert = Some((old, at));
+    }
     fn seen(&self) -> Vec<(DeviceId, Option<Facts>)> {
         self.seen.lock().unwrap().clone()
+    }
+    fn stored(&self) -> Vec<(DeviceId, u64)> {
+        self.stored.lock().unwrap().clone()
+    }
+    fn status_reads(&self, id: &DeviceId) -> usize {
+        self.status_reads
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+    fn live(&self, id: &DeviceId) -> bool {
+        let devices = self.devices.lock().unwrap();
+        devices.get(id).is_some_and(|s| s.revoked_at.is_none())
     }
 }
 
@@ -112,23 +148,46 @@ impl DeviceDirectory for Directory {
         if *self.fail.lock().unwrap() {
             anyhow::bail!("database is on fire");
         }
-        Ok(self.devices.lock().unwrap().get(id).cloned())
+        *self
+            .status_reads
+            .lock()
+            .unwrap()
+            .entry(id.clone())
+            .or_default() += 1;
+        let status = self.devices.lock().unwrap().get(id).cloned();
+        let revoker = self.revoke_after_read.lock().unwrap().clone();
+        if let Some(registry) = revoker {
+            if status.is_some() {
+                self.revoke(id);
+                registry.close(id, CloseReason::DeviceRevoked);
+            }
+        }
+        Ok(status)
     }
     async fn record_seen(
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
         _at: OffsetDateTime,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
+        if !self.live(id) {
+            return Ok(false);
+        }
         self.seen.lock().unwrap().push((id.clone(), facts.cloned()));
-        Ok(())
+        Ok(true)
     }
     async fn store_reports(
         &self,
-        _id: &DeviceId,
+        id: &DeviceId,
         reports: Vec<(u64, String)>,
     ) -> anyhow::Result<super::StoredReports> {
+        // As the store: decided in the write.
+        if !self.live(id) {
+            return Err(DeviceNotLive.into());
+        }
         let highest = reports.iter().map(|r| r.0).max().unwrap_or(0);
+        let mut stored = self.stored.lock().unwrap();
+        stored.extend(reports.iter().map(|r| (id.clone(), r.0)));
         Ok(super::StoredReports {
             highest,
             conflicts: Vec::new(),
@@ -141,6 +200,7 @@ impl DeviceDirectory for Directory {
     async fn record_renewal(
         &self,
         id: &DeviceId,
+        from_serial: &str,
         _serial_hex: &str,
         _not_after: OffsetDateTime,
     ) -> anyhow::Result<bool> {
@@ -149,7 +209,7 @@ impl DeviceDirectory for Directory {
             .lock()
             .unwrap()
             .get(id)
-            .is_some_and(|s| s.revoked_at.is_none()))
+            .is_some_and(|s| s.revoked_at.is_none() && s.cert_serial == from_serial))
     }
 }
 
@@ -283,8 +343,10 @@ impl Gateway {
     /// A known, valid device and a client configuration for it.
     fn device(&self) -> (DeviceId, Arc<ClientConfig>) {
         let id = DeviceId::generate();
-        self.directory.add(&id, &self.ws, false);
         let cert = self.pki.device_cert(id.as_str(), &self.ws, id.as_str());
+        let serial = peer_serial(&cert.chain[0]).unwrap();
+        self.directory
+            .add_with_serial(&id, &self.ws, false, &serial);
         (
             id,
             client_config(
@@ -733,6 +795,7 @@ async fn session_task_stays_small() {
         directory: store,
         registry: SessionRegistry::new(),
         shutdown: CancellationToken::new(),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(1)),
         options: GatewayOptions::default(),
         tls: server_config(Pki::new().gateway_tls()).unwrap(),
     });
@@ -741,11 +804,13 @@ async fn session_task_stays_small() {
         .await
         .unwrap();
     let (tcp, peer) = listener.accept().await.unwrap();
-    let permit = Arc::new(tokio::sync::Semaphore::new(1))
+    let connection = Arc::new(tokio::sync::Semaphore::new(1))
         .acquire_owned()
         .await
         .unwrap();
-    let task = session::run(tcp, peer, shared, permit);
+    let source = limits::Sources::new(1).enter(peer.ip()).unwrap();
+    let admission = session::Admission { connection, source };
+    let task = session::run(tcp, peer, shared, admission);
     let size = std::mem::size_of_val(&task);
     assert!(
         size <= 1536,
@@ -815,4 +880,319 @@ async fn transport_round_trip_holds_no_buffer_while_idle() {
     .await
     .unwrap();
     assert!(refused.is_err());
+}
+
+// ------------------------------------------------- revocation, caps and certificate serials
+
+/// Waits until the gateway read `id`'s record `n` times (the connection passed its device
+/// check).
+async fn wait_status_reads(gw: &Gateway, id: &DeviceId, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gw.directory.status_reads(id) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "device never checked"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A connection that finished TLS and passed the device check but keeps quiet is still a
+/// connection of the device: revoking the device (store, then registry, as the API does)
+/// reaches it, and its later Hello is answered with Close, never Welcome.
+#[tokio::test]
+async fn revocation_reaches_a_connection_waiting_for_hello() {
+    let gw = start(GatewayOptions {
+        hello_timeout: Duration::from_secs(5),
+        ..fast_options()
+    })
+    .await;
+    let (id, config) = gw.device();
+    let mut spare = Client::connect(gw.addr, config).await.unwrap();
+    wait_status_reads(&gw, &id, 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    gw.directory.revoke(&id);
+    gw.registry.close(&id, CloseReason::DeviceRevoked);
+    // Closed at once; a Hello sent now is never welcomed.
+    let hello = frame::to_frame(&Message::Hello {
+        agent_version: "test".into(),
+        facts: Facts::default(),
+        next_report_seq: 0,
+    })
+    .unwrap();
+    let _ = spare.tls.write_all(&hello).await;
+    let _ = spare.tls.flush().await;
+    let answer = spare.recv().await;
+    assert!(is_close(&answer, CloseReason::DeviceRevoked), "{answer:?}");
+    assert_eq!(spare.recv().await, None, "nothing after Close");
+    assert!(!gw.registry.is_connected(&id));
+    assert!(gw.directory.seen().is_empty());
+}
+
+/// The revocation lands right after the gateway read the (still live) record: the
+/// connection was registered before that read, so the close reaches it.
+#[tokio::test]
+async fn a_revocation_right_after_the_device_check_is_not_missed() {
+    let gw = start(fast_options()).await;
+    let (id, config) = gw.device();
+    *gw.directory.revoke_after_read.lock().unwrap() = Some(gw.registry.clone());
+    let mut c = Client::connect(gw.addr, config).await.unwrap();
+    let answer = c.hello().await;
+    assert!(
+        is_close(&Some(answer.clone()), CloseReason::DeviceRevoked),
+        "{answer:?}"
+    );
+    assert!(!gw.registry.is_connected(&id));
+}
+
+/// A session whose device was revoked without the registry hearing of it (e.g. the
+/// revocation's close raced the report) stores nothing: the store refuses in its write and
+/// the session ends as revoked. Its next recorded heartbeat or facts end it too.
+#[tokio::test]
+async fn a_revoked_device_stores_no_report_and_is_closed() {
+    let gw = start(fast_options()).await;
+    let (id, mut c) = gw.welcomed().await;
+    c.send(&Message::Report {
+        seq: 1,
+        payload: serde_json::json!({ "n": 1 }),
+    })
+    .await;
+    assert_eq!(c.recv().await, Some(Message::ReportAck { seq: 1 }));
+
+    gw.directory.revoke(&id);
+    c.send(&Message::Report {
+        seq: 2,
+        payload: serde_json::json!({ "n": 2 }),
+    })
+    .await;
+    let answer = c.recv().await;
+    assert!(is_close(&answer, CloseReason::DeviceRevoked), "{answer:?}");
+    assert_eq!(gw.directory.stored(), vec![(id.clone(), 1)]);
+    gw.wait_connected(&id, false).await;
+
+    // Facts (recorded at once) end a revoked session the same way.
+    let (other, mut c) = gw.welcomed().await;
+    gw.directory.revoke(&other);
+    c.send(&Message::Facts {
+        facts: Facts::default(),
+    })
+    .await;
+    let answer = c.recv().await;
+    assert!(is_close(&answer, CloseReason::DeviceRevoked), "{answer:?}");
+}
+
+/// Sequence numbers the store cannot hold are the agent's protocol error, refused before
+/// the store is asked (not a store failure the agent would retry forever).
+#[tokio::test]
+async fn report_seq_beyond_i64_max_is_a_protocol_error() {
+    let gw = start(fast_options()).await;
+    let (_, mut c) = gw.welcomed().await;
+    let seq = 1u64 << 63;
+    c.send(&Message::Report {
+        seq,
+        payload: serde_json::json!({}),
+    })
+    .await;
+    match c.recv().await {
+        Some(Message::Close { reason, message }) => {
+            assert_eq!(reason, CloseReason::ProtocolError);
+            assert!(
+                message.contains(&format!("report seq {seq} exceeds")),
+                "{message}"
+            );
+        }
+        other => panic!("expected Close, got {other:?}"),
+    }
+    assert!(gw.directory.stored().is_empty());
+}
+
+/// One certificate opening 50 connections that each announce a 1 MiB frame instead of
+/// Hello: only `max_pending_per_device` of them wait; the others are refused at once with a
+/// Close saying why. The welcomed session of the device is not affected.
+#[tokio::test]
+async fn connections_waiting_for_hello_are_capped_per_device() {
+    let gw = start(GatewayOptions {
+        hello_timeout: Duration::from_secs(10),
+        ..fast_options()
+    })
+    .await;
+    let (id, config) = gw.device();
+    let mut waiting = Vec::new();
+    let mut refused = 0;
+    for _ in 0..50 {
+        let mut c = Client::connect(gw.addr, config.clone()).await.unwrap();
+        let len = heex_proto::frame::MAX_FRAME_LEN as u32;
+        c.tls.write_all(&len.to_be_bytes()).await.unwrap();
+        c.tls.flush().await.unwrap();
+        let next = tokio::time::timeout(Duration::from_millis(300), c.reader.read(&mut c.tls));
+        match next.await {
+            Err(_) => waiting.push(c),
+            Ok(Ok(Message::Close { reason, message })) => {
+                assert_eq!(reason, CloseReason::ProtocolError);
+                assert!(message.contains("waiting to send hello"), "{message}");
+                refused += 1;
+            }
+            Ok(other) => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(waiting.len(), 4);
+    assert_eq!(refused, 46);
+    // The waiting ones are still open, and a place frees up when one goes.
+    drop(waiting.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = Client::connect(gw.addr, config).await.unwrap();
+    assert!(matches!(c.hello().await, Message::Welcome { .. }));
+    assert!(gw.registry.is_connected(&id));
+}
+
+/// A TCP connection from `source` that never sends a byte.
+async fn silent_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    socket.connect(to).await
+}
+
+/// ~600 silent TCP connections from one address hold no handshake slot and at most
+/// `max_unadmitted_per_source` places: real clients from another address still complete
+/// TLS and Hello at once (before, 256 of them stalled every handshake for 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_one_address_do_not_keep_devices_out() {
+    let gw = start(GatewayOptions::default()).await;
+    let mut silent = Vec::new();
+    for _ in 0..600 {
+        silent.push(silent_from("127.0.0.2", gw.addr).await.unwrap());
+    }
+    // Past the per-source cap the gateway hangs up at once.
+    let mut hung_up = 0;
+    for s in &mut silent {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(20), s.read(&mut byte)).await
+        {
+            hung_up += 1;
+        }
+    }
+    assert!(hung_up >= 600 - 32, "only {hung_up} of 600 closed");
+
+    let started = tokio::time::Instant::now();
+    for _ in 0..5 {
+        let _ = gw.welcomed().await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "devices waited {:?} behind silent connections",
+        started.elapsed()
+    );
+    // The silent ones that were kept are closed after the first-byte deadline.
+    tokio::time::sleep(GatewayOptions::default().first_byte_timeout + Duration::from_millis(500))
+        .await;
+    for s in &mut silent {
+        let mut byte = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(500), s.read(&mut byte)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent connection stayed open"
+        );
+    }
+}
+
+/// Beyond `max_connections` the gateway closes new connections right after accepting them;
+/// once one ends, a new one is served.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let gw = start(GatewayOptions {
+        max_connections: 2,
+        ..fast_options()
+    })
+    .await;
+    let (_, mut a) = gw.welcomed().await;
+    let (_, _b) = gw.welcomed().await;
+    let (_, config) = gw.device();
+    assert!(Client::connect(gw.addr, config.clone()).await.is_err());
+    a.send(&Message::Close {
+        reason: CloseReason::Shutdown,
+        message: "bye".into(),
+    })
+    .await;
+    assert!(a.closed().await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = Client::connect(gw.addr, config).await.unwrap();
+    assert!(matches!(c.hello().await, Message::Welcome { .. }));
+}
+
+/// After a renewal the previous certificate is admitted only during the overlap; older ones
+/// and a previous one past the overlap are refused as superseded. The registry shows which
+/// serial the live session uses.
+#[tokio::test]
+async fn only_the_current_certificate_and_briefly_the_previous_one_are_admitted() {
+    let gw = start(fast_options()).await;
+    let id = DeviceId::generate();
+    let cert = |pki: &Pki| pki.device_cert(id.as_str(), &gw.ws, id.as_str());
+    let (oldest, previous, current) = (cert(&gw.pki), cert(&gw.pki), cert(&gw.pki));
+    let serial = |c: &DeviceCert| peer_serial(&c.chain[0]).unwrap();
+    let (oldest_serial, previous_serial, current_serial) =
+        (serial(&oldest), serial(&previous), serial(&current));
+    gw.directory
+        .add_with_serial(&id, &gw.ws, false, &oldest_serial);
+    let config =
+        |c: DeviceCert| client_config(&gw.pki.ca_der, Some(c), &[&rustls::version::TLS13], true);
+    let (oldest, previous, current) = (config(oldest), config(previous), config(current));
+    gw.directory
+        .renewed(&id, &previous_serial, OffsetDateTime::now_utc());
+    gw.directory
+        .renewed(&id, &current_serial, OffsetDateTime::now_utc());
+
+    let mut c = Client::connect(gw.addr, current.clone()).await.unwrap();
+    assert!(matches!(c.hello().await, Message::Welcome { .. }));
+    assert_eq!(
+        gw.registry.session_serial(&id),
+        Some(current_serial.clone())
+    );
+
+    // Within the overlap the previous certificate still connects...
+    let mut p = Client::connect(gw.addr, previous.clone()).await.unwrap();
+    assert!(matches!(p.hello().await, Message::Welcome { .. }));
+    assert_eq!(
+        gw.registry.session_serial(&id),
+        Some(previous_serial.clone())
+    );
+    // ...but may not renew.
+    p.send(&Message::RenewRequest {
+        csr_pem: "not even a CSR".into(),
+    })
+    .await;
+    let answer = p.recv().await;
+    // Refused for what it is, before the request itself is even looked at.
+    assert!(
+        is_close(&answer, CloseReason::CertificateSuperseded),
+        "{answer:?}"
+    );
+
+    // The one before is refused before any frame.
+    let mut o = Client::connect(gw.addr, oldest).await.unwrap();
+    match o.recv().await {
+        Some(Message::Close { reason, message }) => {
+            assert_eq!(reason, CloseReason::CertificateSuperseded);
+            assert!(message.contains(&oldest_serial), "{message}");
+        }
+        other => panic!("expected Close, got {other:?}"),
+    }
+
+    // Past the overlap the previous one is refused too.
+    {
+        let mut devices = gw.directory.devices.lock().unwrap();
+        let d = devices.get_mut(&id).unwrap();
+        d.previous_cert = Some((
+            previous_serial.clone(),
+            OffsetDateTime::now_utc() - time::Duration::minutes(11),
+        ));
+    }
+    let mut p = Client::connect(gw.addr, previous).await.unwrap();
+    assert!(is_close(
+        &p.recv().await,
+        CloseReason::CertificateSuperseded
+    ));
+    let mut c = Client::connect(gw.addr, current).await.unwrap();
+    assert!(matches!(c.hello().await, Message::Welcome { .. }));
 }

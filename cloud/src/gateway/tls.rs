@@ -113,3 +113,11 @@ pub fn peer_identity(leaf: &CertificateDer<'_>) -> Result<SpiffeId, IdentityErro
     }
     Ok(spiffe)
 }
+
+/// The serial number of a certificate, lowercase hex of its DER integer (as the cloud
+/// records the serials it issues).
+pub fn peer_serial(leaf: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|_| IdentityError::Unparsable)?;
+    Ok(hex::encode(cert.raw_serial()))
+}

@@ -20,18 +20,27 @@ pub enum DeleteDeviceOutcome {
 }
 
 impl Store {
-    /// Records a renewed certificate's serial and expiry. False when the device does not
-    /// exist or is revoked (then nothing changes).
+    /// Records a certificate (serial, expiry) renewed at `at` from the certificate with
+    /// serial `from_serial`, which becomes the previous one. False when the device does not
+    /// exist, is revoked, or `from_serial` is not its current serial (then nothing changes).
     pub async fn record_renewal(
         &self,
         id: &DeviceId,
+        from_serial: &str,
         serial_hex: &str,
         not_after: OffsetDateTime,
+        at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => {
-                s.record_renewal(id.clone(), serial_hex.to_owned(), not_after)
-                    .await
+                s.record_renewal(
+                    id.clone(),
+                    from_serial.to_owned(),
+                    serial_hex.to_owned(),
+                    not_after,
+                    at,
+                )
+                .await
             }
         }
     }

@@ -152,6 +152,17 @@ UPDATE invitations SET id = 'inv_' || lower(hex(randomblob(8))) WHERE id IS NULL
 CREATE UNIQUE INDEX invitations_id ON invitations(id);
 "#,
     },
+    Migration {
+        version: 5,
+        description: "the device certificate a renewal superseded, and when",
+        sql: r#"
+-- Renewal moves cert_serial here: the gateway still admits the previous certificate for a
+-- short overlap after cert_superseded_at (the agent swaps its files after the renewal), and
+-- no certificate older than that.
+ALTER TABLE devices ADD COLUMN previous_cert_serial TEXT;
+ALTER TABLE devices ADD COLUMN cert_superseded_at INTEGER;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -60,6 +60,9 @@ pub enum StoreError {
     /// inside its transaction; nothing was written.
     #[error("{0}")]
     Refused(crate::access::Refusal),
+    /// The device is revoked or no longer exists: nothing was written for it.
+    #[error("device {0} is revoked or deleted")]
+    DeviceNotLive(DeviceId),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -330,13 +333,14 @@ impl Store {
         }
     }
 
-    /// Records that a device was heard from, with fresh facts when it sent some.
+    /// Records that a device was heard from, with fresh facts when it sent some. False (and
+    /// nothing recorded) when the device is revoked or does not exist.
     pub async fn record_seen(
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
         at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_seen(id.clone(), facts.cloned(), at).await,
         }
@@ -345,6 +349,7 @@ impl Store {
     /// Stores a device's reports (sequence number, compact JSON) exactly once each; a number
     /// already stored with other content is a conflict, left as it is. Durable when this
     /// returns.
+    /// [`StoreError::DeviceNotLive`] (nothing stored) when the device is revoked or gone.
     pub async fn store_reports(
         &self,
         device: &DeviceId,
@@ -394,17 +399,19 @@ impl DeviceDirectory for Store {
         id: &DeviceId,
         facts: Option<&Facts>,
         at: OffsetDateTime,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         Ok(Store::record_seen(self, id, facts, at).await?)
     }
 
     async fn record_renewal(
         &self,
         id: &DeviceId,
+        from_serial: &str,
         serial_hex: &str,
         not_after: OffsetDateTime,
     ) -> anyhow::Result<bool> {
-        Ok(Store::record_renewal(self, id, serial_hex, not_after).await?)
+        let now = OffsetDateTime::now_utc();
+        Ok(Store::record_renewal(self, id, from_serial, serial_hex, not_after, now).await?)
     }
 
     async fn store_reports(
@@ -412,7 +419,10 @@ impl DeviceDirectory for Store {
         id: &DeviceId,
         reports: Vec<(u64, String)>,
     ) -> anyhow::Result<StoredReports> {
-        Ok(Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await?)
+        match Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await {
+            Err(StoreError::DeviceNotLive(_)) => Err(crate::gateway::DeviceNotLive.into()),
+            r => Ok(r?),
+        }
     }
 
     async fn highest_report_seq(&self, id: &DeviceId) -> anyhow::Result<u64> {

@@ -579,6 +579,17 @@ impl DeviceRecord {
             facts: self.facts.clone(),
             certificate_expires_at: self.cert_expires_at,
             revoked_at: self.revoked_at,
+            certificate_serial: self.cert_serial.clone(),
+            session_serial: None,
+        }
+    }
+
+    /// [`Self::info`] with what the registry knows of the device's live session.
+    pub fn live_info(&self, registry: &crate::gateway::SessionRegistry) -> DeviceInfo {
+        let session_serial = registry.session_serial(&self.id);
+        DeviceInfo {
+            session_serial: session_serial.clone(),
+            ..self.info(session_serial.is_some())
         }
     }
 }

@@ -43,17 +43,30 @@ impl SqliteStore {
     pub(crate) async fn record_renewal(
         &self,
         id: DeviceId,
+        from_serial: String,
         serial_hex: String,
         not_after: OffsetDateTime,
+        at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         self.write(move |c| {
-            // A revocation that lands between the gateway's check and this write wins.
+            // Decided here, in the write: a revocation that lands between the gateway's
+            // check and this write wins, and only the current certificate renews (a
+            // concurrent renewal from the same serial, or one from a superseded copy,
+            // changes nothing).
             let n = c
                 .prepare_cached(
-                    "UPDATE devices SET cert_serial = ?1, cert_expires_at = ?2
-                     WHERE id = ?3 AND revoked_at IS NULL",
+                    "UPDATE devices
+                     SET previous_cert_serial = cert_serial, cert_superseded_at = ?1,
+                         cert_serial = ?2, cert_expires_at = ?3
+                     WHERE id = ?4 AND revoked_at IS NULL AND cert_serial = ?5",
                 )?
-                .execute(params![serial_hex, to_unix(not_after), id.as_str()])?;
+                .execute(params![
+                    to_unix(at),
+                    serial_hex,
+                    to_unix(not_after),
+                    id.as_str(),
+                    from_serial
+                ])?;
             Ok(n == 1)
         })
         .await

@@ -105,11 +105,19 @@ impl SqliteStore {
     ) -> Result<Option<DeviceStatus>, StoreError> {
         self.read(move |c| {
             let status = c
-                .prepare_cached("SELECT workspace_id, revoked_at FROM devices WHERE id = ?1")?
+                .prepare_cached(
+                    "SELECT workspace_id, revoked_at, cert_serial, previous_cert_serial,
+                            cert_superseded_at
+                     FROM devices WHERE id = ?1",
+                )?
                 .query_row([id.as_str()], |row| {
+                    let previous: Option<String> = row.get(3)?;
+                    let superseded_at = opt_time(row, 4)?;
                     Ok(DeviceStatus {
                         workspace_id: parsed(row, 0)?,
                         revoked_at: opt_time(row, 1)?,
+                        cert_serial: row.get(2)?,
+                        previous_cert: previous.zip(superseded_at),
                     })
                 })
                 .optional()?;
@@ -123,21 +131,23 @@ impl SqliteStore {
         id: DeviceId,
         facts: Option<Facts>,
         at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let facts = facts
             .as_ref()
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Database(format!("cannot encode facts: {e}")))?;
         self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE devices
-                 SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
-                     facts = COALESCE(?2, facts)
-                 WHERE id = ?3",
-            )?
-            .execute(params![to_unix(at), facts, id.as_str()])?;
-            Ok(())
+            // A revoked device records nothing more; the caller learns it is not live.
+            let n = c
+                .prepare_cached(
+                    "UPDATE devices
+                     SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
+                         facts = COALESCE(?2, facts)
+                     WHERE id = ?3 AND revoked_at IS NULL",
+                )?
+                .execute(params![to_unix(at), facts, id.as_str()])?;
+            Ok(n == 1)
         })
         .await
     }

@@ -55,6 +55,16 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let at = to_unix(at);
         self.write(move |c| {
+            // Decided in the write itself: a revocation committed before this batch wins,
+            // whatever the session was told when it was admitted.
+            let live: bool = c
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1 AND revoked_at IS NULL)",
+                )?
+                .query_row([device.as_str()], |r| r.get(0))?;
+            if !live {
+                return Err(StoreError::DeviceNotLive(device.clone()));
+            }
             let mut insert = c.prepare_cached(
                 "INSERT OR IGNORE INTO reports (device_id, seq, received_at, payload)
                  VALUES (?1, ?2, ?3, ?4)",
@@ -136,15 +146,13 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::Store;
-    use heex_proto::DeviceId;
     use time::OffsetDateTime;
 
     #[tokio::test]
     async fn each_device_sequence_is_stored_once_and_listed_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("heex.db")).unwrap();
-        let (a, b) = (DeviceId::generate(), DeviceId::generate());
+        let (f, ids) = crate::store::tests::with_devices(2).await;
+        let store = &f.store;
+        let (a, b) = (ids[0].clone(), ids[1].clone());
         let now = OffsetDateTime::now_utc();
         let batch = |seqs: &[u64], tag: &str| -> Vec<(u64, String)> {
             seqs.iter()

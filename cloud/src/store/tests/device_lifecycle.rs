@@ -21,7 +21,11 @@ async fn renewal_updates_serial_and_expiry_until_revoked() {
     let f = fixture().await;
     let id = enrolled(&f).await;
     let later = f.now + time::Duration::days(60);
-    assert!(f.store.record_renewal(&id, "41bb", later).await.unwrap());
+    assert!(f
+        .store
+        .record_renewal(&id, "40aa", "41bb", later, f.now)
+        .await
+        .unwrap());
     let d = record(&f, &id).await;
     assert_eq!(d.cert_serial, "41bb");
     assert_eq!(d.cert_expires_at, later);
@@ -44,13 +48,13 @@ async fn renewal_updates_serial_and_expiry_until_revoked() {
     // Renewal of a revoked device changes nothing.
     assert!(!f
         .store
-        .record_renewal(&id, "42cc", later + time::Duration::days(1))
+        .record_renewal(&id, "41bb", "42cc", later + time::Duration::days(1), f.now)
         .await
         .unwrap());
     assert_eq!(record(&f, &id).await.cert_serial, "41bb");
     assert!(!f
         .store
-        .record_renewal(&DeviceId::generate(), "43dd", later)
+        .record_renewal(&DeviceId::generate(), "40aa", "43dd", later, f.now)
         .await
         .unwrap());
     let revokes = f
@@ -125,4 +129,76 @@ async fn rename_relabel_and_delete_only_when_revoked() {
         f.store.delete_device(&f.ws, &id, del()).await.unwrap(),
         DeleteDeviceOutcome::NotFound
     );
+}
+
+/// Only the current certificate renews, decided in the write: a second renewal from the
+/// same (now superseded) serial changes nothing, and the previous serial is kept with the
+/// time it was superseded.
+#[tokio::test]
+async fn renewal_is_a_compare_and_set_on_the_current_serial() {
+    let f = fixture().await;
+    let id = enrolled(&f).await;
+    let later = f.now + time::Duration::days(60);
+    let at = f.now + time::Duration::seconds(7);
+    assert!(f
+        .store
+        .record_renewal(&id, "40aa", "41bb", later, at)
+        .await
+        .unwrap());
+    let status = f.store.device_status(&id).await.unwrap().unwrap();
+    assert_eq!(status.cert_serial, "41bb");
+    assert_eq!(status.previous_cert, Some(("40aa".to_owned(), at)));
+    // The old certificate renews again (a copy of it, or a race): refused.
+    assert!(!f
+        .store
+        .record_renewal(&id, "40aa", "42cc", later, at)
+        .await
+        .unwrap());
+    assert!(!f
+        .store
+        .record_renewal(&id, "ffff", "42cc", later, at)
+        .await
+        .unwrap());
+    let status = f.store.device_status(&id).await.unwrap().unwrap();
+    assert_eq!(status.cert_serial, "41bb");
+    assert_eq!(status.previous_cert, Some(("40aa".to_owned(), at)));
+}
+
+/// Reports and last-seen records of a revoked device are refused in the write itself.
+#[tokio::test]
+async fn a_revoked_device_stores_nothing_more() {
+    let f = fixture().await;
+    let id = enrolled(&f).await;
+    let report = |seq: u64| vec![(seq, format!("{{\"n\":{seq}}}"))];
+    assert_eq!(
+        f.store.store_reports(&id, report(1), f.now).await.unwrap(),
+        1
+    );
+    assert!(f.store.record_seen(&id, None, f.now).await.unwrap());
+    let revoke = audit(&f, AuditAction::DeviceRevoke, id.as_str());
+    assert!(f
+        .store
+        .revoke_device(&f.ws, &id, f.now, revoke)
+        .await
+        .unwrap());
+    let refused = f.store.store_reports(&id, report(2), f.now).await;
+    assert!(
+        matches!(refused, Err(StoreError::DeviceNotLive(ref d)) if *d == id),
+        "{refused:?}"
+    );
+    let stored = f.store.list_reports(&id, 0, 10).await.unwrap();
+    assert_eq!(stored.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+    assert!(!f
+        .store
+        .record_seen(&id, None, f.now + time::Duration::minutes(1))
+        .await
+        .unwrap());
+    assert_eq!(record(&f, &id).await.last_seen_at, Some(f.now));
+    // An unknown device is refused the same way.
+    assert!(matches!(
+        f.store
+            .store_reports(&DeviceId::generate(), report(1), f.now)
+            .await,
+        Err(StoreError::DeviceNotLive(_))
+    ));
 }

@@ -9,10 +9,10 @@ use super::*;
 mod device_lifecycle;
 mod lifecycle;
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
-    store: Store,
+    pub(crate) store: Store,
     ws: WorkspaceId,
     owner: MemberId,
     key: KeyId,
@@ -23,7 +23,7 @@ fn at_second(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0).unwrap()
 }
 
-async fn fixture() -> Fixture {
+pub(crate) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("heex.db");
     let store = Store::open_sqlite(&path).unwrap();
@@ -94,7 +94,7 @@ fn new_key(
     }
 }
 
-fn audit(f: &Fixture, action: AuditAction, target: &str) -> AuditEntry {
+pub(crate) fn audit(f: &Fixture, action: AuditAction, target: &str) -> AuditEntry {
     AuditEntry {
         workspace_id: f.ws.clone(),
         at: f.now,
@@ -106,7 +106,7 @@ fn audit(f: &Fixture, action: AuditAction, target: &str) -> AuditEntry {
     }
 }
 
-fn device(f: &Fixture, key: &KeyId) -> NewDevice {
+pub(crate) fn device(f: &Fixture, key: &KeyId) -> NewDevice {
     let id = DeviceId::generate();
     NewDevice {
         spiffe_id: SpiffeId::new("heex.local", f.ws.clone(), id.clone()).unwrap(),
@@ -392,4 +392,17 @@ async fn duplicate_member_email_conflicts() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+/// A workspace with `n` enrolled devices (reports are stored only for live devices).
+pub(crate) async fn with_devices(n: usize) -> (Fixture, Vec<DeviceId>) {
+    let f = fixture().await;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let d = device(&f, &f.key);
+        ids.push(d.id.clone());
+        let entry = audit(&f, AuditAction::DeviceEnroll, d.id.as_str());
+        f.store.insert_device(d, entry).await.unwrap();
+    }
+    (f, ids)
 }
