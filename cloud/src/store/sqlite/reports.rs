@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(store.highest_report_seq(&b).await.unwrap(), 1);
         assert_eq!(
             store
-                .highest_report_seq(&DeviceId::generate())
+                .highest_report_seq(&heex_proto::DeviceId::generate())
                 .await
                 .unwrap(),
             0

@@ -171,7 +171,11 @@ async fn a_revoked_device_stores_nothing_more() {
     let id = enrolled(&f).await;
     let report = |seq: u64| vec![(seq, format!("{{\"n\":{seq}}}"))];
     assert_eq!(
-        f.store.store_reports(&id, report(1), f.now).await.unwrap(),
+        f.store
+            .store_reports(&id, report(1), f.now)
+            .await
+            .unwrap()
+            .highest,
         1
     );
     assert!(f.store.record_seen(&id, None, f.now).await.unwrap());
