@@ -181,6 +181,18 @@ impl<D: DeviceDirectory> Session<'_, D> {
         }
     }
 
+    /// Tells the agent about stored reports: conflicts, then the cumulative ack.
+    async fn send_answers(
+        &mut self,
+        stream: &mut Stream,
+        stored: super::StoredReports,
+    ) -> Result<(), FrameIoError> {
+        for answer in super::reports::answers(&stored) {
+            self.send(stream, &answer).await?;
+        }
+        Ok(())
+    }
+
     /// Sends Close (best effort) and reports it.
     fn close<'s>(
         &'s mut self,
@@ -522,11 +534,10 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 ack = super::reports::next_ack(&mut reports) => {
                     match ack {
                         Ok(stored) => {
-                            for answer in super::reports::answers(&stored) {
-                                let sent = Box::pin(self.send(stream, &answer)).await;
-                                if let Err(e) = sent {
-                                    return End::Lost(e.to_string());
-                                }
+                            // Boxed: the answers take no room in the idle session.
+                            let sent = Box::pin(self.send_answers(stream, stored)).await;
+                            if let Err(e) = sent {
+                                return End::Lost(e.to_string());
                             }
                         }
                         // Revoked since admission: the store refused the reports.
