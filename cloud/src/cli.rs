@@ -123,9 +123,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10m", value_parser = parse_grace)]
     pub cert_overlap: Duration,
     /// Most gateway connections open at once; further ones are closed right after accept.
-    /// Keep it below the descriptor limit, less what the API needs.
-    #[arg(long, default_value_t = crate::gateway::DEFAULT_MAX_CONNECTIONS)]
-    pub gateway_max_connections: usize,
+    /// Default: the open-files limit (raised to its hard limit at start-up) less the API's
+    /// share and a reserve.
+    #[arg(long)]
+    pub gateway_max_connections: Option<usize>,
+    /// Most API connections open at once; further ones are closed right after accept.
+    /// Default: 1/32 of the open-files limit, 64 to 1024.
+    #[arg(long)]
+    pub api_max_connections: Option<usize>,
     /// Options used only when the data directory must be initialized first.
     #[command(flatten)]
     pub init: InitOptions,

@@ -174,6 +174,19 @@ impl ApiError {
         )
     }
 
+    /// 408 `request_timeout`: the request, its body included, was not done within `limit`.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request took longer than {}s (body included); send it again without \
+                 pausing",
+                limit.as_secs()
+            ),
+        )
+    }
+
     /// 500 `internal`. The cause is logged, never sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");

@@ -101,13 +101,36 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         advertised => advertised,
     };
 
+    // The API and the gateway each get their own share of the descriptors, so exhausting
+    // one cannot take the other down.
+    let open_files = server::raise_open_files_limit();
+    let (api_share, gateway_share) = server::split_descriptors(open_files);
+    let api_max_connections = args.api_max_connections.unwrap_or(api_share).max(1);
+    let gateway_max_connections = args.gateway_max_connections.unwrap_or(gateway_share).max(1);
+    let wanted =
+        (api_max_connections + gateway_max_connections) as u64 + server::RESERVED_DESCRIPTORS;
+    if wanted > open_files {
+        tracing::warn!(
+            open_files,
+            api_max_connections,
+            gateway_max_connections,
+            "the connection caps exceed the open-files limit: raise LimitNOFILE or lower \
+             --api-max-connections / --gateway-max-connections"
+        );
+    }
+    tracing::info!(
+        open_files,
+        api_max_connections,
+        gateway_max_connections,
+        "connection caps"
+    );
     let store = Arc::new(loaded.store);
     let registry = SessionRegistry::default();
     let ca = Arc::new(loaded.ca);
     let gateway_options = gateway::GatewayOptions {
         renewal_grace: args.renewal_grace,
         cert_overlap: args.cert_overlap,
-        max_connections: args.gateway_max_connections.max(1),
+        max_connections: gateway_max_connections,
         signer: Some(gateway::DeviceSigner::new(
             Arc::clone(&ca),
             args.device_cert_lifetime,
@@ -136,7 +159,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let api = async {
-        server::serve(api_listener, api_tls, api::router(state), shutdown.clone()).await;
+        server::serve(
+            api_listener,
+            api_tls,
+            api::router(state),
+            shutdown.clone(),
+            server::ApiOptions {
+                max_connections: api_max_connections,
+                ..server::ApiOptions::default()
+            },
+        )
+        .await;
         // The API only returns at shutdown; make sure the gateway stops too.
         shutdown.cancel();
     };

@@ -106,6 +106,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The path exists but does not take this HTTP method.
     MethodNotAllowed,
+    /// The request (its body included) took longer than the server allows.
+    RequestTimeout,
     /// A code this client does not know yet.
     #[serde(other)]
     Other,

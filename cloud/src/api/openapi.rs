@@ -329,6 +329,11 @@ fn declare_errors(doc: &mut Value) {
             if has_query {
                 errors.push((400, "Unknown or malformed query parameter"));
             }
+            // The listener's whole-request deadline (`server::ApiOptions::request_timeout`).
+            errors.push((
+                408,
+                "The request, its body included, took longer than the server allows",
+            ));
             if !STORELESS.contains(&path.as_str()) {
                 for (status, description) in error::STORE_FAILURES {
                     errors.push((status.as_u16(), description));
