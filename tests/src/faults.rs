@@ -397,27 +397,6 @@ impl Machine {
     }
 }
 
-/// Every stored report of `device`, paged through the API with the owner's key:
-/// (seq, payload), in sequence order.
-pub fn stored_reports(cloud: &Cloud, device: &str) -> Vec<(u64, Value)> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let (status, page) = cloud.get(
-            &format!("/v1/devices/{device}/reports?after={after}&limit=1000"),
-            &cloud.owner_key,
-        );
-        assert_eq!(status, 200, "list reports: {page}");
-        for r in page["reports"].as_array().unwrap() {
-            out.push((r["seq"].as_u64().unwrap(), r["payload"].clone()));
-        }
-        match page["next_after"].as_u64() {
-            Some(next) => after = next,
-            None => return out,
-        }
-    }
-}
-
 /// Waits until the cloud holds every report in `expected` (by its `"id"` field), then
 /// asserts each is stored exactly once and nothing else is.
 pub fn assert_stored_exactly_once(
@@ -429,7 +408,7 @@ pub fn assert_stored_exactly_once(
     let want: std::collections::BTreeSet<String> =
         expected.iter().map(|v| v["id"].to_string()).collect();
     let got = wait_for(timeout, &format!("{} reports stored", want.len()), || {
-        let got = stored_reports(cloud, device);
+        let got = crate::stored_reports(cloud, device);
         let ids: std::collections::BTreeSet<String> =
             got.iter().map(|r| r.1["id"].to_string()).collect();
         want.is_subset(&ids).then_some(got)

@@ -619,4 +619,25 @@ pub fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// Every stored report of `device`, paged through the API with the owner's key:
+/// (seq, payload), in sequence order.
+pub fn stored_reports(cloud: &Cloud, device: &str) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = cloud.get(
+            &format!("/v1/devices/{device}/reports?after={after}&limit=1000"),
+            &cloud.owner_key,
+        );
+        assert_eq!(status, 200, "list reports: {page}");
+        for r in page["reports"].as_array().unwrap() {
+            out.push((r["seq"].as_u64().unwrap(), r["payload"].clone()));
+        }
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => return out,
+        }
+    }
+}
+
 pub mod faults;

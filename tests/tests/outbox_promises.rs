@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use heex_tests::{bin, wait_for, Cloud, Logs, Machine, Proc};
-use serde_json::{json, Value};
+use heex_tests::{bin, stored_reports, wait_for, Cloud, Logs, Machine, Proc};
+use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -24,35 +24,15 @@ fn enrolled(cloud: &Cloud, name: &str) -> (Machine, String) {
     (machine, id)
 }
 
-/// Every stored report of `device`, paged through the API: (seq, payload).
-fn stored(cloud: &Cloud, device: &str) -> Vec<(u64, Value)> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let (status, page) = cloud.get(
-            &format!("/v1/devices/{device}/reports?after={after}&limit=1000"),
-            &cloud.owner_key,
-        );
-        assert_eq!(status, 200, "list reports: {page}");
-        for r in page["reports"].as_array().unwrap() {
-            out.push((r["seq"].as_u64().unwrap(), r["payload"].clone()));
-        }
-        match page["next_after"].as_u64() {
-            Some(next) => after = next,
-            None => return out,
-        }
-    }
-}
-
 /// Waits until the cloud holds exactly the reports with these ids, each once; returns
 /// id → seq.
 fn wait_for_ids(cloud: &Cloud, device: &str, ids: &[String], logs: &Logs) -> BTreeMap<String, u64> {
     wait_for(TIMEOUT, "the reports to be stored", || {
-        (stored(cloud, device).len() >= ids.len()).then_some(())
+        (stored_reports(cloud, device).len() >= ids.len()).then_some(())
     });
     // Nothing more arrives late.
     std::thread::sleep(Duration::from_millis(500));
-    let got = stored(cloud, device);
+    let got = stored_reports(cloud, device);
     let mut by_id = BTreeMap::new();
     for (seq, payload) in &got {
         let id = payload["id"].as_str().unwrap().to_owned();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use heex_tests::{bin, wait_for, Cloud, Logs, Machine, Proc};
+use heex_tests::{bin, stored_reports, wait_for, Cloud, Logs, Machine, Proc};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,30 +60,10 @@ fn enrolled(cloud: &Cloud, name: &str) -> (Machine, String) {
     (machine, id)
 }
 
-/// Every stored report of `device`, paged through the API: (seq, payload).
-fn stored(cloud: &Cloud, device: &str) -> Vec<(u64, Value)> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let (status, page) = cloud.get(
-            &format!("/v1/devices/{device}/reports?after={after}&limit=1000"),
-            &cloud.owner_key,
-        );
-        assert_eq!(status, 200, "list reports: {page}");
-        for r in page["reports"].as_array().unwrap() {
-            out.push((r["seq"].as_u64().unwrap(), r["payload"].clone()));
-        }
-        match page["next_after"].as_u64() {
-            Some(next) => after = next,
-            None => return out,
-        }
-    }
-}
-
 /// Waits until the cloud holds at least `n` reports of `device`; returns them.
 fn wait_stored(cloud: &Cloud, device: &str, n: usize) -> Vec<(u64, Value)> {
     wait_for(TIMEOUT, &format!("{n} reports stored"), || {
-        let got = stored(cloud, device);
+        let got = stored_reports(cloud, device);
         (got.len() >= n).then_some(got)
     })
 }
@@ -210,7 +190,7 @@ fn reports_submitted_while_the_cloud_is_down_arrive_exactly_once() {
     cloud.serve();
     let got = wait_stored(&cloud, &id, 1000);
     std::thread::sleep(Duration::from_millis(500));
-    let got_again = stored(&cloud, &id);
+    let got_again = stored_reports(&cloud, &id);
     assert_eq!(got_again.len(), 1000, "more than 1,000 stored");
     assert_exactly_once(&got);
     let seqs: Vec<u64> = got.iter().map(|r| r.0).collect();
@@ -341,7 +321,7 @@ fn killing_the_agent_repeatedly_loses_and_duplicates_nothing_acknowledged() {
         succeeded.len()
     );
     let all = wait_for(TIMEOUT, "every acknowledged submission stored", || {
-        let got = stored(&cloud, &id);
+        let got = stored_reports(&cloud, &id);
         let ids: BTreeSet<String> = got
             .iter()
             .map(|r| r.1["id"].as_str().unwrap().to_owned())
@@ -370,7 +350,7 @@ fn killing_the_cloud_while_reports_flow_duplicates_nothing() {
     for _ in 0..3 {
         let before = first;
         first = wait_for(TIMEOUT, "more reports stored", || {
-            let n = stored(&cloud, &id).len();
+            let n = stored_reports(&cloud, &id).len();
             (n > before || n == 3000).then_some(n)
         });
         cloud.kill9();
@@ -379,7 +359,7 @@ fn killing_the_cloud_while_reports_flow_duplicates_nothing() {
     let got = wait_stored(&cloud, &id, 3000);
     std::thread::sleep(Duration::from_millis(500));
     let got = if got.len() == 3000 {
-        stored(&cloud, &id)
+        stored_reports(&cloud, &id)
     } else {
         got
     };
