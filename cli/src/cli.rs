@@ -49,6 +49,8 @@ pub enum Command {
     Reports(ReportsCommand),
     /// Show the workspace's audit log, newest first.
     Audit(AuditArgs),
+    /// Print a one-time sign-in link to the web console (works once, for 5 minutes).
+    Console,
     /// Print a shell completion script.
     Completions {
         /// The shell.

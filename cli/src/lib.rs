@@ -52,6 +52,7 @@ pub fn run(cli: &Cli, env: &Env, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Devices(cmd) => commands::devices::run(&mut ctx, cmd),
         Command::Reports(cmd) => commands::reports::run(&mut ctx, cmd),
         Command::Audit(args) => commands::audit::run(&mut ctx, args),
+        Command::Console => commands::console::console(&mut ctx),
         Command::Completions { shell } => commands::completions(&mut ctx, *shell),
     }
 }

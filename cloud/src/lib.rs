@@ -14,6 +14,7 @@ pub mod atomic_file;
 pub mod auth;
 pub mod ca;
 pub mod cli;
+pub mod console;
 pub mod csr;
 pub mod datadir;
 pub mod error;
@@ -162,7 +163,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         server::serve(
             api_listener,
             api_tls,
-            api::router(state),
+            console::app(state),
             shutdown.clone(),
             server::ApiOptions {
                 max_connections: api_max_connections,

@@ -547,3 +547,18 @@ pub struct InvitationInfo {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
+
+/// `POST /v1/console/signin-links` response: a one-time sign-in link to the web console for
+/// the caller's key. The link is `<server><path>#<token>`: the token sits in the fragment,
+/// which browsers never send to the server, and the console's page posts it once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConsoleSignInLink {
+    /// The one-time token (`heexsig_` and 32 letters or digits).
+    pub token: String,
+    /// The console page that spends it.
+    pub path: String,
+    /// When the token stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}

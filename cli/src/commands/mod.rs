@@ -1,6 +1,7 @@
 //! One module per subcommand group, plus helpers they share.
 
 pub mod audit;
+pub mod console;
 pub mod device_lifecycle;
 pub mod devices;
 pub mod keys;

@@ -22,17 +22,17 @@ pub const MAX_LIMIT: u32 = 1000;
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct AuditQuery {
+pub(crate) struct AuditQuery {
     /// Exact actor (a member's email, or "system").
-    actor: Option<String>,
+    pub(crate) actor: Option<String>,
     /// Exact action ("key.revoke"), or a prefix ending in '.' ("key.").
-    action: Option<String>,
+    pub(crate) action: Option<String>,
     /// Exact target (key id, member email or device id).
-    target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Only events at or after this RFC 3339 time.
-    since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Most events returned: 1 to 1000, 100 when omitted.
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 impl AuditQuery {
@@ -78,7 +78,7 @@ impl AuditQuery {
         (status = 403, description = "Scope or role does not allow reading the audit log", body = ErrorBody)
     )
 )]
-pub(super) async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<AuditQuery>,

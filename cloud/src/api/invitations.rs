@@ -53,7 +53,7 @@ pub use heex_proto::text::MAX_EMAIL_LEN;
         (status = 403, description = "Scope or role does not allow inviting (with this role)", body = ErrorBody)
     )
 )]
-pub(super) async fn invite(
+pub(crate) async fn invite(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<InviteRequest>,
@@ -129,7 +129,7 @@ pub(super) async fn invite(
         (status = 400, description = "Unknown, used, cancelled or expired token, an inviter who may no longer invite, or already a member", body = ErrorBody)
     )
 )]
-pub(super) async fn accept(
+pub(crate) async fn accept(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<AcceptInvitationRequest>,
 ) -> Result<(StatusCode, Json<AcceptInvitationResponse>), ApiError> {
@@ -232,7 +232,7 @@ pub(super) async fn accept(
         (status = 403, description = "Scope or role does not allow listing invitations", body = ErrorBody)
     )
 )]
-pub(super) async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<InvitationInfo>>, ApiError> {
@@ -259,7 +259,7 @@ pub(super) async fn list(
         (status = 404, description = "No such invitation in the workspace", body = ErrorBody)
     )
 )]
-pub(super) async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -50,7 +50,7 @@ pub const MAX_ROTATION_OVERLAP: time::Duration = time::Duration::days(30);
         (status = 403, description = "The key's scope does not allow this", body = ErrorBody)
     )
 )]
-pub(super) async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateKeyRequest>,
@@ -139,10 +139,10 @@ fn lifetime(req: &CreateKeyRequest) -> Result<time::Duration, ApiError> {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ListKeysQuery {
+pub(crate) struct ListKeysQuery {
     /// List every key of the workspace, not only the caller's (owner or admin role).
     #[serde(default)]
-    all: bool,
+    pub(crate) all: bool,
 }
 
 /// Lists the caller's own keys, or with `all=true` (owners and admins) every key of the
@@ -160,7 +160,7 @@ pub(super) struct ListKeysQuery {
         (status = 403, description = "Enroll scope, or all=true without the owner or admin role", body = ErrorBody)
     )
 )]
-pub(super) async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListKeysQuery>,
@@ -233,7 +233,7 @@ fn require_usable(key: &KeyRecord, now: OffsetDateTime, verb: &str) -> Result<()
         (status = 404, description = "No such key of the caller's", body = ErrorBody)
     )
 )]
-pub(super) async fn copy(
+pub(crate) async fn copy(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -276,7 +276,7 @@ pub(super) async fn copy(
         (status = 404, description = "No such key in the workspace", body = ErrorBody)
     )
 )]
-pub(super) async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -321,7 +321,7 @@ pub(super) async fn revoke(
         (status = 404, description = "No such key of the caller's", body = ErrorBody)
     )
 )]
-pub(super) async fn rotate(
+pub(crate) async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

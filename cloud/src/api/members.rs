@@ -27,7 +27,7 @@ use crate::store::{AuditAction, RemoveOutcome};
         (status = 403, description = "Enroll scope", body = ErrorBody)
     )
 )]
-pub(super) async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<MemberInfo>>, ApiError> {
@@ -58,7 +58,7 @@ pub(super) async fn list(
         (status = 404, description = "No such member in the workspace", body = ErrorBody)
     )
 )]
-pub(super) async fn remove(
+pub(crate) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -4,13 +4,14 @@
 //! [`MAX_BODY_BYTES`] (413 `payload_too_large` beyond). Routes are registered only together
 //! with their OpenAPI description ([`openapi`]), so `/v1/openapi.json` covers every one.
 
-mod audit;
+pub(crate) mod audit;
+pub(crate) mod console_links;
 mod device_lifecycle;
 mod devices;
 mod enroll;
-mod invitations;
-mod keys;
-mod members;
+pub(crate) mod invitations;
+pub(crate) mod keys;
+pub(crate) mod members;
 pub mod openapi;
 mod reports;
 mod whoami;
@@ -113,6 +114,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(device_lifecycle::revoke))
         .routes(routes!(audit::list))
+        .routes(routes!(console_links::create))
 }
 
 /// The OpenAPI document of every route, as served.

@@ -398,6 +398,11 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("post", "/v1/devices/{id}/revoke", "revoke_device"),
     ("get", "/v1/devices/{id}/reports", "list_reports"),
     ("get", "/v1/audit", "list_audit_events"),
+    (
+        "post",
+        "/v1/console/signin-links",
+        "create_console_signin_link",
+    ),
 ];
 
 fn name_operations(doc: &mut Value) {

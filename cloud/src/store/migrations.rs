@@ -163,6 +163,35 @@ ALTER TABLE devices ADD COLUMN previous_cert_serial TEXT;
 ALTER TABLE devices ADD COLUMN cert_superseded_at INTEGER;
 "#,
     },
+    // The web console's sign-in state. (Renumber with the migrations merged beside it: this
+    // entry stands on its own and depends on nothing after version 5.)
+    Migration {
+        version: 6,
+        description: "web console sessions and one-time sign-in links",
+        sql: r#"
+-- A console session is bound to the API key its member signed in with: every request checks
+-- that key again (revoked, expired, member removed). Only the SHA-256 of the session id and
+-- of a sign-in token is stored.
+CREATE TABLE console_sessions (
+    id_hash       TEXT PRIMARY KEY,
+    key_id        TEXT NOT NULL REFERENCES api_keys(id),
+    created_at    INTEGER NOT NULL,
+    last_seen_at  INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL
+);
+CREATE INDEX console_sessions_key ON console_sessions(key_id);
+CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);
+
+CREATE TABLE console_signin_tokens (
+    token_hash  TEXT PRIMARY KEY,
+    key_id      TEXT NOT NULL REFERENCES api_keys(id),
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER
+);
+CREATE INDEX console_signin_tokens_expiry ON console_signin_tokens(expires_at);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -26,6 +26,22 @@ use time::OffsetDateTime;
 
 use crate::gateway::{DeviceDirectory, DeviceStatus, StoredReports};
 
+/// A web console session, as stored: the SHA-256 of its id, the key it is bound to, and its
+/// times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// Hex SHA-256 of the session id (the cookie's value).
+    pub id_hash: String,
+    /// The API key the member signed in with; checked again on every request.
+    pub key_id: KeyId,
+    /// When it started.
+    pub created_at: OffsetDateTime,
+    /// Its last request.
+    pub last_seen_at: OffsetDateTime,
+    /// When it ends, however active.
+    pub expires_at: OffsetDateTime,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -377,6 +393,69 @@ impl Store {
     ) -> Result<Vec<heex_proto::api::ReportInfo>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.list_reports(device.clone(), after, limit).await,
+        }
+    }
+
+    /// Records a console session (and drops the expired ones).
+    pub async fn create_console_session(&self, session: ConsoleSession) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.create_console_session(session).await,
+        }
+    }
+
+    /// The console session whose id hashes to `id_hash`.
+    pub async fn find_console_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<ConsoleSession>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.find_console_session(id_hash.to_owned()).await,
+        }
+    }
+
+    /// Notes a console session's request at `at` (its idle timeout counts from there).
+    pub async fn touch_console_session(
+        &self,
+        id_hash: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.touch_console_session(id_hash.to_owned(), at).await,
+        }
+    }
+
+    /// Ends a console session.
+    pub async fn delete_console_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.delete_console_session(id_hash.to_owned()).await,
+        }
+    }
+
+    /// Records a one-time console sign-in token (its SHA-256) for `key_id`.
+    pub async fn create_signin_token(
+        &self,
+        token_hash: &str,
+        key_id: &KeyId,
+        at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.create_signin_token(token_hash.to_owned(), key_id.clone(), at, expires_at)
+                    .await
+            }
+        }
+    }
+
+    /// Spends a sign-in token: the key it was issued for when it is unused and unexpired at
+    /// `at`, and `None` otherwise. A token is spent once, whatever happens next.
+    pub async fn redeem_signin_token(
+        &self,
+        token_hash: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<KeyId>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.redeem_signin_token(token_hash.to_owned(), at).await,
         }
     }
 

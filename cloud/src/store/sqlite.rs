@@ -5,6 +5,7 @@
 //! queue behind the writer.
 
 mod audit;
+mod console;
 mod device_lifecycle;
 mod devices;
 mod keys;

@@ -27,6 +27,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/v1/devices/{id}"),
     ("GET", "/v1/devices/{id}/reports"),
     ("GET", "/v1/audit"),
+    ("POST", "/v1/console/signin-links"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
