@@ -2,8 +2,8 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, HOST, SET_COOKIE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use heex_proto::api::{
@@ -16,7 +16,10 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::pages::{self, Viewer};
-use super::{clear_cookie, open_session, secret_hash, session_cookie, usable_for_console, Signed};
+use super::{
+    clear_cookie, open_session, request_host, secret_hash, session_cookie, usable_for_console,
+    Signed,
+};
 use crate::api::{audit, console_links, invitations, keys, members, ApiJson, ApiQuery, AppState};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
@@ -99,11 +102,8 @@ fn reveal(
 }
 
 /// This server's origin as the request named it (checked against `Origin` on every POST).
-fn origin(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost:8443");
+fn origin(headers: &HeaderMap, uri: &Uri) -> String {
+    let host = request_host(headers, uri).unwrap_or_else(|| "localhost:8443".to_owned());
     format!("https://{host}")
 }
 
@@ -468,6 +468,7 @@ pub(super) struct InviteForm {
 pub(super) async fn invite(
     State(state): State<AppState>,
     signed: Signed,
+    uri: Uri,
     headers: HeaderMap,
     form: Result<Form<InviteForm>, FormRejection>,
 ) -> Response {
@@ -483,7 +484,7 @@ pub(super) async fn invite(
     };
     match invitations::invite(State(state), caller.clone(), ApiJson(req)).await {
         Ok((_, Json(inv))) => {
-            let link = format!("{}/console/join#{}", origin(&headers), inv.token);
+            let link = format!("{}/console/join#{}", origin(&headers, &uri), inv.token);
             reveal(
                 &headers,
                 Some(&viewer(&caller)),
@@ -620,6 +621,7 @@ pub(super) async fn audit_page(
 pub(super) async fn add_device_page(
     State(state): State<AppState>,
     signed: Signed,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let caller = signed.caller;
@@ -649,7 +651,7 @@ pub(super) async fn add_device_page(
         pages::add_device(
             &viewer(&caller),
             &enroll,
-            &origin(&headers),
+            &origin(&headers, &uri),
             &state.ca.fingerprint().to_string(),
             OffsetDateTime::now_utc(),
         ),

@@ -130,24 +130,16 @@ async fn security_headers(req: Request, next: Next) -> Response {
     response
 }
 
-/// Refuses (403) a state-changing request whose `Origin` is missing or is not this server's
-/// (`https://` and the request's host): a cross-site form or script cannot act for a member.
+/// Refuses (403) a state-changing request that does not come from this console's pages: its
+/// `Origin` must be this server's (`https://` and the request's host). Under
+/// `Referrer-Policy: no-referrer` browsers send `Origin: null` on form posts; such a request
+/// (or one without `Origin`) passes only with `Sec-Fetch-Site: same-origin`, a header no page
+/// can set. A cross-site form or script therefore cannot act for a member.
 async fn same_origin(req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-    let origin = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok());
-    let allowed = match (host, origin) {
-        (Some(host), Some(origin)) => origin.eq_ignore_ascii_case(&format!("https://{host}")),
-        _ => false,
-    };
-    if !allowed {
+    if !from_this_console(&req) {
         return pages::error_page(
             StatusCode::FORBIDDEN,
             "This request did not come from a page of this console (its Origin header is \
@@ -155,6 +147,31 @@ async fn same_origin(req: Request, next: Next) -> Response {
         );
     }
     next.run(req).await
+}
+
+/// The host (and port) the request named: `Host` (HTTP/1) or the URI's authority (HTTP/2).
+fn request_host(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
+}
+
+fn from_this_console(req: &Request) -> bool {
+    let headers = req.headers();
+    let host = request_host(headers, req.uri());
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if fetch_site.is_some_and(|site| site != "same-origin") {
+        return false;
+    }
+    match headers.get(ORIGIN).map(|o| o.to_str()) {
+        Some(Ok("null")) | None => fetch_site == Some("same-origin"),
+        Some(Ok(origin)) => {
+            host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("https://{h}")))
+        }
+        Some(Err(_)) => false,
+    }
 }
 
 /// Hex SHA-256 of a session id or token: what the store keeps.
