@@ -108,3 +108,75 @@ fn the_console_in_chromium() {
     );
     assert!(!logs.contains("heexsig_"), "a sign-in token is in a log");
 }
+
+/// `heex console` prints a one-time link; its token opens a session once, and neither the
+/// token nor the key reaches the server's log. (No browser needed.)
+#[test]
+fn heex_console_prints_a_one_time_sign_in_link() {
+    let cloud = Cloud::start();
+    let home = tempfile::tempdir().unwrap();
+    let out = cloud.logs.run(
+        "heex-console",
+        Command::new(bin("heex"))
+            .arg("console")
+            .env("XDG_CONFIG_HOME", home.path())
+            .env("HOME", home.path())
+            .env("HEEX_SERVER", &cloud.api_url)
+            .env("HEEX_API_KEY", &cloud.owner_key)
+            .env("HEEX_CA_FINGERPRINT", &cloud.fingerprint),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("{}/console/signin/link#", cloud.api_url);
+    let token = stdout
+        .lines()
+        .find_map(|l| l.split_once(&prefix).map(|(_, t)| t.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no sign-in link in:\n{stdout}"));
+    assert!(token.starts_with("heexsig_"), "{token}");
+
+    let pem = std::fs::read(cloud.ca_file()).unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let spend = || {
+        http.post(format!("{}/console/signin/link", cloud.api_url))
+            .header("origin", &cloud.api_url)
+            .form(&[("token", token.as_str())])
+            .send()
+            .unwrap()
+    };
+    let first = spend();
+    assert_eq!(first.status().as_u16(), 303);
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("__Host-heex_session="), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = http
+        .get(format!("{}/console/keys", cloud.api_url))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().unwrap().contains("owner@localhost"));
+    assert_eq!(spend().status().as_u16(), 401, "a link works once");
+
+    let server_log: String = std::fs::read_dir(cloud.logs.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("cloud-serve"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    assert!(server_log.contains("console session started"));
+    assert!(
+        !server_log.contains(&token),
+        "the sign-in token is in the server log"
+    );
+    assert!(!server_log.contains(&cloud.owner_key));
+}
