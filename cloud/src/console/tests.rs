@@ -497,3 +497,26 @@ async fn idle_and_absolute_timeouts_end_sessions() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn other_peoples_text_is_escaped() {
+    let c = console().await;
+    let session = c.signed_in_owner().await;
+    let hostile = "<img src=x onerror=alert(1)>\"'&";
+    let a = c
+        .api_post(
+            "/v1/keys",
+            &c.owner_key,
+            serde_json::json!({"name": hostile, "scope": "enroll"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    for page in ["/console/keys", "/console/add-device", "/console/audit"] {
+        let body = c.get(page, Some(&session)).await.body;
+        assert!(!body.contains("<img src=x"), "{page}: {body}");
+        assert!(
+            body.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{page}"
+        );
+    }
+}
