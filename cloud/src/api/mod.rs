@@ -12,6 +12,7 @@ mod invitations;
 mod keys;
 mod members;
 pub mod openapi;
+pub mod paging;
 mod reports;
 mod whoami;
 
@@ -105,6 +106,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invitations::accept))
         .routes(routes!(invitations::cancel))
         .routes(routes!(devices::list))
+        .routes(routes!(devices::summary))
         .routes(routes!(reports::list))
         .routes(routes!(
             devices::show,

@@ -163,6 +163,44 @@ ALTER TABLE devices ADD COLUMN previous_cert_serial TEXT;
 ALTER TABLE devices ADD COLUMN cert_superseded_at INTEGER;
 "#,
     },
+    Migration {
+        version: 6,
+        description: "paged, filtered device lists: connection marks, label rows, indexes",
+        sql: r#"
+-- The gateway marks a device connected at Hello (connection names the gateway process and
+-- its session) and clears the mark when that session ends, so lists and counts filter on
+-- it in SQL. A gateway clears the marks it may have left when it starts.
+ALTER TABLE devices ADD COLUMN connection TEXT;
+ALTER TABLE devices ADD COLUMN connected_at INTEGER;
+-- One row per label, written with devices.labels (which stays the label set as read), so
+-- label selectors are index lookups.
+CREATE TABLE device_labels (
+    device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    key       TEXT NOT NULL,
+    value     TEXT NOT NULL,
+    PRIMARY KEY (device_id, key)
+) WITHOUT ROWID;
+INSERT INTO device_labels (device_id, key, value)
+    SELECT d.id, j.key, j.value FROM devices d, json_each(d.labels) j;
+CREATE INDEX device_labels_value ON device_labels(key, value, device_id);
+-- Keyset pages in each sort order (the id breaks ties).
+DROP INDEX devices_workspace;
+CREATE INDEX devices_enrolled ON devices(workspace_id, enrolled_at, id);
+CREATE INDEX devices_name ON devices(workspace_id, name, id);
+CREATE INDEX devices_seen ON devices(workspace_id, COALESCE(last_seen_at, 0), id);
+CREATE INDEX devices_connected ON devices(workspace_id, enrolled_at, id)
+    WHERE connection IS NOT NULL;
+CREATE INDEX devices_disconnected ON devices(workspace_id, enrolled_at, id)
+    WHERE connection IS NULL;
+CREATE INDEX devices_cert_expiry ON devices(workspace_id, cert_expires_at)
+    WHERE revoked_at IS NULL;
+CREATE INDEX devices_revoked ON devices(workspace_id) WHERE revoked_at IS NOT NULL;
+CREATE INDEX devices_by_key ON devices(enrolled_by_key, enrolled_at, id);
+CREATE INDEX devices_by_member ON devices(enrolled_by_member, enrolled_at, id);
+CREATE INDEX api_keys_created ON api_keys(workspace_id, created_at, id);
+CREATE INDEX members_created ON members(workspace_id, created_at, id);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -1,21 +1,54 @@
 //! Devices: enrollment (which spends one use of the enrolling key), listing, and what the
 //! gateway records.
 
+use std::collections::BTreeMap;
+
 use heex_proto::api::Facts;
 use heex_proto::{DeviceId, WorkspaceId};
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use super::{audit, conversion, opt_time, parsed, time_at, SqliteStore};
 use crate::gateway::DeviceStatus;
+use crate::store::device_list::{DeviceCounts, DeviceQuery, LabelSelector};
+use crate::store::paging::PageOf;
 use crate::store::{to_unix, AuditEntry, DeviceRecord, NewDevice, StoreError};
 
 /// A device with its enrolling member's email, in the column order [`device_from_row`] reads.
 const DEVICE_SELECT: &str = "
     SELECT d.id, d.workspace_id, d.name, d.labels, d.facts, d.spiffe_id,
            d.enrolled_at, d.enrolled_by_key, m.email, d.cert_serial,
-           d.cert_expires_at, d.revoked_at, d.last_seen_at
+           d.cert_expires_at, d.revoked_at, d.last_seen_at, d.connection IS NOT NULL
     FROM devices d JOIN members m ON m.id = d.enrolled_by_member";
+
+/// Replaces the label rows of device `id` with `labels` (inside the caller's transaction).
+pub(super) fn write_labels(
+    c: &Connection,
+    id: &DeviceId,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    c.prepare_cached("DELETE FROM device_labels WHERE device_id = ?1")?
+        .execute([id.as_str()])?;
+    let mut insert =
+        c.prepare_cached("INSERT INTO device_labels (device_id, key, value) VALUES (?1, ?2, ?3)")?;
+    for (k, v) in labels {
+        insert.execute(params![id.as_str(), k, v])?;
+    }
+    Ok(())
+}
+
+/// `s` with LIKE's wildcards and the escape character escaped (escape `\\`).
+fn like_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for ch in s.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
 
 impl SqliteStore {
     pub(crate) async fn insert_device(
@@ -64,21 +97,132 @@ impl SqliteStore {
                 d.cert_serial,
                 to_unix(d.cert_expires_at)
             ])?;
+            write_labels(c, &d.id, &d.labels)?;
             audit::insert(c, &audit)
         })
         .await
     }
 
-    pub(crate) async fn list_devices(
+    pub(crate) async fn query_devices(
         &self,
         workspace: WorkspaceId,
-    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        q: DeviceQuery,
+    ) -> Result<PageOf<DeviceRecord>, StoreError> {
         self.read(move |c| {
-            let sql =
-                format!("{DEVICE_SELECT} WHERE d.workspace_id = ?1 ORDER BY d.enrolled_at, d.id");
+            // Only the conditions in use appear, so each combination gets its own cached
+            // statement and the planner can pick the matching index.
+            let mut sql = format!("{DEVICE_SELECT} WHERE d.workspace_id = ?");
+            let mut values = vec![Value::Text(workspace.as_str().to_owned())];
+            match q.connected {
+                Some(true) => sql.push_str(" AND d.connection IS NOT NULL"),
+                Some(false) => sql.push_str(" AND d.connection IS NULL"),
+                None => {}
+            }
+            match q.revoked {
+                Some(true) => sql.push_str(" AND d.revoked_at IS NOT NULL"),
+                Some(false) => sql.push_str(" AND d.revoked_at IS NULL"),
+                None => {}
+            }
+            const LABEL: &str =
+                "EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ?";
+            for sel in &q.labels {
+                let key = Value::Text(sel.key().to_owned());
+                match sel {
+                    LabelSelector::Equals(_, v) | LabelSelector::NotEquals(_, v) => {
+                        let not = matches!(sel, LabelSelector::NotEquals(..));
+                        sql.push_str(if not { " AND NOT " } else { " AND " });
+                        sql.push_str(LABEL);
+                        sql.push_str(" AND l.value = ?)");
+                        values.extend([key, Value::Text(v.clone())]);
+                    }
+                    LabelSelector::Exists(_) | LabelSelector::Absent(_) => {
+                        let not = matches!(sel, LabelSelector::Absent(_));
+                        sql.push_str(if not { " AND NOT " } else { " AND " });
+                        sql.push_str(LABEL);
+                        sql.push(')');
+                        values.push(key);
+                    }
+                }
+            }
+            if let Some(text) = &q.search {
+                sql.push_str(" AND (d.name LIKE ? ESCAPE '\\' OR d.id LIKE ? ESCAPE '\\')");
+                let pattern = format!("%{}%", like_escaped(text));
+                values.extend([Value::Text(pattern.clone()), Value::Text(pattern)]);
+            }
+            if let Some(member) = &q.enrolled_by {
+                sql.push_str(" AND (d.enrolled_by_member = ? OR m.email = ?)");
+                values.extend([Value::Text(member.clone()), Value::Text(member.clone())]);
+            }
+            if let Some(key) = &q.enrolled_with_key {
+                sql.push_str(" AND d.enrolled_by_key = ?");
+                values.push(Value::Text(key.as_str().to_owned()));
+            }
+            if let Some(t) = q.cert_expires_before {
+                sql.push_str(" AND d.cert_expires_at < ?");
+                values.push(Value::Integer(to_unix(t)));
+            }
+            if let Some(t) = q.last_seen_before {
+                sql.push_str(" AND COALESCE(d.last_seen_at, 0) < ?");
+                values.push(Value::Integer(to_unix(t)));
+            }
+            let columns = [q.sort.column(), "d.id"];
+            if let Some(after) = q.page.condition(&columns, q.descending) {
+                let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
+                sql.push_str(" AND ");
+                sql.push_str(&cond);
+                values.extend(v);
+            }
+            let dir = if q.descending { "DESC" } else { "ASC" };
+            sql.push_str(&format!(
+                " ORDER BY {} {dir}, d.id {dir} LIMIT ?",
+                q.sort.column()
+            ));
+            values.push(Value::Integer(q.page.fetch()));
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map([workspace.as_str()], device_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let rows = stmt
+                .query_map(params_from_iter(values), device_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let sort = q.sort;
+            Ok(PageOf::from_rows(rows, &q.page, |d| sort.key(d)))
+        })
+        .await
+    }
+
+    pub(crate) async fn device_counts(
+        &self,
+        workspace: WorkspaceId,
+        expiring_before: OffsetDateTime,
+    ) -> Result<DeviceCounts, StoreError> {
+        self.read(move |c| {
+            // Each count is served by its own index (see migration 6).
+            let count = |sql: &str, with_time: bool| -> Result<u64, StoreError> {
+                let mut stmt = c.prepare_cached(sql)?;
+                let n: i64 = if with_time {
+                    stmt.query_row(params![workspace.as_str(), to_unix(expiring_before)], |r| {
+                        r.get(0)
+                    })?
+                } else {
+                    stmt.query_row([workspace.as_str()], |r| r.get(0))?
+                };
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            Ok(DeviceCounts {
+                total: count("SELECT COUNT(*) FROM devices WHERE workspace_id = ?1", false)?,
+                connected: count(
+                    "SELECT COUNT(*) FROM devices INDEXED BY devices_connected
+                     WHERE workspace_id = ?1 AND connection IS NOT NULL",
+                    false,
+                )?,
+                expiring: count(
+                    "SELECT COUNT(*) FROM devices
+                     WHERE workspace_id = ?1 AND revoked_at IS NULL AND cert_expires_at < ?2",
+                    true,
+                )?,
+                revoked: count(
+                    "SELECT COUNT(*) FROM devices WHERE workspace_id = ?1 AND revoked_at IS NOT NULL",
+                    false,
+                )?,
+            })
         })
         .await
     }
@@ -153,6 +297,69 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    pub(crate) async fn record_connected(
+        &self,
+        id: DeviceId,
+        facts: Option<Facts>,
+        at: OffsetDateTime,
+        connection: String,
+    ) -> Result<bool, StoreError> {
+        let facts = facts
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Database(format!("cannot encode facts: {e}")))?;
+        self.write(move |c| {
+            // A revoked device is not marked: the caller learns it is not live. Every record
+            // of a session (Hello, then heartbeats) writes its mark, so when two sessions'
+            // marks race the live one's is back at its next heartbeat.
+            let n = c
+                .prepare_cached(
+                    "UPDATE devices
+                     SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
+                         facts = COALESCE(?2, facts),
+                         connected_at = CASE WHEN connection IS ?3 THEN connected_at ELSE ?1 END,
+                         connection = ?3
+                     WHERE id = ?4 AND revoked_at IS NULL",
+                )?
+                .execute(params![to_unix(at), facts, connection, id.as_str()])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(crate) async fn record_disconnected(
+        &self,
+        id: DeviceId,
+        connection: String,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            // Only this session's mark: a newer session of the device may have replaced it.
+            c.prepare_cached(
+                "UPDATE devices SET connection = NULL, connected_at = NULL
+                 WHERE id = ?1 AND connection = ?2",
+            )?
+            .execute(params![id.as_str(), connection])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn clear_connections(&self) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE devices SET connection = NULL, connected_at = NULL
+                     WHERE connection IS NOT NULL",
+                )?
+                .execute([])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     let labels: String = row.get(3)?;
     let facts: Option<String> = row.get(4)?;
@@ -173,5 +380,6 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         cert_expires_at: time_at(row, 10)?,
         revoked_at: opt_time(row, 11)?,
         last_seen_at: opt_time(row, 12)?,
+        connected: row.get(13)?,
     })
 }
