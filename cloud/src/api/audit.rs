@@ -11,10 +11,6 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::store::{AuditFilter, SortValue};
 
-#[cfg(test)]
-use heex_proto::api::DEFAULT_PAGE_LIMIT as DEFAULT_LIMIT;
-pub use heex_proto::api::MAX_PAGE_LIMIT as MAX_LIMIT;
-
 /// `GET /v1/audit` filters; all optional, combined with AND.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -93,6 +89,7 @@ pub(super) async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heex_proto::api::{DEFAULT_PAGE_LIMIT as DEFAULT_LIMIT, MAX_PAGE_LIMIT as MAX_LIMIT};
 
     #[test]
     fn filters_are_checked() {

@@ -12,7 +12,7 @@ use super::{not_in_workspace, ApiQuery, AppState};
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-pub use heex_proto::api::{DEFAULT_PAGE_LIMIT as DEFAULT_LIMIT, MAX_PAGE_LIMIT as MAX_LIMIT};
+use heex_proto::api::{DEFAULT_PAGE_LIMIT as DEFAULT_LIMIT, MAX_PAGE_LIMIT as MAX_LIMIT};
 
 /// `GET /v1/devices/{id}/reports` paging.
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -20,6 +20,7 @@ use crate::datadir::DataDir;
 
 mod lifecycle;
 mod openapi;
+mod paging;
 mod promises;
 
 struct Api {

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use super::*;
 
 mod device_lifecycle;
+mod device_list;
 mod lifecycle;
 
 pub(crate) struct Fixture {
