@@ -15,12 +15,12 @@ use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::enroll;
 use super::invitations::{MAX_EMAIL_LEN, MAX_INVITATION_LIFETIME, TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 use super::keys::{MAX_KEY_LIFETIME, MAX_KEY_NAME, MAX_ROTATION_OVERLAP};
-use super::enroll;
+use crate::error;
 use crate::store::DeviceSort;
 use heex_proto::api::MAX_PAGE_LIMIT;
-use crate::error;
 
 /// Name of the bearer API key security scheme in the document.
 pub const API_KEY: &str = "api_key";

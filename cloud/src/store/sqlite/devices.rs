@@ -11,16 +11,26 @@ use time::OffsetDateTime;
 
 use super::{audit, conversion, opt_time, parsed, time_at, SqliteStore};
 use crate::gateway::DeviceStatus;
-use crate::store::device_list::{DeviceCounts, DeviceQuery, LabelSelector};
+use crate::store::device_list::{DeviceCounts, DeviceQuery, DeviceSort, LabelSelector};
 use crate::store::paging::PageOf;
 use crate::store::{to_unix, AuditEntry, DeviceRecord, NewDevice, StoreError};
 
-/// A device with its enrolling member's email, in the column order [`device_from_row`] reads.
-const DEVICE_SELECT: &str = "
-    SELECT d.id, d.workspace_id, d.name, d.labels, d.facts, d.spiffe_id,
-           d.enrolled_at, d.enrolled_by_key, m.email, d.cert_serial,
-           d.cert_expires_at, d.revoked_at, d.last_seen_at, d.connection IS NOT NULL
-    FROM devices d JOIN members m ON m.id = d.enrolled_by_member";
+/// The columns of a device (`d`) with its enrolling member's (`m`) email, in the order
+/// [`device_from_row`] reads.
+macro_rules! device_columns {
+    () => {
+        "SELECT d.id, d.workspace_id, d.name, d.labels, d.facts, d.spiffe_id,
+                d.enrolled_at, d.enrolled_by_key, m.email, d.cert_serial,
+                d.cert_expires_at, d.revoked_at, d.last_seen_at, d.connection IS NOT NULL"
+    };
+}
+const DEVICE_COLUMNS: &str = device_columns!();
+
+/// A device with its enrolling member's email.
+const DEVICE_SELECT: &str = concat!(
+    device_columns!(),
+    " FROM devices d JOIN members m ON m.id = d.enrolled_by_member"
+);
 
 /// Replaces the label rows of device `id` with `labels` (inside the caller's transaction).
 pub(super) fn write_labels(
@@ -30,8 +40,11 @@ pub(super) fn write_labels(
 ) -> Result<(), StoreError> {
     c.prepare_cached("DELETE FROM device_labels WHERE device_id = ?1")?
         .execute([id.as_str()])?;
-    let mut insert =
-        c.prepare_cached("INSERT INTO device_labels (device_id, key, value) VALUES (?1, ?2, ?3)")?;
+    // The device's workspace and enrollment time ride along (see migration 6).
+    let mut insert = c.prepare_cached(
+        "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
+         SELECT id, workspace_id, enrolled_at, ?2, ?3 FROM devices WHERE id = ?1",
+    )?;
     for (k, v) in labels {
         insert.execute(params![id.as_str(), k, v])?;
     }
@@ -111,8 +124,37 @@ impl SqliteStore {
         self.read(move |c| {
             // Only the conditions in use appear, so each combination gets its own cached
             // statement and the planner can pick the matching index.
-            let mut sql = format!("{DEVICE_SELECT} WHERE d.workspace_id = ?");
-            let mut values = vec![Value::Text(workspace.as_str().to_owned())];
+            let ws = || Value::Text(workspace.as_str().to_owned());
+            // In enrollment order with a label that must be set, the label index drives:
+            // it holds exactly the matching devices, in page order (otherwise a rare label
+            // would cost a walk over every device between two matches).
+            let driver = match q.sort {
+                DeviceSort::Enrolled => q.labels.iter().position(|s| {
+                    matches!(s, LabelSelector::Equals(..) | LabelSelector::Exists(_))
+                }),
+                _ => None,
+            };
+            let (mut sql, mut values, columns) = match driver.map(|i| &q.labels[i]) {
+                Some(sel) => {
+                    let mut sql = format!(
+                        "{DEVICE_COLUMNS} FROM device_labels l
+                         CROSS JOIN devices d ON d.id = l.device_id
+                         JOIN members m ON m.id = d.enrolled_by_member
+                         WHERE l.workspace_id = ? AND l.key = ?"
+                    );
+                    let mut values = vec![ws(), Value::Text(sel.key().to_owned())];
+                    if let LabelSelector::Equals(_, v) = sel {
+                        sql.push_str(" AND l.value = ?");
+                        values.push(Value::Text(v.clone()));
+                    }
+                    (sql, values, ["l.enrolled_at", "l.device_id"])
+                }
+                None => (
+                    format!("{DEVICE_SELECT} WHERE d.workspace_id = ?"),
+                    vec![ws()],
+                    [q.sort.column(), "d.id"],
+                ),
+            };
             match q.connected {
                 Some(true) => sql.push_str(" AND d.connection IS NOT NULL"),
                 Some(false) => sql.push_str(" AND d.connection IS NULL"),
@@ -125,7 +167,10 @@ impl SqliteStore {
             }
             const LABEL: &str =
                 "EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ?";
-            for sel in &q.labels {
+            for (i, sel) in q.labels.iter().enumerate() {
+                if Some(i) == driver {
+                    continue;
+                }
                 let key = Value::Text(sel.key().to_owned());
                 match sel {
                     LabelSelector::Equals(_, v) | LabelSelector::NotEquals(_, v) => {
@@ -165,7 +210,6 @@ impl SqliteStore {
                 sql.push_str(" AND COALESCE(d.last_seen_at, 0) < ?");
                 values.push(Value::Integer(to_unix(t)));
             }
-            let columns = [q.sort.column(), "d.id"];
             if let Some(after) = q.page.condition(&columns, q.descending) {
                 let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
                 sql.push_str(" AND ");
@@ -174,8 +218,8 @@ impl SqliteStore {
             }
             let dir = if q.descending { "DESC" } else { "ASC" };
             sql.push_str(&format!(
-                " ORDER BY {} {dir}, d.id {dir} LIMIT ?",
-                q.sort.column()
+                " ORDER BY {} {dir}, {} {dir} LIMIT ?",
+                columns[0], columns[1]
             ));
             values.push(Value::Integer(q.page.fetch()));
             let mut stmt = c.prepare_cached(&sql)?;
@@ -194,34 +238,37 @@ impl SqliteStore {
         expiring_before: OffsetDateTime,
     ) -> Result<DeviceCounts, StoreError> {
         self.read(move |c| {
-            // Each count is served by its own index (see migration 6).
-            let count = |sql: &str, with_time: bool| -> Result<u64, StoreError> {
-                let mut stmt = c.prepare_cached(sql)?;
-                let n: i64 = if with_time {
-                    stmt.query_row(params![workspace.as_str(), to_unix(expiring_before)], |r| {
-                        r.get(0)
-                    })?
-                } else {
-                    stmt.query_row([workspace.as_str()], |r| r.get(0))?
-                };
-                Ok(u64::try_from(n).unwrap_or(0))
-            };
-            Ok(DeviceCounts {
-                total: count("SELECT COUNT(*) FROM devices WHERE workspace_id = ?1", false)?,
-                connected: count(
-                    "SELECT COUNT(*) FROM devices INDEXED BY devices_connected
-                     WHERE workspace_id = ?1 AND connection IS NOT NULL",
-                    false,
-                )?,
-                expiring: count(
+            let ws = workspace.as_str();
+            let (total, connected, revoked): (i64, i64, i64) = c
+                .prepare_cached(
+                    "SELECT total, connected, revoked FROM device_counts WHERE workspace_id = ?1",
+                )?
+                .query_row([ws], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?
+                .unwrap_or((0, 0, 0));
+            // Whole days before the boundary's day from the day counts; that day itself
+            // from the expiry index (at most one day of certificates).
+            let before = to_unix(expiring_before);
+            let day = before.div_euclid(86_400);
+            let whole: i64 = c
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(n), 0) FROM device_expiry_days
+                     WHERE workspace_id = ?1 AND day < ?2",
+                )?
+                .query_row(params![ws, day], |r| r.get(0))?;
+            let partial: i64 = c
+                .prepare_cached(
                     "SELECT COUNT(*) FROM devices
-                     WHERE workspace_id = ?1 AND revoked_at IS NULL AND cert_expires_at < ?2",
-                    true,
-                )?,
-                revoked: count(
-                    "SELECT COUNT(*) FROM devices WHERE workspace_id = ?1 AND revoked_at IS NOT NULL",
-                    false,
-                )?,
+                     WHERE workspace_id = ?1 AND revoked_at IS NULL
+                       AND cert_expires_at >= ?2 AND cert_expires_at < ?3",
+                )?
+                .query_row(params![ws, day * 86_400, before], |r| r.get(0))?;
+            let n = |v: i64| u64::try_from(v).unwrap_or(0);
+            Ok(DeviceCounts {
+                total: n(total),
+                connected: n(connected),
+                expiring: n(whole + partial),
+                revoked: n(revoked),
             })
         })
         .await

@@ -350,9 +350,9 @@ async fn positions_of_another_shape_are_refused() {
 }
 
 #[tokio::test]
-async fn labels_written_before_the_label_table_are_found() {
-    // A database at schema 5 with labelled devices, then migrated: the label rows are
-    // made from the stored label sets.
+async fn labels_and_counts_written_before_their_tables_are_found() {
+    // A database at schema 5 with labelled devices, then migrated: the label rows and the
+    // counts are made from the stored devices.
     let f = fixture().await;
     enroll_many(&f, 2, site).await;
     f.store.close().await;
@@ -361,7 +361,13 @@ async fn labels_written_before_the_label_table_are_found() {
         c.execute("DELETE FROM device_labels", []).unwrap();
         c.execute_batch(
             "DROP INDEX device_labels_value;
+             DROP INDEX device_labels_key;
              DROP TABLE device_labels;
+             DROP TRIGGER device_counts_insert;
+             DROP TRIGGER device_counts_delete;
+             DROP TRIGGER device_counts_update;
+             DROP TABLE device_counts;
+             DROP TABLE device_expiry_days;
              DELETE FROM schema_version WHERE version >= 6;",
         )
         .unwrap();
@@ -372,7 +378,6 @@ async fn labels_written_before_the_label_table_are_found() {
             "devices_connected",
             "devices_disconnected",
             "devices_cert_expiry",
-            "devices_revoked",
             "devices_by_key",
             "devices_by_member",
             "api_keys_created",
