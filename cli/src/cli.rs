@@ -185,8 +185,15 @@ pub enum InvitationsCommand {
 /// `heex devices …`.
 #[derive(Debug, Subcommand)]
 pub enum DevicesCommand {
-    /// List enrolled devices.
-    List,
+    /// List enrolled devices, a page at a time (oldest enrolled first by default).
+    List(DevicesListArgs),
+    /// Count devices: total, connected, expiring soon, revoked (without listing them).
+    Count {
+        /// Days ahead in which a certificate expiring counts as expiring soon (0 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = 7,
+              value_parser = clap::value_parser!(u32).range(0..=3650))]
+        expiring_within: u32,
+    },
     /// Show one device, with its latest facts.
     Show {
         /// Device id (dev_…).
@@ -217,6 +224,56 @@ pub enum DevicesCommand {
         /// Device id (dev_…).
         id: String,
     },
+}
+
+/// `heex devices list`.
+#[derive(Debug, Default, Args)]
+pub struct DevicesListArgs {
+    /// Devices a page (and, without --all, the most shown): 1 to 1000.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Every matching device, fetched and printed a page at a time.
+    #[arg(long)]
+    pub all: bool,
+    /// One JSON object a line instead of a table.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Only devices with a live session.
+    #[arg(long, conflicts_with = "disconnected")]
+    pub connected: bool,
+    /// Only devices without a live session.
+    #[arg(long)]
+    pub disconnected: bool,
+    /// Only revoked devices.
+    #[arg(long, conflicts_with = "active")]
+    pub revoked: bool,
+    /// Only devices not revoked.
+    #[arg(long)]
+    pub active: bool,
+    /// A label selector, all of which must hold: site=lyon, env!=prod, gpu (set), !retired
+    /// (not set); repeat or separate with commas.
+    #[arg(long, value_name = "SELECTOR")]
+    pub label: Vec<String>,
+    /// Text in the device's name or id.
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
+    /// Only devices enrolled by this member (email or mem_… id).
+    #[arg(long, value_name = "MEMBER")]
+    pub enrolled_by: Option<String>,
+    /// Only devices enrolled with this API key (key id).
+    #[arg(long, value_name = "KEY_ID")]
+    pub key: Option<String>,
+    /// Order: enrolled, name or last_seen; a leading - reverses it (-last_seen).
+    #[arg(long, value_name = "ORDER", allow_hyphen_values = true)]
+    pub sort: Option<String>,
+    /// Only devices whose certificate expires before this time: RFC 3339 or a duration from
+    /// now (30d).
+    #[arg(long, value_name = "TIME")]
+    pub cert_expires_before: Option<String>,
+    /// Only devices not seen since this time: RFC 3339 or a duration ago (2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub last_seen_before: Option<String>,
 }
 
 /// `heex reports …`.
@@ -252,9 +309,13 @@ pub struct AuditArgs {
     /// Only events since this time: RFC 3339 (2026-05-01T00:00:00Z) or a duration ago (2h, 7d).
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
-    /// At most this many events (default 100, at most 1000).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub limit: Option<u32>,
+    /// At most this many events (default 100).
+    #[arg(long, value_name = "N", conflicts_with = "all",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Every matching event, fetched and printed a page at a time.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Key scopes on the command line.

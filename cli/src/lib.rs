@@ -21,6 +21,7 @@ pub mod config;
 pub mod context;
 pub mod display;
 pub mod error;
+pub mod paging;
 pub mod table;
 pub mod trust;
 

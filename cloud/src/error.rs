@@ -238,6 +238,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::DiskFull(_) => ApiError::disk_full(e),
             StoreError::Refused(refusal) => refusal.into(),
+            StoreError::BadPosition => ApiError::bad_request(crate::api::paging::BAD_CURSOR),
             e => ApiError::internal(e),
         }
     }

@@ -126,6 +126,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         "connection caps"
     );
     let store = Arc::new(loaded.store);
+    // One process serves a data directory: no session of an earlier one is live.
+    let stale = store
+        .clear_connections()
+        .await
+        .map_err(|e| Error::Internal(format!("cannot clear stale connection marks: {e}")))?;
+    if stale > 0 {
+        tracing::info!(stale, "cleared the connection marks an earlier run left");
+    }
     let registry = SessionRegistry::default();
     let ca = Arc::new(loaded.ca);
     let gateway_options = gateway::GatewayOptions {

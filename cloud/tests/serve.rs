@@ -193,9 +193,10 @@ async fn auto_init_serve_enroll_and_graceful_stop() {
         .send()
         .await
         .unwrap()
-        .json()
+        .json::<heex_proto::api::DevicePage>()
         .await
-        .unwrap();
+        .unwrap()
+        .devices;
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].id, enrolled.device_id);
 
@@ -242,9 +243,10 @@ async fn auto_init_serve_enroll_and_graceful_stop() {
         .send()
         .await
         .unwrap()
-        .json()
+        .json::<heex_proto::api::DevicePage>()
         .await
-        .unwrap();
+        .unwrap()
+        .devices;
     assert_eq!(devices.len(), 1);
 }
 

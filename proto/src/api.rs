@@ -562,3 +562,95 @@ pub struct ConsoleSignInLink {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
+
+/// Items a list endpoint returns when the query names no `limit`.
+pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+/// Most items one page of a list endpoint holds (`limit` is 1 to this).
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// One page of a list. Every list endpoint pages the same way: `?limit=` (1 to
+/// [`MAX_PAGE_LIMIT`], [`DEFAULT_PAGE_LIMIT`] when omitted) and `?after=` (the previous
+/// page's `next_after`, omitted for the first page); `next_after` is present exactly when
+/// more items follow. Cursors are opaque and stay valid while items are added or removed:
+/// an item added before the cursor's place is not shown, one added after it is.
+pub trait Page {
+    /// What the page lists.
+    type Item;
+    /// The page's items, in the list's order.
+    fn into_items(self) -> Vec<Self::Item>;
+    /// The cursor of the next page, if there is one.
+    fn next_after(&self) -> Option<&str>;
+}
+
+macro_rules! page {
+    ($(#[$doc:meta])* $name:ident, $field:ident, $item:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        pub struct $name {
+            /// This page's items, in the list's order.
+            pub $field: Vec<$item>,
+            /// Pass as `after` to get the next page; absent when this page is the last.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub next_after: Option<String>,
+        }
+
+        impl Page for $name {
+            type Item = $item;
+            fn into_items(self) -> Vec<$item> {
+                self.$field
+            }
+            fn next_after(&self) -> Option<&str> {
+                self.next_after.as_deref()
+            }
+        }
+    };
+}
+
+page!(
+    /// One page of `GET /v1/devices`.
+    DevicePage,
+    devices,
+    DeviceInfo
+);
+page!(
+    /// One page of `GET /v1/keys`, oldest first.
+    KeyPage,
+    keys,
+    KeyListEntry
+);
+page!(
+    /// One page of `GET /v1/members`, oldest first.
+    MemberPage,
+    members,
+    MemberInfo
+);
+page!(
+    /// One page of `GET /v1/invitations`, oldest first.
+    InvitationPage,
+    invitations,
+    InvitationInfo
+);
+page!(
+    /// One page of `GET /v1/audit`, newest first.
+    AuditPage,
+    events,
+    AuditEvent
+);
+
+/// `GET /v1/devices/summary`: counts for a dashboard, computed without listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceSummary {
+    /// Devices enrolled in the workspace (revoked ones included).
+    pub total: u64,
+    /// Devices with a live gateway session now.
+    pub connected: u64,
+    /// Devices not revoked whose certificate expires within `expiring_within_secs`
+    /// (already expired ones included).
+    pub expiring_soon: u64,
+    /// Revoked devices.
+    pub revoked: u64,
+    /// The window `expiring_soon` counts, in seconds.
+    pub expiring_within_secs: u64,
+}

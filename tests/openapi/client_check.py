@@ -81,13 +81,13 @@ created = create_key.sync(
 check(isinstance(created, CreateKeyResponse), f"create_key answered {created!r}")
 check(created.key.startswith("heex_") and created.scope == Scope.ENROLL, f"created {created.to_dict()}")
 
-listed = list_keys.sync(client=client)
+listed = list_keys.sync(client=client).keys
 mine = [k for k in listed if k.id == created.id]
 check(len(mine) == 1 and mine[0].status == KeyStatus.ACTIVE, f"list_keys: {[k.to_dict() for k in listed]}")
 
 revoked = revoke_key.sync(client=client, id=created.id)
 check(isinstance(revoked, KeyInfo) and revoked.revoked_at is not None, f"revoke_key answered {revoked!r}")
-after = [k for k in list_keys.sync(client=client) if k.id == created.id]
+after = [k for k in list_keys.sync(client=client).keys if k.id == created.id]
 check(after[0].status == KeyStatus.REVOKED, f"after revoke: {after[0].to_dict()}")
 
 # The revoked key itself now hears why, as an ErrorBody with a declared status.
@@ -99,10 +99,10 @@ check(refused.parsed.error == ErrorCode.KEY_REVOKED, f"revoked key: {refused.par
 missing = revoke_key.sync_detailed(client=client, id="AAAAAAAAAAAA")
 check(missing.status_code == 404 and isinstance(missing.parsed, ErrorBody), f"unknown key: {missing!r}")
 
-members = list_members.sync(client=client)
+members = list_members.sync(client=client).members
 check(any(m.id == me.member_id and m.role == Role.OWNER for m in members), f"members: {members!r}")
 
-devices = list_devices.sync(client=client)
+devices = list_devices.sync(client=client).devices
 check(any(d.id == DEVICE for d in devices), f"devices: {[d.to_dict() for d in devices]}")
 device = show_device.sync(client=client, id=DEVICE)
 check(isinstance(device, DeviceInfo) and device.id == DEVICE, f"show_device answered {device!r}")

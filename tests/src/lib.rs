@@ -447,11 +447,36 @@ impl Cloud {
         assert_eq!(status, 200, "revoke key: {v}");
     }
 
-    /// `GET /v1/devices` with the owner's key.
+    /// Every item of the list endpoint `path` (which may hold a query already), all its
+    /// pages followed with `key`: the items are the page's `field` array.
+    pub fn list_all(&self, path: &str, key: &str, field: &str) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let url = match &after {
+                Some(a) => format!("{path}{sep}limit=1000&after={a}"),
+                None => format!("{path}{sep}limit=1000"),
+            };
+            let (status, page) = self.get(&url, key);
+            assert_eq!(status, 200, "list {url}: {page}");
+            let got = page[field]
+                .as_array()
+                .unwrap_or_else(|| panic!("{url}: no {field} array in {page}"));
+            items.extend(got.iter().cloned());
+            match page["next_after"].as_str() {
+                Some(next) => {
+                    assert!(!got.is_empty(), "{url}: empty page with a cursor");
+                    after = Some(next.to_owned());
+                }
+                None => return items,
+            }
+        }
+    }
+
+    /// Every device (`GET /v1/devices`, all pages) with the owner's key.
     pub fn devices(&self) -> Vec<Value> {
-        let (status, v) = self.get("/v1/devices", &self.owner_key);
-        assert_eq!(status, 200, "list devices: {v}");
-        v.as_array().cloned().unwrap_or_default()
+        self.list_all("/v1/devices", &self.owner_key, "devices")
     }
 
     /// The device entry for `id`, if listed.

@@ -1179,6 +1179,7 @@ fn the_openapi_document_and_the_served_api_match() {
         ("POST", "/v1/invitations/accept"),
         ("GET", "/v1/devices"),
         ("GET", "/v1/devices/{id}"),
+        ("GET", "/v1/devices/summary"),
         ("GET", "/v1/audit"),
     ] {
         assert!(
@@ -1194,4 +1195,223 @@ fn the_openapi_document_and_the_served_api_match() {
     assert_eq!(resp.status().as_u16(), 404);
     let body: Value = resp.json().unwrap();
     assert_eq!(body["message"], "no such API endpoint");
+}
+
+// ---------------------------------------------------------------- paged device lists
+
+/// Enrolls a device through the API with a fresh key pair; its id.
+fn enroll_raw(cloud: &Cloud, key: &str, name: &str, labels: Value) -> String {
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params.serialize_request(&pair).unwrap().pem().unwrap();
+    let (status, body) = cloud.post(
+        "/v1/enroll",
+        key,
+        &serde_json::json!({"csr_pem": csr, "name": name, "labels": labels}),
+    );
+    assert_eq!(status, 201, "enroll {name}: {body}");
+    body["device_id"].as_str().unwrap().to_owned()
+}
+
+/// Ids of JSON device objects, checking none repeats.
+fn unique_ids<'a>(devices: impl Iterator<Item = &'a Value>) -> std::collections::BTreeSet<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for d in devices {
+        let id = d["id"].as_str().expect("device id").to_owned();
+        assert!(ids.insert(id.clone()), "{id} listed twice");
+    }
+    ids
+}
+
+fn jsonl(out: &Output) -> Vec<Value> {
+    assert_exit(out, 0);
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+#[test]
+fn devices_list_pages_filters_and_counts_a_fleet() {
+    const FLEET: usize = 250;
+    let cloud = Cloud::start();
+    let owner = User::logged_in(&cloud, &cloud.owner_key);
+    let (key, _) = cloud.create_key("fleet", "enroll", None);
+    let mut all = std::collections::BTreeSet::new();
+    let mut lyon = std::collections::BTreeSet::new();
+    let mut lyon_active = std::collections::BTreeSet::new();
+    for i in 0..FLEET {
+        let site = if i % 3 == 0 { "lyon" } else { "paris" };
+        let mut labels = serde_json::json!({"site": site});
+        if i % 10 == 0 {
+            labels["retired"] = "yes".into();
+        }
+        let id = enroll_raw(&cloud, &key, &format!("robot-{i:03}"), labels);
+        if site == "lyon" {
+            lyon.insert(id.clone());
+            if i % 10 != 0 {
+                lyon_active.insert(id.clone());
+            }
+        }
+        all.insert(id);
+    }
+
+    // Every device exactly once, across pages of 70, as JSON lines.
+    let lines = jsonl(&owner.run(
+        &cloud,
+        &["devices", "list", "--all", "--jsonl", "--limit", "70"],
+    ));
+    assert_eq!(lines.len(), FLEET);
+    assert_eq!(unique_ids(lines.iter()), all);
+
+    // One JSON array across pages (default page size 100).
+    let array = owner.json(&cloud, &["devices", "list", "--all"]);
+    let array = array.as_array().expect("one JSON array");
+    assert_eq!(unique_ids(array.iter()), all);
+
+    // Without --all: one page, and a hint on stderr that more exist.
+    let out = owner.run(&cloud, &["devices", "list", "--limit", "50"]);
+    assert_exit(&out, 0);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 51, "header and 50 rows:\n{stdout}");
+    assert!(stdout.starts_with("ID"), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("more devices: use --all"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // --all as a table: every row, the header once.
+    let out = owner.run(&cloud, &["devices", "list", "--all", "--limit", "90"]);
+    assert_exit(&out, 0);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), FLEET + 1, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ID ")).count(), 1);
+    assert!(text(&out.stderr).is_empty(), "{}", describe(&out));
+
+    // Filters.
+    let got = jsonl(&owner.run(
+        &cloud,
+        &[
+            "devices",
+            "list",
+            "--all",
+            "--jsonl",
+            "--label",
+            "site=lyon",
+        ],
+    ));
+    assert!(got.iter().all(|d| d["labels"]["site"] == "lyon"));
+    assert_eq!(unique_ids(got.iter()), lyon);
+    let got = jsonl(&owner.run(
+        &cloud,
+        &[
+            "devices",
+            "list",
+            "--all",
+            "--jsonl",
+            "--label",
+            "site=lyon",
+            "--label",
+            "!retired",
+        ],
+    ));
+    assert_eq!(unique_ids(got.iter()), lyon_active);
+    let got = jsonl(&owner.run(
+        &cloud,
+        &["devices", "list", "--jsonl", "--search", "robot-007"],
+    ));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["name"], "robot-007");
+    let got = jsonl(&owner.run(&cloud, &["devices", "list", "--jsonl", "--connected"]));
+    assert!(got.is_empty(), "{got:?}");
+    let got = jsonl(&owner.run(
+        &cloud,
+        &[
+            "devices", "list", "--jsonl", "--limit", "3", "--sort", "-name",
+        ],
+    ));
+    let names: Vec<_> = got.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["robot-249", "robot-248", "robot-247"]);
+    let got = jsonl(&owner.run(
+        &cloud,
+        &[
+            "devices",
+            "list",
+            "--all",
+            "--jsonl",
+            "--cert-expires-before",
+            "1h",
+        ],
+    ));
+    assert!(got.is_empty(), "fresh certificates: {got:?}");
+
+    // The counts match.
+    let summary = owner.json(&cloud, &["devices", "count"]);
+    assert_eq!(summary["total"], FLEET);
+    assert_eq!(summary["connected"], 0);
+    assert_eq!(summary["revoked"], 0);
+    let out = owner.run(&cloud, &["devices", "count"]);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains(&format!("{FLEET}")),
+        "{}",
+        describe(&out)
+    );
+
+    // A bad selector: one line naming it, the usage exit code.
+    let out = owner.run(&cloud, &["devices", "list", "--label", "=lyon"]);
+    assert_exit(&out, heex_proto::exit::USAGE);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("label selector"), "{stderr}");
+    let out = owner.run(
+        &cloud,
+        &["devices", "list", "--connected", "--disconnected"],
+    );
+    assert_exit(&out, heex_proto::exit::USAGE);
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn a_tampered_or_misplaced_cursor_is_a_bad_request() {
+    let cloud = Cloud::start();
+    let (key, _) = cloud.create_key("fleet", "enroll", None);
+    for i in 0..3 {
+        enroll_raw(&cloud, &key, &format!("robot-{i}"), serde_json::json!({}));
+    }
+    let owner = &cloud.owner_key;
+    let (status, page) = cloud.get("/v1/devices?limit=1", owner);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["devices"].as_array().unwrap().len(), 1);
+    let cursor = page["next_after"].as_str().expect("a next page").to_owned();
+    let (status, next) = cloud.get(&format!("/v1/devices?limit=1&after={cursor}"), owner);
+    assert_eq!(status, 200, "{next}");
+    assert_ne!(next["devices"][0]["id"], page["devices"][0]["id"]);
+
+    let mut tampered = cursor.clone().into_bytes();
+    let last = tampered.len() / 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for bad in [
+        format!("/v1/devices?after={tampered}"),
+        format!("/v1/devices?after={cursor}x"),
+        "/v1/devices?after=not-a-cursor".to_owned(),
+        format!("/v1/devices?sort=name&after={cursor}"),
+        format!("/v1/keys?after={cursor}"),
+        "/v1/devices?limit=0".to_owned(),
+        "/v1/devices?limit=1001".to_owned(),
+    ] {
+        let (status, body) = cloud.get(&bad, owner);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{bad}: {body}"
+        );
+    }
 }

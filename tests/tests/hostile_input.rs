@@ -422,9 +422,8 @@ fn the_installer_refuses_directories_others_can_write_and_creates_its_own_exactl
     let cloud = Cloud::start();
     let (key, key_id) = cloud.create_key("fleet", "enroll", Some(3600));
     let uses = || {
-        let (_, keys) = cloud.get("/v1/keys", &cloud.owner_key);
-        keys.as_array()
-            .unwrap()
+        cloud
+            .list_all("/v1/keys", &cloud.owner_key, "keys")
             .iter()
             .find(|k| k["id"] == key_id.as_str())
             .unwrap()["uses"]

@@ -1,28 +1,38 @@
 //! `heex audit`: the workspace's audit log, newest first.
 
-use heex_proto::api::AuditEvent;
+use heex_proto::api::{AuditEvent, AuditPage, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 use serde_json::Value;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::cli::AuditArgs;
 use crate::context::Ctx;
 use crate::error::CliError;
+use crate::paging::{print_pages, JsonForm, Listing};
 use crate::table::{Clock, Table};
 
 /// Shows audit events matching the filters.
 pub fn run(ctx: &mut Ctx<'_>, args: &AuditArgs) -> Result<(), CliError> {
     let query = query(args, ctx.clock.now)?;
     let (_, client) = ctx.client()?;
-    let reply = client.get::<Vec<AuditEvent>>("/v1/audit", &query)?;
-    if ctx.json {
-        return ctx.print_json(&reply.raw);
-    }
-    if reply.value.is_empty() {
-        return ctx.println("No matching audit events.");
-    }
-    let text = audit_table(&reply.value, &ctx.clock);
-    ctx.print(&text)
+    let listing = Listing {
+        json: ctx.json.then_some(JsonForm::Array),
+        empty: "No matching audit events.",
+        table: audit_table,
+    };
+    let max = match (args.all, args.limit) {
+        (true, _) => None,
+        (false, n) => Some(n.unwrap_or(u64::from(DEFAULT_PAGE_LIMIT))),
+    };
+    print_pages::<AuditPage>(
+        ctx,
+        &client,
+        "/v1/audit",
+        &query,
+        MAX_PAGE_LIMIT,
+        max,
+        &listing,
+    )?;
+    Ok(())
 }
 
 /// The query parameters for `GET /v1/audit`.
@@ -41,35 +51,9 @@ pub fn query(
         q.push(("target", t.clone()));
     }
     if let Some(s) = &args.since {
-        q.push(("since", since(s, now)?));
-    }
-    if let Some(n) = args.limit {
-        q.push(("limit", n.to_string()));
+        q.push(("since", super::time_arg("--since", s, now, -1)?));
     }
     Ok(q)
-}
-
-/// `--since` as RFC 3339: given as such, or as a duration before `now` ("2h", "7d").
-fn since(text: &str, now: OffsetDateTime) -> Result<String, CliError> {
-    let text = text.trim();
-    let at = match OffsetDateTime::parse(text, &Rfc3339) {
-        Ok(t) => t,
-        Err(_) => {
-            let d = humantime::parse_duration(text).map_err(|_| {
-                CliError::Usage(format!(
-                    "--since {text:?} is neither an RFC 3339 time (2026-05-01T00:00:00Z) nor a \
-                     duration (2h, 7d)"
-                ))
-            })?;
-            let d = time::Duration::try_from(d)
-                .map_err(|_| CliError::Usage(format!("--since {text:?} is too long ago")))?;
-            now.checked_sub(d)
-                .ok_or_else(|| CliError::Usage(format!("--since {text:?} is too long ago")))?
-        }
-    };
-    at.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .map_err(|e| CliError::Usage(format!("--since {text:?}: {e}")))
 }
 
 /// The human table of audit events.
@@ -115,6 +99,7 @@ mod tests {
             target: None,
             since: None,
             limit: Some(5),
+            all: false,
         }
     }
 
@@ -130,7 +115,6 @@ mod tests {
                 ("actor", "alice@example.com".to_owned()),
                 ("action", "key.".to_owned()),
                 ("since", "2026-05-01T10:00:00Z".to_owned()),
-                ("limit", "5".to_owned()),
             ]
         );
         a.since = Some("2026-04-30T23:00:00+02:00".into());

@@ -1,17 +1,20 @@
 //! `heex devices list|show` (revoke, rename, label, delete: [`super::device_lifecycle`]).
 
-use heex_proto::api::{DeviceInfo, Facts};
+use heex_proto::api::{DeviceInfo, DevicePage, DeviceSummary, Facts, MAX_PAGE_LIMIT};
 use heex_proto::DeviceId;
+use time::OffsetDateTime;
 
-use crate::cli::DevicesCommand;
+use crate::cli::{DevicesCommand, DevicesListArgs};
 use crate::context::Ctx;
 use crate::error::CliError;
+use crate::paging::{print_pages, JsonForm, Listing};
 use crate::table::{bytes, fields, Clock, Table};
 
 /// Runs a `heex devices` subcommand.
 pub fn run(ctx: &mut Ctx<'_>, cmd: &DevicesCommand) -> Result<(), CliError> {
     match cmd {
-        DevicesCommand::List => list(ctx),
+        DevicesCommand::List(args) => list(ctx, args),
+        DevicesCommand::Count { expiring_within } => count(ctx, *expiring_within),
         DevicesCommand::Show { id } => show(ctx, id),
         DevicesCommand::Revoke { id } => super::device_lifecycle::revoke(ctx, id),
         DevicesCommand::Rename { id, name } => super::device_lifecycle::rename(ctx, id, name),
@@ -20,16 +23,114 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: &DevicesCommand) -> Result<(), CliError> {
     }
 }
 
-fn list(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
+fn list(ctx: &mut Ctx<'_>, args: &DevicesListArgs) -> Result<(), CliError> {
+    let query = list_query(args, ctx.clock.now)?;
     let (_, client) = ctx.client()?;
-    let reply = client.get::<Vec<DeviceInfo>>("/v1/devices", &[])?;
+    let json = match (args.jsonl, ctx.json) {
+        (true, _) => Some(JsonForm::Lines),
+        (false, true) => Some(JsonForm::Array),
+        (false, false) => None,
+    };
+    let listing = Listing {
+        json,
+        empty: if query.is_empty() {
+            "No devices enrolled."
+        } else {
+            "No matching devices."
+        },
+        table: device_table,
+    };
+    let max = (!args.all).then_some(u64::from(args.limit));
+    let more = print_pages::<DevicePage>(
+        ctx,
+        &client,
+        "/v1/devices",
+        &query,
+        args.limit,
+        max,
+        &listing,
+    )?;
+    if more {
+        let hint = if args.limit < MAX_PAGE_LIMIT {
+            format!("more devices: use --all, or --limit up to {MAX_PAGE_LIMIT}")
+        } else {
+            "more devices: use --all".to_owned()
+        };
+        eprintln!("{hint}");
+    }
+    Ok(())
+}
+
+/// The filters and order of `heex devices list` as `GET /v1/devices` parameters.
+pub fn list_query(
+    args: &DevicesListArgs,
+    now: OffsetDateTime,
+) -> Result<Vec<(&'static str, String)>, CliError> {
+    let mut q = Vec::new();
+    if args.connected || args.disconnected {
+        q.push(("connected", args.connected.to_string()));
+    }
+    if args.revoked || args.active {
+        q.push(("revoked", args.revoked.to_string()));
+    }
+    let labels: Vec<&str> = args
+        .label
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !labels.is_empty() {
+        q.push(("label", labels.join(",")));
+    }
+    for (name, value) in [
+        ("search", &args.search),
+        ("enrolled_by", &args.enrolled_by),
+        ("sort", &args.sort),
+    ] {
+        if let Some(v) = value {
+            q.push((name, v.clone()));
+        }
+    }
+    if let Some(k) = &args.key {
+        q.push(("key", super::key_id_arg(k)?.to_string()));
+    }
+    if let Some(t) = &args.cert_expires_before {
+        let at = super::time_arg("--cert-expires-before", t, now, 1)?;
+        q.push(("cert_expires_before", at));
+    }
+    if let Some(t) = &args.last_seen_before {
+        let at = super::time_arg("--last-seen-before", t, now, -1)?;
+        q.push(("last_seen_before", at));
+    }
+    Ok(q)
+}
+
+/// `heex devices count`.
+fn count(ctx: &mut Ctx<'_>, expiring_within: u32) -> Result<(), CliError> {
+    let (_, client) = ctx.client()?;
+    let reply = client.get::<DeviceSummary>(
+        "/v1/devices/summary",
+        &[("expiring_within_days", expiring_within.to_string())],
+    )?;
     if ctx.json {
         return ctx.print_json(&reply.raw);
     }
-    if reply.value.is_empty() {
-        return ctx.println("No devices enrolled.");
-    }
-    let text = device_table(&reply.value, &ctx.clock);
+    let s = reply.value;
+    let days = s.expiring_within_secs / 86_400;
+    let window = if days == 1 {
+        "1 day".to_owned()
+    } else {
+        format!("{days} days")
+    };
+    let text = fields(&[
+        ("Total", s.total.to_string()),
+        ("Connected", s.connected.to_string()),
+        (
+            "Expiring soon",
+            format!("{} (certificate expires within {window})", s.expiring_soon),
+        ),
+        ("Revoked", s.revoked.to_string()),
+    ]);
     ctx.print(&text)
 }
 

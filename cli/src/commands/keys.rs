@@ -61,14 +61,14 @@ fn list(ctx: &mut Ctx<'_>, all: bool) -> Result<(), CliError> {
     } else {
         Vec::new()
     };
-    let reply = client.get::<Vec<KeyListEntry>>("/v1/keys", &query)?;
+    let reply = crate::paging::fetch_all::<heex_proto::api::KeyPage>(&client, "/v1/keys", &query)?;
     if ctx.json {
-        return ctx.print_json(&reply.raw);
+        return ctx.print_json(&serde_json::Value::Array(reply.raw));
     }
-    if reply.value.is_empty() {
+    if reply.items.is_empty() {
         return ctx.println("No API keys.");
     }
-    let text = key_table(&reply.value, all, &ctx.clock);
+    let text = key_table(&reply.items, all, &ctx.clock);
     ctx.print(&text)
 }
 

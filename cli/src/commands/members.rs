@@ -1,7 +1,7 @@
 //! `heex members list|invite|remove`.
 
 use heex_proto::api::{
-    InvitationInfo, InviteRequest, InviteResponse, MemberInfo, RemoveMemberResponse,
+    InvitationPage, InviteRequest, InviteResponse, MemberInfo, MemberPage, RemoveMemberResponse,
 };
 use heex_proto::MemberId;
 use serde_json::json;
@@ -12,6 +12,7 @@ use crate::client::ApiClient;
 use crate::config::Profile;
 use crate::context::Ctx;
 use crate::error::CliError;
+use crate::paging::fetch_all;
 use crate::table::{Clock, Table};
 use crate::trust::TrustAnchor;
 
@@ -39,11 +40,11 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: &MembersCommand) -> Result<(), CliError> {
 
 fn list(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
     let (_, client) = ctx.client()?;
-    let reply = client.get::<Vec<MemberInfo>>("/v1/members", &[])?;
+    let reply = fetch_all::<MemberPage>(&client, "/v1/members", &[])?;
     if ctx.json {
-        return ctx.print_json(&reply.raw);
+        return ctx.print_json(&serde_json::Value::Array(reply.raw));
     }
-    let text = member_table(&reply.value, &ctx.clock);
+    let text = member_table(&reply.items, &ctx.clock);
     ctx.print(&text)
 }
 
@@ -139,7 +140,7 @@ fn member_id(client: &ApiClient, member: &str) -> Result<MemberId, CliError> {
             "{member:?} is neither a member id (mem_…) nor an email; `heex members list` shows both"
         )));
     }
-    let members = client.get::<Vec<MemberInfo>>("/v1/members", &[])?.value;
+    let members = fetch_all::<MemberPage>(client, "/v1/members", &[])?.items;
     let found = members
         .iter()
         .find(|m| m.removed_at.is_none() && m.email.eq_ignore_ascii_case(member))
@@ -159,12 +160,12 @@ fn member_id(client: &ApiClient, member: &str) -> Result<MemberId, CliError> {
 /// `heex invitations list`.
 pub fn list_invitations(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
     let (_, client) = ctx.client()?;
-    let reply = client.get::<Vec<InvitationInfo>>("/v1/invitations", &[])?;
+    let reply = fetch_all::<InvitationPage>(&client, "/v1/invitations", &[])?;
     if ctx.json {
-        return ctx.print_json(&reply.raw);
+        return ctx.print_json(&serde_json::Value::Array(reply.raw));
     }
     let mut table = Table::new(["ID", "EMAIL", "ROLE", "INVITED BY", "CREATED", "EXPIRES"]);
-    for i in &reply.value {
+    for i in &reply.items {
         table.row(vec![
             i.id.clone(),
             i.email.clone(),

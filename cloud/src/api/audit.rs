@@ -2,21 +2,14 @@
 
 use axum::extract::State;
 use axum::Json;
-use heex_proto::api::{AuditEvent, ErrorBody};
+use heex_proto::api::{AuditPage, ErrorBody};
 use serde::Deserialize;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use utoipa::IntoParams;
 
-use super::{ApiQuery, AppState};
+use super::{paging, ApiQuery, AppState};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::store::AuditFilter;
-
-/// Events returned when the query names no limit.
-pub const DEFAULT_LIMIT: u32 = 100;
-/// Most events one query returns.
-pub const MAX_LIMIT: u32 = 1000;
+use crate::store::{AuditFilter, SortValue};
 
 /// `GET /v1/audit` filters; all optional, combined with AND.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -33,25 +26,23 @@ pub(crate) struct AuditQuery {
     pub(crate) since: Option<String>,
     /// Most events returned: 1 to 1000, 100 when omitted.
     pub(crate) limit: Option<u32>,
+    /// The previous page's `next_after` (omit for the first page).
+    pub(crate) after: Option<String>,
 }
+
+/// The name of the audit list in cursors.
+const LIST: &str = "audit";
 
 impl AuditQuery {
     fn filter(self) -> Result<AuditFilter, ApiError> {
-        let since = self
-            .since
-            .map(|s| {
-                OffsetDateTime::parse(s.trim(), &Rfc3339).map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "since {s:?} is not an RFC 3339 time such as 2026-05-01T00:00:00Z"
-                    ))
-                })
-            })
-            .transpose()?;
-        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(format!(
-                "limit must be 1 to {MAX_LIMIT}"
-            )));
+        let since = paging::time_param("since", self.since)?;
+        let page = paging::request(LIST, self.limit, self.after.as_deref())?;
+        if page
+            .after
+            .as_ref()
+            .is_some_and(|k| !matches!(k[..], [SortValue::Int(_)]))
+        {
+            return Err(ApiError::bad_request(paging::BAD_CURSOR));
         }
         let nonempty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
         Ok(AuditFilter {
@@ -59,7 +50,7 @@ impl AuditQuery {
             action: nonempty(self.action),
             target: nonempty(self.target),
             since,
-            limit,
+            page,
         })
     }
 }
@@ -72,8 +63,8 @@ impl AuditQuery {
     params(AuditQuery),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "Matching events, newest first", body = Vec<AuditEvent>),
-        (status = 400, description = "Bad filter", body = ErrorBody),
+        (status = 200, description = "One page of matching events, newest first", body = AuditPage),
+        (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 403, description = "Scope or role does not allow reading the audit log", body = ErrorBody)
     )
@@ -82,24 +73,28 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<AuditQuery>,
-) -> Result<Json<Vec<AuditEvent>>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     caller.require_manager("reading the audit log")?;
     let filter = query.filter()?;
     let events = state
         .store
         .audit_events(&caller.key.workspace_id, filter)
         .await?;
-    Ok(Json(events))
+    Ok(Json(AuditPage {
+        events: events.items,
+        next_after: paging::next_after(LIST, events.next),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heex_proto::api::{DEFAULT_PAGE_LIMIT as DEFAULT_LIMIT, MAX_PAGE_LIMIT as MAX_LIMIT};
 
     #[test]
     fn filters_are_checked() {
         let f = AuditQuery::default().filter().unwrap();
-        assert_eq!(f.limit, DEFAULT_LIMIT);
+        assert_eq!(f.page.limit, DEFAULT_LIMIT);
         assert!(f.actor.is_none() && f.since.is_none());
         let q = AuditQuery {
             action: Some("key.".into()),

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use heex_proto::api::{
     AcceptInvitationRequest, AcceptInvitationResponse, CreateKeyResponse, ErrorBody,
-    InvitationInfo, InviteRequest, InviteResponse,
+    InvitationInfo, InvitationPage, InviteRequest, InviteResponse,
 };
 use heex_proto::{base62, ApiKey, KeyId, MemberId};
 use serde_json::json;
@@ -17,7 +17,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::keys::{DEFAULT_KEY_LIFETIME, MAX_KEY_NAME};
-use super::{audit_entry, check_name, not_in_workspace, whole_seconds, ApiJson, AppState};
+use super::paging::{self, PageQuery};
+use super::{
+    audit_entry, check_name, not_in_workspace, whole_seconds, ApiJson, ApiQuery, AppState,
+};
 use crate::access::{self, Need};
 use crate::auth::{rfc3339, Caller};
 use crate::error::ApiError;
@@ -225,9 +228,11 @@ pub(crate) async fn accept(
     get,
     path = "/v1/invitations",
     tag = "members",
+    params(PageQuery),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The pending invitations", body = Vec<InvitationInfo>),
+        (status = 200, description = "One page of pending invitations", body = InvitationPage),
+        (status = 400, description = "Bad limit or cursor", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 403, description = "Scope or role does not allow listing invitations", body = ErrorBody)
     )
@@ -235,13 +240,18 @@ pub(crate) async fn accept(
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<InvitationInfo>>, ApiError> {
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<InvitationPage>, ApiError> {
     caller.require_manager("listing invitations")?;
+    let page = query.request("invitations")?;
     let pending = state
         .store
-        .list_invitations(&caller.key.workspace_id, OffsetDateTime::now_utc())
+        .list_invitations(&caller.key.workspace_id, OffsetDateTime::now_utc(), page)
         .await?;
-    Ok(Json(pending.iter().map(|i| i.info()).collect()))
+    Ok(Json(InvitationPage {
+        invitations: pending.items.iter().map(|i| i.info()).collect(),
+        next_after: paging::next_after("invitations", pending.next),
+    }))
 }
 
 /// Cancels a pending invitation (owner or admin role): its token stops working at once.

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use heex_proto::api::{
-    CopyKeyResponse, CreateKeyRequest, CreateKeyResponse, ErrorBody, KeyInfo, KeyListEntry,
+    CopyKeyResponse, CreateKeyRequest, CreateKeyResponse, ErrorBody, KeyInfo, KeyPage,
     RotateKeyRequest,
 };
 use heex_proto::{ApiKey, KeyId};
@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use utoipa::IntoParams;
 
 use super::{
-    audit_entry, check_name, not_in_workspace, whole_seconds, ApiJson, ApiQuery, AppState,
+    audit_entry, check_name, not_in_workspace, paging, whole_seconds, ApiJson, ApiQuery, AppState,
     OptionalJson,
 };
 use crate::access::{self, Need};
@@ -143,6 +143,10 @@ pub(crate) struct ListKeysQuery {
     /// List every key of the workspace, not only the caller's (owner or admin role).
     #[serde(default)]
     pub(crate) all: bool,
+    /// Most keys returned: 1 to 1000, 100 when omitted.
+    pub(crate) limit: Option<u32>,
+    /// The previous page's `next_after` (omit for the first page).
+    pub(crate) after: Option<String>,
 }
 
 /// Lists the caller's own keys, or with `all=true` (owners and admins) every key of the
@@ -154,8 +158,8 @@ pub(crate) struct ListKeysQuery {
     params(ListKeysQuery),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The keys, with status and uses", body = Vec<KeyListEntry>),
-        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 200, description = "One page of keys, with status and uses", body = KeyPage),
+        (status = 400, description = "Bad query, limit or cursor", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 403, description = "Enroll scope, or all=true without the owner or admin role", body = ErrorBody)
     )
@@ -164,18 +168,24 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListKeysQuery>,
-) -> Result<Json<Vec<KeyListEntry>>, ApiError> {
+) -> Result<Json<KeyPage>, ApiError> {
     caller.require_admin("listing keys")?;
     if query.all && !caller.has_manager_role() {
         return Err(caller.role_refusal("listing every member's keys (all=true)"));
     }
+    // Cursors of the caller's own list and of the whole workspace's are told apart.
+    let list = if query.all { "keys:all" } else { "keys:mine" };
+    let page = paging::request(list, query.limit, query.after.as_deref())?;
     let owner = (!query.all).then_some(&caller.key.member_id);
     let keys = state
         .store
-        .list_keys(&caller.key.workspace_id, owner)
+        .list_keys(&caller.key.workspace_id, owner, page)
         .await?;
     let now = OffsetDateTime::now_utc();
-    Ok(Json(keys.iter().map(|k| k.list_entry(now)).collect()))
+    Ok(Json(KeyPage {
+        keys: keys.items.iter().map(|k| k.list_entry(now)).collect(),
+        next_after: paging::next_after(list, keys.next),
+    }))
 }
 
 /// The key `id` if it belongs to the caller's member; 404 otherwise, whoever owns it.

@@ -3,12 +3,13 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use heex_proto::api::{ErrorBody, MemberInfo, RemoveMemberResponse};
+use heex_proto::api::{ErrorBody, MemberPage, RemoveMemberResponse};
 use heex_proto::MemberId;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{audit_entry, not_in_workspace, whole_seconds, AppState};
+use super::paging::{self, PageQuery};
+use super::{audit_entry, not_in_workspace, whole_seconds, ApiQuery, AppState};
 use crate::access::{self, Need};
 use crate::auth::{rfc3339, Caller};
 use crate::error::ApiError;
@@ -20,9 +21,11 @@ use crate::store::{AuditAction, RemoveOutcome};
     get,
     path = "/v1/members",
     tag = "members",
+    params(PageQuery),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The members", body = Vec<MemberInfo>),
+        (status = 200, description = "One page of members", body = MemberPage),
+        (status = 400, description = "Bad limit or cursor", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 403, description = "Enroll scope", body = ErrorBody)
     )
@@ -30,13 +33,18 @@ use crate::store::{AuditAction, RemoveOutcome};
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<MemberInfo>>, ApiError> {
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<MemberPage>, ApiError> {
     caller.require_admin("listing members")?;
+    let page = query.request("members")?;
     let members = state
         .store
-        .list_members(&caller.key.workspace_id, OffsetDateTime::now_utc())
+        .list_members(&caller.key.workspace_id, OffsetDateTime::now_utc(), page)
         .await?;
-    Ok(Json(members.iter().map(|m| m.info()).collect()))
+    Ok(Json(MemberPage {
+        members: members.items.iter().map(|m| m.info()).collect(),
+        next_after: paging::next_after("members", members.next),
+    }))
 }
 
 /// Removes a member (owner or admin role; removing an owner needs the owner role), revokes

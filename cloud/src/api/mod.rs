@@ -13,6 +13,7 @@ pub(crate) mod invitations;
 pub(crate) mod keys;
 pub(crate) mod members;
 pub mod openapi;
+pub mod paging;
 mod reports;
 mod whoami;
 
@@ -106,6 +107,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invitations::accept))
         .routes(routes!(invitations::cancel))
         .routes(routes!(devices::list))
+        .routes(routes!(devices::summary))
         .routes(routes!(reports::list))
         .routes(routes!(
             devices::show,

@@ -15,10 +15,12 @@ use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::enroll;
 use super::invitations::{MAX_EMAIL_LEN, MAX_INVITATION_LIFETIME, TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 use super::keys::{MAX_KEY_LIFETIME, MAX_KEY_NAME, MAX_ROTATION_OVERLAP};
-use super::{audit, enroll, reports};
 use crate::error;
+use crate::store::DeviceSort;
+use heex_proto::api::MAX_PAGE_LIMIT;
 
 /// Name of the bearer API key security scheme in the document.
 pub const API_KEY: &str = "api_key";
@@ -235,24 +237,51 @@ pub(crate) fn constrain(doc: &mut Value) -> Vec<String> {
         Some(target) => merge(target, json!({"minProperties": 1})),
         None => missing.push("UpdateDeviceRequest".to_owned()),
     }
-    let audit_limit = i64::from(audit::MAX_LIMIT);
-    let reports_limit = i64::from(reports::MAX_LIMIT);
-    let params: Vec<(&str, &str, &str, Value)> = vec![
-        ("get", "/v1/audit", "limit", range(1, audit_limit)),
+    // Every list pages the same way (heex_proto::api::Page).
+    let page_limit = range(1, i64::from(MAX_PAGE_LIMIT));
+    let mut params: Vec<(&str, &str, &str, Value)> = [
+        "/v1/keys",
+        "/v1/members",
+        "/v1/invitations",
+        "/v1/devices",
+        "/v1/audit",
+        "/v1/devices/{id}/reports",
+    ]
+    .into_iter()
+    .map(|path| ("get", path, "limit", page_limit.clone()))
+    .collect();
+    let sorts: Vec<String> = DeviceSort::ALL
+        .iter()
+        .flat_map(|s| [s.as_str().to_owned(), format!("-{}", s.as_str())])
+        .collect();
+    params.extend([
         ("get", "/v1/audit", "since", json!({"format": "date-time"})),
-        (
-            "get",
-            "/v1/devices/{id}/reports",
-            "limit",
-            range(1, reports_limit),
-        ),
         (
             "get",
             "/v1/devices/{id}/reports",
             "after",
             range(0, i64::MAX),
         ),
-    ];
+        ("get", "/v1/devices", "sort", json!({ "enum": sorts })),
+        (
+            "get",
+            "/v1/devices",
+            "cert_expires_before",
+            json!({"format": "date-time"}),
+        ),
+        (
+            "get",
+            "/v1/devices",
+            "last_seen_before",
+            json!({"format": "date-time"}),
+        ),
+        (
+            "get",
+            "/v1/devices/summary",
+            "expiring_within_days",
+            range(0, 3650),
+        ),
+    ]);
     for (method, path, param, constraint) in params {
         let target = doc
             .pointer_mut(&format!(
@@ -392,6 +421,7 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("post", "/v1/invitations", "invite"),
     ("post", "/v1/invitations/accept", "accept_invitation"),
     ("get", "/v1/devices", "list_devices"),
+    ("get", "/v1/devices/summary", "device_summary"),
     ("get", "/v1/devices/{id}", "show_device"),
     ("patch", "/v1/devices/{id}", "update_device"),
     ("delete", "/v1/devices/{id}", "delete_device"),

@@ -12,10 +12,7 @@ use super::{not_in_workspace, ApiQuery, AppState};
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-/// Reports returned when the query names no limit.
-pub const DEFAULT_LIMIT: u32 = 100;
-/// Most reports one query returns.
-pub const MAX_LIMIT: u32 = 1000;
+use heex_proto::api::{DEFAULT_PAGE_LIMIT as DEFAULT_LIMIT, MAX_PAGE_LIMIT as MAX_LIMIT};
 
 /// `GET /v1/devices/{id}/reports` paging.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -67,8 +64,13 @@ pub(super) async fn list(
         .find_device(&caller.key.workspace_id, &device_id)
         .await?
         .ok_or_else(not_found)?;
-    let reports = state.store.list_reports(&device_id, after, limit).await?;
-    let next_after = if reports.len() == limit as usize {
+    // One more than the page, to learn whether another page follows (as every list does).
+    let mut reports = state
+        .store
+        .list_reports(&device_id, after, limit + 1)
+        .await?;
+    let next_after = if reports.len() > limit as usize {
+        reports.truncate(limit as usize);
         reports.last().map(|r| r.seq)
     } else {
         None

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use heex_proto::api::{
     AcceptInvitationRequest, CreateKeyRequest, InviteRequest, KeyStatus, Role, RotateKeyRequest,
-    Scope,
+    Scope, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
 };
 use heex_proto::ApiKey;
 use serde::Deserialize;
@@ -20,9 +20,11 @@ use super::{
     clear_cookie, open_session, request_host, secret_hash, session_cookie, usable_for_console,
     Signed,
 };
+use crate::api::paging::PageQuery;
 use crate::api::{audit, console_links, invitations, keys, members, ApiJson, ApiQuery, AppState};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
+use crate::store::DeviceQuery;
 
 /// Where a signed-in member lands.
 pub const HOME: &str = "/console/keys";
@@ -262,15 +264,19 @@ pub(super) async fn keys_page(
     let listed = keys::list(
         State(state),
         caller.clone(),
-        ApiQuery(keys::ListKeysQuery { all }),
+        ApiQuery(keys::ListKeysQuery {
+            all,
+            limit: Some(MAX_PAGE_LIMIT),
+            after: None,
+        }),
     )
     .await;
     match listed {
-        Ok(Json(list)) => pages::html_response(
+        Ok(Json(page)) => pages::html_response(
             StatusCode::OK,
             pages::keys(
                 &viewer(&caller),
-                &list,
+                &page.keys,
                 all,
                 OffsetDateTime::now_utc(),
                 flash(q.done.as_deref()),
@@ -416,32 +422,39 @@ pub(super) async fn settings_page(
 ) -> Response {
     let caller = signed.caller;
     let now = OffsetDateTime::now_utc();
-    let list = match members::list(State(state.clone()), caller.clone()).await {
-        Ok(Json(list)) => list,
+    let first_page = || {
+        ApiQuery(PageQuery {
+            limit: Some(MAX_PAGE_LIMIT),
+            after: None,
+        })
+    };
+    let list = match members::list(State(state.clone()), caller.clone(), first_page()).await {
+        Ok(Json(page)) => page.members,
         Err(e) => return pages::api_error(e),
     };
-    let devices = match state.store.list_devices(&caller.key.workspace_id).await {
-        Ok(d) => d,
-        Err(e) => return pages::api_error(e.into()),
-    };
-    let rows: Vec<pages::MemberRow> = list
-        .into_iter()
-        .filter(|m| m.removed_at.is_none())
-        .map(|m| pages::MemberRow {
-            machines: devices
-                .iter()
-                .filter(|d| d.revoked_at.is_none() && d.enrolled_by_member == m.email)
-                .count(),
+    let mut rows: Vec<pages::MemberRow> = Vec::new();
+    for m in list.into_iter().filter(|m| m.removed_at.is_none()) {
+        // The machines this member enrolled that are not revoked (by member id, so a
+        // re-invited email does not inherit an earlier member's machines).
+        let mut q = DeviceQuery::all(MAX_PAGE_LIMIT);
+        q.enrolled_by = Some(m.id.clone());
+        q.revoked = Some(false);
+        let machines = match state.store.query_devices(&caller.key.workspace_id, q).await {
+            Ok(page) => page.items.len(),
+            Err(e) => return pages::api_error(e.into()),
+        };
+        rows.push(pages::MemberRow {
+            machines,
             id: m.id,
             email: m.email,
             role: m.role,
             joined: m.created_at,
             active_keys: m.active_keys,
-        })
-        .collect();
+        });
+    }
     let pending = if caller.has_manager_role() {
-        match invitations::list(State(state), caller.clone()).await {
-            Ok(Json(p)) => p,
+        match invitations::list(State(state), caller.clone(), first_page()).await {
+            Ok(Json(p)) => p.invitations,
             Err(e) => return pages::api_error(e),
         }
     } else {
@@ -600,14 +613,15 @@ pub(super) async fn audit_page(
         action: Some(q.action.clone()),
         target: None,
         since: since.map(pages::when),
-        limit: Some(audit::DEFAULT_LIMIT),
+        limit: Some(DEFAULT_PAGE_LIMIT),
+        after: None,
     };
     match audit::list(State(state), caller.clone(), ApiQuery(query)).await {
-        Ok(Json(events)) => pages::html_response(
+        Ok(Json(page)) => pages::html_response(
             StatusCode::OK,
             pages::audit(
                 &viewer(&caller),
-                &events,
+                &page.events,
                 &q.actor,
                 &q.action,
                 &q.since,
@@ -628,11 +642,15 @@ pub(super) async fn add_device_page(
     let listed = keys::list(
         State(state.clone()),
         caller.clone(),
-        ApiQuery(keys::ListKeysQuery { all: false }),
+        ApiQuery(keys::ListKeysQuery {
+            all: false,
+            limit: Some(MAX_PAGE_LIMIT),
+            after: None,
+        }),
     )
     .await;
     let list = match listed {
-        Ok(Json(list)) => list,
+        Ok(Json(page)) => page.keys,
         Err(e) => return pages::api_error(e),
     };
     let enroll: Vec<pages::EnrollKey> = list

@@ -278,9 +278,14 @@ async fn cross_site_posts_are_refused() {
     let session = c.signed_in_owner().await;
     let before = c
         .store
-        .list_keys(&workspace(&c).await, None)
+        .list_keys(
+            &workspace(&c).await,
+            None,
+            crate::store::PageRequest::default(),
+        )
         .await
         .unwrap()
+        .items
         .len();
     for origin in [
         None,
@@ -306,9 +311,14 @@ async fn cross_site_posts_are_refused() {
     }
     let after = c
         .store
-        .list_keys(&workspace(&c).await, None)
+        .list_keys(
+            &workspace(&c).await,
+            None,
+            crate::store::PageRequest::default(),
+        )
         .await
         .unwrap()
+        .items
         .len();
     assert_eq!(before, after, "a refused request created a key");
 }

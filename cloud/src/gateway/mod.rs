@@ -80,14 +80,25 @@ pub trait DeviceDirectory: Send + Sync + 'static {
         id: &DeviceId,
     ) -> impl Future<Output = anyhow::Result<Option<DeviceStatus>>> + Send;
 
-    /// Records that the device was heard from at `at`, with fresh facts when it sent some.
-    /// False (nothing recorded) when the device is revoked or gone.
+    /// Records that the device was heard from at `at`, with fresh facts when it sent some,
+    /// by the session named `connection` (unique to one session of this process), which
+    /// becomes the device's connection mark. False (nothing recorded) when the device is
+    /// revoked or gone.
     fn record_seen(
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
         at: OffsetDateTime,
+        connection: &str,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+
+    /// Clears the device's connection mark if it is still `connection`'s (a newer session
+    /// may have replaced it).
+    fn record_disconnected(
+        &self,
+        id: &DeviceId,
+        connection: &str,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Records the device's certificate renewed from the one with serial `from_serial`
     /// (serials lowercase hex; the new one's expiry). False when the device does not exist,

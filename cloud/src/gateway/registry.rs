@@ -31,10 +31,22 @@ struct Maps {
 }
 
 /// Who is connected right now. Cheap to clone; shared with the API.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SessionRegistry {
     inner: Arc<Mutex<Maps>>,
     next_session: Arc<AtomicU64>,
+    /// Random name of this registry (this process), in every connection name.
+    instance: Arc<str>,
+}
+
+impl Default for SessionRegistry {
+    fn default() -> Self {
+        SessionRegistry {
+            inner: Arc::default(),
+            next_session: Arc::default(),
+            instance: format!("{:016x}", rand::random::<u64>()).into(),
+        }
+    }
 }
 
 /// A connection's place in the registry; leaving it (on drop) removes the entry if it is
@@ -44,6 +56,8 @@ pub(crate) struct Registration {
     device: DeviceId,
     /// The connection's number (unique in this process, for logs).
     pub session: u64,
+    /// The connection's name, unique across processes: the store's connection mark.
+    pub connection: String,
     /// Fires when the registry wants the connection closed, with the reason to send.
     pub close: oneshot::Receiver<CloseReason>,
 }
@@ -136,6 +150,7 @@ impl SessionRegistry {
             registry: self.clone(),
             device: id.clone(),
             session,
+            connection: format!("{}-{session}", self.instance),
             close: rx,
         })
     }

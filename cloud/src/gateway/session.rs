@@ -322,9 +322,15 @@ impl<D: DeviceDirectory> Session<'_, D> {
         // Recorded before the session counts as connected, so whoever sees it connected
         // sees its facts too. The write refuses a device revoked since the check above.
         let now = OffsetDateTime::now_utc();
-        let live = self.record_seen(&device, Some(&facts), now).await;
+        let live = self
+            .record_seen(&device, Some(&facts), now, &registration.connection)
+            .await;
         // Welcomed only if no revocation closed the registration meanwhile.
         if !live || !self.shared.registry.promote(&registration) {
+            if live {
+                self.record_disconnected(&device, &registration.connection)
+                    .await;
+            }
             let reason = registration
                 .close
                 .try_recv()
@@ -368,7 +374,11 @@ impl<D: DeviceDirectory> Session<'_, D> {
                     .await
             }
         };
+        let connection = std::mem::take(&mut registration.connection);
         drop(registration);
+        // After leaving the registry, so the API never sees the mark gone while this
+        // process still counts the session live.
+        self.record_disconnected(&device, &connection).await;
         match end {
             End::Sent(reason) => {
                 tracing::info!(session, %device, ?reason, "session closed by gateway")
@@ -494,14 +504,34 @@ impl<D: DeviceDirectory> Session<'_, D> {
         device: &DeviceId,
         facts: Option<&heex_proto::api::Facts>,
         at: OffsetDateTime,
+        connection: &str,
     ) -> bool {
-        let recorded = Box::pin(self.shared.directory.record_seen(device, facts, at)).await;
+        let recorded = Box::pin(
+            self.shared
+                .directory
+                .record_seen(device, facts, at, connection),
+        )
+        .await;
         match recorded {
             Ok(live) => live,
             Err(e) => {
                 tracing::warn!(%device, error = %e, "cannot record that the device was seen");
                 true
             }
+        }
+    }
+
+    /// Clears the device's connection mark if it is still this session's (a store failure
+    /// only logs: the next gateway start clears the marks).
+    async fn record_disconnected(&self, device: &DeviceId, connection: &str) {
+        let cleared = Box::pin(
+            self.shared
+                .directory
+                .record_disconnected(device, connection),
+        )
+        .await;
+        if let Err(e) = cleared {
+            tracing::warn!(%device, error = %e, "cannot record that the device disconnected");
         }
     }
 
@@ -554,9 +584,12 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 r = self.reader.read(stream) => r,
             };
             last_frame = Instant::now();
-            let session = registration.session;
-            let step =
-                Box::pin(self.handle(stream, (device, session), msg, &mut reports, last_recorded));
+            let who = (
+                device,
+                registration.session,
+                registration.connection.as_str(),
+            );
+            let step = Box::pin(self.handle(stream, who, msg, &mut reports, last_recorded));
             if let Some(end) = step.await {
                 return end;
             }
@@ -568,7 +601,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
     async fn handle(
         &mut self,
         stream: &mut Stream,
-        (device, session): (&DeviceId, u64),
+        (device, session, connection): (&DeviceId, u64, &str),
         msg: Result<Message, FrameIoError>,
         reports: &mut Option<super::reports::ReportSink>,
         last_recorded: &mut Instant,
@@ -596,7 +629,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 if last_recorded.elapsed() >= opts.seen_interval {
                     *last_recorded = Instant::now();
                     let now = OffsetDateTime::now_utc();
-                    if !self.record_seen(device, None, now).await {
+                    if !self.record_seen(device, None, now, connection).await {
                         return Some(
                             self.close(stream, CloseReason::DeviceRevoked, "device revoked")
                                 .await,
@@ -612,7 +645,10 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 }
                 *last_recorded = Instant::now();
                 let now = OffsetDateTime::now_utc();
-                if !self.record_seen(device, Some(&facts), now).await {
+                if !self
+                    .record_seen(device, Some(&facts), now, connection)
+                    .await
+                {
                     return Some(
                         self.close(stream, CloseReason::DeviceRevoked, "device revoked")
                             .await,

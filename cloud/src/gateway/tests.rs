@@ -92,6 +92,8 @@ struct Directory {
     stored: Mutex<Vec<(DeviceId, u64)>>,
     status_reads: Mutex<HashMap<DeviceId, usize>>,
     fail: Mutex<bool>,
+    /// Connection marks, as the store keeps them.
+    marks: Mutex<HashMap<DeviceId, String>>,
     /// Revokes a device (store, then registry, as the API does) right after its record
     /// was read: a revocation landing just after the gateway's device check.
     revoke_after_read: Mutex<Option<SessionRegistry>>,
@@ -137,6 +139,9 @@ impl Directory {
             .copied()
             .unwrap_or(0)
     }
+    fn mark(&self, id: &DeviceId) -> Option<String> {
+        self.marks.lock().unwrap().get(id).cloned()
+    }
     fn live(&self, id: &DeviceId) -> bool {
         let devices = self.devices.lock().unwrap();
         devices.get(id).is_some_and(|s| s.revoked_at.is_none())
@@ -169,12 +174,24 @@ impl DeviceDirectory for Directory {
         id: &DeviceId,
         facts: Option<&Facts>,
         _at: OffsetDateTime,
+        connection: &str,
     ) -> anyhow::Result<bool> {
         if !self.live(id) {
             return Ok(false);
         }
         self.seen.lock().unwrap().push((id.clone(), facts.cloned()));
+        self.marks
+            .lock()
+            .unwrap()
+            .insert(id.clone(), connection.to_owned());
         Ok(true)
+    }
+    async fn record_disconnected(&self, id: &DeviceId, connection: &str) -> anyhow::Result<()> {
+        let mut marks = self.marks.lock().unwrap();
+        if marks.get(id).is_some_and(|c| c == connection) {
+            marks.remove(id);
+        }
+        Ok(())
     }
     async fn store_reports(
         &self,
@@ -658,6 +675,44 @@ async fn a_newer_session_replaces_the_older() {
     second.send(&Message::Heartbeat { seq: 1 }).await;
     assert_eq!(second.recv().await, Some(Message::HeartbeatAck { seq: 1 }));
     assert!(gw.registry.is_connected(&id));
+}
+
+/// Waits until `cond` holds (5 s at most).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_connection_mark_is_the_live_sessions_and_goes_with_it() {
+    let gw = start(fast_options()).await;
+    let (id, config) = gw.device();
+    assert_eq!(gw.directory.mark(&id), None);
+    let mut first = Client::connect(gw.addr, config.clone()).await.unwrap();
+    assert!(matches!(first.hello().await, Message::Welcome { .. }));
+    // Written before the Welcome.
+    let first_mark = gw.directory.mark(&id).expect("marked at hello");
+
+    let mut second = Client::connect(gw.addr, config).await.unwrap();
+    assert!(matches!(second.hello().await, Message::Welcome { .. }));
+    let second_mark = gw.directory.mark(&id).expect("marked at hello");
+    assert_ne!(first_mark, second_mark, "each session has its own name");
+    assert!(is_close(&first.recv().await, CloseReason::Replaced));
+    assert!(first.closed().await);
+    // The replaced session's end does not clear the live one's mark.
+    second.send(&Message::Heartbeat { seq: 1 }).await;
+    assert_eq!(second.recv().await, Some(Message::HeartbeatAck { seq: 1 }));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.directory.mark(&id), Some(second_mark));
+
+    drop(second);
+    eventually("the mark is cleared when the session ends", || {
+        gw.directory.mark(&id).is_none()
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -163,10 +163,113 @@ ALTER TABLE devices ADD COLUMN previous_cert_serial TEXT;
 ALTER TABLE devices ADD COLUMN cert_superseded_at INTEGER;
 "#,
     },
-    // The web console's sign-in state. (Renumber with the migrations merged beside it: this
-    // entry stands on its own and depends on nothing after version 5.)
     Migration {
         version: 6,
+        description: "paged, filtered device lists: connection marks, label rows, indexes",
+        sql: r#"
+-- The gateway marks a device connected at Hello (connection names the gateway process and
+-- its session) and clears the mark when that session ends, so lists and counts filter on
+-- it in SQL. A gateway clears the marks it may have left when it starts.
+ALTER TABLE devices ADD COLUMN connection TEXT;
+ALTER TABLE devices ADD COLUMN connected_at INTEGER;
+-- One row per label, written with devices.labels (which stays the label set as read), so
+-- label selectors are index lookups. The workspace and enrollment time are copied in (they
+-- never change), so a label-filtered page in enrollment order is read from the label index
+-- alone, in page order.
+CREATE TABLE device_labels (
+    device_id    TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    workspace_id TEXT NOT NULL,
+    enrolled_at  INTEGER NOT NULL,
+    key          TEXT NOT NULL,
+    value        TEXT NOT NULL,
+    PRIMARY KEY (device_id, key)
+) WITHOUT ROWID;
+INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
+    SELECT d.id, d.workspace_id, d.enrolled_at, j.key, j.value
+    FROM devices d, json_each(d.labels) j;
+CREATE INDEX device_labels_value
+    ON device_labels(workspace_id, key, value, enrolled_at, device_id);
+CREATE INDEX device_labels_key ON device_labels(workspace_id, key, enrolled_at, device_id);
+-- Counts for dashboards, kept by triggers in the transaction of every change: devices, those
+-- marked connected, those revoked; and devices not revoked per certificate expiry day, so
+-- "expiring before T" sums whole days and counts only T's own day in the index.
+CREATE TABLE device_counts (
+    workspace_id TEXT PRIMARY KEY,
+    total        INTEGER NOT NULL,
+    connected    INTEGER NOT NULL,
+    revoked      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE device_expiry_days (
+    workspace_id TEXT NOT NULL,
+    day          INTEGER NOT NULL,
+    n            INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, day)
+) WITHOUT ROWID;
+INSERT INTO device_counts (workspace_id, total, connected, revoked)
+    SELECT workspace_id, COUNT(*), SUM(connection IS NOT NULL), SUM(revoked_at IS NOT NULL)
+    FROM devices GROUP BY workspace_id;
+INSERT INTO device_expiry_days (workspace_id, day, n)
+    SELECT workspace_id, cert_expires_at / 86400, COUNT(*) FROM devices
+    WHERE revoked_at IS NULL GROUP BY workspace_id, cert_expires_at / 86400;
+CREATE TRIGGER device_counts_insert AFTER INSERT ON devices BEGIN
+    INSERT INTO device_counts (workspace_id, total, connected, revoked)
+        VALUES (NEW.workspace_id, 1, NEW.connection IS NOT NULL, NEW.revoked_at IS NOT NULL)
+        ON CONFLICT (workspace_id) DO UPDATE SET total = total + 1,
+            connected = connected + excluded.connected, revoked = revoked + excluded.revoked;
+    INSERT INTO device_expiry_days (workspace_id, day, n)
+        SELECT NEW.workspace_id, NEW.cert_expires_at / 86400, 1 WHERE NEW.revoked_at IS NULL
+        ON CONFLICT (workspace_id, day) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER device_counts_delete AFTER DELETE ON devices BEGIN
+    UPDATE device_counts SET total = total - 1,
+        connected = connected - (OLD.connection IS NOT NULL),
+        revoked = revoked - (OLD.revoked_at IS NOT NULL)
+        WHERE workspace_id = OLD.workspace_id;
+    UPDATE device_expiry_days SET n = n - 1
+        WHERE OLD.revoked_at IS NULL AND workspace_id = OLD.workspace_id
+          AND day = OLD.cert_expires_at / 86400;
+    DELETE FROM device_expiry_days
+        WHERE workspace_id = OLD.workspace_id AND day = OLD.cert_expires_at / 86400 AND n = 0;
+END;
+CREATE TRIGGER device_counts_update AFTER UPDATE OF connection, revoked_at, cert_expires_at
+    ON devices
+    WHEN (OLD.connection IS NULL) != (NEW.connection IS NULL)
+      OR (OLD.revoked_at IS NULL) != (NEW.revoked_at IS NULL)
+      OR OLD.cert_expires_at != NEW.cert_expires_at
+BEGIN
+    UPDATE device_counts
+        SET connected = connected + (NEW.connection IS NOT NULL) - (OLD.connection IS NOT NULL),
+            revoked = revoked + (NEW.revoked_at IS NOT NULL) - (OLD.revoked_at IS NOT NULL)
+        WHERE workspace_id = NEW.workspace_id;
+    UPDATE device_expiry_days SET n = n - 1
+        WHERE OLD.revoked_at IS NULL AND workspace_id = OLD.workspace_id
+          AND day = OLD.cert_expires_at / 86400;
+    DELETE FROM device_expiry_days
+        WHERE workspace_id = OLD.workspace_id AND day = OLD.cert_expires_at / 86400 AND n = 0;
+    INSERT INTO device_expiry_days (workspace_id, day, n)
+        SELECT NEW.workspace_id, NEW.cert_expires_at / 86400, 1 WHERE NEW.revoked_at IS NULL
+        ON CONFLICT (workspace_id, day) DO UPDATE SET n = n + 1;
+END;
+-- Keyset pages in each sort order (the id breaks ties).
+DROP INDEX devices_workspace;
+CREATE INDEX devices_enrolled ON devices(workspace_id, enrolled_at, id);
+CREATE INDEX devices_name ON devices(workspace_id, name, id);
+CREATE INDEX devices_seen ON devices(workspace_id, COALESCE(last_seen_at, 0), id);
+CREATE INDEX devices_connected ON devices(workspace_id, enrolled_at, id)
+    WHERE connection IS NOT NULL;
+CREATE INDEX devices_disconnected ON devices(workspace_id, enrolled_at, id)
+    WHERE connection IS NULL;
+CREATE INDEX devices_cert_expiry ON devices(workspace_id, cert_expires_at)
+    WHERE revoked_at IS NULL;
+CREATE INDEX devices_by_key ON devices(enrolled_by_key, enrolled_at, id);
+CREATE INDEX devices_by_member ON devices(enrolled_by_member, enrolled_at, id);
+CREATE INDEX api_keys_created ON api_keys(workspace_id, created_at, id);
+CREATE INDEX members_created ON members(workspace_id, created_at, id);
+"#,
+    },
+    // The web console's sign-in state.
+    Migration {
+        version: 7,
         description: "web console sessions and one-time sign-in links",
         sql: r#"
 -- A console session is bound to the API key its member signed in with: every request checks

@@ -6,11 +6,15 @@
 //! API key secrets are derived from the server secret, which lives in the data directory.
 
 mod device_lifecycle;
+pub mod device_list;
 pub mod migrations;
+pub mod paging;
 mod records;
 pub mod sqlite;
 
 pub use device_lifecycle::DeleteDeviceOutcome;
+pub use device_list::{DeviceCounts, DeviceQuery, DeviceSort, LabelSelector};
+pub use paging::{PageOf, PageRequest, SortValue};
 pub use records::{
     AcceptOutcome, Acceptance, AuditAction, AuditEntry, AuditFilter, CallerCheck, CancelOutcome,
     DeviceRecord, InvitationCancel, InvitationRecord, KeyRecord, MemberRecord, NewDevice,
@@ -79,6 +83,9 @@ pub enum StoreError {
     /// The device is revoked or no longer exists: nothing was written for it.
     #[error("device {0} is revoked or deleted")]
     DeviceNotLive(DeviceId),
+    /// A page position does not fit the list it was used on.
+    #[error("the page position does not fit this list")]
+    BadPosition,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -142,9 +149,10 @@ impl Store {
         &self,
         workspace: &WorkspaceId,
         now: OffsetDateTime,
-    ) -> Result<Vec<MemberRecord>, StoreError> {
+        page: PageRequest,
+    ) -> Result<PageOf<MemberRecord>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.list_members(workspace.clone(), now).await,
+            Backend::Sqlite(s) => s.list_members(workspace.clone(), now, page).await,
         }
     }
 
@@ -209,9 +217,10 @@ impl Store {
         &self,
         workspace: &WorkspaceId,
         now: OffsetDateTime,
-    ) -> Result<Vec<InvitationRecord>, StoreError> {
+        page: PageRequest,
+    ) -> Result<PageOf<InvitationRecord>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.list_invitations(workspace.clone(), now).await,
+            Backend::Sqlite(s) => s.list_invitations(workspace.clone(), now, page).await,
         }
     }
 
@@ -251,9 +260,10 @@ impl Store {
         &self,
         workspace: &WorkspaceId,
         owner: Option<&MemberId>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+        page: PageRequest,
+    ) -> Result<PageOf<KeyRecord>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.list_keys(workspace.clone(), owner.cloned()).await,
+            Backend::Sqlite(s) => s.list_keys(workspace.clone(), owner.cloned(), page).await,
         }
     }
 
@@ -294,7 +304,7 @@ impl Store {
         &self,
         workspace: &WorkspaceId,
         filter: AuditFilter,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
+    ) -> Result<PageOf<AuditEvent>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.audit_events(workspace.clone(), filter).await,
         }
@@ -321,13 +331,26 @@ impl Store {
         }
     }
 
-    /// The devices of a workspace, oldest first.
-    pub async fn list_devices(
+    /// One page of the devices of a workspace matching `query`, in its order.
+    pub async fn query_devices(
         &self,
         workspace: &WorkspaceId,
-    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        query: DeviceQuery,
+    ) -> Result<PageOf<DeviceRecord>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.list_devices(workspace.clone()).await,
+            Backend::Sqlite(s) => s.query_devices(workspace.clone(), query).await,
+        }
+    }
+
+    /// Device counts of a workspace: all, connected, revoked, and those not revoked whose
+    /// certificate expires before `expiring_before`. Counted by the store, not by listing.
+    pub async fn device_counts(
+        &self,
+        workspace: &WorkspaceId,
+        expiring_before: OffsetDateTime,
+    ) -> Result<DeviceCounts, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.device_counts(workspace.clone(), expiring_before).await,
         }
     }
 
@@ -359,6 +382,46 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_seen(id.clone(), facts.cloned(), at).await,
+        }
+    }
+
+    /// [`Self::record_seen`], and marks the device connected by `connection` (a name unique
+    /// to one session of one gateway process). False (nothing recorded) when the device is
+    /// revoked or does not exist.
+    pub async fn record_connected(
+        &self,
+        id: &DeviceId,
+        facts: Option<&Facts>,
+        at: OffsetDateTime,
+        connection: &str,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.record_connected(id.clone(), facts.cloned(), at, connection.to_owned())
+                    .await
+            }
+        }
+    }
+
+    /// Clears the device's connection mark if it is still `connection`'s.
+    pub async fn record_disconnected(
+        &self,
+        id: &DeviceId,
+        connection: &str,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.record_disconnected(id.clone(), connection.to_owned())
+                    .await
+            }
+        }
+    }
+
+    /// Clears every connection mark (a gateway starting over the store: no session of an
+    /// earlier process is live). Returns how many were cleared.
+    pub async fn clear_connections(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.clear_connections().await,
         }
     }
 
@@ -478,8 +541,13 @@ impl DeviceDirectory for Store {
         id: &DeviceId,
         facts: Option<&Facts>,
         at: OffsetDateTime,
+        connection: &str,
     ) -> anyhow::Result<bool> {
-        Ok(Store::record_seen(self, id, facts, at).await?)
+        Ok(Store::record_connected(self, id, facts, at, connection).await?)
+    }
+
+    async fn record_disconnected(&self, id: &DeviceId, connection: &str) -> anyhow::Result<()> {
+        Ok(Store::record_disconnected(self, id, connection).await?)
     }
 
     async fn record_renewal(

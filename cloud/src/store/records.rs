@@ -501,8 +501,8 @@ pub struct AuditFilter {
     pub target: Option<String>,
     /// Only events at or after this time.
     pub since: Option<OffsetDateTime>,
-    /// Most events returned.
-    pub limit: u32,
+    /// Which page (newest first; a position is an event id).
+    pub page: super::PageRequest,
 }
 
 /// A device to record at enrollment.
@@ -561,6 +561,9 @@ pub struct DeviceRecord {
     pub revoked_at: Option<OffsetDateTime>,
     /// Last time a gateway heard from it.
     pub last_seen_at: Option<OffsetDateTime>,
+    /// Whether a gateway marked a live session of it (set at Hello, cleared when the session
+    /// ends or the device is revoked).
+    pub connected: bool,
 }
 
 impl DeviceRecord {
@@ -584,12 +587,13 @@ impl DeviceRecord {
         }
     }
 
-    /// [`Self::info`] with what the registry knows of the device's live session.
+    /// [`Self::info`] with the store's connection mark and what this process's registry
+    /// knows of the device's live session.
     pub fn live_info(&self, registry: &crate::gateway::SessionRegistry) -> DeviceInfo {
         let session_serial = registry.session_serial(&self.id);
         DeviceInfo {
-            session_serial: session_serial.clone(),
-            ..self.info(session_serial.is_some())
+            session_serial,
+            ..self.info(self.connected)
         }
     }
 }

@@ -40,8 +40,9 @@ impl Api {
 
     async fn keys(&self, key: &str, all: bool) -> Vec<KeyListEntry> {
         let path = if all { "/v1/keys?all=true" } else { "/v1/keys" };
-        self.json(Method::GET, path, Some(key), None, StatusCode::OK)
+        self.json::<heex_proto::api::KeyPage>(Method::GET, path, Some(key), None, StatusCode::OK)
             .await
+            .keys
     }
 
     async fn enroll(&self, key: &str, expect: StatusCode) -> (StatusCode, Vec<u8>) {
@@ -54,7 +55,7 @@ impl Api {
     }
 
     async fn audit(&self, key: &str, query: &str) -> Vec<AuditEvent> {
-        self.json(
+        self.json::<heex_proto::api::AuditPage>(
             Method::GET,
             &format!("/v1/audit{query}"),
             Some(key),
@@ -62,6 +63,7 @@ impl Api {
             StatusCode::OK,
         )
         .await
+        .events
     }
 
     /// A second workspace in the same store: its owner's admin key.
@@ -452,12 +454,26 @@ async fn another_workspace_answers_404() {
         .iter()
         .all(|k| k.info.owner == "owner@example.com"));
     let members: Vec<MemberInfo> = api
-        .json(Method::GET, "/v1/members", Some(&a), None, StatusCode::OK)
-        .await;
+        .json::<heex_proto::api::MemberPage>(
+            Method::GET,
+            "/v1/members",
+            Some(&a),
+            None,
+            StatusCode::OK,
+        )
+        .await
+        .members;
     assert_eq!(members.len(), 1);
     let devices: Vec<DeviceInfo> = api
-        .json(Method::GET, "/v1/devices", Some(&a), None, StatusCode::OK)
-        .await;
+        .json::<heex_proto::api::DevicePage>(
+            Method::GET,
+            "/v1/devices",
+            Some(&a),
+            None,
+            StatusCode::OK,
+        )
+        .await
+        .devices;
     assert!(devices.is_empty());
     assert!(api
         .audit(&a, "")
@@ -1012,14 +1028,15 @@ async fn concurrent_enrollments_spend_a_limited_key_exactly() {
     }
     assert_eq!((created, refused), (3, 21));
     let devices: Vec<DeviceInfo> = api
-        .json(
+        .json::<heex_proto::api::DevicePage>(
             Method::GET,
             "/v1/devices",
             Some(&api.owner_key),
             None,
             StatusCode::OK,
         )
-        .await;
+        .await
+        .devices;
     assert_eq!(devices.len(), 3);
     let listed = api.keys(&api.owner_key, false).await;
     let entry = listed

@@ -20,6 +20,7 @@ use crate::datadir::DataDir;
 
 mod lifecycle;
 mod openapi;
+mod paging;
 mod promises;
 
 struct Api {
@@ -243,14 +244,15 @@ async fn enroll_issues_a_server_built_certificate() {
     );
 
     let devices: Vec<DeviceInfo> = api
-        .json(
+        .json::<heex_proto::api::DevicePage>(
             Method::GET,
             "/v1/devices",
             Some(&api.owner_key),
             None,
             StatusCode::OK,
         )
-        .await;
+        .await
+        .devices;
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].id, resp.device_id);
     assert_eq!(devices[0].name, "robot-1");
@@ -338,8 +340,15 @@ async fn enroll_rejects_bad_input() {
         .await;
     assert_eq!(e.error, ErrorCode::PayloadTooLarge);
     let devices: Vec<DeviceInfo> = api
-        .json(Method::GET, "/v1/devices", Some(&key), None, StatusCode::OK)
-        .await;
+        .json::<heex_proto::api::DevicePage>(
+            Method::GET,
+            "/v1/devices",
+            Some(&key),
+            None,
+            StatusCode::OK,
+        )
+        .await
+        .devices;
     assert!(devices.is_empty());
 }
 

@@ -176,7 +176,7 @@ async fn the_document_describes_bodies_and_authentication() {
         .collect();
     assert_eq!(
         names,
-        ["action", "actor", "limit", "since", "target"].into()
+        ["action", "actor", "after", "limit", "since", "target"].into()
     );
     // Rotation's body may be left out (`required` absent means false).
     let rotate_body = &doc["paths"]["/v1/keys/{id}/rotate"]["post"]["requestBody"];

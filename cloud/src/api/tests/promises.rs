@@ -158,14 +158,15 @@ async fn writes_racing_a_removal_leave_nothing_usable() {
         }
         // No invitation Bob issued survives his removal.
         let pending: Vec<InvitationInfo> = api
-            .json(
+            .json::<heex_proto::api::InvitationPage>(
                 Method::GET,
                 "/v1/invitations",
                 Some(&api.owner_key),
                 None,
                 StatusCode::OK,
             )
-            .await;
+            .await
+            .invitations;
         let email = format!("bob{round}@example.com");
         assert!(pending.iter().all(|i| i.invited_by != email), "{pending:?}");
         // Removing again: nothing was left active, and it says so.
@@ -289,14 +290,15 @@ async fn invitations_die_with_their_inviter_and_invitee() {
     let keep = invite(api.owner_key.clone(), "eve@example.com").await;
 
     let pending: Vec<InvitationInfo> = api
-        .json(
+        .json::<heex_proto::api::InvitationPage>(
             Method::GET,
             "/v1/invitations",
             Some(&api.owner_key),
             None,
             StatusCode::OK,
         )
-        .await;
+        .await
+        .invitations;
     assert_eq!(pending.len(), 3, "{pending:?}");
     let (_, raw) = api
         .call(Method::GET, "/v1/invitations", Some(&api.owner_key), None)
@@ -333,14 +335,15 @@ async fn invitations_die_with_their_inviter_and_invitee() {
         assert!(e.message.contains(why), "{}", e.message);
     }
     let pending: Vec<InvitationInfo> = api
-        .json(
+        .json::<heex_proto::api::InvitationPage>(
             Method::GET,
             "/v1/invitations",
             Some(&api.owner_key),
             None,
             StatusCode::OK,
         )
-        .await;
+        .await
+        .invitations;
     assert_eq!(
         pending.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
         [keep.id.as_str()]

@@ -7,7 +7,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection};
 
 use super::{conversion, time_at, SqliteStore};
-use crate::store::{to_unix, AuditEntry, AuditFilter, StoreError};
+use crate::store::{to_unix, AuditEntry, AuditFilter, PageOf, SortValue, StoreError};
 
 impl SqliteStore {
     pub(crate) async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
@@ -22,7 +22,7 @@ impl SqliteStore {
         &self,
         workspace: WorkspaceId,
         filter: AuditFilter,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
+    ) -> Result<PageOf<AuditEvent>, StoreError> {
         self.read(move |c| select(c, &workspace, &filter)).await
     }
 }
@@ -66,7 +66,7 @@ fn select(
     c: &Connection,
     workspace: &WorkspaceId,
     f: &AuditFilter,
-) -> Result<Vec<AuditEvent>, StoreError> {
+) -> Result<PageOf<AuditEvent>, StoreError> {
     // Only the conditions in use appear, so each filter combination gets its own cached
     // statement and the planner can pick the matching index.
     let mut sql = String::from(
@@ -91,8 +91,15 @@ fn select(
         sql.push_str(" AND at >= ?");
         values.push(Value::Integer(to_unix(since)));
     }
+    // Newest first: the page after a position holds older events.
+    if let Some(after) = f.page.condition(&["id"], true) {
+        let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
+        sql.push_str(" AND ");
+        sql.push_str(&cond);
+        values.extend(v);
+    }
     sql.push_str(" ORDER BY id DESC LIMIT ?");
-    values.push(Value::Integer(i64::from(f.limit)));
+    values.push(Value::Integer(f.page.fetch()));
 
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(params_from_iter(values), |row| {
@@ -106,7 +113,10 @@ fn select(
             details: serde_json::from_str(&details).map_err(|e| conversion(5, e))?,
         })
     })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    let rows = rows.collect::<Result<Vec<_>, _>>()?;
+    Ok(PageOf::from_rows(rows, &f.page, |e: &AuditEvent| {
+        vec![SortValue::Int(e.id)]
+    }))
 }
 
 #[cfg(test)]

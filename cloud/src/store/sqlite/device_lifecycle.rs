@@ -86,8 +86,13 @@ impl SqliteStore {
                 // Already revoked: keep the first revocation time, record nothing new.
                 Some(Some(_)) => Ok(true),
                 Some(None) => {
-                    c.prepare_cached("UPDATE devices SET revoked_at = ?1 WHERE id = ?2")?
-                        .execute(params![to_unix(at), id.as_str()])?;
+                    // A revoked device is no longer connected: the gateway closes its sessions
+                    // next, and their ends find no mark of theirs to clear.
+                    c.prepare_cached(
+                        "UPDATE devices SET revoked_at = ?1, connection = NULL, connected_at = NULL
+                         WHERE id = ?2",
+                    )?
+                    .execute(params![to_unix(at), id.as_str()])?;
                     audit::insert(c, &audit_entry)?;
                     Ok(true)
                 }
@@ -104,6 +109,7 @@ impl SqliteStore {
         labels: Option<BTreeMap<String, String>>,
         audit_entry: AuditEntry,
     ) -> Result<bool, StoreError> {
+        let label_rows = labels.clone();
         let labels = labels
             .as_ref()
             .map(serde_json::to_string)
@@ -120,6 +126,9 @@ impl SqliteStore {
                 )?
                 .execute(params![name, labels, id.as_str(), workspace.as_str()])?;
             if n == 1 {
+                if let Some(rows) = &label_rows {
+                    super::devices::write_labels(c, &id, rows)?;
+                }
                 audit::insert(c, &audit_entry)?;
             }
             Ok(n == 1)

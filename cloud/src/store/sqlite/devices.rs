@@ -1,21 +1,67 @@
 //! Devices: enrollment (which spends one use of the enrolling key), listing, and what the
 //! gateway records.
 
+use std::collections::BTreeMap;
+
 use heex_proto::api::Facts;
 use heex_proto::{DeviceId, WorkspaceId};
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use super::{audit, conversion, opt_time, parsed, time_at, SqliteStore};
 use crate::gateway::DeviceStatus;
+use crate::store::device_list::{DeviceCounts, DeviceQuery, DeviceSort, LabelSelector};
+use crate::store::paging::PageOf;
 use crate::store::{to_unix, AuditEntry, DeviceRecord, NewDevice, StoreError};
 
-/// A device with its enrolling member's email, in the column order [`device_from_row`] reads.
-const DEVICE_SELECT: &str = "
-    SELECT d.id, d.workspace_id, d.name, d.labels, d.facts, d.spiffe_id,
-           d.enrolled_at, d.enrolled_by_key, m.email, d.cert_serial,
-           d.cert_expires_at, d.revoked_at, d.last_seen_at
-    FROM devices d JOIN members m ON m.id = d.enrolled_by_member";
+/// The columns of a device (`d`) with its enrolling member's (`m`) email, in the order
+/// [`device_from_row`] reads.
+macro_rules! device_columns {
+    () => {
+        "SELECT d.id, d.workspace_id, d.name, d.labels, d.facts, d.spiffe_id,
+                d.enrolled_at, d.enrolled_by_key, m.email, d.cert_serial,
+                d.cert_expires_at, d.revoked_at, d.last_seen_at, d.connection IS NOT NULL"
+    };
+}
+const DEVICE_COLUMNS: &str = device_columns!();
+
+/// A device with its enrolling member's email.
+const DEVICE_SELECT: &str = concat!(
+    device_columns!(),
+    " FROM devices d JOIN members m ON m.id = d.enrolled_by_member"
+);
+
+/// Replaces the label rows of device `id` with `labels` (inside the caller's transaction).
+pub(super) fn write_labels(
+    c: &Connection,
+    id: &DeviceId,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    c.prepare_cached("DELETE FROM device_labels WHERE device_id = ?1")?
+        .execute([id.as_str()])?;
+    // The device's workspace and enrollment time ride along (see migration 6).
+    let mut insert = c.prepare_cached(
+        "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
+         SELECT id, workspace_id, enrolled_at, ?2, ?3 FROM devices WHERE id = ?1",
+    )?;
+    for (k, v) in labels {
+        insert.execute(params![id.as_str(), k, v])?;
+    }
+    Ok(())
+}
+
+/// `s` with LIKE's wildcards and the escape character escaped (escape `\\`).
+fn like_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for ch in s.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
 
 impl SqliteStore {
     pub(crate) async fn insert_device(
@@ -64,21 +110,166 @@ impl SqliteStore {
                 d.cert_serial,
                 to_unix(d.cert_expires_at)
             ])?;
+            write_labels(c, &d.id, &d.labels)?;
             audit::insert(c, &audit)
         })
         .await
     }
 
-    pub(crate) async fn list_devices(
+    pub(crate) async fn query_devices(
         &self,
         workspace: WorkspaceId,
-    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        q: DeviceQuery,
+    ) -> Result<PageOf<DeviceRecord>, StoreError> {
         self.read(move |c| {
-            let sql =
-                format!("{DEVICE_SELECT} WHERE d.workspace_id = ?1 ORDER BY d.enrolled_at, d.id");
+            // Only the conditions in use appear, so each combination gets its own cached
+            // statement and the planner can pick the matching index.
+            let ws = || Value::Text(workspace.as_str().to_owned());
+            // In enrollment order with a label that must be set, the label index drives:
+            // it holds exactly the matching devices, in page order (otherwise a rare label
+            // would cost a walk over every device between two matches).
+            let driver = match q.sort {
+                DeviceSort::Enrolled => q.labels.iter().position(|s| {
+                    matches!(s, LabelSelector::Equals(..) | LabelSelector::Exists(_))
+                }),
+                _ => None,
+            };
+            let (mut sql, mut values, columns) = match driver.map(|i| &q.labels[i]) {
+                Some(sel) => {
+                    let mut sql = format!(
+                        "{DEVICE_COLUMNS} FROM device_labels l
+                         CROSS JOIN devices d ON d.id = l.device_id
+                         JOIN members m ON m.id = d.enrolled_by_member
+                         WHERE l.workspace_id = ? AND l.key = ?"
+                    );
+                    let mut values = vec![ws(), Value::Text(sel.key().to_owned())];
+                    if let LabelSelector::Equals(_, v) = sel {
+                        sql.push_str(" AND l.value = ?");
+                        values.push(Value::Text(v.clone()));
+                    }
+                    (sql, values, ["l.enrolled_at", "l.device_id"])
+                }
+                None => (
+                    format!("{DEVICE_SELECT} WHERE d.workspace_id = ?"),
+                    vec![ws()],
+                    [q.sort.column(), "d.id"],
+                ),
+            };
+            match q.connected {
+                Some(true) => sql.push_str(" AND d.connection IS NOT NULL"),
+                Some(false) => sql.push_str(" AND d.connection IS NULL"),
+                None => {}
+            }
+            match q.revoked {
+                Some(true) => sql.push_str(" AND d.revoked_at IS NOT NULL"),
+                Some(false) => sql.push_str(" AND d.revoked_at IS NULL"),
+                None => {}
+            }
+            const LABEL: &str =
+                "EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ?";
+            for (i, sel) in q.labels.iter().enumerate() {
+                if Some(i) == driver {
+                    continue;
+                }
+                let key = Value::Text(sel.key().to_owned());
+                match sel {
+                    LabelSelector::Equals(_, v) | LabelSelector::NotEquals(_, v) => {
+                        let not = matches!(sel, LabelSelector::NotEquals(..));
+                        sql.push_str(if not { " AND NOT " } else { " AND " });
+                        sql.push_str(LABEL);
+                        sql.push_str(" AND l.value = ?)");
+                        values.extend([key, Value::Text(v.clone())]);
+                    }
+                    LabelSelector::Exists(_) | LabelSelector::Absent(_) => {
+                        let not = matches!(sel, LabelSelector::Absent(_));
+                        sql.push_str(if not { " AND NOT " } else { " AND " });
+                        sql.push_str(LABEL);
+                        sql.push(')');
+                        values.push(key);
+                    }
+                }
+            }
+            if let Some(text) = &q.search {
+                sql.push_str(" AND (d.name LIKE ? ESCAPE '\\' OR d.id LIKE ? ESCAPE '\\')");
+                let pattern = format!("%{}%", like_escaped(text));
+                values.extend([Value::Text(pattern.clone()), Value::Text(pattern)]);
+            }
+            if let Some(member) = &q.enrolled_by {
+                sql.push_str(" AND (d.enrolled_by_member = ? OR m.email = ?)");
+                values.extend([Value::Text(member.clone()), Value::Text(member.clone())]);
+            }
+            if let Some(key) = &q.enrolled_with_key {
+                sql.push_str(" AND d.enrolled_by_key = ?");
+                values.push(Value::Text(key.as_str().to_owned()));
+            }
+            if let Some(t) = q.cert_expires_before {
+                sql.push_str(" AND d.cert_expires_at < ?");
+                values.push(Value::Integer(to_unix(t)));
+            }
+            if let Some(t) = q.last_seen_before {
+                sql.push_str(" AND COALESCE(d.last_seen_at, 0) < ?");
+                values.push(Value::Integer(to_unix(t)));
+            }
+            if let Some(after) = q.page.condition(&columns, q.descending) {
+                let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
+                sql.push_str(" AND ");
+                sql.push_str(&cond);
+                values.extend(v);
+            }
+            let dir = if q.descending { "DESC" } else { "ASC" };
+            sql.push_str(&format!(
+                " ORDER BY {} {dir}, {} {dir} LIMIT ?",
+                columns[0], columns[1]
+            ));
+            values.push(Value::Integer(q.page.fetch()));
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map([workspace.as_str()], device_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let rows = stmt
+                .query_map(params_from_iter(values), device_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let sort = q.sort;
+            Ok(PageOf::from_rows(rows, &q.page, |d| sort.key(d)))
+        })
+        .await
+    }
+
+    pub(crate) async fn device_counts(
+        &self,
+        workspace: WorkspaceId,
+        expiring_before: OffsetDateTime,
+    ) -> Result<DeviceCounts, StoreError> {
+        self.read(move |c| {
+            let ws = workspace.as_str();
+            let (total, connected, revoked): (i64, i64, i64) = c
+                .prepare_cached(
+                    "SELECT total, connected, revoked FROM device_counts WHERE workspace_id = ?1",
+                )?
+                .query_row([ws], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?
+                .unwrap_or((0, 0, 0));
+            // Whole days before the boundary's day from the day counts; that day itself
+            // from the expiry index (at most one day of certificates).
+            let before = to_unix(expiring_before);
+            let day = before.div_euclid(86_400);
+            let whole: i64 = c
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(n), 0) FROM device_expiry_days
+                     WHERE workspace_id = ?1 AND day < ?2",
+                )?
+                .query_row(params![ws, day], |r| r.get(0))?;
+            let partial: i64 = c
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM devices
+                     WHERE workspace_id = ?1 AND revoked_at IS NULL
+                       AND cert_expires_at >= ?2 AND cert_expires_at < ?3",
+                )?
+                .query_row(params![ws, day * 86_400, before], |r| r.get(0))?;
+            let n = |v: i64| u64::try_from(v).unwrap_or(0);
+            Ok(DeviceCounts {
+                total: n(total),
+                connected: n(connected),
+                expiring: n(whole + partial),
+                revoked: n(revoked),
+            })
         })
         .await
     }
@@ -153,6 +344,69 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    pub(crate) async fn record_connected(
+        &self,
+        id: DeviceId,
+        facts: Option<Facts>,
+        at: OffsetDateTime,
+        connection: String,
+    ) -> Result<bool, StoreError> {
+        let facts = facts
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Database(format!("cannot encode facts: {e}")))?;
+        self.write(move |c| {
+            // A revoked device is not marked: the caller learns it is not live. Every record
+            // of a session (Hello, then heartbeats) writes its mark, so when two sessions'
+            // marks race the live one's is back at its next heartbeat.
+            let n = c
+                .prepare_cached(
+                    "UPDATE devices
+                     SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
+                         facts = COALESCE(?2, facts),
+                         connected_at = CASE WHEN connection IS ?3 THEN connected_at ELSE ?1 END,
+                         connection = ?3
+                     WHERE id = ?4 AND revoked_at IS NULL",
+                )?
+                .execute(params![to_unix(at), facts, connection, id.as_str()])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(crate) async fn record_disconnected(
+        &self,
+        id: DeviceId,
+        connection: String,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            // Only this session's mark: a newer session of the device may have replaced it.
+            c.prepare_cached(
+                "UPDATE devices SET connection = NULL, connected_at = NULL
+                 WHERE id = ?1 AND connection = ?2",
+            )?
+            .execute(params![id.as_str(), connection])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn clear_connections(&self) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE devices SET connection = NULL, connected_at = NULL
+                     WHERE connection IS NOT NULL",
+                )?
+                .execute([])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     let labels: String = row.get(3)?;
     let facts: Option<String> = row.get(4)?;
@@ -173,5 +427,6 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         cert_expires_at: time_at(row, 10)?,
         revoked_at: opt_time(row, 11)?,
         last_seen_at: opt_time(row, 12)?,
+        connected: row.get(13)?,
     })
 }

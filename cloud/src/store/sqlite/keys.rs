@@ -4,13 +4,15 @@ use std::str::FromStr;
 
 use heex_proto::api::Scope;
 use heex_proto::{KeyId, MemberId, WorkspaceId};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use super::{audit, conversion, opt_time, parsed, time_at, SqliteStore};
 use crate::access::{self, Refusal};
 use crate::store::{
-    from_unix, to_unix, AuditEntry, KeyRecord, NewKey, Revocation, Role, Rotation, StoreError,
+    from_unix, to_unix, AuditEntry, KeyRecord, NewKey, PageOf, PageRequest, Revocation, Role,
+    Rotation, SortValue, StoreError,
 };
 
 /// A key with its workspace, owner and revoker, in the column order [`key_from_row`] reads.
@@ -42,39 +44,37 @@ impl SqliteStore {
         &self,
         workspace: WorkspaceId,
         owner: Option<MemberId>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+        page: PageRequest,
+    ) -> Result<PageOf<KeyRecord>, StoreError> {
         let keys = self
             .read(move |c| {
-                let rows = match &owner {
-                    Some(owner) => {
-                        let sql = format!(
-                            "{KEY_SELECT} WHERE k.workspace_id = ?1 AND k.member_id = ?2
-                             ORDER BY k.created_at, k.id"
-                        );
-                        let mut stmt = c.prepare_cached(&sql)?;
-                        let rows = stmt
-                            .query_map([workspace.as_str(), owner.as_str()], key_from_row)?
-                            .collect::<Result<Vec<_>, _>>()?;
-                        rows
-                    }
-                    None => {
-                        let sql = format!(
-                            "{KEY_SELECT} WHERE k.workspace_id = ?1 ORDER BY k.created_at, k.id"
-                        );
-                        let mut stmt = c.prepare_cached(&sql)?;
-                        let rows = stmt
-                            .query_map([workspace.as_str()], key_from_row)?
-                            .collect::<Result<Vec<_>, _>>()?;
-                        rows
-                    }
-                };
-                Ok(rows)
+                let mut sql = format!("{KEY_SELECT} WHERE k.workspace_id = ?");
+                let mut values = vec![Value::Text(workspace.as_str().to_owned())];
+                if let Some(owner) = &owner {
+                    sql.push_str(" AND k.member_id = ?");
+                    values.push(Value::Text(owner.as_str().to_owned()));
+                }
+                if let Some(after) = page.condition(&["k.created_at", "k.id"], false) {
+                    let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
+                    sql.push_str(" AND ");
+                    sql.push_str(&cond);
+                    values.extend(v);
+                }
+                sql.push_str(" ORDER BY k.created_at, k.id LIMIT ?");
+                values.push(Value::Integer(page.fetch()));
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt
+                    .query_map(params_from_iter(values), key_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(PageOf::from_rows(rows, &page, |k: &KeyRecord| {
+                    vec![
+                        SortValue::Int(to_unix(k.created_at)),
+                        SortValue::Text(k.id.to_string()),
+                    ]
+                }))
             })
             .await?;
-        Ok(keys
-            .into_iter()
-            .map(|k| self.with_pending_touch(k))
-            .collect())
+        Ok(keys.map(|k| self.with_pending_touch(k)))
     }
 
     pub(crate) async fn revoke_key(

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use heex_proto::api::Scope;
 use heex_proto::{KeyId, MemberId, WorkspaceId};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -14,8 +15,8 @@ use super::{audit, conversion, insert_member, opt_time, parsed, time_at, SqliteS
 use crate::access;
 use crate::store::{
     to_unix, AcceptOutcome, Acceptance, AuditAction, AuditEntry, CancelOutcome, InvitationCancel,
-    InvitationRecord, MemberRecord, NewInvitation, NewKey, NewMember, RemoveOutcome, Revocation,
-    Role, StoreError,
+    InvitationRecord, MemberRecord, NewInvitation, NewKey, NewMember, PageOf, PageRequest,
+    RemoveOutcome, Revocation, Role, SortValue, StoreError,
 };
 
 /// A member with the count of their usable keys (at the second bound as `?1`), in the column
@@ -34,14 +35,33 @@ impl SqliteStore {
         &self,
         workspace: WorkspaceId,
         now: OffsetDateTime,
-    ) -> Result<Vec<MemberRecord>, StoreError> {
+        page: PageRequest,
+    ) -> Result<PageOf<MemberRecord>, StoreError> {
         self.read(move |c| {
-            let sql =
-                format!("{MEMBER_SELECT} WHERE m.workspace_id = ?2 ORDER BY m.created_at, m.id");
+            let mut sql = format!("{MEMBER_SELECT} WHERE m.workspace_id = ?2");
+            let mut values = vec![
+                Value::Integer(to_unix(now)),
+                Value::Text(workspace.as_str().to_owned()),
+            ];
+            if let Some(after) = page.condition(&["m.created_at", "m.id"], false) {
+                // A bare `?` numbers itself after the highest number so far (?2).
+                let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
+                sql.push_str(" AND ");
+                sql.push_str(&cond);
+                values.extend(v);
+            }
+            sql.push_str(" ORDER BY m.created_at, m.id LIMIT ?");
+            values.push(Value::Integer(page.fetch()));
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows =
-                stmt.query_map(params![to_unix(now), workspace.as_str()], member_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let rows = stmt
+                .query_map(params_from_iter(values), member_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(PageOf::from_rows(rows, &page, |m: &MemberRecord| {
+                vec![
+                    SortValue::Int(to_unix(m.created_at)),
+                    SortValue::Text(m.id.to_string()),
+                ]
+            }))
         })
         .await
     }
@@ -192,19 +212,35 @@ impl SqliteStore {
         &self,
         workspace: WorkspaceId,
         now: OffsetDateTime,
-    ) -> Result<Vec<InvitationRecord>, StoreError> {
+        page: PageRequest,
+    ) -> Result<PageOf<InvitationRecord>, StoreError> {
         self.read(move |c| {
-            let sql = format!(
-                "{INVITATION_SELECT} WHERE i.workspace_id = ?1 AND i.accepted_at IS NULL
-                   AND i.cancelled_at IS NULL AND i.expires_at > ?2
-                 ORDER BY i.created_at, i.id"
+            let mut sql = format!(
+                "{INVITATION_SELECT} WHERE i.workspace_id = ? AND i.accepted_at IS NULL
+                   AND i.cancelled_at IS NULL AND i.expires_at > ?"
             );
+            let mut values = vec![
+                Value::Text(workspace.as_str().to_owned()),
+                Value::Integer(to_unix(now)),
+            ];
+            if let Some(after) = page.condition(&["i.created_at", "i.id"], false) {
+                let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
+                sql.push_str(" AND ");
+                sql.push_str(&cond);
+                values.extend(v);
+            }
+            sql.push_str(" ORDER BY i.created_at, i.id LIMIT ?");
+            values.push(Value::Integer(page.fetch()));
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![workspace.as_str(), to_unix(now)],
-                invitation_from_row,
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let rows = stmt
+                .query_map(params_from_iter(values), invitation_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(PageOf::from_rows(rows, &page, |i: &InvitationRecord| {
+                vec![
+                    SortValue::Int(to_unix(i.created_at)),
+                    SortValue::Text(i.id.clone()),
+                ]
+            }))
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! Device renewal bookkeeping, revocation, rename/labels and deletion.
 
 use super::*;
+use crate::store::PageRequest;
 
 async fn enrolled(f: &Fixture) -> DeviceId {
     let d = device(f, &f.key);
@@ -63,13 +64,13 @@ async fn renewal_updates_serial_and_expiry_until_revoked() {
             &f.ws,
             AuditFilter {
                 action: Some("device.revoke".into()),
-                limit: 10,
+                page: PageRequest::first(10),
                 ..AuditFilter::default()
             },
         )
         .await
         .unwrap();
-    assert_eq!(revokes.len(), 1);
+    assert_eq!(revokes.items.len(), 1);
 }
 
 #[tokio::test]

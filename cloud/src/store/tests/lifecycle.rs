@@ -1,6 +1,7 @@
 //! Key rotation, member removal, invitations, the audit log, and limited keys under
 //! concurrent enrollment.
 
+use crate::store::{DeviceQuery, PageRequest};
 use std::sync::Arc;
 
 use super::*;
@@ -40,12 +41,12 @@ fn enrollment_at(f: &Fixture, key: &KeyId, at: OffsetDateTime) -> NewDevice {
 }
 
 async fn events(f: &Fixture, filter: AuditFilter) -> Vec<heex_proto::api::AuditEvent> {
-    f.store.audit_events(&f.ws, filter).await.unwrap()
+    f.store.audit_events(&f.ws, filter).await.unwrap().items
 }
 
 fn all(limit: u32) -> AuditFilter {
     AuditFilter {
-        limit,
+        page: PageRequest::first(limit),
         ..AuditFilter::default()
     }
 }
@@ -199,7 +200,12 @@ async fn removing_a_member_revokes_every_key_in_the_same_transaction() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    let listed = f.store.list_members(&f.ws, f.now).await.unwrap();
+    let listed = f
+        .store
+        .list_members(&f.ws, f.now, PageRequest::default())
+        .await
+        .unwrap()
+        .items;
     let b = listed.iter().find(|m| m.id == bob).unwrap();
     assert!(b.removed_at.is_none());
     assert_eq!(
@@ -402,7 +408,12 @@ async fn invitations_work_once_and_expire() {
             .unwrap(),
         AcceptOutcome::Unknown
     ));
-    let members = f.store.list_members(&f.ws, f.now).await.unwrap();
+    let members = f
+        .store
+        .list_members(&f.ws, f.now, PageRequest::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(members.len(), 2, "alice and bob");
 
     // Invited twice before joining: the second invitation finds a member.
@@ -580,7 +591,15 @@ async fn concurrent_enrollments_cannot_overspend_a_limited_key() {
     }
     assert_eq!((ok, refused), (5, 35));
     assert_eq!(f.store.find_key(&limited).await.unwrap().unwrap().uses, 5);
-    assert_eq!(f.store.list_devices(&f.ws).await.unwrap().len(), 5);
+    assert_eq!(
+        f.store
+            .query_devices(&f.ws, DeviceQuery::all(1000))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        5
+    );
     let enrolled = events(
         &f,
         AuditFilter {
@@ -597,18 +616,29 @@ async fn keys_are_listed_per_owner_or_workspace() {
     let f = fixture().await;
     let bob = add_member(&f, "bob@example.com", Role::Member).await;
     let bobs = add_key(&f, &bob, None).await;
-    let mine = f.store.list_keys(&f.ws, Some(&f.owner)).await.unwrap();
+    let mine = f
+        .store
+        .list_keys(&f.ws, Some(&f.owner), PageRequest::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(mine.iter().map(|k| &k.id).collect::<Vec<_>>(), [&f.key]);
-    let every = f.store.list_keys(&f.ws, None).await.unwrap();
+    let every = f
+        .store
+        .list_keys(&f.ws, None, PageRequest::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(every.len(), 2);
     assert!(every
         .iter()
         .any(|k| k.id == bobs && k.member_email == "bob@example.com"));
     assert!(f
         .store
-        .list_keys(&WorkspaceId::generate(), None)
+        .list_keys(&WorkspaceId::generate(), None, PageRequest::default())
         .await
         .unwrap()
+        .items
         .is_empty());
 }
 
@@ -638,7 +668,7 @@ async fn a_workspace_starts_with_its_owner_and_their_key_audited() {
         )
         .await
         .unwrap();
-    let evs = store.audit_events(&ws, all(10)).await.unwrap();
+    let evs = store.audit_events(&ws, all(10)).await.unwrap().items;
     let seen: Vec<(&str, &str, &str)> = evs
         .iter()
         .map(|e| (e.actor.as_str(), e.action.as_str(), e.target.as_str()))
@@ -670,6 +700,14 @@ async fn a_workspace_starts_with_its_owner_and_their_key_audited() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert_eq!(store.list_members(&ws, now).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .list_members(&ws, now, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     store.close().await;
 }

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use crate::store::DeviceQuery;
 use heex_proto::api::{Facts, Scope};
 use heex_proto::SpiffeId;
 use time::OffsetDateTime;
@@ -7,6 +8,7 @@ use time::OffsetDateTime;
 use super::*;
 
 mod device_lifecycle;
+mod device_list;
 mod lifecycle;
 
 pub(crate) struct Fixture {
@@ -249,7 +251,12 @@ async fn enrollment_needs_a_usable_key_and_counts_uses() {
     let status = f.store.device_status(&d.id).await.unwrap().unwrap();
     assert_eq!(status.workspace_id, f.ws);
     assert!(status.revoked_at.is_none());
-    let listed = f.store.list_devices(&f.ws).await.unwrap();
+    let listed = f
+        .store
+        .query_devices(&f.ws, DeviceQuery::all(1000))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(listed.len(), 2);
     let first = listed.iter().find(|x| x.id == d.id).unwrap();
     assert_eq!(first.enrolled_by_member, "alice@example.com");
@@ -287,7 +294,12 @@ async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
         .unwrap();
     let t1 = f.now + time::Duration::minutes(1);
     f.store.record_seen(&d.id, None, t1).await.unwrap();
-    let got = &f.store.list_devices(&f.ws).await.unwrap()[0];
+    let got = &f
+        .store
+        .query_devices(&f.ws, DeviceQuery::all(1000))
+        .await
+        .unwrap()
+        .items[0];
     assert_eq!(got.last_seen_at, Some(t1));
     assert_eq!(got.facts, d.facts);
     let fresh = Facts {
@@ -298,7 +310,12 @@ async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
     f.store.record_seen(&d.id, Some(&fresh), t2).await.unwrap();
     // An older time never moves last_seen back.
     f.store.record_seen(&d.id, None, t1).await.unwrap();
-    let got = &f.store.list_devices(&f.ws).await.unwrap()[0];
+    let got = &f
+        .store
+        .query_devices(&f.ws, DeviceQuery::all(1000))
+        .await
+        .unwrap()
+        .items[0];
     assert_eq!(got.last_seen_at, Some(t2));
     assert_eq!(got.facts.as_ref(), Some(&fresh));
     // Unknown devices are simply not found.
