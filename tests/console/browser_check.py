@@ -10,12 +10,13 @@ HEEX_URL, HEEX_OWNER_KEY, HEEX_FINGERPRINT, HEEX_INSTALLER, HEEX_MACHINE_DIR, HE
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import axe_playwright_python
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 URL = os.environ["HEEX_URL"]
 OWNER_KEY = os.environ["HEEX_OWNER_KEY"]
@@ -79,8 +80,9 @@ def reveal(page, submit):
     """Clicks `submit` and returns the secret the reveal box shows, once copying finished."""
     page.click(submit)
     page.wait_for_selector("#reveal:not([hidden])")
-    page.wait_for_function("document.getElementById('reveal-status').textContent.startsWith('Copied')"
-                           " || document.getElementById('reveal-status').textContent.startsWith('Your browser')")
+    # Locator assertions poll from Playwright's own injected script: the page's CSP (no
+    # eval) does not apply to them, as it does to wait_for_function's string predicates.
+    expect(page.locator("#reveal-status")).to_have_text(re.compile(r"^(Copied|Your browser)"))
     status = page.text_content("#reveal-status")
     check(status == "Copied to the clipboard.", f"copied within the click ({status!r})")
     return page.input_value("#reveal-secret")
@@ -157,7 +159,7 @@ def main():
         check("heex-installer --systemd" in owner.text_content("#cmd-installer"), "installer line")
         check("HEEX_API_KEY" in owner.text_content("#cmd-compose"), "compose snippet")
         owner.click("button[data-copy=cmd-docker]")
-        owner.wait_for_function("document.querySelector('button[data-copy=cmd-docker]').textContent == 'Copied'")
+        expect(owner.locator("button[data-copy=cmd-docker]")).to_have_text("Copied")
         check(clipboard(owner) == docker, "the docker command is copied")
         accessible(owner, "Add device with commands")
 
