@@ -466,7 +466,12 @@ impl DataDir {
             }
         }
         for path in leftovers {
-            fs::remove_file(&path).map_err(|e| Error::file(&path, e))?;
+            match fs::remove_file(&path) {
+                // Gone meanwhile: SQLite removes its -wal and -shm files when the last
+                // connection of an earlier open closes.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r.map_err(|e| Error::file(&path, e))?,
+            }
         }
         fs::set_permissions(&self.root, Permissions::from_mode(0o700))
             .map_err(|e| Error::file(&self.root, e))

@@ -372,22 +372,9 @@ impl Store {
         }
     }
 
-    /// Records that a device was heard from, with fresh facts when it sent some. False (and
-    /// nothing recorded) when the device is revoked or does not exist.
-    pub async fn record_seen(
-        &self,
-        id: &DeviceId,
-        facts: Option<&Facts>,
-        at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.record_seen(id.clone(), facts.cloned(), at).await,
-        }
-    }
-
-    /// [`Self::record_seen`], and marks the device connected by `connection` (a name unique
-    /// to one session of one gateway process). False (nothing recorded) when the device is
-    /// revoked or does not exist.
+    /// Records that a device was heard from, with fresh facts when it sent some, and marks
+    /// it connected by `connection` (a name unique to one session of one gateway process).
+    /// False (nothing recorded) when the device is revoked or does not exist.
     pub async fn record_connected(
         &self,
         id: &DeviceId,

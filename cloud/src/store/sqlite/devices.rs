@@ -316,32 +316,6 @@ impl SqliteStore {
         })
         .await
     }
-
-    pub(crate) async fn record_seen(
-        &self,
-        id: DeviceId,
-        facts: Option<Facts>,
-        at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        let facts = facts
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Database(format!("cannot encode facts: {e}")))?;
-        self.write(move |c| {
-            // A revoked device records nothing more; the caller learns it is not live.
-            let n = c
-                .prepare_cached(
-                    "UPDATE devices
-                     SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
-                         facts = COALESCE(?2, facts)
-                     WHERE id = ?3 AND revoked_at IS NULL",
-                )?
-                .execute(params![to_unix(at), facts, id.as_str()])?;
-            Ok(n == 1)
-        })
-        .await
-    }
 }
 
 impl SqliteStore {

@@ -293,7 +293,10 @@ async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
         .await
         .unwrap();
     let t1 = f.now + time::Duration::minutes(1);
-    f.store.record_seen(&d.id, None, t1).await.unwrap();
+    f.store
+        .record_connected(&d.id, None, t1, "test")
+        .await
+        .unwrap();
     let got = &f
         .store
         .query_devices(&f.ws, DeviceQuery::all(1000))
@@ -307,9 +310,15 @@ async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
         ..Facts::default()
     };
     let t2 = t1 + time::Duration::minutes(1);
-    f.store.record_seen(&d.id, Some(&fresh), t2).await.unwrap();
+    f.store
+        .record_connected(&d.id, Some(&fresh), t2, "test")
+        .await
+        .unwrap();
     // An older time never moves last_seen back.
-    f.store.record_seen(&d.id, None, t1).await.unwrap();
+    f.store
+        .record_connected(&d.id, None, t1, "test")
+        .await
+        .unwrap();
     let got = &f
         .store
         .query_devices(&f.ws, DeviceQuery::all(1000))
@@ -320,7 +329,7 @@ async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
     assert_eq!(got.facts.as_ref(), Some(&fresh));
     // Unknown devices are simply not found.
     f.store
-        .record_seen(&DeviceId::generate(), None, t2)
+        .record_connected(&DeviceId::generate(), None, t2, "test")
         .await
         .unwrap();
     assert!(f
