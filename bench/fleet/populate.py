@@ -52,7 +52,7 @@ def main():
         batch.append((dev, ws, f"robot-{i:07d}", json.dumps(lab), facts,
                       f"spiffe://{domain}/ws/{ws}/device/{dev}", start + i, domain_key,
                       member, f"{i:032x}", now + rng.randrange(0, 30 * 86400), seen))
-        labels.extend((dev, k, v) for k, v in lab.items())
+        labels.extend((dev, ws, start + i, k, v) for k, v in lab.items())
         if len(batch) == 10000:
             flush(db, batch, labels)
     flush(db, batch, labels)
@@ -69,7 +69,9 @@ def flush(db, batch, labels):
         "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id, enrolled_at,"
         " enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at, last_seen_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
-    db.executemany("INSERT INTO device_labels (device_id, key, value) VALUES (?, ?, ?)", labels)
+    db.executemany(
+        "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)"
+        " VALUES (?, ?, ?, ?, ?)", labels)
     batch.clear()
     labels.clear()
 
