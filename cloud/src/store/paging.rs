@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::StoreError;
+
 /// One component of a position: the value of a sort column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -55,30 +57,37 @@ impl PageRequest {
         i64::from(self.limit.max(1)) + 1
     }
 
-    /// The keyset condition "after the position" over `columns` (the sort columns, id last)
-    /// in `descending` or ascending order, and its parameters; `None` for the first page or
-    /// when the position does not have one value per column (then the caller refuses it).
-    pub(crate) fn condition(
+    /// Ends a query whose WHERE clause is in `sql` (its parameters in `values`) with the
+    /// page: the keyset condition "after the position" over `columns` (the sort columns, id
+    /// last), the order over them (ascending, or `descending`), and the LIMIT of
+    /// [`Self::fetch`] rows. [`StoreError::BadPosition`] when the position does not have one
+    /// value per column.
+    pub(crate) fn finish_query(
         &self,
+        sql: &mut String,
+        values: &mut Vec<rusqlite::types::Value>,
         columns: &[&str],
         descending: bool,
-    ) -> Option<Result<(String, Vec<rusqlite::types::Value>), BadPosition>> {
-        let after = self.after.as_ref()?;
-        if after.len() != columns.len() {
-            return Some(Err(BadPosition));
+    ) -> Result<(), StoreError> {
+        let (op, dir) = if descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        if let Some(after) = &self.after {
+            if after.len() != columns.len() {
+                return Err(StoreError::BadPosition);
+            }
+            let marks = vec!["?"; columns.len()].join(", ");
+            sql.push_str(&format!(" AND ({}) {op} ({marks})", columns.join(", ")));
+            values.extend(after.iter().map(SortValue::to_sql));
         }
-        let op = if descending { "<" } else { ">" };
-        let marks = vec!["?"; columns.len()].join(", ");
-        Some(Ok((
-            format!("({}) {op} ({marks})", columns.join(", ")),
-            after.iter().map(SortValue::to_sql).collect(),
-        )))
+        let order: Vec<String> = columns.iter().map(|c| format!("{c} {dir}")).collect();
+        sql.push_str(&format!(" ORDER BY {} LIMIT ?", order.join(", ")));
+        values.push(rusqlite::types::Value::Integer(self.fetch()));
+        Ok(())
     }
 }
-
-/// A position that does not fit the list it is used on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadPosition;
 
 /// One page of items, and the position to read the next page from (`None` on the last).
 #[derive(Debug, Clone, PartialEq)]
@@ -129,20 +138,30 @@ mod tests {
     }
 
     #[test]
-    fn the_condition_fits_the_columns() {
+    fn the_query_ends_with_the_position_order_and_limit() {
         let page = PageRequest {
             after: Some(vec![SortValue::Int(5), SortValue::Text("dev_a".into())]),
             limit: 10,
         };
-        let (sql, values) = page
-            .condition(&["d.enrolled_at", "d.id"], false)
-            .unwrap()
+        let (mut sql, mut values) = (String::from("WHERE x"), Vec::new());
+        page.finish_query(&mut sql, &mut values, &["d.enrolled_at", "d.id"], false)
             .unwrap();
-        assert_eq!(sql, "(d.enrolled_at, d.id) > (?, ?)");
-        assert_eq!(values.len(), 2);
-        let (sql, _) = page.condition(&["a", "b"], true).unwrap().unwrap();
-        assert_eq!(sql, "(a, b) < (?, ?)");
-        assert_eq!(page.condition(&["d.id"], false), Some(Err(BadPosition)));
-        assert_eq!(PageRequest::first(1).condition(&["d.id"], false), None);
+        assert_eq!(
+            sql,
+            "WHERE x AND (d.enrolled_at, d.id) > (?, ?) ORDER BY d.enrolled_at ASC, d.id ASC LIMIT ?"
+        );
+        assert_eq!(values.len(), 3);
+        let (mut sql, mut values) = (String::new(), Vec::new());
+        page.finish_query(&mut sql, &mut values, &["a", "b"], true)
+            .unwrap();
+        assert_eq!(sql, " AND (a, b) < (?, ?) ORDER BY a DESC, b DESC LIMIT ?");
+        let err = page.finish_query(&mut String::new(), &mut Vec::new(), &["d.id"], false);
+        assert!(matches!(err, Err(StoreError::BadPosition)));
+        let (mut sql, mut values) = (String::new(), Vec::new());
+        PageRequest::first(1)
+            .finish_query(&mut sql, &mut values, &["d.id"], false)
+            .unwrap();
+        assert_eq!(sql, " ORDER BY d.id ASC LIMIT ?");
+        assert_eq!(values, [rusqlite::types::Value::Integer(2)]);
     }
 }

@@ -92,14 +92,7 @@ fn select(
         values.push(Value::Integer(to_unix(since)));
     }
     // Newest first: the page after a position holds older events.
-    if let Some(after) = f.page.condition(&["id"], true) {
-        let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
-        sql.push_str(" AND ");
-        sql.push_str(&cond);
-        values.extend(v);
-    }
-    sql.push_str(" ORDER BY id DESC LIMIT ?");
-    values.push(Value::Integer(f.page.fetch()));
+    f.page.finish_query(&mut sql, &mut values, &["id"], true)?;
 
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(params_from_iter(values), |row| {

@@ -210,18 +210,8 @@ impl SqliteStore {
                 sql.push_str(" AND COALESCE(d.last_seen_at, 0) < ?");
                 values.push(Value::Integer(to_unix(t)));
             }
-            if let Some(after) = q.page.condition(&columns, q.descending) {
-                let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
-                sql.push_str(" AND ");
-                sql.push_str(&cond);
-                values.extend(v);
-            }
-            let dir = if q.descending { "DESC" } else { "ASC" };
-            sql.push_str(&format!(
-                " ORDER BY {} {dir}, {} {dir} LIMIT ?",
-                columns[0], columns[1]
-            ));
-            values.push(Value::Integer(q.page.fetch()));
+            q.page
+                .finish_query(&mut sql, &mut values, &columns, q.descending)?;
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(params_from_iter(values), device_from_row)?

@@ -54,14 +54,7 @@ impl SqliteStore {
                     sql.push_str(" AND k.member_id = ?");
                     values.push(Value::Text(owner.as_str().to_owned()));
                 }
-                if let Some(after) = page.condition(&["k.created_at", "k.id"], false) {
-                    let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
-                    sql.push_str(" AND ");
-                    sql.push_str(&cond);
-                    values.extend(v);
-                }
-                sql.push_str(" ORDER BY k.created_at, k.id LIMIT ?");
-                values.push(Value::Integer(page.fetch()));
+                page.finish_query(&mut sql, &mut values, &["k.created_at", "k.id"], false)?;
                 let mut stmt = c.prepare_cached(&sql)?;
                 let rows = stmt
                     .query_map(params_from_iter(values), key_from_row)?

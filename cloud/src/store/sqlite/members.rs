@@ -43,15 +43,8 @@ impl SqliteStore {
                 Value::Integer(to_unix(now)),
                 Value::Text(workspace.as_str().to_owned()),
             ];
-            if let Some(after) = page.condition(&["m.created_at", "m.id"], false) {
-                // A bare `?` numbers itself after the highest number so far (?2).
-                let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
-                sql.push_str(" AND ");
-                sql.push_str(&cond);
-                values.extend(v);
-            }
-            sql.push_str(" ORDER BY m.created_at, m.id LIMIT ?");
-            values.push(Value::Integer(page.fetch()));
+            // A bare `?` numbers itself after the highest number so far (?2).
+            page.finish_query(&mut sql, &mut values, &["m.created_at", "m.id"], false)?;
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(params_from_iter(values), member_from_row)?
@@ -223,14 +216,7 @@ impl SqliteStore {
                 Value::Text(workspace.as_str().to_owned()),
                 Value::Integer(to_unix(now)),
             ];
-            if let Some(after) = page.condition(&["i.created_at", "i.id"], false) {
-                let (cond, v) = after.map_err(|_| StoreError::BadPosition)?;
-                sql.push_str(" AND ");
-                sql.push_str(&cond);
-                values.extend(v);
-            }
-            sql.push_str(" ORDER BY i.created_at, i.id LIMIT ?");
-            values.push(Value::Integer(page.fetch()));
+            page.finish_query(&mut sql, &mut values, &["i.created_at", "i.id"], false)?;
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(params_from_iter(values), invitation_from_row)?
