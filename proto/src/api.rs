@@ -281,6 +281,9 @@ pub struct DeviceInfo {
     /// one shortly after a renewal); absent when not connected.
     #[serde(default)]
     pub session_serial: Option<String>,
+    /// The version its agent gave when its latest session opened; absent before any.
+    #[serde(default)]
+    pub agent_version: Option<String>,
 }
 
 /// Where a key stands, as listed.

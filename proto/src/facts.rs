@@ -11,6 +11,19 @@ pub const MAX_FACT_CHARS: usize = 256;
 /// Most bytes of facts as compact JSON.
 pub const MAX_FACTS_BYTES: usize = 16 * 1024;
 
+/// Most characters of the agent version a Hello gives.
+pub const MAX_AGENT_VERSION_CHARS: usize = 64;
+
+/// Checks the agent version of a Hello: at most [`MAX_AGENT_VERSION_CHARS`] characters, no
+/// control or formatting character (the console and the CLI show it).
+pub fn check_agent_version(version: &str) -> Result<(), FactsError> {
+    Ok(text::check_value(
+        "agent_version",
+        version,
+        MAX_AGENT_VERSION_CHARS,
+    )?)
+}
+
 /// Why facts were refused: the message names the field and the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

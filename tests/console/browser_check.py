@@ -4,8 +4,9 @@ Run by tests/tests/console_browser.rs against a real heex-cloud; it reads what i
 the environment and never prints a key or a token. Exit status 0 means every check passed;
 otherwise the failed check is the last line of stderr.
 
-HEEX_URL, HEEX_OWNER_KEY, HEEX_FINGERPRINT, HEEX_INSTALLER, HEEX_MACHINE_DIR, HEEX_RESULT
-(a file where the enrolled device id and the key id that enrolled it are written).
+HEEX_URL, HEEX_OWNER_KEY, HEEX_FINGERPRINT, HEEX_INSTALLER, HEEX_AGENT, HEEX_MACHINE_DIR
+(under which each enrolled machine gets its own directory), HEEX_RESULT (a file where the
+key id that enrolled robot-7 is written).
 """
 
 import json
@@ -23,8 +24,12 @@ OWNER_KEY = os.environ["HEEX_OWNER_KEY"]
 CHROMIUM = os.environ.get("HEEX_CHROMIUM", "/usr/bin/chromium")
 AXE = (Path(axe_playwright_python.__file__).parent / "axe.min.js").read_text()
 PAGES = ["/console/keys", "/console/keys?all=true", "/console/settings", "/console/audit",
-         "/console/add-device"]
+         "/console/add-device", "/console/devices"]
 SECRETS = [OWNER_KEY]
+MACHINES = Path(os.environ["HEEX_MACHINE_DIR"])
+AGENTS = []
+# How long a live part of a page may take to show a change (it refreshes every 3 s).
+LIVE_MS = 30000
 
 
 def check(cond, what):
@@ -88,7 +93,46 @@ def reveal(page, submit):
     return page.input_value("#reveal-secret")
 
 
+def install(name, key):
+    """The real heex-installer enrolls machine `name` with `key`; returns the completed run."""
+    machine = MACHINES / name
+    env = dict(os.environ, HEEX_API_KEY=key)
+    env.pop("HEEX_API_KEY_FILE", None)
+    return subprocess.run(
+        [os.environ["HEEX_INSTALLER"], "--server", URL, "--ca-fingerprint",
+         os.environ["HEEX_FINGERPRINT"], "--name", name, "--config-dir",
+         str(machine / "etc"), "--state-dir", str(machine / "state")],
+        env=env, capture_output=True, text=True, timeout=120)
+
+
+def start_agent(name):
+    """The real agent of machine `name`, running until the checks end."""
+    machine = MACHINES / name
+    env = dict(os.environ, RUST_LOG="info")
+    for var in ("NOTIFY_SOCKET", "HEEX_API_KEY", "HEEX_API_KEY_FILE"):
+        env.pop(var, None)
+    log = open(machine / "agent.log", "w")
+    agent = subprocess.Popen(
+        [os.environ["HEEX_AGENT"], "run", "--config", str(machine / "etc" / "agent.toml")],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    AGENTS.append(agent)
+    return agent
+
+
+def device_row(page, name):
+    return page.locator("#device-rows tr", has=page.get_by_role("link", name=name, exact=True))
+
+
 def main():
+    try:
+        run()
+    finally:
+        for agent in AGENTS:
+            agent.kill()
+            agent.wait()
+
+
+def run():
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM, headless=True,
@@ -129,39 +173,66 @@ def main():
         owner.reload()
         check(owner.locator("tbody td:first-child", has_text="robot-fleet").count() == 1, "the new key is listed")
         no_secret_in_html(owner_ctx, "owner")
-
-        # The real installer enrolls a machine with the key read from the clipboard.
-        machine = Path(os.environ["HEEX_MACHINE_DIR"])
-        env = dict(os.environ, HEEX_API_KEY=clipboard(owner))
-        env.pop("HEEX_API_KEY_FILE", None)
-        done = subprocess.run(
-            [os.environ["HEEX_INSTALLER"], "--server", URL, "--ca-fingerprint",
-             os.environ["HEEX_FINGERPRINT"], "--name", "robot-7", "--config-dir",
-             str(machine / "etc"), "--state-dir", str(machine / "state")],
-            env=env, capture_output=True, text=True, timeout=120)
-        check(done.returncode == 0, f"the installer enrolled with the copied key: {done.stderr[-500:]}")
-        Path(os.environ["HEEX_RESULT"]).write_text(json.dumps({"key_id": new_key[5:17]}))
+        copied_key = clipboard(owner)
+        key_id = new_key[5:17]
 
         # Copy again: re-derived, the same key.
-        owner.goto(URL + "/console/keys")
-        key_id = new_key[5:17]
         copied = reveal(owner, f"form[action='/console/keys/{key_id}/copy'] button")
         check(copied == new_key and clipboard(owner) == new_key, "Copy gives the same key again")
 
-        # Add device: the commands carry the key, each with a copy button.
-        owner.goto(URL + "/console/add-device")
-        accessible(owner, "Add device")
-        owner.select_option("#enroll-key", key_id)
-        owner.click("#pick-key button[type=submit]")
-        owner.wait_for_selector("#commands:not([hidden])")
-        docker = owner.text_content("#cmd-docker")
+        # The Devices page, opened before the machine exists, follows the fleet live (the
+        # marker proves it is never reloaded).
+        fleet = owner_ctx.new_page()
+        fleet.on("dialog", confirm)
+        fleet.goto(URL + "/console/devices")
+        check(fleet.locator("#device-rows tr[data-id]").count() == 0, "no device yet")
+        accessible(fleet, "Devices, empty")
+        fleet.evaluate("window.heexNotReloaded = true")
+
+        # Add device: the commands carry the key, each with a copy button, then it waits.
+        adder = owner_ctx.new_page()
+        adder.goto(URL + "/console/add-device")
+        accessible(adder, "Add device")
+        adder.select_option("#enroll-key", key_id)
+        adder.click("#pick-key button[type=submit]")
+        adder.wait_for_selector("#commands:not([hidden])")
+        docker = adder.text_content("#cmd-docker")
         check(f"-e HEEX_API_KEY='{new_key}'" in docker, "the docker command carries the key")
-        check("heex-installer --systemd" in owner.text_content("#cmd-installer"), "installer line")
-        check("HEEX_API_KEY" in owner.text_content("#cmd-compose"), "compose snippet")
-        owner.click("button[data-copy=cmd-docker]")
-        expect(owner.locator("button[data-copy=cmd-docker]")).to_have_text("Copied")
-        check(clipboard(owner) == docker, "the docker command is copied")
-        accessible(owner, "Add device with commands")
+        check("heex-installer --systemd" in adder.text_content("#cmd-installer"), "installer line")
+        check("HEEX_API_KEY" in adder.text_content("#cmd-compose"), "compose snippet")
+        adder.click("button[data-copy=cmd-docker]")
+        expect(adder.locator("button[data-copy=cmd-docker]")).to_have_text("Copied")
+        check(clipboard(adder) == docker, "the docker command is copied")
+        expect(adder.locator("#wait-status")).to_contain_text("Waiting for a device")
+        accessible(adder, "Add device with commands")
+
+        # The real installer enrolls a machine with the key read from the clipboard; the
+        # Devices page shows it without a reload, then connected once its real agent runs.
+        done = install("robot-7", copied_key)
+        check(done.returncode == 0, f"the installer enrolled with the copied key: {done.stderr[-500:]}")
+        Path(os.environ["HEEX_RESULT"]).write_text(json.dumps({"key_id": key_id}))
+        robot = device_row(fleet, "robot-7")
+        expect(robot).to_have_count(1, timeout=LIVE_MS)
+        check(True, "the Devices page shows the enrolled machine without a reload")
+        start_agent("robot-7")
+        expect(robot.locator(".status.connected")).to_have_count(1, timeout=LIVE_MS)
+        check(fleet.evaluate("window.heexNotReloaded === true"), "robot-7 shows connected without a reload")
+        expect(fleet.locator("#device-counts")).to_contain_text("1 connected", timeout=LIVE_MS)
+        expect(adder.locator("#wait-status")).to_have_text("robot-7 connected.", timeout=LIVE_MS)
+        check(True, "Add device says robot-7 connected")
+        accessible(fleet, "Devices with a connected machine")
+
+        # The device's page: facts, labels saved from the console, then the label filter.
+        fleet.click("#device-rows a:text-is('robot-7')")
+        fleet.wait_for_url("**/console/devices/*")
+        check(fleet.locator("#device-status .status.connected").count() == 1, "the device page says connected")
+        accessible(fleet, "a device's page")
+        fleet.fill("#labels", "site=lyon\nrole=arm")
+        fleet.click("form[action$='/labels'] button")
+        fleet.wait_for_url("**?done=labelled")
+        fleet.goto(URL + "/console/devices?label=site%3Dlyon")
+        expect(device_row(fleet, "robot-7")).to_have_count(1)
+        check(fleet.locator("#device-rows .label", has_text="role=arm").count() == 1, "labels saved and filtered on")
 
         # Invite bob; the invitation link is copied.
         owner.goto(URL + "/console/settings")
@@ -188,18 +259,51 @@ def main():
         check(bob.locator("nav .who").text_content() == "bob@example.com", "bob is signed in")
         no_secret_in_html(bob_ctx, "bob")
 
+        # Bob creates an enroll key and puts a machine on the cloud with it.
+        open_create_form(bob)
+        bob.fill("#name", "bob-fleet")
+        bob.select_option("#scope", "enroll")
+        bob_enroll = reveal(bob, "#create-key button[type=submit]")
+        SECRETS.append(bob_enroll)
+        done = install("bob-robot", clipboard(bob))
+        check(done.returncode == 0, f"bob's key enrolled his machine: {done.stderr[-500:]}")
+        start_agent("bob-robot")
+        fleet.goto(URL + "/console/devices")
+        bob_robot = device_row(fleet, "bob-robot")
+        expect(bob_robot.locator(".status.connected")).to_have_count(1, timeout=LIVE_MS)
+        check(True, "bob's machine is connected on the owner's Devices page")
+
         # The owner removes bob, with a confirmation saying exactly what happens.
         owner.goto(URL + "/console/settings")
         messages.clear()
         owner.click("button[aria-label='Remove bob@example.com']")
         owner.wait_for_url("**/console/settings?done=removed")
-        check(any("Their 1 key is revoked; the 0 machines they enrolled keep running." in m
+        check(any("Their 2 keys are revoked; the 1 machine they enrolled keeps running." in m
                   for m in messages), f"the removal confirmation says what happens: {messages}")
         check(owner.locator("tbody td:first-child", has_text="bob@example.com").count() == 0, "bob is gone")
 
-        # Bob's next page load lands on sign-in.
+        # Bob's next page load lands on sign-in; his keys are refused by the installer; his
+        # machine stays connected on the owner's Devices page.
         bob.reload()
         check(on_signin(bob) and "ended=key" in bob.url, "bob's session died with his removal")
+        refused = install("bob-robot-2", bob_enroll)
+        check(refused.returncode != 0 and "revoked" in refused.stderr,
+              f"the installer refuses bob's key ({refused.returncode}): {refused.stderr[-300:]}")
+        fleet.wait_for_timeout(4000)
+        check(bob_robot.locator(".status.connected").count() == 1,
+              "bob's machine is still connected after his removal")
+
+        # Bulk: label bob's machine from the list.
+        bob_robot.locator("input[type=checkbox]").check()
+        fleet.select_option("#op", "label")
+        fleet.fill("#bulk-label", "team=bob")
+        fleet.click("#bulk button[type=submit]")
+        fleet.wait_for_url("**done=labelled**")
+        check("Label set on 1 device." in fleet.text_content("p.flash"), "bulk label on the selection")
+        check(device_row(fleet, "bob-robot").locator(".label", has_text="team=bob").count() == 1,
+              "the label is on bob's machine")
+        check(device_row(fleet, "robot-7").locator(".label", has_text="team=bob").count() == 0,
+              "and only on it")
 
         # A cross-site POST with the owner's cookie is refused and changes nothing.
         refused = owner_ctx.request.post(URL + "/console/keys", headers={"Origin": "https://evil.example"},
@@ -224,12 +328,31 @@ def main():
         other.goto(URL + "/console/settings")
         check(on_signin(other) and "ended=key" in other.url, "a revoked key's session is dead")
 
+        # Revoking robot-7 from its page closes its live session: its agent is told so.
+        fleet.goto(URL + "/console/devices")
+        fleet.click("#device-rows a:text-is('robot-7')")
+        messages.clear()
+        fleet.click("form[action$='/revoke'] button")
+        fleet.wait_for_url("**?done=revoked")
+        check(any("Revoke robot-7?" in m for m in messages), "revoking asks first")
+        check(fleet.locator("#device-status .status.revoked").count() == 1, "robot-7 is revoked")
+        log = MACHINES / "robot-7" / "agent.log"
+        for _ in range(60):
+            if "this device was revoked" in log.read_text():
+                break
+            fleet.wait_for_timeout(500)
+        check("this device was revoked" in log.read_text(),
+              "robot-7's agent was told its device was revoked")
+
         # Audit log, filtered.
         owner.goto(URL + "/console/audit?action=key.&since=24h")
         check(owner.locator("td code", has_text="key.create").count() >= 2, "the audit log lists key creations")
         check(owner.locator("td code", has_text="member.remove").count() == 0, "the action filter applies")
         accessible(owner, "Audit log")
         no_secret_in_html(owner_ctx, "owner at the end")
+
+        owner.goto(URL + "/console/audit?action=console.")
+        check(owner.locator("td code", has_text="console.signin").count() >= 3, "sign-ins are audited")
 
         # Sign out.
         owner.click("nav button[type=submit]")

@@ -1,6 +1,7 @@
 //! The web console in a real browser: Debian's Chromium driven by Python Playwright
 //! (tests/console/browser_check.py) against a real `heex-cloud`, with the real
-//! `heex-installer` enrolling a machine with the key the console put on the clipboard.
+//! `heex-installer` enrolling machines with the keys the console put on the clipboard and
+//! their real agents connecting while the Devices page watches.
 //!
 //! Needs /usr/bin/chromium (`apt-get install chromium`) and the Python packages pinned in
 //! tests/console/requirements.txt. Without them the test says so and passes, unless
@@ -63,6 +64,7 @@ fn the_console_in_chromium() {
             .env("HEEX_OWNER_KEY", &cloud.owner_key)
             .env("HEEX_FINGERPRINT", &cloud.fingerprint)
             .env("HEEX_INSTALLER", bin("heex-installer"))
+            .env("HEEX_AGENT", bin("heex-agent"))
             .env("HEEX_MACHINE_DIR", work.path().join("machine"))
             .env("HEEX_RESULT", &result)
             .env("HEEX_CHROMIUM", chromium()),

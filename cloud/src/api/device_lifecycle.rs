@@ -70,7 +70,7 @@ async fn device_info(
         (status = 404, description = "No such device in the workspace", body = ErrorBody)
     )
 )]
-pub(super) async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -116,7 +116,7 @@ pub(super) async fn revoke(
         (status = 404, description = "No such device in the workspace", body = ErrorBody)
     )
 )]
-pub(super) async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -176,7 +176,7 @@ pub(super) async fn update(
         (status = 404, description = "No such device in the workspace", body = ErrorBody)
     )
 )]
-pub(super) async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

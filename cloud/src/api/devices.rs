@@ -18,30 +18,30 @@ use crate::store::{DeviceQuery, DeviceSort, LabelSelector};
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct DevicesQuery {
+pub(crate) struct DevicesQuery {
     /// Most devices returned: 1 to 1000, 100 when omitted.
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// The previous page's `next_after` (omit for the first page).
-    after: Option<String>,
+    pub(crate) after: Option<String>,
     /// Order: `enrolled` (default), `name` or `last_seen`; a leading `-` reverses it.
-    sort: Option<String>,
+    pub(crate) sort: Option<String>,
     /// `true`: only devices with a live session; `false`: only those without.
-    connected: Option<bool>,
+    pub(crate) connected: Option<bool>,
     /// `true`: only revoked devices; `false`: only devices not revoked.
-    revoked: Option<bool>,
+    pub(crate) revoked: Option<bool>,
     /// Label selectors, comma-separated, all of which must hold: `site=lyon`,
     /// `env!=prod` (absent or another value), `gpu` (set), `!retired` (not set).
-    label: Option<String>,
+    pub(crate) label: Option<String>,
     /// Text in the device's name or id (ASCII letters match either case).
-    search: Option<String>,
+    pub(crate) search: Option<String>,
     /// Only devices enrolled by this member (email or member id).
-    enrolled_by: Option<String>,
+    pub(crate) enrolled_by: Option<String>,
     /// Only devices enrolled with this API key (key id).
-    key: Option<String>,
+    pub(crate) key: Option<String>,
     /// Only devices whose certificate expires before this RFC 3339 time.
-    cert_expires_before: Option<String>,
+    pub(crate) cert_expires_before: Option<String>,
     /// Only devices not heard from since this RFC 3339 time (never-seen ones included).
-    last_seen_before: Option<String>,
+    pub(crate) last_seen_before: Option<String>,
 }
 
 /// Longest `search` text accepted.
@@ -127,7 +127,7 @@ fn nonempty(v: Option<String>) -> Option<String> {
         (status = 403, description = "Enroll scope", body = ErrorBody)
     )
 )]
-pub(super) async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<DevicesQuery>,
@@ -152,10 +152,10 @@ pub(super) async fn list(
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct SummaryQuery {
+pub(crate) struct SummaryQuery {
     /// Days ahead in which a certificate expiring counts as expiring soon: 0 to 3650, 7
     /// when omitted.
-    expiring_within_days: Option<u32>,
+    pub(crate) expiring_within_days: Option<u32>,
 }
 
 /// Days `expiring_soon` looks ahead by default.
@@ -176,7 +176,7 @@ pub const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 7;
         (status = 403, description = "Enroll scope", body = ErrorBody)
     )
 )]
-pub(super) async fn summary(
+pub(crate) async fn summary(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<SummaryQuery>,
@@ -218,7 +218,7 @@ pub(super) async fn summary(
         (status = 404, description = "No such device in the workspace", body = ErrorBody)
     )
 )]
-pub(super) async fn show(
+pub(crate) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -6,15 +6,15 @@
 
 pub(crate) mod audit;
 pub(crate) mod console_links;
-mod device_lifecycle;
-mod devices;
+pub(crate) mod device_lifecycle;
+pub(crate) mod devices;
 mod enroll;
 pub(crate) mod invitations;
 pub(crate) mod keys;
 pub(crate) mod members;
 pub mod openapi;
 pub mod paging;
-mod reports;
+pub(crate) mod reports;
 mod whoami;
 
 use std::ops::Deref;

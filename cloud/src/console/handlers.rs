@@ -17,8 +17,7 @@ use time::OffsetDateTime;
 
 use super::pages::{self, Viewer};
 use super::{
-    clear_cookie, open_session, request_host, secret_hash, session_cookie, usable_for_console,
-    Signed,
+    clear_cookie, open_session, request_host, sign_out, usable_for_console, Signed, SignedInWith,
 };
 use crate::api::paging::PageQuery;
 use crate::api::{audit, console_links, invitations, keys, members, ApiJson, ApiQuery, AppState};
@@ -48,7 +47,7 @@ pub(super) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
-fn viewer(caller: &Caller) -> Viewer<'_> {
+pub(super) fn viewer(caller: &Caller) -> Viewer<'_> {
     Viewer {
         email: &caller.key.member_email,
         manager: caller.has_manager_role(),
@@ -64,7 +63,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
 }
 
 /// An error of the domain code, as the requester wants it.
-fn failure(headers: &HeaderMap, e: ApiError) -> Response {
+pub(super) fn failure(headers: &HeaderMap, e: ApiError) -> Response {
     if wants_json(headers) {
         return (e.status(), Json(json!({"message": e.body().message}))).into_response();
     }
@@ -167,7 +166,14 @@ pub(super) async fn signin_with_key(
         let e = ApiError::from(refusal);
         return signin_refused(e.status(), &e.body().message);
     }
-    match open_session(&state, &record.id, Redirect::to(HOME).into_response()).await {
+    match open_session(
+        &state,
+        &record,
+        SignedInWith::Key,
+        Redirect::to(HOME).into_response(),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => pages::api_error(e),
     }
@@ -210,8 +216,8 @@ pub(super) async fn signin_with_link(
         Ok(None) => return refused(),
         Err(e) => return pages::api_error(e.into()),
     };
-    match state.store.find_key(&key_id).await {
-        Ok(Some(key)) if usable_for_console(&key, now) => {}
+    let key = match state.store.find_key(&key_id).await {
+        Ok(Some(key)) if usable_for_console(&key, now) => key,
         Ok(_) => {
             return signin_refused(
                 StatusCode::UNAUTHORIZED,
@@ -220,18 +226,23 @@ pub(super) async fn signin_with_link(
             )
         }
         Err(e) => return pages::api_error(e.into()),
-    }
-    match open_session(&state, &key_id, Redirect::to(HOME).into_response()).await {
+    };
+    match open_session(
+        &state,
+        &key,
+        SignedInWith::Link,
+        Redirect::to(HOME).into_response(),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => pages::api_error(e),
     }
 }
 
 pub(super) async fn signout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = session_cookie(&headers) {
-        if let Err(e) = state.store.delete_console_session(&secret_hash(&id)).await {
-            return pages::api_error(e.into());
-        }
+    if let Err(e) = sign_out(&state, &headers).await {
+        return pages::api_error(e);
     }
     let mut r = Redirect::to("/console/signin?ended=out").into_response();
     r.headers_mut().insert(SET_COOKIE, clear_cookie());
@@ -578,7 +589,12 @@ pub(super) async fn join(
         "It was copied to your clipboard, and you are signed in. You can copy it again later \
          from the API Keys page.",
     );
-    match open_session(&state, &key.info.id, shown).await {
+    let record = match state.store.find_key(&key.info.id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return failure(&headers, ApiError::internal("the new key is not stored")),
+        Err(e) => return failure(&headers, e.into()),
+    };
+    match open_session(&state, &record, SignedInWith::Invitation, shown).await {
         Ok(r) => r,
         Err(e) => failure(&headers, e),
     }

@@ -20,6 +20,7 @@
 //!   fragments, which the page posts; keys are revealed only in the one response that
 //!   creates, copies or rotates them.
 
+mod devices;
 mod handlers;
 mod pages;
 
@@ -34,14 +35,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use heex_proto::{base62, KeyId};
+use heex_proto::base62;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::access::{self, Need};
 use crate::api::AppState;
 use crate::auth::Caller;
-use crate::store::{ConsoleSession, KeyRecord};
+use crate::store::{AuditAction, AuditEntry, ConsoleSession, KeyRecord};
 
 /// The session cookie's name (`__Host-`: Secure, path `/`, no domain).
 pub const SESSION_COOKIE: &str = "__Host-heex_session";
@@ -104,6 +105,14 @@ fn routes() -> Router<AppState> {
         )
         .route("/console/audit", get(handlers::audit_page))
         .route("/console/add-device", get(handlers::add_device_page))
+        .route("/console/add-device/wait", get(devices::wait_for_device))
+        .route("/console/devices", get(devices::list_page))
+        .route("/console/devices/bulk", post(devices::bulk))
+        .route("/console/devices/{id}", get(devices::detail_page))
+        .route("/console/devices/{id}/rename", post(devices::rename))
+        .route("/console/devices/{id}/labels", post(devices::set_labels))
+        .route("/console/devices/{id}/revoke", post(devices::revoke))
+        .route("/console/devices/{id}/delete", post(devices::delete))
         .layer(axum::extract::DefaultBodyLimit::max(
             heex_proto::api::MAX_BODY_BYTES,
         ))
@@ -268,7 +277,7 @@ impl FromRequestParts<AppState> for Signed {
             }
         };
         let why = ended.unwrap_or(Ended::None);
-        if let Err(e) = store.delete_console_session(&hash).await {
+        if let Err(e) = store.delete_console_session(&hash, None).await {
             return Err(pages::api_error(e.into()));
         }
         tracing::info!(key = %session.key_id, ?why, "console session ended");
@@ -281,25 +290,55 @@ pub fn usable_for_console(key: &KeyRecord, now: OffsetDateTime) -> bool {
     access::check(key, Need::Admin, "signing in to the console", now).is_ok()
 }
 
-/// Opens a session for `key` (already checked) and answers with its cookie and `then`.
+/// How a member signed in, as the audit log records it.
+#[derive(Debug, Clone, Copy)]
+pub enum SignedInWith {
+    /// Their pasted API key.
+    Key,
+    /// A one-time link from `heex console`.
+    Link,
+    /// Accepting an invitation (with the key it gave them).
+    Invitation,
+}
+
+/// Opens a session for `key` (already checked; the store checks it again as it records the
+/// sign-in) and answers with its cookie and `then`.
 async fn open_session(
     state: &AppState,
-    key: &KeyId,
+    key: &KeyRecord,
+    with: SignedInWith,
     then: Response,
 ) -> Result<Response, crate::error::ApiError> {
     let id = base62::random(SESSION_ID_LEN);
     let now = crate::api::whole_seconds(OffsetDateTime::now_utc());
+    let with = match with {
+        SignedInWith::Key => "api_key",
+        SignedInWith::Link => "signin_link",
+        SignedInWith::Invitation => "invitation",
+    };
+    let audit = crate::api::audit_entry(
+        &Caller { key: key.clone() },
+        Need::Admin,
+        "signing in to the console",
+        now,
+        AuditAction::ConsoleSignIn,
+        key.id.as_str(),
+        serde_json::json!({ "with": with }),
+    );
     state
         .store
-        .create_console_session(ConsoleSession {
-            id_hash: secret_hash(&id),
-            key_id: key.clone(),
-            created_at: now,
-            last_seen_at: now,
-            expires_at: now + ABSOLUTE_TIMEOUT,
-        })
+        .create_console_session(
+            ConsoleSession {
+                id_hash: secret_hash(&id),
+                key_id: key.id.clone(),
+                created_at: now,
+                last_seen_at: now,
+                expires_at: now + ABSOLUTE_TIMEOUT,
+            },
+            audit,
+        )
         .await?;
-    tracing::info!(key = %key, "console session started");
+    tracing::info!(key = %key.id, with, "console session started");
     let cookie = format!(
         "{SESSION_COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
         ABSOLUTE_TIMEOUT.whole_seconds()
@@ -308,6 +347,34 @@ async fn open_session(
     let value = HeaderValue::from_str(&cookie).map_err(crate::error::ApiError::internal)?;
     response.headers_mut().append(SET_COOKIE, value);
     Ok(response)
+}
+
+/// Ends the session a request's cookie names, recording the sign-out of its member.
+async fn sign_out(state: &AppState, headers: &HeaderMap) -> Result<(), crate::error::ApiError> {
+    let Some(id) = session_cookie(headers) else {
+        return Ok(());
+    };
+    let hash = secret_hash(&id);
+    let store = &state.store;
+    let Some(session) = store.find_console_session(&hash).await? else {
+        return Ok(());
+    };
+    // Signing out always works, whatever became of the key since.
+    let audit = store
+        .find_key(&session.key_id)
+        .await?
+        .map(|key| AuditEntry {
+            workspace_id: key.workspace_id.clone(),
+            at: crate::api::whole_seconds(OffsetDateTime::now_utc()),
+            actor: key.member_email.clone(),
+            action: AuditAction::ConsoleSignOut,
+            target: key.id.as_str().to_owned(),
+            details: serde_json::json!({}),
+            caller: None,
+        });
+    store.delete_console_session(&hash, audit).await?;
+    tracing::info!(key = %session.key_id, "console session signed out");
+    Ok(())
 }
 
 /// A `Set-Cookie` that deletes the session cookie.

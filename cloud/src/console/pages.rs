@@ -10,6 +10,8 @@ use time::OffsetDateTime;
 
 use crate::error::ApiError;
 
+pub mod devices;
+
 /// A key expiring within this long is highlighted and offers Rotate first.
 pub const NEAR_EXPIRY: time::Duration = time::Duration::days(14);
 
@@ -49,6 +51,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> Markup {
                     nav aria-label="Main" {
                         span.brand { "Heex" }
                         @if let Some(v) = viewer {
+                            a href="/console/devices" { "Devices" }
                             a href="/console/keys" { "API Keys" }
                             a href="/console/add-device" { "Add device" }
                             a href="/console/settings" { "Workspace Settings" }
@@ -444,6 +447,9 @@ pub fn audit(
         "member.join",
         "member.remove",
         "invitation.cancel",
+        "console.",
+        "console.signin",
+        "console.signout",
         "device.",
         "device.enroll",
         "device.revoke",
@@ -513,6 +519,7 @@ pub fn add_device(
     fingerprint: &str,
     now: OffsetDateTime,
 ) -> Markup {
+    let since = now.unix_timestamp();
     let installer = format!(
         "sudo apt install ./heex_*.deb && sudo HEEX_API_KEY='{{KEY}}' heex-installer --systemd --server {server} --ca-fingerprint {fingerprint} --name \"$(hostname)\""
     );
@@ -547,6 +554,10 @@ pub fn add_device(
                     (command_box("cmd-installer", "Debian package and systemd", &installer))
                     (command_box("cmd-docker", "docker run", &docker))
                     (command_box("cmd-compose", "Docker Compose", &compose))
+                    h2 { "Your new device" }
+                    p #wait-status .waiting role="status" data-since=(since) {
+                        "Waiting for a device to enroll with this key and connect…"
+                    }
                 }
             }
             p { "Or create a new enroll key on the " a href="/console/keys" { "API Keys" } " page." }

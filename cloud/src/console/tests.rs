@@ -173,12 +173,15 @@ const PAGES: &[&str] = &[
     "/console/settings",
     "/console/audit",
     "/console/add-device",
+    "/console/add-device/wait?key=AAAAAAAAAAAA&since=0",
+    "/console/devices",
+    "/console/devices?state=connected&part=rows",
 ];
 
 #[tokio::test]
 async fn every_page_needs_a_session() {
     let c = console().await;
-    for page in PAGES {
+    for page in PAGES.iter().chain(&["/console/devices/dev_AAAAAAAAAAAA"]) {
         let a = c.get(page, None).await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{page}");
         assert_eq!(a.location(), "/console/signin", "{page}");
@@ -193,6 +196,11 @@ async fn every_page_needs_a_session() {
         "/console/invitations",
         "/console/invitations/inv_AAAAAAAAAAAAAAAA/cancel",
         "/console/members/mem_AAAAAAAAAAAA/remove",
+        "/console/devices/bulk",
+        "/console/devices/dev_AAAAAAAAAAAA/rename",
+        "/console/devices/dev_AAAAAAAAAAAA/labels",
+        "/console/devices/dev_AAAAAAAAAAAA/revoke",
+        "/console/devices/dev_AAAAAAAAAAAA/delete",
     ] {
         let a = c
             .post(action, None, Some(SAME_ORIGIN), "name=x&scope=admin", false)
@@ -484,14 +492,26 @@ async fn idle_and_absolute_timeouts_end_sessions() {
         (now, now - time::Duration::seconds(1)),
     ] {
         let id = base62::random(SESSION_ID_LEN);
+        let record = c.store.find_key(key.id()).await.unwrap().unwrap();
         c.store
-            .create_console_session(ConsoleSession {
-                id_hash: secret_hash(&id),
-                key_id: key.id().clone(),
-                created_at: now - time::Duration::hours(13),
-                last_seen_at: last_seen,
-                expires_at: expires,
-            })
+            .create_console_session(
+                ConsoleSession {
+                    id_hash: secret_hash(&id),
+                    key_id: key.id().clone(),
+                    created_at: now - time::Duration::hours(13),
+                    last_seen_at: last_seen,
+                    expires_at: expires,
+                },
+                AuditEntry {
+                    workspace_id: record.workspace_id,
+                    at: now,
+                    actor: record.member_email,
+                    action: AuditAction::ConsoleSignIn,
+                    target: key.id().as_str().to_owned(),
+                    details: serde_json::json!({}),
+                    caller: None,
+                },
+            )
             .await
             .unwrap();
         ids.push(id);
@@ -529,4 +549,403 @@ async fn other_peoples_text_is_escaped() {
             "{page}"
         );
     }
+}
+
+/// Enrolls `names` (straight into the store) for the owner; even-numbered ones get
+/// `site=lyon`. Returns their ids in the same order.
+async fn enroll_devices(c: &Console, names: &[String]) -> Vec<heex_proto::DeviceId> {
+    let key: ApiKey = c.owner_key.parse().unwrap();
+    let owner = c.store.find_key(key.id()).await.unwrap().unwrap();
+    let now = crate::api::whole_seconds(OffsetDateTime::now_utc());
+    let mut ids = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let id = heex_proto::DeviceId::generate();
+        let labels = if i % 2 == 0 {
+            [("site".to_owned(), "lyon".to_owned())].into()
+        } else {
+            Default::default()
+        };
+        let device = crate::store::NewDevice {
+            spiffe_id: heex_proto::SpiffeId::new(
+                "heex.test",
+                owner.workspace_id.clone(),
+                id.clone(),
+            )
+            .unwrap(),
+            id: id.clone(),
+            workspace_id: owner.workspace_id.clone(),
+            name: name.clone(),
+            labels,
+            facts: Some(heex_proto::api::Facts {
+                os: Some("Debian GNU/Linux".into()),
+                os_version: Some("12".into()),
+                arch: Some("aarch64".into()),
+                ..Default::default()
+            }),
+            enrolled_at: now,
+            enrolled_by_key: owner.id.clone(),
+            enrolled_by_member: owner.member_id.clone(),
+            cert_serial: "40aa".into(),
+            cert_expires_at: now + time::Duration::days(30),
+        };
+        let audit = AuditEntry {
+            workspace_id: owner.workspace_id.clone(),
+            at: now,
+            actor: owner.member_email.clone(),
+            action: AuditAction::DeviceEnroll,
+            target: id.as_str().to_owned(),
+            details: serde_json::json!({}),
+            caller: None,
+        };
+        c.store.insert_device(device, audit).await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The `href` of the link whose text is `text`, unescaped.
+fn link_to(body: &str, text: &str) -> Option<String> {
+    let end = body.find(&format!(">{text}</a>"))?;
+    let start = body[..end].rfind("href=\"")? + "href=\"".len();
+    let len = body[start..].find('"')?;
+    Some(body[start..start + len].replace("&amp;", "&"))
+}
+
+#[tokio::test]
+async fn the_devices_page_lists_filters_and_pages_the_fleet() {
+    let c = console().await;
+    let session = c.signed_in_owner().await;
+    let names: Vec<String> = (0..60).map(|i| format!("robot-{i:02}")).collect();
+    let ids = enroll_devices(&c, &names).await;
+    assert!(c
+        .store
+        .record_connected(
+            &ids[7],
+            None,
+            Some("0.9.1"),
+            OffsetDateTime::now_utc(),
+            "gw-1"
+        )
+        .await
+        .unwrap());
+
+    let first = c.get("/console/devices", Some(&session)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let body = &first.body;
+    assert!(body.contains("<strong>60</strong> devices"), "{body}");
+    assert!(body.contains("<strong>1</strong> connected"), "{body}");
+    assert!(body.contains("robot-00") && body.contains("robot-49"));
+    assert!(!body.contains("robot-50"), "a page holds 50 devices");
+    assert!(body.contains("0.9.1") && body.contains("aarch64"));
+    assert_eq!(body.matches("class=\"status connected\"").count(), 1);
+    // The next page continues in name order, and offers the first page back.
+    let next = link_to(body, "Next page").expect("a next page link");
+    let second = c.get(&next, Some(&session)).await;
+    assert!(second.body.contains("robot-50") && second.body.contains("robot-59"));
+    assert!(!second.body.contains("robot-49"));
+    assert!(
+        link_to(&second.body, "Next page").is_none(),
+        "the last page"
+    );
+    assert_eq!(
+        link_to(&second.body, "First page").as_deref(),
+        Some("/console/devices")
+    );
+
+    // Filters: label, session, text; a bad selector is explained on the page.
+    let lyon = c
+        .get("/console/devices?label=site%3Dlyon", Some(&session))
+        .await
+        .body;
+    assert!(lyon.contains("robot-00") && !lyon.contains("robot-01"));
+    let live = c
+        .get("/console/devices?state=connected", Some(&session))
+        .await
+        .body;
+    assert!(live.contains("robot-07") && !live.contains("robot-08"));
+    let found = c
+        .get("/console/devices?search=BOT-3", Some(&session))
+        .await
+        .body;
+    assert_eq!(found.matches("<tr data-id=").count(), 10, "robot-30…39");
+    let bad = c.get("/console/devices?label=%3Dx", Some(&session)).await;
+    assert_eq!(bad.status, StatusCode::OK);
+    assert!(bad.body.contains("role=\"alert\""), "{}", bad.body);
+
+    // What the page's script refreshes: counts and rows only.
+    let part = c
+        .get("/console/devices?state=connected&part=rows", Some(&session))
+        .await
+        .body;
+    assert!(part.starts_with("<div>"), "{part}");
+    assert!(part.contains("id=\"device-rows\"") && part.contains("robot-07"));
+    assert!(!part.contains("<html"));
+    // The page asks for exactly that part, filters included.
+    assert!(live.contains("data-live-src=\"/console/devices?state=connected&amp;part=rows\""));
+}
+
+#[tokio::test]
+async fn bulk_actions_apply_to_the_selection_and_nothing_else() {
+    let c = console().await;
+    let session = c.signed_in_owner().await;
+    let names: Vec<String> = (0..4).map(|i| format!("arm-{i}")).collect();
+    let ids = enroll_devices(&c, &names).await;
+    let ws = workspace(&c).await;
+    let form = format!(
+        "id={}&id={}&op=label&label=env%3Dprod&filter_label=gpu&sort=-name",
+        ids[0], ids[1]
+    );
+    let a = c
+        .post(
+            "/console/devices/bulk",
+            Some(&session),
+            Some(SAME_ORIGIN),
+            &form,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(
+        a.location(),
+        "/console/devices?label=gpu&sort=-name&done=labelled&n=2&refused=0"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let d = c.store.find_device(&ws, id).await.unwrap().unwrap();
+        assert_eq!(
+            d.labels.get("env").map(String::as_str),
+            (i < 2).then_some("prod")
+        );
+        if i == 0 {
+            assert_eq!(d.labels["site"], "lyon", "other labels stay");
+        }
+    }
+    let page = c
+        .get(&a.location().replace("label=gpu&", ""), Some(&session))
+        .await;
+    assert!(
+        page.body.contains("Label set on 2 devices."),
+        "{}",
+        page.body
+    );
+
+    // Revoke two, one of them an unknown id: one revoked, one refused.
+    let form = format!("id={}&id=dev_nosuchdevice&op=revoke", ids[2]);
+    let a = c
+        .post(
+            "/console/devices/bulk",
+            Some(&session),
+            Some(SAME_ORIGIN),
+            &form,
+            false,
+        )
+        .await;
+    assert_eq!(a.location(), "/console/devices?done=revoked&n=1&refused=1");
+    let revoked = c.store.find_device(&ws, &ids[2]).await.unwrap().unwrap();
+    assert!(revoked.revoked_at.is_some());
+    let kept = c.store.find_device(&ws, &ids[3]).await.unwrap().unwrap();
+    assert!(kept.revoked_at.is_none());
+
+    // No selection, a bad label, an unknown action: refused, nothing changed.
+    for form in [
+        "op=revoke".to_owned(),
+        format!("id={}&op=label&label=nokey", ids[3]),
+        format!("id={}&op=explode", ids[3]),
+    ] {
+        let a = c
+            .post(
+                "/console/devices/bulk",
+                Some(&session),
+                Some(SAME_ORIGIN),
+                &form,
+                false,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{form}: {}", a.body);
+    }
+    let kept = c.store.find_device(&ws, &ids[3]).await.unwrap().unwrap();
+    assert!(kept.revoked_at.is_none() && kept.labels.is_empty());
+    // A cross-site bulk revoke is refused before it runs.
+    let form = format!("id={}&op=revoke", ids[3]);
+    let a = c
+        .post(
+            "/console/devices/bulk",
+            Some(&session),
+            Some("https://evil.example"),
+            &form,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let kept = c.store.find_device(&ws, &ids[3]).await.unwrap().unwrap();
+    assert!(kept.revoked_at.is_none());
+}
+
+#[tokio::test]
+async fn a_device_page_shows_it_and_renames_relabels_and_revokes_it() {
+    let c = console().await;
+    let session = c.signed_in_owner().await;
+    let ids = enroll_devices(&c, &["<b>robot</b>".to_owned()]).await;
+    let ws = workspace(&c).await;
+    let id = ids[0].as_str();
+    let path = format!("/console/devices/{id}");
+    let page = c.get(&path, Some(&session)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("&lt;b&gt;robot&lt;/b&gt;") && !page.body.contains("<b>robot"));
+    assert!(page.body.contains("Debian GNU/Linux") && page.body.contains("site=lyon"));
+    let status = c.get(&format!("{path}?part=status"), Some(&session)).await;
+    assert!(status.body.starts_with("<dl>") && status.body.contains("offline"));
+
+    let a = c
+        .post(
+            &format!("{path}/rename"),
+            Some(&session),
+            Some(SAME_ORIGIN),
+            "name=arm-7",
+            false,
+        )
+        .await;
+    assert_eq!(a.location(), format!("{path}?done=renamed"));
+    let a = c
+        .post(
+            &format!("{path}/labels"),
+            Some(&session),
+            Some(SAME_ORIGIN),
+            "labels=site%3Dparis%0D%0Agpu",
+            false,
+        )
+        .await;
+    assert_eq!(a.location(), format!("{path}?done=labelled"), "{}", a.body);
+    let d = c.store.find_device(&ws, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(d.name, "arm-7");
+    assert_eq!(d.labels.len(), 2);
+    assert_eq!(d.labels["site"], "paris");
+    // A bad label is refused with the API's reason, and changes nothing.
+    let bad = c
+        .post(
+            &format!("{path}/labels"),
+            Some(&session),
+            Some(SAME_ORIGIN),
+            "labels=bad%20key%3Dx",
+            false,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("label key"), "{}", bad.body);
+    assert_eq!(
+        c.store
+            .find_device(&ws, &ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .labels
+            .len(),
+        2
+    );
+    let a = c
+        .post(
+            &format!("{path}/revoke"),
+            Some(&session),
+            Some(SAME_ORIGIN),
+            "",
+            false,
+        )
+        .await;
+    assert_eq!(a.location(), format!("{path}?done=revoked"));
+    let page = c
+        .get(&format!("{path}?done=revoked"), Some(&session))
+        .await
+        .body;
+    assert!(page.contains("was revoked") && page.contains("Delete this device"));
+    let a = c
+        .post(
+            &format!("{path}/delete"),
+            Some(&session),
+            Some(SAME_ORIGIN),
+            "",
+            false,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert!(c.store.find_device(&ws, &ids[0]).await.unwrap().is_none());
+    assert_eq!(
+        c.get(&path, Some(&session)).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn add_device_waits_for_devices_enrolled_with_the_key_since_the_page_was_shown() {
+    let c = console().await;
+    let session = c.signed_in_owner().await;
+    let key: ApiKey = c.owner_key.parse().unwrap();
+    let before = OffsetDateTime::now_utc().unix_timestamp() - 5;
+    let ids = enroll_devices(&c, &["robot-7".to_owned()]).await;
+    let wait = |since: i64| {
+        format!(
+            "/console/add-device/wait?key={}&since={since}",
+            key.id().as_str()
+        )
+    };
+    let a = c.get(&wait(before), Some(&session)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let body: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(body["devices"][0]["name"], "robot-7");
+    assert_eq!(body["devices"][0]["connected"], false);
+    c.store
+        .record_connected(&ids[0], None, None, OffsetDateTime::now_utc(), "gw-1")
+        .await
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&c.get(&wait(before), Some(&session)).await.body).unwrap();
+    assert_eq!(body["devices"][0]["connected"], true);
+    // Devices enrolled before the page was shown do not count.
+    let later = OffsetDateTime::now_utc().unix_timestamp() + 60;
+    let body: serde_json::Value =
+        serde_json::from_str(&c.get(&wait(later), Some(&session)).await.body).unwrap();
+    assert_eq!(body["devices"].as_array().unwrap().len(), 0);
+    let bad = c
+        .get("/console/add-device/wait?key=nope", Some(&session))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn sign_in_and_sign_out_are_in_the_audit_log() {
+    let c = console().await;
+    let session = c.signed_in_owner().await;
+    let out = c
+        .post(
+            "/console/signout",
+            Some(&session),
+            Some(SAME_ORIGIN),
+            "",
+            false,
+        )
+        .await;
+    assert_eq!(out.location(), "/console/signin?ended=out");
+    // Signing out twice (an old tab) records nothing more.
+    c.post(
+        "/console/signout",
+        Some(&session),
+        Some(SAME_ORIGIN),
+        "",
+        false,
+    )
+    .await;
+    let again = c.signed_in_owner().await;
+    let page = c
+        .get("/console/audit?action=console.", Some(&again))
+        .await
+        .body;
+    assert_eq!(
+        page.matches("<code>console.signin</code>").count(),
+        2,
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("<code>console.signout</code>").count(),
+        1,
+        "{page}"
+    );
+    assert!(page.contains("api_key"));
 }

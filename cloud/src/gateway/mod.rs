@@ -80,14 +80,15 @@ pub trait DeviceDirectory: Send + Sync + 'static {
         id: &DeviceId,
     ) -> impl Future<Output = anyhow::Result<Option<DeviceStatus>>> + Send;
 
-    /// Records that the device was heard from at `at`, with fresh facts when it sent some,
-    /// by the session named `connection` (unique to one session of this process), which
-    /// becomes the device's connection mark. False (nothing recorded) when the device is
-    /// revoked or gone.
+    /// Records that the device was heard from at `at`, with fresh facts and its agent's
+    /// version when it sent them, by the session named `connection` (unique to one session
+    /// of this process), which becomes the device's connection mark. False (nothing
+    /// recorded) when the device is revoked or gone.
     fn record_seen(
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
+        agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;

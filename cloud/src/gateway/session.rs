@@ -283,15 +283,15 @@ impl<D: DeviceDirectory> Session<'_, D> {
             }
             r = tokio::time::timeout(self.shared.options.hello_timeout, self.reader.read(stream)) => r,
         };
-        let facts = match first {
+        let (facts, agent_version) = match first {
             Ok(Ok(Message::Hello {
                 facts,
                 agent_version,
                 next_report_seq,
             })) => {
-                tracing::debug!(%device, %agent_version, "hello");
+                tracing::debug!(%device, agent_version = %agent_version.escape_debug(), "hello");
                 self.hello_next_report = next_report_seq;
-                facts
+                (facts, agent_version)
             }
             Ok(Ok(other)) => {
                 let msg = format!("expected hello, got {}", kind(&other));
@@ -313,7 +313,10 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 return None;
             }
         };
-        if let Err(e) = facts.check() {
+        if let Err(e) = facts
+            .check()
+            .and_then(|()| heex_proto::facts::check_agent_version(&agent_version))
+        {
             let msg = format!("hello refused: {e}");
             tracing::info!(%peer, %device, "refused: {msg}");
             let _ = self.close(stream, CloseReason::ProtocolError, &msg).await;
@@ -323,7 +326,13 @@ impl<D: DeviceDirectory> Session<'_, D> {
         // sees its facts too. The write refuses a device revoked since the check above.
         let now = OffsetDateTime::now_utc();
         let live = self
-            .record_seen(&device, Some(&facts), now, &registration.connection)
+            .record_seen(
+                &device,
+                Some(&facts),
+                Some(&agent_version),
+                now,
+                &registration.connection,
+            )
             .await;
         // Welcomed only if no revocation closed the registration meanwhile.
         if !live || !self.shared.registry.promote(&registration) {
@@ -503,14 +512,17 @@ impl<D: DeviceDirectory> Session<'_, D> {
         &self,
         device: &DeviceId,
         facts: Option<&heex_proto::api::Facts>,
+        agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
     ) -> bool {
-        let recorded = Box::pin(
-            self.shared
-                .directory
-                .record_seen(device, facts, at, connection),
-        )
+        let recorded = Box::pin(self.shared.directory.record_seen(
+            device,
+            facts,
+            agent_version,
+            at,
+            connection,
+        ))
         .await;
         match recorded {
             Ok(live) => live,
@@ -629,7 +641,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 if last_recorded.elapsed() >= opts.seen_interval {
                     *last_recorded = Instant::now();
                     let now = OffsetDateTime::now_utc();
-                    if !self.record_seen(device, None, now, connection).await {
+                    if !self.record_seen(device, None, None, now, connection).await {
                         return Some(
                             self.close(stream, CloseReason::DeviceRevoked, "device revoked")
                                 .await,
@@ -646,7 +658,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 *last_recorded = Instant::now();
                 let now = OffsetDateTime::now_utc();
                 if !self
-                    .record_seen(device, Some(&facts), now, connection)
+                    .record_seen(device, Some(&facts), None, now, connection)
                     .await
                 {
                     return Some(

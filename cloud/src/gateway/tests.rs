@@ -173,6 +173,7 @@ impl DeviceDirectory for Directory {
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
+        _agent_version: Option<&str>,
         _at: OffsetDateTime,
         connection: &str,
     ) -> anyhow::Result<bool> {
@@ -615,6 +616,26 @@ async fn unexpected_frames_are_protocol_errors() {
     let mut c = Client::connect(gw.addr, config).await.unwrap();
     c.send(&Message::Heartbeat { seq: 1 }).await;
     assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
+}
+
+#[tokio::test]
+async fn a_hello_with_a_hostile_or_long_agent_version_is_refused() {
+    let gw = start(fast_options()).await;
+    for version in [
+        "1.0\x1b]52;c;ZXZpbA==\x07".to_owned(),
+        "9".repeat(heex_proto::facts::MAX_AGENT_VERSION_CHARS + 1),
+    ] {
+        let (id, config) = gw.device();
+        let mut c = Client::connect(gw.addr, config).await.unwrap();
+        c.send(&Message::Hello {
+            agent_version: version,
+            facts: Facts::default(),
+            next_report_seq: 0,
+        })
+        .await;
+        assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
+        assert!(!gw.registry.is_connected(&id));
+    }
 }
 
 #[tokio::test]

@@ -295,6 +295,14 @@ CREATE TABLE console_signin_tokens (
 CREATE INDEX console_signin_tokens_expiry ON console_signin_tokens(expires_at);
 "#,
     },
+    // What the console's Devices page shows besides facts.
+    Migration {
+        version: 8,
+        description: "the agent version each device gave at its latest Hello",
+        sql: r#"
+ALTER TABLE devices ADD COLUMN agent_version TEXT;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -372,20 +372,28 @@ impl Store {
         }
     }
 
-    /// Records that a device was heard from, with fresh facts when it sent some, and marks
-    /// it connected by `connection` (a name unique to one session of one gateway process).
-    /// False (nothing recorded) when the device is revoked or does not exist.
+    /// Records that a device was heard from, with fresh facts and its agent's version when
+    /// it sent them, and marks it connected by `connection` (a name unique to one session of
+    /// one gateway process). False (nothing recorded) when the device is revoked or does not
+    /// exist.
     pub async fn record_connected(
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
+        agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
     ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => {
-                s.record_connected(id.clone(), facts.cloned(), at, connection.to_owned())
-                    .await
+                s.record_connected(
+                    id.clone(),
+                    facts.cloned(),
+                    agent_version.map(str::to_owned),
+                    at,
+                    connection.to_owned(),
+                )
+                .await
             }
         }
     }
@@ -446,10 +454,16 @@ impl Store {
         }
     }
 
-    /// Records a console session (and drops the expired ones).
-    pub async fn create_console_session(&self, session: ConsoleSession) -> Result<(), StoreError> {
+    /// Records a console session (and drops the expired ones), with its sign-in's audit
+    /// event; the event's caller check (the session's key, usable and admin) is made again
+    /// inside the transaction.
+    pub async fn create_console_session(
+        &self,
+        session: ConsoleSession,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.create_console_session(session).await,
+            Backend::Sqlite(s) => s.create_console_session(session, audit).await,
         }
     }
 
@@ -474,10 +488,14 @@ impl Store {
         }
     }
 
-    /// Ends a console session.
-    pub async fn delete_console_session(&self, id_hash: &str) -> Result<(), StoreError> {
+    /// Ends a console session, recording `audit` (a sign-out) with it when given.
+    pub async fn delete_console_session(
+        &self,
+        id_hash: &str,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.delete_console_session(id_hash.to_owned()).await,
+            Backend::Sqlite(s) => s.delete_console_session(id_hash.to_owned(), audit).await,
         }
     }
 
@@ -527,10 +545,11 @@ impl DeviceDirectory for Store {
         &self,
         id: &DeviceId,
         facts: Option<&Facts>,
+        agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
     ) -> anyhow::Result<bool> {
-        Ok(Store::record_connected(self, id, facts, at, connection).await?)
+        Ok(Store::record_connected(self, id, facts, agent_version, at, connection).await?)
     }
 
     async fn record_disconnected(&self, id: &DeviceId, connection: &str) -> anyhow::Result<()> {

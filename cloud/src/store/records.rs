@@ -421,11 +421,15 @@ pub enum AuditAction {
     DeviceDelete,
     /// An invitation was cancelled.
     InvitationCancel,
+    /// A member signed in to the web console.
+    ConsoleSignIn,
+    /// A member signed out of the web console.
+    ConsoleSignOut,
 }
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 12] = [
+    pub const ALL: [AuditAction; 14] = [
         AuditAction::KeyCreate,
         AuditAction::KeyRevoke,
         AuditAction::KeyRotate,
@@ -438,6 +442,8 @@ impl AuditAction {
         AuditAction::DeviceUpdate,
         AuditAction::DeviceDelete,
         AuditAction::InvitationCancel,
+        AuditAction::ConsoleSignIn,
+        AuditAction::ConsoleSignOut,
     ];
 
     /// The action's name, e.g. "key.create".
@@ -455,6 +461,8 @@ impl AuditAction {
             AuditAction::DeviceUpdate => "device.update",
             AuditAction::DeviceDelete => "device.delete",
             AuditAction::InvitationCancel => "invitation.cancel",
+            AuditAction::ConsoleSignIn => "console.signin",
+            AuditAction::ConsoleSignOut => "console.signout",
         }
     }
 }
@@ -564,6 +572,8 @@ pub struct DeviceRecord {
     /// Whether a gateway marked a live session of it (set at Hello, cleared when the session
     /// ends or the device is revoked).
     pub connected: bool,
+    /// The version its agent gave in its latest Hello.
+    pub agent_version: Option<String>,
 }
 
 impl DeviceRecord {
@@ -584,6 +594,7 @@ impl DeviceRecord {
             revoked_at: self.revoked_at,
             certificate_serial: self.cert_serial.clone(),
             session_serial: None,
+            agent_version: self.agent_version.clone(),
         }
     }
 

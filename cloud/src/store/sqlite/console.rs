@@ -4,15 +4,18 @@ use heex_proto::KeyId;
 use rusqlite::{params, OptionalExtension};
 use time::OffsetDateTime;
 
-use super::{parsed, time_at, SqliteStore};
-use crate::store::{to_unix, ConsoleSession, StoreError};
+use super::{audit, keys, parsed, time_at, SqliteStore};
+use crate::store::{to_unix, AuditEntry, ConsoleSession, StoreError};
 
 impl SqliteStore {
     pub(crate) async fn create_console_session(
         &self,
         session: ConsoleSession,
+        audit: AuditEntry,
     ) -> Result<(), StoreError> {
         self.write(move |c| {
+            // The key may have been revoked since the sign-in checked it.
+            keys::caller(c, &audit)?;
             // Expired sessions and sign-in tokens are dropped whenever a session starts.
             let now = to_unix(session.created_at);
             c.prepare_cached("DELETE FROM console_sessions WHERE expires_at <= ?1")?
@@ -30,7 +33,7 @@ impl SqliteStore {
                 to_unix(session.last_seen_at),
                 to_unix(session.expires_at)
             ])?;
-            Ok(())
+            audit::insert(c, &audit)
         })
         .await
     }
@@ -71,11 +74,19 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn delete_console_session(&self, id_hash: String) -> Result<(), StoreError> {
+    pub(crate) async fn delete_console_session(
+        &self,
+        id_hash: String,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.prepare_cached("DELETE FROM console_sessions WHERE id_hash = ?1")?
+            let n = c
+                .prepare_cached("DELETE FROM console_sessions WHERE id_hash = ?1")?
                 .execute([id_hash])?;
-            Ok(())
+            match audit {
+                Some(audit) if n == 1 => audit::insert(c, &audit),
+                _ => Ok(()),
+            }
         })
         .await
     }

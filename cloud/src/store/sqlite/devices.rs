@@ -21,7 +21,8 @@ macro_rules! device_columns {
     () => {
         "SELECT d.id, d.workspace_id, d.name, d.labels, d.facts, d.spiffe_id,
                 d.enrolled_at, d.enrolled_by_key, m.email, d.cert_serial,
-                d.cert_expires_at, d.revoked_at, d.last_seen_at, d.connection IS NOT NULL"
+                d.cert_expires_at, d.revoked_at, d.last_seen_at, d.connection IS NOT NULL,
+                d.agent_version"
     };
 }
 const DEVICE_COLUMNS: &str = device_columns!();
@@ -313,6 +314,7 @@ impl SqliteStore {
         &self,
         id: DeviceId,
         facts: Option<Facts>,
+        agent_version: Option<String>,
         at: OffsetDateTime,
         connection: String,
     ) -> Result<bool, StoreError> {
@@ -330,11 +332,18 @@ impl SqliteStore {
                     "UPDATE devices
                      SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
                          facts = COALESCE(?2, facts),
+                         agent_version = COALESCE(?5, agent_version),
                          connected_at = CASE WHEN connection IS ?3 THEN connected_at ELSE ?1 END,
                          connection = ?3
                      WHERE id = ?4 AND revoked_at IS NULL",
                 )?
-                .execute(params![to_unix(at), facts, connection, id.as_str()])?;
+                .execute(params![
+                    to_unix(at),
+                    facts,
+                    connection,
+                    id.as_str(),
+                    agent_version
+                ])?;
             Ok(n == 1)
         })
         .await
@@ -392,5 +401,6 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         revoked_at: opt_time(row, 11)?,
         last_seen_at: opt_time(row, 12)?,
         connected: row.get(13)?,
+        agent_version: row.get(14)?,
     })
 }

@@ -181,7 +181,7 @@ async fn a_revoked_device_stores_nothing_more() {
     );
     assert!(f
         .store
-        .record_connected(&id, None, f.now, "test")
+        .record_connected(&id, None, None, f.now, "test")
         .await
         .unwrap());
     let revoke = audit(&f, AuditAction::DeviceRevoke, id.as_str());
@@ -199,7 +199,7 @@ async fn a_revoked_device_stores_nothing_more() {
     assert_eq!(stored.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
     assert!(!f
         .store
-        .record_connected(&id, None, f.now + time::Duration::minutes(1), "test")
+        .record_connected(&id, None, None, f.now + time::Duration::minutes(1), "test")
         .await
         .unwrap());
     assert_eq!(record(&f, &id).await.last_seen_at, Some(f.now));

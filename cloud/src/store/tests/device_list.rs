@@ -268,7 +268,7 @@ async fn connection_marks_filter_count_and_clear() {
     for (id, conn) in [(&ids[0], "gw-1"), (&ids[1], "gw-2")] {
         assert!(f
             .store
-            .record_connected(id, Some(&facts), f.now, conn)
+            .record_connected(id, Some(&facts), None, f.now, conn)
             .await
             .unwrap());
     }
@@ -303,7 +303,7 @@ async fn connection_marks_filter_count_and_clear() {
     assert!(walk(&f, connected.clone()).await.is_empty());
     assert!(!f
         .store
-        .record_connected(&ids[1], None, f.now, "gw-3")
+        .record_connected(&ids[1], None, None, f.now, "gw-3")
         .await
         .unwrap());
     assert!(walk(&f, connected.clone()).await.is_empty());
@@ -312,7 +312,7 @@ async fn connection_marks_filter_count_and_clear() {
     // devices expiring after 1 and 2 days, but the revoked one does not count.
     assert!(f
         .store
-        .record_connected(&ids[2], None, f.now, "gw-4")
+        .record_connected(&ids[2], None, None, f.now, "gw-4")
         .await
         .unwrap());
     let counts = f
@@ -388,7 +388,8 @@ async fn labels_and_counts_written_before_their_tables_are_found() {
             c.execute(&format!("DROP INDEX {idx}"), []).unwrap();
         }
         c.execute_batch(
-            "ALTER TABLE devices DROP COLUMN connection;
+            "ALTER TABLE devices DROP COLUMN agent_version;
+             ALTER TABLE devices DROP COLUMN connection;
              ALTER TABLE devices DROP COLUMN connected_at;
              CREATE INDEX devices_workspace ON devices(workspace_id, enrolled_at);",
         )

@@ -285,7 +285,7 @@ async fn expired_key_cannot_enroll() {
 }
 
 #[tokio::test]
-async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
+async fn seen_updates_time_and_keeps_facts_and_version_unless_new_ones_come() {
     let f = fixture().await;
     let d = device(&f, &f.key);
     f.store
@@ -294,7 +294,7 @@ async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
         .unwrap();
     let t1 = f.now + time::Duration::minutes(1);
     f.store
-        .record_connected(&d.id, None, t1, "test")
+        .record_connected(&d.id, None, None, t1, "test")
         .await
         .unwrap();
     let got = &f
@@ -305,18 +305,19 @@ async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
         .items[0];
     assert_eq!(got.last_seen_at, Some(t1));
     assert_eq!(got.facts, d.facts);
+    assert_eq!(got.agent_version, None, "no Hello yet");
     let fresh = Facts {
         hostname: Some("r1-renamed".into()),
         ..Facts::default()
     };
     let t2 = t1 + time::Duration::minutes(1);
     f.store
-        .record_connected(&d.id, Some(&fresh), t2, "test")
+        .record_connected(&d.id, Some(&fresh), Some("1.2.3"), t2, "test")
         .await
         .unwrap();
     // An older time never moves last_seen back.
     f.store
-        .record_connected(&d.id, None, t1, "test")
+        .record_connected(&d.id, None, None, t1, "test")
         .await
         .unwrap();
     let got = &f
@@ -327,9 +328,14 @@ async fn seen_updates_time_and_keeps_facts_unless_new_ones_come() {
         .items[0];
     assert_eq!(got.last_seen_at, Some(t2));
     assert_eq!(got.facts.as_ref(), Some(&fresh));
+    assert_eq!(
+        got.agent_version.as_deref(),
+        Some("1.2.3"),
+        "a heartbeat (no version) keeps the Hello's"
+    );
     // Unknown devices are simply not found.
     f.store
-        .record_connected(&DeviceId::generate(), None, t2, "test")
+        .record_connected(&DeviceId::generate(), None, None, t2, "test")
         .await
         .unwrap();
     assert!(f
