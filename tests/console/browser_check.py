@@ -6,7 +6,8 @@ otherwise the failed check is the last line of stderr.
 
 HEEX_URL, HEEX_OWNER_KEY, HEEX_FINGERPRINT, HEEX_INSTALLER, HEEX_AGENT, HEEX_MACHINE_DIR
 (under which each enrolled machine gets its own directory), HEEX_RESULT (a file where the
-key id that enrolled robot-7 is written).
+key id that enrolled robot-7 is written). With HEEX_SCREENSHOTS=DIR it also saves the
+screenshots of docs/console.md there (pages that show no key).
 """
 
 import json
@@ -93,6 +94,13 @@ def reveal(page, submit):
     return page.input_value("#reveal-secret")
 
 
+def screenshot(page, name):
+    """Saves the page as DIR/name.png when HEEX_SCREENSHOTS=DIR."""
+    out = os.environ.get("HEEX_SCREENSHOTS")
+    if out:
+        page.screenshot(path=str(Path(out) / f"{name}.png"), full_page=True)
+
+
 def install(name, key):
     """The real heex-installer enrolls machine `name` with `key`; returns the completed run."""
     machine = MACHINES / name
@@ -172,6 +180,7 @@ def run():
         accessible(owner, "API Keys with a revealed key")
         owner.reload()
         check(owner.locator("tbody td:first-child", has_text="robot-fleet").count() == 1, "the new key is listed")
+        screenshot(owner, "keys")
         no_secret_in_html(owner_ctx, "owner")
         copied_key = clipboard(owner)
         key_id = new_key[5:17]
@@ -193,6 +202,7 @@ def run():
         adder = owner_ctx.new_page()
         adder.goto(URL + "/console/add-device")
         accessible(adder, "Add device")
+        screenshot(adder, "add-device")
         adder.select_option("#enroll-key", key_id)
         adder.click("#pick-key button[type=submit]")
         adder.wait_for_selector("#commands:not([hidden])")
@@ -221,11 +231,13 @@ def run():
         expect(adder.locator("#wait-status")).to_have_text("robot-7 connected.", timeout=LIVE_MS)
         check(True, "Add device says robot-7 connected")
         accessible(fleet, "Devices with a connected machine")
+        screenshot(fleet, "devices")
 
         # The device's page: facts, labels saved from the console, then the label filter.
         fleet.click("#device-rows a:text-is('robot-7')")
         fleet.wait_for_url("**/console/devices/*")
         check(fleet.locator("#device-status .status.connected").count() == 1, "the device page says connected")
+        screenshot(fleet, "device")
         accessible(fleet, "a device's page")
         fleet.fill("#labels", "site=lyon\nrole=arm")
         fleet.click("form[action$='/labels'] button")
@@ -244,6 +256,7 @@ def run():
         SECRETS.append(link.split("#", 1)[1])
         owner.reload()
         check(owner.locator("tbody td:first-child", has_text="bob@example.com").count() == 1, "the invitation is pending")
+        screenshot(owner, "settings")
 
         # Bob, in his own browser context, accepts, gets his first key and is signed in.
         bob_ctx = context(browser)
@@ -349,6 +362,7 @@ def run():
         check(owner.locator("td code", has_text="key.create").count() >= 2, "the audit log lists key creations")
         check(owner.locator("td code", has_text="member.remove").count() == 0, "the action filter applies")
         accessible(owner, "Audit log")
+        screenshot(owner, "audit")
         no_secret_in_html(owner_ctx, "owner at the end")
 
         owner.goto(URL + "/console/audit?action=console.")

@@ -189,8 +189,8 @@
 
   // Live parts: an element with data-live-src is refreshed from that URL every few seconds
   // while the page is visible. Rows (data-live-rows) keep focus and selection: when the same
-  // rows come back, only their data-live cells change; otherwise the rows are replaced and
-  // ticked boxes stay ticked.
+  // rows come back, only their data-live cells (none of which holds a control) change;
+  // otherwise the rows are replaced and ticked boxes stay ticked.
   function rowIds(root) {
     return Array.prototype.map.call(root.querySelectorAll("tr"), function (r) {
       return r.getAttribute("data-id") || "";

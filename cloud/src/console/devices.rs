@@ -177,7 +177,7 @@ pub(super) async fn list_page(
     let listed = Listed { page, summary };
     let now = OffsetDateTime::now_utc();
     if form.part == "rows" {
-        return pages::html_response(StatusCode::OK, markup::live_part(&listed, &form, now));
+        return pages::html_response(StatusCode::OK, markup::live_part(&listed, now));
     }
     let flash = form.flash();
     pages::html_response(

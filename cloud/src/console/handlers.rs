@@ -500,18 +500,79 @@ pub(super) async fn invite(
         Ok(Form(f)) => f,
         Err(r) => return bad_form(&headers, &r),
     };
-    let caller = signed.caller;
     let req = InviteRequest {
         email: form.email,
         role: form.role,
         expires_in_secs: None,
     };
-    match invitations::invite(State(state), caller.clone(), ApiJson(req)).await {
+    invite_and_reveal(&state, &signed.caller, req, &uri, &headers).await
+}
+
+/// Re-creates a pending invitation (a lost or expiring link): a new invitation for the same
+/// email and role, whose link is revealed, then the old one is cancelled. If the new one is
+/// refused (the person joined meanwhile, say), the old one stays as it was.
+pub(super) async fn recreate_invitation(
+    State(state): State<AppState>,
+    signed: Signed,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let caller = signed.caller;
+    let mut after = None;
+    let old = loop {
+        let page = ApiQuery(PageQuery {
+            limit: Some(MAX_PAGE_LIMIT),
+            after: after.take(),
+        });
+        match invitations::list(State(state.clone()), caller.clone(), page).await {
+            Ok(Json(p)) => {
+                if let Some(inv) = p.invitations.into_iter().find(|i| i.id == id) {
+                    break inv;
+                }
+                match p.next_after {
+                    Some(next) => after = Some(next),
+                    None => {
+                        return failure(
+                            &headers,
+                            ApiError::not_found(
+                                "no such pending invitation: it was accepted, cancelled or has                                  expired; invite the person again",
+                            ),
+                        )
+                    }
+                }
+            }
+            Err(e) => return failure(&headers, e),
+        }
+    };
+    let req = InviteRequest {
+        email: old.email,
+        role: old.role,
+        expires_in_secs: None,
+    };
+    let shown = invite_and_reveal(&state, &caller, req, &uri, &headers).await;
+    if !shown.status().is_success() {
+        return shown;
+    }
+    match invitations::cancel(State(state), caller, Path(id)).await {
+        Ok(_) => shown,
+        Err(e) => failure(&headers, e),
+    }
+}
+
+async fn invite_and_reveal(
+    state: &AppState,
+    caller: &Caller,
+    req: InviteRequest,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response {
+    match invitations::invite(State(state.clone()), caller.clone(), ApiJson(req)).await {
         Ok((_, Json(inv))) => {
-            let link = format!("{}/console/join#{}", origin(&headers, &uri), inv.token);
+            let link = format!("{}/console/join#{}", origin(headers, uri), inv.token);
             reveal(
-                &headers,
-                Some(&viewer(&caller)),
+                headers,
+                Some(&viewer(caller)),
                 "Invitation link",
                 &format!("Invitation for {}", inv.email),
                 &link,
@@ -523,7 +584,7 @@ pub(super) async fn invite(
                 ),
             )
         }
-        Err(e) => failure(&headers, e),
+        Err(e) => failure(headers, e),
     }
 }
 

@@ -96,6 +96,10 @@ fn routes() -> Router<AppState> {
             post(handlers::cancel_invitation),
         )
         .route(
+            "/console/invitations/{id}/recreate",
+            post(handlers::recreate_invitation),
+        )
+        .route(
             "/console/members/{id}/remove",
             post(handlers::remove_member),
         )

@@ -378,6 +378,10 @@ pub fn settings(
                             td { (inv.email) } td { (inv.role.as_str()) } td { (inv.invited_by) }
                             td { (time_cell(inv.expires_at, now)) }
                             td.actions {
+                                form method="post" action={"/console/invitations/" (inv.id) "/recreate"} data-reveal="invitation link"
+                                    data-confirm={"Re-create the invitation of " (inv.email) "? You get a new link; the old one stops working."} {
+                                    button type="submit" aria-label={"Re-create the invitation of " (inv.email)} { "Re-create" }
+                                }
                                 form method="post" action={"/console/invitations/" (inv.id) "/cancel"}
                                     data-confirm={"Cancel the invitation of " (inv.email) "? Its link stops working at once."} {
                                     button type="submit" .danger aria-label={"Cancel the invitation of " (inv.email)} { "Cancel" }

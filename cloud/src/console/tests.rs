@@ -949,3 +949,63 @@ async fn sign_in_and_sign_out_are_in_the_audit_log() {
     );
     assert!(page.contains("api_key"));
 }
+
+#[tokio::test]
+async fn re_creating_an_invitation_gives_a_new_link_and_retires_the_old() {
+    let c = console().await;
+    let session = c.signed_in_owner().await;
+    let a = c
+        .api_post(
+            "/v1/invitations",
+            &c.owner_key,
+            serde_json::json!({"email": "carol@example.com", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let old: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let old_id = old["id"].as_str().unwrap();
+    let old_token = old["token"].as_str().unwrap();
+    let path = format!("/console/invitations/{old_id}/recreate");
+    let r = c
+        .post(&path, Some(&session), Some(SAME_ORIGIN), "", true)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers.get("cache-control").unwrap(), "no-store");
+    let shown: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let link = shown["secret"].as_str().unwrap();
+    let (_, token) = link.split_once("/console/join#").unwrap();
+    assert!(token.starts_with("heexinv_") && token != old_token);
+    let page = c.get("/console/settings", Some(&session)).await.body;
+    assert!(page.contains("carol@example.com"));
+    assert!(
+        !page.contains(old_id),
+        "the old invitation is still pending"
+    );
+    assert!(!page.contains(token));
+    // The old link no longer works; the new one does (as admin, as invited).
+    let refused = c
+        .post(
+            "/console/join",
+            None,
+            Some(SAME_ORIGIN),
+            &format!("token={old_token}"),
+            true,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    let joined = c
+        .post(
+            "/console/join",
+            None,
+            Some(SAME_ORIGIN),
+            &format!("token={token}"),
+            true,
+        )
+        .await;
+    assert_eq!(joined.status, StatusCode::OK, "{}", joined.body);
+    // Re-creating one that is gone says so.
+    let gone = c
+        .post(&path, Some(&session), Some(SAME_ORIGIN), "", true)
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
+}

@@ -4,7 +4,7 @@ use heex_proto::api::{DeviceInfo, ReportInfo};
 use maud::{html, Markup};
 use time::OffsetDateTime;
 
-use super::{page, relative, time_cell, when, Viewer};
+use super::{page, relative, time_cell, Viewer};
 use crate::console::devices::{ListForm, Listed, MAX_BULK};
 
 /// A certificate expiring within this long is highlighted.
@@ -57,7 +57,7 @@ fn os_arch(d: &DeviceInfo) -> Markup {
 fn cert_cell(d: &DeviceInfo, now: OffsetDateTime) -> Markup {
     let near = d.revoked_at.is_none() && d.certificate_expires_at - now <= CERT_NEAR;
     html! {
-        td class=[near.then_some("near")] {
+        td data-live class=[near.then_some("near")] {
             (time_cell(d.certificate_expires_at, now))
             @if near { " " span.badge { "soon" } }
         }
@@ -70,11 +70,11 @@ fn row(d: &DeviceInfo, now: OffsetDateTime) -> Markup {
         tr data-id=(id) {
             td { input type="checkbox" name="id" value=(id) form="bulk" aria-label={"Select " (d.name)}; }
             td { a href={"/console/devices/" (id)} { (d.name) } br; small { code { (id) } } }
-            td { (labels(d)) }
+            td data-live { (labels(d)) }
             td data-live { (status_badge(d)) }
             td data-live { @match d.last_seen_at { Some(t) => (time_cell(t, now)), None => "never" } }
-            td { (os_arch(d)) }
-            td { @match &d.agent_version { Some(v) => (v), None => "—" } }
+            td data-live { (os_arch(d)) }
+            td data-live { @match &d.agent_version { Some(v) => (v), None => "—" } }
             (cert_cell(d, now))
             td { (d.enrolled_by_member) br; small { code { (d.enrolled_by_key.as_str()) } } }
         }
@@ -94,8 +94,7 @@ fn rows(listed: &Listed, now: OffsetDateTime) -> Markup {
 }
 
 /// The part of the list the page's script refreshes: the counts and the rows.
-pub fn live_part(listed: &Listed, form: &ListForm, now: OffsetDateTime) -> Markup {
-    let _ = form;
+pub fn live_part(listed: &Listed, now: OffsetDateTime) -> Markup {
     html! {
         div {
             p #device-counts { (counts(listed)) }
@@ -324,7 +323,6 @@ pub fn detail(
                     button type="submit" .danger { "Delete this device's record" }
                 }
             }
-            p { small { "Shown " (when(now)) } }
         },
     )
 }
