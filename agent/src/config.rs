@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use heex_proto::DeviceId;
+use heex_proto::gateway_addr::GatewayAddrError;
+use heex_proto::{DeviceId, GatewayAddr};
 use serde::Deserialize;
 
 /// Where the agent looks for its configuration when no path is given.
@@ -126,10 +127,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let (host, _port) = split_host_port(&self.gateway)?;
-        if host.is_empty() {
-            return Err(format!("gateway {:?} has no host", self.gateway));
-        }
+        self.gateway_addr()?;
         if !(self.server.starts_with("https://") || self.server.starts_with("http://")) {
             return Err(format!("server {:?} must be an https:// URL", self.server));
         }
@@ -166,14 +164,23 @@ impl Config {
         Ok(())
     }
 
-    /// The gateway's host name or IP address.
-    pub fn gateway_host(&self) -> &str {
-        split_host_port(&self.gateway).map(|(h, _)| h).unwrap_or("")
+    /// The gateway's address, parsed as the cloud and the installer parse it.
+    pub fn gateway_addr(&self) -> Result<GatewayAddr, String> {
+        self.gateway
+            .parse()
+            .map_err(|e: GatewayAddrError| e.to_string())
+    }
+
+    /// The gateway's host name or IP address (IPv6 without brackets).
+    pub fn gateway_host(&self) -> String {
+        self.gateway_addr()
+            .map(|a| a.host().to_owned())
+            .unwrap_or_default()
     }
 
     /// The gateway's port.
     pub fn gateway_port(&self) -> u16 {
-        split_host_port(&self.gateway).map(|(_, p)| p).unwrap_or(0)
+        self.gateway_addr().map_or(0, |a| a.port())
     }
 
     /// The device's private key.
@@ -210,22 +217,6 @@ impl Config {
         }
         self.state_dir.join("agent.sock")
     }
-}
-
-/// Splits `host:port` (or `[v6]:port`), with the brackets removed from IPv6 hosts.
-fn split_host_port(s: &str) -> Result<(&str, u16), String> {
-    let bad = || format!("gateway {s:?} must be host:port");
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let host = match host.strip_prefix('[') {
-        Some(rest) => rest.strip_suffix(']').ok_or_else(bad)?,
-        None if host.contains(':') => return Err(bad()),
-        None => host,
-    };
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if port == 0 {
-        return Err(bad());
-    }
-    Ok((host, port))
 }
 
 fn one_line(s: &str) -> String {

@@ -98,7 +98,7 @@ pub async fn run(
         cancel.clone(),
     )?;
     let mut params = SessionParams {
-        host: config.gateway_host().to_owned(),
+        host: config.gateway_host(),
         port: config.gateway_port(),
         device_id: config.device_id.clone(),
         tls: creds.tls.clone(),

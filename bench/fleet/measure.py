@@ -76,6 +76,9 @@ def main():
     timed("sorted by name, first page", "/v1/devices?sort=name")
     timed("sorted by last seen, newest first", "/v1/devices?sort=-last_seen")
     timed("search (name contains 'robot-09')", "/v1/devices?search=robot-09")
+    timed("search (name contains 'robot-0912', 0.1%)", "/v1/devices?search=robot-0912")
+    timed("search (id or name contains 'abc', rare)", "/v1/devices?search=abc")
+    timed("search 'robot-0912', by name", "/v1/devices?search=robot-0912&sort=name")
 
 
 def console(conn, u, key, repeat):

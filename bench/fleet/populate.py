@@ -6,6 +6,7 @@ device enrolled with the owner's first key), in one transaction, so that list an
 queries can be measured at fleet scale without N real enrollments. Usage:
     populate.py DATA_DIR N
 Labels: site=site-00..site-99 (1% of the fleet each), retired=yes on 1 device in 100.
+The triggers of the store keep the counts and the search index as enrollment would.
 """
 import json
 import os
@@ -39,7 +40,7 @@ def main():
     now = int(time.time())
     start = now - n  # one enrollment a second, the last one now
     facts = json.dumps({"hostname": "robot", "os": "Debian GNU/Linux 12", "arch": "x86_64",
-                        "agent_version": "0.1.0", "cpus": 4})
+                        "cpus": 4})
     t0 = time.time()
     db.execute("BEGIN")
     batch, labels = [], []
@@ -51,7 +52,7 @@ def main():
         seen = None if i % 10 == 0 else now - rng.randrange(0, 30 * 86400)
         batch.append((dev, ws, f"robot-{i:07d}", json.dumps(lab), facts,
                       f"spiffe://{domain}/ws/{ws}/device/{dev}", start + i, domain_key,
-                      member, f"{i:032x}", now + rng.randrange(0, 30 * 86400), seen))
+                      member, f"{i:032x}", now + rng.randrange(0, 30 * 86400), seen, "0.1.0"))
         labels.extend((dev, ws, start + i, k, v) for k, v in lab.items())
         if len(batch) == 10000:
             flush(db, batch, labels)
@@ -67,8 +68,8 @@ def main():
 def flush(db, batch, labels):
     db.executemany(
         "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id, enrolled_at,"
-        " enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at, last_seen_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+        " enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at, last_seen_at,"
+        " agent_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
     db.executemany(
         "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)"
         " VALUES (?, ?, ?, ?, ?)", labels)

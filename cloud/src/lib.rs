@@ -231,18 +231,12 @@ fn local_addr(
     })
 }
 
-/// Checks a `host:port` flag value.
+/// Checks a `host:port` flag value, as the installer and the agent will read it.
 fn check_host_port(value: &str) -> Result<String, Error> {
-    let usage = || {
-        Error::Usage(format!(
-            "--gateway-advertise {value:?} must be host:port, e.g. gw.example.com:8444"
-        ))
-    };
-    let (host, port) = value.rsplit_once(':').ok_or_else(usage)?;
-    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(usage());
-    }
-    Ok(value.to_owned())
+    value
+        .parse::<heex_proto::GatewayAddr>()
+        .map(|a| a.to_string())
+        .map_err(|e| Error::Usage(format!("--gateway-advertise: {e}")))
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.
@@ -274,7 +268,7 @@ mod tests {
     fn host_port_flag() {
         assert!(check_host_port("gw.example:8444").is_ok());
         assert!(check_host_port("[::1]:8444").is_ok());
-        for bad in ["gw.example", ":8444", "gw:0", "gw:http"] {
+        for bad in ["gw.example", ":8444", "gw:0", "gw:http", "::1:8444"] {
             assert_eq!(check_host_port(bad).unwrap_err().exit_code(), 64, "{bad}");
         }
     }

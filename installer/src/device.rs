@@ -197,16 +197,12 @@ pub fn check_response(
     })
 }
 
+/// The gateway address of an enrollment answer, parsed as the agent will parse it.
 fn check_gateway(gateway: &str) -> Result<(), String> {
-    let bad = || format!("gateway address {gateway:?} is not host:port");
-    let (host, port) = gateway.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(bad());
-    }
-    if gateway.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad());
-    }
-    Ok(())
+    gateway
+        .parse::<heex_proto::GatewayAddr>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -13,12 +13,14 @@ pub mod base62;
 pub mod exit;
 pub mod fingerprint;
 pub mod frame;
+pub mod gateway_addr;
 pub mod identity;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 
 pub use apikey::{ApiKey, KeyId, KeyParseError};
 pub use fingerprint::Fingerprint;
+pub use gateway_addr::GatewayAddr;
 pub use identity::{DeviceId, MemberId, SpiffeId, WorkspaceId};
 
 /// ALPN protocol identifier spoken on the gateway.

@@ -264,6 +264,13 @@ impl Cloud {
 
     /// Like [`Cloud::start`], with extra `serve` arguments.
     pub fn start_with(serve_args: &[&str]) -> Cloud {
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        Self::start_at(loopback, loopback, serve_args)
+    }
+
+    /// Like [`Cloud::start_with`], with the API and the gateway on these addresses (port 0:
+    /// chosen by the OS).
+    pub fn start_at(api: SocketAddr, gateway: SocketAddr, serve_args: &[&str]) -> Cloud {
         let logs = Logs::new();
         let data_dir = tempfile::Builder::new()
             .prefix("heex-cloud-")
@@ -291,12 +298,12 @@ impl Cloud {
             logs,
             data_dir,
             api_url: String::new(),
-            gateway: "127.0.0.1:0".parse().unwrap(),
+            gateway,
             owner_key,
             fingerprint,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             proc: None,
-            api_addr: "127.0.0.1:0".parse().unwrap(),
+            api_addr: api,
         };
         cloud.serve();
         cloud

@@ -80,6 +80,61 @@ fn wait_listed(cloud: &Cloud, id: &str, connected: bool) -> Value {
     )
 }
 
+/// A cloud on IPv6 loopback that advertises its gateway as `[::1]:PORT`: a machine enrolls
+/// over IPv6 and its agent connects, because the address the cloud accepts is one the
+/// installer and the agent read the same way. The unbracketed form is refused at start,
+/// with the fix.
+#[test]
+fn a_cloud_on_ipv6_loopback_advertising_its_gateway_connects_machines() {
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .expect("IPv6 loopback (::1) is needed by this test")
+        .local_addr()
+        .unwrap()
+        .port();
+    let advertised = format!("[::1]:{port}");
+    let mut cloud = Cloud::start_at(
+        "[::1]:0".parse().unwrap(),
+        advertised.parse().unwrap(),
+        &["--gateway-advertise", &advertised],
+    );
+    assert!(
+        cloud.api_url.starts_with("https://[::1]:"),
+        "{}",
+        cloud.api_url
+    );
+    let (machine, id) = enrolled(&cloud, &cloud.owner_key.clone(), "v6-robot");
+    let toml = fs::read_to_string(machine.agent_config()).unwrap();
+    assert!(
+        toml.contains(&format!("gateway = \"{advertised}\"")),
+        "{toml}"
+    );
+    let mut agent = machine.agent(&cloud.logs);
+    wait_connected(&machine, 1, "the agent to connect over IPv6");
+    wait_listed(&cloud, &id, true);
+    agent.signal("TERM");
+    agent
+        .wait_timeout(TIMEOUT)
+        .expect("the agent stops on SIGTERM");
+
+    cloud.stop();
+    let out = cloud.logs.run(
+        "cloud-serve-unbracketed",
+        Command::new(bin("heex-cloud"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(cloud.data())
+            .args(["--listen", "[::1]:0", "--gateway-listen", "[::1]:0"])
+            .args(["--gateway-advertise", &format!("::1:{port}")]),
+        TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("without brackets") && stderr.contains("[::1]:8444"),
+        "{stderr}"
+    );
+}
+
 /// Gateway log lines "session accepted" naming `id`, over every cloud process so far.
 fn sessions_accepted(cloud: &Cloud, id: &str) -> usize {
     cloud

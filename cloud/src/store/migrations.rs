@@ -303,6 +303,43 @@ CREATE INDEX console_signin_tokens_expiry ON console_signin_tokens(expires_at);
 ALTER TABLE devices ADD COLUMN agent_version TEXT;
 "#,
     },
+    // Text search that stays fast when few devices match.
+    Migration {
+        version: 9,
+        description: "a trigram index of device names and ids for text search",
+        sql: r#"
+-- Every substring of three characters or more of a device's name and id, in an FTS5 index
+-- with the trigram tokenizer. Its rows are keyed by device_search_rows.id, an INTEGER
+-- PRIMARY KEY (a table's implicit rowid may change on VACUUM; this one does not). Kept by
+-- triggers in the transaction of each enrollment, rename and deletion.
+CREATE TABLE device_search_rows (
+    id         INTEGER PRIMARY KEY,
+    device_id  TEXT NOT NULL UNIQUE
+);
+CREATE VIRTUAL TABLE device_search USING fts5(
+    workspace_id UNINDEXED, name, device_id, tokenize = 'trigram'
+);
+INSERT INTO device_search_rows (device_id) SELECT id FROM devices ORDER BY enrolled_at, id;
+INSERT INTO device_search (rowid, workspace_id, name, device_id)
+    SELECT r.id, d.workspace_id, d.name, d.id
+    FROM device_search_rows r JOIN devices d ON d.id = r.device_id;
+CREATE TRIGGER device_search_insert AFTER INSERT ON devices BEGIN
+    INSERT INTO device_search_rows (device_id) VALUES (new.id);
+    INSERT INTO device_search (rowid, workspace_id, name, device_id)
+        VALUES (last_insert_rowid(), new.workspace_id, new.name, new.id);
+END;
+CREATE TRIGGER device_search_rename AFTER UPDATE OF name ON devices
+WHEN new.name IS NOT old.name BEGIN
+    UPDATE device_search SET name = new.name
+        WHERE rowid = (SELECT id FROM device_search_rows WHERE device_id = new.id);
+END;
+CREATE TRIGGER device_search_delete AFTER DELETE ON devices BEGIN
+    DELETE FROM device_search
+        WHERE rowid = (SELECT id FROM device_search_rows WHERE device_id = old.id);
+    DELETE FROM device_search_rows WHERE device_id = old.id;
+END;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

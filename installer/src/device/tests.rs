@@ -133,7 +133,8 @@ fn gateway_addresses() {
     assert!(check_gateway("127.0.0.1:8444").is_ok());
     assert!(check_gateway("[::1]:8444").is_ok());
     assert!(check_gateway("gw.example:443").is_ok());
-    for bad in ["", ":1", "h:", "h:0", "h:99999", "h 1:2"] {
+    // Each address the agent would refuse, an unbracketed IPv6 address included.
+    for bad in ["", ":1", "h:", "h:0", "h:99999", "h 1:2", "::1:8444"] {
         assert!(check_gateway(bad).is_err(), "{bad}");
     }
 }

@@ -52,6 +52,10 @@ pub(super) fn write_labels(
     Ok(())
 }
 
+/// Most trigram-index matches of a search text for which the index drives the page (the
+/// matches are then sorted); above, the walk in page order does.
+const SEARCH_DRIVES_UP_TO: i64 = 10_000;
+
 /// `s` with LIKE's wildcards and the escape character escaped (escape `\\`).
 fn like_escaped(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -126,16 +130,52 @@ impl SqliteStore {
             // Only the conditions in use appear, so each combination gets its own cached
             // statement and the planner can pick the matching index.
             let ws = || Value::Text(workspace.as_str().to_owned());
-            // In enrollment order with a label that must be set, the label index drives:
-            // it holds exactly the matching devices, in page order (otherwise a rare label
-            // would cost a walk over every device between two matches).
+            // A search whose text matches few devices is driven by the trigram index: its
+            // matches are read, then sorted (at most SEARCH_DRIVES_UP_TO of them). A text
+            // matching more is frequent enough for the walk in page order to meet a page
+            // of matches soon.
+            let searched = match &q.search {
+                Some(text) if text.chars().count() >= 3 => {
+                    let phrase = format!("\"{}\"", text.replace('"', "\"\""));
+                    let candidates: i64 = c
+                        .prepare_cached(
+                            "SELECT COUNT(*) FROM (SELECT 1 FROM device_search
+                             WHERE device_search MATCH ?1 AND workspace_id = ?2 LIMIT ?3)",
+                        )?
+                        .query_row(
+                            params![phrase, workspace.as_str(), SEARCH_DRIVES_UP_TO + 1],
+                            |r| r.get(0),
+                        )?;
+                    (candidates <= SEARCH_DRIVES_UP_TO).then_some(phrase)
+                }
+                _ => None,
+            };
+            // Otherwise, in enrollment order with a label that must be set, the label index
+            // drives: it holds exactly the matching devices, in page order (otherwise a rare
+            // label would cost a walk over every device between two matches).
             let driver = match q.sort {
-                DeviceSort::Enrolled => q.labels.iter().position(|s| {
+                DeviceSort::Enrolled if searched.is_none() => q.labels.iter().position(|s| {
                     matches!(s, LabelSelector::Equals(..) | LabelSelector::Exists(_))
                 }),
                 _ => None,
             };
             let (mut sql, mut values, columns) = match driver.map(|i| &q.labels[i]) {
+                None if searched.is_some() => (
+                    format!(
+                        "{DEVICE_COLUMNS} FROM device_search s
+                         CROSS JOIN device_search_rows r ON r.id = s.rowid
+                         CROSS JOIN devices d ON d.id = r.device_id
+                         JOIN members m ON m.id = d.enrolled_by_member
+                         WHERE device_search MATCH ? AND s.workspace_id = ?
+                         AND d.workspace_id = ?"
+                    ),
+                    vec![
+                        Value::Text(searched.clone().unwrap_or_default()),
+                        ws(),
+                        ws(),
+                    ],
+                    [q.sort.column(), "d.id"],
+                ),
                 Some(sel) => {
                     let mut sql = format!(
                         "{DEVICE_COLUMNS} FROM device_labels l
@@ -190,6 +230,7 @@ impl SqliteStore {
                     }
                 }
             }
+            // The exact test, also behind the trigram index (whose case folding is wider).
             if let Some(text) = &q.search {
                 sql.push_str(" AND (d.name LIKE ? ESCAPE '\\' OR d.id LIKE ? ESCAPE '\\')");
                 let pattern = format!("%{}%", like_escaped(text));

@@ -370,6 +370,11 @@ async fn labels_and_counts_written_before_their_tables_are_found() {
              DROP TABLE device_expiry_days;
              DROP TABLE console_sessions;
              DROP TABLE console_signin_tokens;
+             DROP TRIGGER device_search_insert;
+             DROP TRIGGER device_search_rename;
+             DROP TRIGGER device_search_delete;
+             DROP TABLE device_search;
+             DROP TABLE device_search_rows;
              DELETE FROM schema_version WHERE version >= 6;",
         )
         .unwrap();
@@ -406,4 +411,76 @@ async fn labels_and_counts_written_before_their_tables_are_found() {
             .collect::<Vec<_>>(),
         ["robot-001"]
     );
+    // The search index is made from the stored devices too.
+    let mut search = query(100);
+    search.search = Some("bot-000".into());
+    let got = store.query_devices(&f.ws, search).await.unwrap();
+    assert_eq!(got.items.len(), 1);
+}
+
+#[tokio::test]
+async fn search_follows_renames_and_deletions_and_pages_in_every_order() {
+    let f = fixture().await;
+    let ids = enroll_many(&f, 30, site).await;
+    let names = |q: DeviceQuery| async { walk(&f, q).await };
+    let searching = |text: &str, limit: u32| {
+        let mut q = query(limit);
+        q.search = Some(text.into());
+        q
+    };
+    let want: Vec<String> = (10..20).map(|i| format!("robot-{i:03}")).collect();
+    assert_eq!(names(searching("BOT-01", 3)).await, want);
+    let mut backwards = searching("bot-01", 4);
+    backwards.sort = DeviceSort::Name;
+    backwards.descending = true;
+    let mut reversed = want.clone();
+    reversed.reverse();
+    assert_eq!(names(backwards).await, reversed);
+    // With a label: lyon is i % 3 == 0.
+    let mut lyon = searching("bot-01", 2);
+    lyon.labels = vec![LabelSelector::Equals("site".into(), "lyon".into())];
+    assert_eq!(names(lyon).await, ["robot-012", "robot-015", "robot-018"]);
+
+    let upd = || audit(&f, AuditAction::DeviceUpdate, "d");
+    f.store
+        .update_device(&f.ws, &ids[15], Some("arm-15".into()), None, upd())
+        .await
+        .unwrap();
+    assert_eq!(names(searching("bot-01", 100)).await.len(), 9);
+    assert_eq!(names(searching("ARM-1", 100)).await, ["arm-15"]);
+    // By id, still.
+    assert_eq!(
+        names(searching(&ids[15].as_str()[4..], 100)).await,
+        ["arm-15"]
+    );
+    f.store
+        .revoke_device(
+            &f.ws,
+            &ids[12],
+            f.now,
+            audit(&f, AuditAction::DeviceRevoke, "d"),
+        )
+        .await
+        .unwrap();
+    f.store
+        .delete_device(&f.ws, &ids[12], audit(&f, AuditAction::DeviceDelete, "d"))
+        .await
+        .unwrap();
+    assert_eq!(names(searching("bot-01", 100)).await.len(), 8);
+    // Quotes and FTS syntax in the text are literal.
+    assert!(names(searching("\"robot-01\" OR arm", 100))
+        .await
+        .is_empty());
+    assert!(names(searching("robot-01*", 100)).await.is_empty());
+    // Another workspace's devices are never candidates.
+    let other = heex_proto::WorkspaceId::generate();
+    let mut elsewhere = query(100);
+    elsewhere.search = Some("robot-0".into());
+    assert!(f
+        .store
+        .query_devices(&other, elsewhere)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
 }
