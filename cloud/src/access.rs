@@ -22,7 +22,7 @@ use heex_proto::MemberId;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::store::{KeyRecord, Revocation, Role};
+use crate::store::{KeyRecord, KeyUsability, Revocation, Role};
 
 /// Why a caller may not do something. Maps to the API's 401/403 answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,47 +75,42 @@ impl DeviceAction {
     }
 }
 
-/// Why an authentic key cannot be used at `now`, if it cannot.
+/// Why an authentic key cannot be used at `now`, if it cannot (a key whose enrollments are
+/// all spent can still do what needs no enrollment).
 pub fn unusable(key: &KeyRecord, now: OffsetDateTime) -> Option<Refusal> {
-    // A revocation scheduled for the end of a rotation overlap does not count before then.
-    if let Some(at) = key.revoked_at.filter(|at| *at <= now) {
-        let by = key.revoked_by.as_deref().unwrap_or("an admin");
-        let message = match key.revoked_reason {
-            Some(Revocation::MemberRemoved) => format!(
-                "API key {} was revoked on {} because its owner {} was removed from the \
-                 workspace by {by}",
-                key.id,
-                rfc3339(at),
-                key.member_email
-            ),
-            _ => format!(
-                "API key {} was revoked on {} by {by}; ask an admin for a new key",
-                key.id,
-                rfc3339(at)
-            ),
-        };
-        return Some(Refusal::Revoked(message));
-    }
-    // A key that outlived its member's removal (created while the removal ran) is
-    // refused as well.
-    if let Some(removed) = key.member_removed_at {
-        return Some(Refusal::Revoked(format!(
+    match key.usability(now) {
+        KeyUsability::Usable | KeyUsability::UsesSpent(_) => None,
+        KeyUsability::Revoked(at) => {
+            let by = key.revoked_by.as_deref().unwrap_or("an admin");
+            Some(Refusal::Revoked(match key.revoked_reason {
+                Some(Revocation::MemberRemoved) => format!(
+                    "API key {} was revoked on {} because its owner {} was removed from the \
+                     workspace by {by}",
+                    key.id,
+                    rfc3339(at),
+                    key.member_email
+                ),
+                _ => format!(
+                    "API key {} was revoked on {} by {by}; ask an admin for a new key",
+                    key.id,
+                    rfc3339(at)
+                ),
+            }))
+        }
+        KeyUsability::OwnerRemoved(removed) => Some(Refusal::Revoked(format!(
             "API key {} cannot be used: its owner {} was removed from workspace {} on {}; \
              ask an admin for a new invitation",
             key.id,
             key.member_email,
             key.workspace_name,
             rfc3339(removed)
-        )));
-    }
-    if key.expires_at <= now {
-        return Some(Refusal::Expired(format!(
+        ))),
+        KeyUsability::Expired(at) => Some(Refusal::Expired(format!(
             "API key {} expired on {}; create a new key",
             key.id,
-            rfc3339(key.expires_at)
-        )));
+            rfc3339(at)
+        ))),
     }
-    None
 }
 
 /// Decides whether `key` may do `action`, which needs `need`, at `now`.
@@ -132,8 +127,8 @@ pub fn check(
         Need::Usable => Ok(()),
         Need::Enroll => {
             require_scope(key, &[Scope::Enroll, Scope::Admin], action)?;
-            match key.max_uses {
-                Some(max) if key.uses >= max => Err(Refusal::Forbidden(format!(
+            match key.usability(now) {
+                KeyUsability::UsesSpent(max) => Err(Refusal::Forbidden(format!(
                     "API key {} has used all of its {max} enrollments; create a new key",
                     key.id
                 ))),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use heex_proto::{DeviceId, WorkspaceId};
 use time::OffsetDateTime;
 
-use super::{AuditEntry, Backend, Store, StoreError};
+use super::{ops, AuditEntry, Store, StoreError};
 
 /// What deleting a device did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,18 +31,9 @@ impl Store {
         not_after: OffsetDateTime,
         at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.record_renewal(
-                    id.clone(),
-                    from_serial.to_owned(),
-                    serial_hex.to_owned(),
-                    not_after,
-                    at,
-                )
-                .await
-            }
-        }
+        let (id, from, serial) = (id.clone(), from_serial.to_owned(), serial_hex.to_owned());
+        self.transact(move |tx| ops::record_renewal(tx, &id, &from, &serial, not_after, at))
+            .await
     }
 
     /// Revokes a device of `workspace` at `at` with its audit event, once (a second revoke
@@ -54,12 +45,9 @@ impl Store {
         at: OffsetDateTime,
         audit: AuditEntry,
     ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.revoke_device(workspace.clone(), id.clone(), at, audit)
-                    .await
-            }
-        }
+        let (ws, id) = (workspace.clone(), id.clone());
+        self.transact(move |tx| ops::revoke_device(tx, &ws, &id, at, &audit))
+            .await
     }
 
     /// Renames a device and/or replaces its labels, with its audit event. False when no
@@ -72,12 +60,11 @@ impl Store {
         labels: Option<BTreeMap<String, String>>,
         audit: AuditEntry,
     ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.update_device(workspace.clone(), id.clone(), name, labels, audit)
-                    .await
-            }
-        }
+        let (ws, id) = (workspace.clone(), id.clone());
+        self.transact(move |tx| {
+            ops::update_device(tx, &ws, &id, name.as_deref(), labels.as_ref(), &audit)
+        })
+        .await
     }
 
     /// Deletes a revoked device with its audit event.
@@ -87,8 +74,8 @@ impl Store {
         id: &DeviceId,
         audit: AuditEntry,
     ) -> Result<DeleteDeviceOutcome, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.delete_device(workspace.clone(), id.clone(), audit).await,
-        }
+        let (ws, id) = (workspace.clone(), id.clone());
+        self.transact(move |tx| ops::delete_device(tx, &ws, &id, &audit))
+            .await
     }
 }

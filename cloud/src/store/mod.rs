@@ -1,34 +1,41 @@
 //! The store: workspaces, members, API key metadata and devices.
 //!
-//! [`Store`] is the backend-neutral, async interface the API and the gateway use. The
-//! embedded SQLite backend ([`sqlite`]) is the default; every method is written so that a
-//! networked SQL backend can implement the same semantics. No secret material is stored:
-//! API key secrets are derived from the server secret, which lives in the data directory.
+//! [`Store`] is the backend-neutral, async interface the API and the gateway use. Its
+//! changes are the domain operations of [`ops`], written once over the primitive reads and
+//! writes of [`backend::Tx`] and run in one transaction by whichever [`backend::Backend`]
+//! holds the data; the embedded SQLite backend ([`sqlite`]) is the default. No secret
+//! material is stored: API key secrets are derived from the server secret, which lives in
+//! the data directory.
 
+pub mod backend;
 mod device_lifecycle;
 pub mod device_list;
 pub mod migrations;
+pub mod ops;
 pub mod paging;
 mod records;
 pub mod sqlite;
 
 pub use device_lifecycle::DeleteDeviceOutcome;
 pub use device_list::{DeviceCounts, DeviceQuery, DeviceSort, LabelSelector};
+pub use ops::SYSTEM_ACTOR;
 pub use paging::{PageOf, PageRequest, SortValue};
 pub use records::{
     AcceptOutcome, Acceptance, AuditAction, AuditEntry, AuditFilter, CallerCheck, CancelOutcome,
-    DeviceRecord, InvitationCancel, InvitationRecord, KeyRecord, MemberRecord, NewDevice,
-    NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome, Revocation, Role, Rotation,
+    DeviceRecord, InvitationCancel, InvitationRecord, KeyRecord, KeyUsability, MemberRecord,
+    NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome, Revocation, Role,
+    Rotation,
 };
-pub use sqlite::SYSTEM_ACTOR;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use heex_proto::api::{AuditEvent, Facts};
 use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use time::OffsetDateTime;
 
 use crate::gateway::{DeviceDirectory, DeviceStatus, StoredReports};
+use backend::{Backend, Tx};
 
 /// A web console session, as stored: the SHA-256 of its id, the key it is bound to, and its
 /// times.
@@ -88,46 +95,81 @@ pub enum StoreError {
     BadPosition,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
-            Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
-            _ => StoreError::Database(e.to_string()),
-        }
-    }
-}
-
 /// The store. Cheap to share behind an `Arc`; every method may be called concurrently.
 pub struct Store {
-    backend: Backend,
-}
-
-enum Backend {
-    Sqlite(sqlite::SqliteStore),
+    backend: Box<dyn Backend>,
 }
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and brings its schema up to
     /// date.
     pub fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
-        Ok(Store {
-            backend: Backend::Sqlite(sqlite::SqliteStore::open(path)?),
-        })
+        Ok(Store::with_backend(Box::new(sqlite::SqliteStore::open(
+            path,
+        )?)))
+    }
+
+    /// The store over `backend`.
+    pub fn with_backend(backend: Box<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// Runs `op` (a domain operation of [`ops`]) in one transaction of the backend, which
+    /// may run it more than once (a retried transaction); its last run's result.
+    async fn transact<T, F>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let out = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&out);
+        self.backend
+            .transact(Box::new(move |tx| {
+                let value = op(tx)?;
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+                Ok(())
+            }))
+            .await?;
+        let value = out.lock().unwrap_or_else(|e| e.into_inner()).take();
+        value.ok_or_else(|| StoreError::Database("a committed transaction left no result".into()))
+    }
+
+    /// A key record with a use time noted and not yet written, so readers never see it go
+    /// back.
+    fn with_pending_use(&self, mut key: KeyRecord) -> KeyRecord {
+        if let Some(at) = self.backend.pending_key_use(&key.id) {
+            if key.last_used_at.is_none_or(|prev| prev < at) {
+                key.last_used_at = Some(at);
+            }
+        }
+        key
+    }
+
+    /// Members with the number of keys each can use at `now`, by the key rule.
+    async fn with_key_counts(
+        &self,
+        mut members: Vec<MemberRecord>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<MemberRecord>, StoreError> {
+        if members.is_empty() {
+            return Ok(members);
+        }
+        let ids = members.iter().map(|m| m.id.clone()).collect();
+        let keys = self.backend.keys_of_members(ids).await?;
+        for m in &mut members {
+            m.active_keys = ops::usable_keys(keys.iter().filter(|k| k.member_id == m.id), now);
+        }
+        Ok(members)
     }
 
     /// Creates a workspace (no audit event: for tests and tools).
     pub async fn create_workspace(&self, ws: NewWorkspace) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.create_workspace(ws).await,
-        }
+        self.transact(move |tx| tx.insert_workspace(&ws)).await
     }
 
     /// Adds a member to a workspace (no audit event: for tests and tools).
     pub async fn create_member(&self, member: NewMember) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.create_member(member).await,
-        }
+        self.transact(move |tx| tx.insert_member(&member)).await
     }
 
     /// Creates a workspace, its owner and the owner's first key in one transaction, with
@@ -138,9 +180,8 @@ impl Store {
         owner: NewMember,
         key: NewKey,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.create_workspace_with_owner(ws, owner, key).await,
-        }
+        self.transact(move |tx| ops::create_workspace_with_owner(tx, &ws, &owner, &key))
+            .await
     }
 
     /// The members of a workspace (removed ones included), oldest first, with the number
@@ -151,9 +192,12 @@ impl Store {
         now: OffsetDateTime,
         page: PageRequest,
     ) -> Result<PageOf<MemberRecord>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.list_members(workspace.clone(), now, page).await,
-        }
+        let page = self.backend.list_members(workspace.clone(), page).await?;
+        let items = self.with_key_counts(page.items, now).await?;
+        Ok(PageOf {
+            items,
+            next: page.next,
+        })
     }
 
     /// The member with this id in this workspace.
@@ -163,9 +207,14 @@ impl Store {
         id: &MemberId,
         now: OffsetDateTime,
     ) -> Result<Option<MemberRecord>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.find_member(workspace.clone(), id.clone(), now).await,
-        }
+        let Some(m) = self
+            .backend
+            .find_member(workspace.clone(), id.clone())
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(self.with_key_counts(vec![m], now).await?.pop())
     }
 
     /// Removes a member of `workspace` and revokes all of the member's keys (revoked by
@@ -179,12 +228,9 @@ impl Store {
         at: OffsetDateTime,
         audit: AuditEntry,
     ) -> Result<RemoveOutcome, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.remove_member(workspace.clone(), id.clone(), by.clone(), at, audit)
-                    .await
-            }
-        }
+        let (ws, id, by) = (workspace.clone(), id.clone(), by.clone());
+        self.transact(move |tx| ops::remove_member(tx, &ws, &id, &by, at, &audit))
+            .await
     }
 
     /// Records an invitation with its audit event. Returns false (and records nothing) when
@@ -194,9 +240,8 @@ impl Store {
         invitation: NewInvitation,
         audit: AuditEntry,
     ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.create_invitation(invitation, audit).await,
-        }
+        self.transact(move |tx| ops::create_invitation(tx, &invitation, &audit))
+            .await
     }
 
     /// Accepts an invitation: checks it is known, unused and unexpired, then creates the
@@ -206,9 +251,8 @@ impl Store {
         &self,
         acceptance: Acceptance,
     ) -> Result<AcceptOutcome, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.accept_invitation(acceptance).await,
-        }
+        self.transact(move |tx| ops::accept_invitation(tx, &acceptance))
+            .await
     }
 
     /// The pending invitations of a workspace (neither accepted, cancelled nor expired at
@@ -219,9 +263,9 @@ impl Store {
         now: OffsetDateTime,
         page: PageRequest,
     ) -> Result<PageOf<InvitationRecord>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.list_invitations(workspace.clone(), now, page).await,
-        }
+        self.backend
+            .list_invitations(workspace.clone(), now, page)
+            .await
     }
 
     /// Cancels a pending invitation of `workspace` by its id, with `audit`.
@@ -232,26 +276,21 @@ impl Store {
         by: &MemberId,
         audit: AuditEntry,
     ) -> Result<CancelOutcome, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.cancel_invitation(workspace.clone(), id.to_owned(), by.clone(), audit)
-                    .await
-            }
-        }
+        let (ws, id, by) = (workspace.clone(), id.to_owned(), by.clone());
+        self.transact(move |tx| ops::cancel_invitation(tx, &ws, &id, &by, &audit))
+            .await
     }
 
     /// Records a new API key's metadata with its audit event.
     pub async fn create_key(&self, key: NewKey, audit: AuditEntry) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.create_key(key, audit).await,
-        }
+        self.transact(move |tx| ops::create_key(tx, &key, &audit))
+            .await
     }
 
     /// The key with this id, with its owner and workspace.
     pub async fn find_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.find_key(id.clone()).await,
-        }
+        let found = self.backend.find_key(id.clone()).await?;
+        Ok(found.map(|k| self.with_pending_use(k)))
     }
 
     /// The keys of a workspace, or of one member of it, oldest first, revoked and expired
@@ -262,9 +301,11 @@ impl Store {
         owner: Option<&MemberId>,
         page: PageRequest,
     ) -> Result<PageOf<KeyRecord>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.list_keys(workspace.clone(), owner.cloned(), page).await,
-        }
+        let keys = self
+            .backend
+            .list_keys(workspace.clone(), owner.cloned(), page)
+            .await?;
+        Ok(keys.map(|k| self.with_pending_use(k)))
     }
 
     /// Revokes a key at `at` on behalf of member `by`, recording `audit` when it changed
@@ -278,25 +319,24 @@ impl Store {
         at: OffsetDateTime,
         audit: AuditEntry,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.revoke_key(id.clone(), by.clone(), at, audit).await,
-        }
+        let (id, by) = (id.clone(), by.clone());
+        let found = self
+            .transact(move |tx| ops::revoke_key(tx, &id, &by, at, &audit))
+            .await?;
+        Ok(found.map(|k| self.with_pending_use(k)))
     }
 
     /// Creates the replacement key and schedules the old key's revocation, in one
     /// transaction. [`StoreError::KeyUnusable`] (and nothing written) when the old key is
     /// already revoked, rotated or expired. Returns the new key.
     pub async fn rotate_key(&self, rotation: Rotation) -> Result<KeyRecord, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.rotate_key(rotation).await,
-        }
+        self.transact(move |tx| ops::rotate_key(tx, &rotation))
+            .await
     }
 
     /// Records an audit event that goes with no other change (e.g. a key copied).
     pub async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.record_audit(entry).await,
-        }
+        self.transact(move |tx| ops::record_audit(tx, &entry)).await
     }
 
     /// A workspace's audit events matching `filter`, newest first.
@@ -305,30 +345,24 @@ impl Store {
         workspace: &WorkspaceId,
         filter: AuditFilter,
     ) -> Result<PageOf<AuditEvent>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.audit_events(workspace.clone(), filter).await,
-        }
+        self.backend.audit_events(workspace.clone(), filter).await
     }
 
     /// Notes that a key was used at `at`. Cheap: the time is kept in memory and written with
     /// the next batch of writes (or within about a second).
     pub fn touch_key_used(&self, id: &KeyId, at: OffsetDateTime) {
-        match &self.backend {
-            Backend::Sqlite(s) => s.touch_key_used(id, at),
-        }
+        self.backend.touch_key_used(id, at);
     }
 
     /// Records an enrolled device, its audit event, and one use of the enrolling key, which
-    /// must still be unrevoked, unexpired and under its use limit
-    /// ([`StoreError::KeyUnusable`]), all in one transaction.
+    /// must still be usable ([`StoreError::KeyUnusable`]), all in one transaction.
     pub async fn insert_device(
         &self,
         device: NewDevice,
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.insert_device(device, audit).await,
-        }
+        self.transact(move |tx| ops::insert_device(tx, &device, &audit))
+            .await
     }
 
     /// One page of the devices of a workspace matching `query`, in its order.
@@ -337,9 +371,7 @@ impl Store {
         workspace: &WorkspaceId,
         query: DeviceQuery,
     ) -> Result<PageOf<DeviceRecord>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.query_devices(workspace.clone(), query).await,
-        }
+        self.backend.query_devices(workspace.clone(), query).await
     }
 
     /// Device counts of a workspace: all, connected, revoked, and those not revoked whose
@@ -349,9 +381,9 @@ impl Store {
         workspace: &WorkspaceId,
         expiring_before: OffsetDateTime,
     ) -> Result<DeviceCounts, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.device_counts(workspace.clone(), expiring_before).await,
-        }
+        self.backend
+            .device_counts(workspace.clone(), expiring_before)
+            .await
     }
 
     /// The device with this id in this workspace.
@@ -360,16 +392,14 @@ impl Store {
         workspace: &WorkspaceId,
         id: &DeviceId,
     ) -> Result<Option<DeviceRecord>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.find_device(workspace.clone(), id.clone()).await,
-        }
+        self.backend
+            .find_device(workspace.clone(), id.clone())
+            .await
     }
 
     /// What the gateway needs to know about a device, or `None` when it does not exist.
     pub async fn device_status(&self, id: &DeviceId) -> Result<Option<DeviceStatus>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.device_status(id.clone()).await,
-        }
+        self.backend.device_status(id.clone()).await
     }
 
     /// Records that a device was heard from, with fresh facts and its agent's version when
@@ -384,40 +414,37 @@ impl Store {
         at: OffsetDateTime,
         connection: &str,
     ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.record_connected(
-                    id.clone(),
-                    facts.cloned(),
-                    agent_version.map(str::to_owned),
-                    at,
-                    connection.to_owned(),
-                )
-                .await
-            }
-        }
+        let (id, facts) = (id.clone(), facts.cloned());
+        let (agent_version, connection) = (agent_version.map(str::to_owned), connection.to_owned());
+        self.transact(move |tx| {
+            ops::record_connected(
+                tx,
+                &id,
+                facts.as_ref(),
+                agent_version.as_deref(),
+                at,
+                &connection,
+            )
+        })
+        .await
     }
 
-    /// Clears the device's connection mark if it is still `connection`'s.
+    /// Clears the device's connection mark if it is still `connection`'s (a newer session of
+    /// the device may have replaced it).
     pub async fn record_disconnected(
         &self,
         id: &DeviceId,
         connection: &str,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.record_disconnected(id.clone(), connection.to_owned())
-                    .await
-            }
-        }
+        let (id, connection) = (id.clone(), connection.to_owned());
+        self.transact(move |tx| tx.clear_device_connection(&id, &connection))
+            .await
     }
 
     /// Clears every connection mark (a gateway starting over the store: no session of an
     /// earlier process is live). Returns how many were cleared.
     pub async fn clear_connections(&self) -> Result<u64, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.clear_connections().await,
-        }
+        self.transact(|tx| tx.clear_all_connections()).await
     }
 
     /// Stores a device's reports (sequence number, compact JSON) exactly once each; a number
@@ -430,16 +457,14 @@ impl Store {
         reports: Vec<(u64, String)>,
         at: OffsetDateTime,
     ) -> Result<StoredReports, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.store_reports(device.clone(), reports, at).await,
-        }
+        let device = device.clone();
+        self.transact(move |tx| ops::store_reports(tx, &device, &reports, at))
+            .await
     }
 
     /// The highest stored report sequence number of a device (0 when none).
     pub async fn highest_report_seq(&self, device: &DeviceId) -> Result<u64, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.highest_report_seq(device.clone()).await,
-        }
+        self.backend.highest_report_seq(device.clone()).await
     }
 
     /// Up to `limit` of a device's reports with sequence numbers above `after`, in order.
@@ -449,9 +474,9 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<heex_proto::api::ReportInfo>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.list_reports(device.clone(), after, limit).await,
-        }
+        self.backend
+            .list_reports(device.clone(), after, limit)
+            .await
     }
 
     /// Records a console session (and drops the expired ones), with its sign-in's audit
@@ -462,9 +487,8 @@ impl Store {
         session: ConsoleSession,
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.create_console_session(session, audit).await,
-        }
+        self.transact(move |tx| ops::create_console_session(tx, &session, &audit))
+            .await
     }
 
     /// The console session whose id hashes to `id_hash`.
@@ -472,9 +496,7 @@ impl Store {
         &self,
         id_hash: &str,
     ) -> Result<Option<ConsoleSession>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.find_console_session(id_hash.to_owned()).await,
-        }
+        self.backend.find_console_session(id_hash.to_owned()).await
     }
 
     /// Notes a console session's request at `at` (its idle timeout counts from there).
@@ -483,9 +505,9 @@ impl Store {
         id_hash: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.touch_console_session(id_hash.to_owned(), at).await,
-        }
+        let hash = id_hash.to_owned();
+        self.transact(move |tx| tx.touch_console_session(&hash, at))
+            .await
     }
 
     /// Ends a console session, recording `audit` (a sign-out) with it when given.
@@ -494,9 +516,9 @@ impl Store {
         id_hash: &str,
         audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.delete_console_session(id_hash.to_owned(), audit).await,
-        }
+        let hash = id_hash.to_owned();
+        self.transact(move |tx| ops::delete_console_session(tx, &hash, audit.as_ref()))
+            .await
     }
 
     /// Records a one-time console sign-in token (its SHA-256) for `key_id`.
@@ -507,12 +529,9 @@ impl Store {
         at: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.create_signin_token(token_hash.to_owned(), key_id.clone(), at, expires_at)
-                    .await
-            }
-        }
+        let (hash, key) = (token_hash.to_owned(), key_id.clone());
+        self.transact(move |tx| tx.insert_signin_token(&hash, &key, at, expires_at))
+            .await
     }
 
     /// Spends a sign-in token: the key it was issued for when it is unused and unexpired at
@@ -522,17 +541,15 @@ impl Store {
         token_hash: &str,
         at: OffsetDateTime,
     ) -> Result<Option<KeyId>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.redeem_signin_token(token_hash.to_owned(), at).await,
-        }
+        let hash = token_hash.to_owned();
+        self.transact(move |tx| ops::redeem_signin_token(tx, &hash, at))
+            .await
     }
 
-    /// Writes pending key-use times and stops the writer. Later writes fail with
+    /// Writes pending key-use times and stops the backend. Later writes fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
-        match &self.backend {
-            Backend::Sqlite(s) => s.close().await,
-        }
+        self.backend.close().await;
     }
 }
 

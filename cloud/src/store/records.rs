@@ -129,6 +129,23 @@ pub struct KeyRecord {
     pub member_removed_at: Option<OffsetDateTime>,
 }
 
+/// Whether an API key can be used, by [`KeyRecord::usability`]; the first reason found, in
+/// this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUsability {
+    /// It can be used (and, with a use limit, still enroll).
+    Usable,
+    /// Revoked at this time.
+    Revoked(OffsetDateTime),
+    /// Its member was removed at this time.
+    OwnerRemoved(OffsetDateTime),
+    /// Expired at this time.
+    Expired(OffsetDateTime),
+    /// Every one of its (this many) enrollments was made; it can still do what needs no
+    /// enrollment.
+    UsesSpent(u64),
+}
+
 impl KeyRecord {
     /// The metadata as the API shows it.
     pub fn info(&self) -> KeyInfo {
@@ -145,27 +162,40 @@ impl KeyRecord {
         }
     }
 
+    /// Whether the key can be used at `now`: the one rule for it, which every check (the
+    /// API's, the store's inside its transactions, the listings') applies.
+    pub fn usability(&self, now: OffsetDateTime) -> KeyUsability {
+        // A revocation scheduled for the end of a rotation overlap does not count before then.
+        if let Some(at) = self.revoked_at.filter(|at| *at <= now) {
+            return KeyUsability::Revoked(at);
+        }
+        // A key that outlived its member's removal (created while the removal ran) cannot
+        // be used either.
+        if let Some(at) = self.member_removed_at {
+            return KeyUsability::OwnerRemoved(at);
+        }
+        if self.expires_at <= now {
+            return KeyUsability::Expired(self.expires_at);
+        }
+        match self.max_uses {
+            Some(max) if self.uses >= max => KeyUsability::UsesSpent(max),
+            _ => KeyUsability::Usable,
+        }
+    }
+
     /// True when the key is revoked at `now`. A rotated key's revocation may be scheduled
     /// for the end of its overlap window; until then it is not revoked.
     pub fn is_revoked(&self, now: OffsetDateTime) -> bool {
         self.revoked_at.is_some_and(|at| at <= now)
     }
 
-    /// True when every allowed enrollment was made.
-    pub fn is_exhausted(&self) -> bool {
-        self.max_uses.is_some_and(|max| self.uses >= max)
-    }
-
-    /// Where the key stands at `now`. Revoked wins over expired, which wins over exhausted.
+    /// The key's status at `now`, as listed.
     pub fn status(&self, now: OffsetDateTime) -> KeyStatus {
-        if self.is_revoked(now) {
-            KeyStatus::Revoked
-        } else if self.expires_at <= now {
-            KeyStatus::Expired
-        } else if self.is_exhausted() {
-            KeyStatus::Exhausted
-        } else {
-            KeyStatus::Active
+        match self.usability(now) {
+            KeyUsability::Revoked(_) | KeyUsability::OwnerRemoved(_) => KeyStatus::Revoked,
+            KeyUsability::Expired(_) => KeyStatus::Expired,
+            KeyUsability::UsesSpent(_) => KeyStatus::Exhausted,
+            KeyUsability::Usable => KeyStatus::Active,
         }
     }
 

@@ -6,12 +6,12 @@
 
 mod audit;
 mod console;
-mod device_lifecycle;
 mod devices;
 mod keys;
 mod members;
 pub mod pool;
 mod reports;
+mod tx;
 pub mod writer;
 
 use std::path::Path;
@@ -19,15 +19,18 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use heex_proto::api::{AuditEvent, ReportInfo};
+use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, Row};
-use serde_json::json;
+use rusqlite::{Connection, Row};
 use time::OffsetDateTime;
 
+use super::backend::{Backend, BoxFuture, TxOp};
 use super::{
-    from_unix, migrations, to_unix, AuditAction, AuditEntry, NewKey, NewMember, NewWorkspace,
-    StoreError,
+    from_unix, migrations, to_unix, AuditFilter, ConsoleSession, DeviceCounts, DeviceQuery,
+    DeviceRecord, InvitationRecord, KeyRecord, MemberRecord, PageOf, PageRequest, StoreError,
 };
+use crate::gateway::DeviceStatus;
 use pool::ReadPool;
 use writer::{Writer, WriterStats};
 
@@ -82,81 +85,140 @@ impl SqliteStore {
     {
         self.readers.read(op).await
     }
+}
 
-    pub(crate) async fn create_workspace(&self, ws: NewWorkspace) -> Result<(), StoreError> {
-        self.write(move |c| insert_workspace(c, &ws)).await
+impl Backend for SqliteStore {
+    fn transact(&self, mut op: TxOp) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.write(move |c| op(&mut tx::SqliteTx(c))))
     }
 
-    pub(crate) async fn create_member(&self, m: NewMember) -> Result<(), StoreError> {
-        self.write(move |c| insert_member(c, &m)).await
+    fn find_key(&self, id: KeyId) -> BoxFuture<'_, Result<Option<KeyRecord>, StoreError>> {
+        Box::pin(SqliteStore::find_key(self, id))
     }
 
-    pub(crate) async fn create_workspace_with_owner(
+    fn list_keys(
         &self,
-        ws: NewWorkspace,
-        owner: NewMember,
-        key: NewKey,
-    ) -> Result<(), StoreError> {
-        self.write(move |c| {
-            insert_workspace(c, &ws)?;
-            insert_member(c, &owner)?;
-            keys::insert_key(c, &key)?;
-            let system = |action, target: String, details| AuditEntry {
-                workspace_id: ws.id.clone(),
-                at: ws.created_at,
-                actor: SYSTEM_ACTOR.to_owned(),
-                action,
-                target,
-                details,
-                caller: None,
-            };
-            audit::insert(
-                c,
-                &system(
-                    AuditAction::MemberJoin,
-                    owner.email.clone(),
-                    json!({"member_id": owner.id, "role": owner.role}),
-                ),
-            )?;
-            audit::insert(
-                c,
-                &system(
-                    AuditAction::KeyCreate,
-                    key.id.to_string(),
-                    json!({"name": key.name, "scope": key.scope, "owner": owner.email}),
-                ),
-            )
-        })
-        .await
+        ws: WorkspaceId,
+        owner: Option<MemberId>,
+        page: PageRequest,
+    ) -> BoxFuture<'_, Result<PageOf<KeyRecord>, StoreError>> {
+        Box::pin(SqliteStore::list_keys(self, ws, owner, page))
     }
 
-    pub(crate) async fn close(&self) {
-        self.writer.close().await;
+    fn keys_of_members(
+        &self,
+        members: Vec<MemberId>,
+    ) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>> {
+        Box::pin(self.read(move |c| keys::keys_of_members(c, &members)))
+    }
+
+    fn list_members(
+        &self,
+        ws: WorkspaceId,
+        page: PageRequest,
+    ) -> BoxFuture<'_, Result<PageOf<MemberRecord>, StoreError>> {
+        Box::pin(SqliteStore::list_members(self, ws, page))
+    }
+
+    fn find_member(
+        &self,
+        ws: WorkspaceId,
+        id: MemberId,
+    ) -> BoxFuture<'_, Result<Option<MemberRecord>, StoreError>> {
+        Box::pin(SqliteStore::find_member(self, ws, id))
+    }
+
+    fn list_invitations(
+        &self,
+        ws: WorkspaceId,
+        now: OffsetDateTime,
+        page: PageRequest,
+    ) -> BoxFuture<'_, Result<PageOf<InvitationRecord>, StoreError>> {
+        Box::pin(SqliteStore::list_invitations(self, ws, now, page))
+    }
+
+    fn audit_events(
+        &self,
+        ws: WorkspaceId,
+        filter: AuditFilter,
+    ) -> BoxFuture<'_, Result<PageOf<AuditEvent>, StoreError>> {
+        Box::pin(SqliteStore::audit_events(self, ws, filter))
+    }
+
+    fn query_devices(
+        &self,
+        ws: WorkspaceId,
+        query: DeviceQuery,
+    ) -> BoxFuture<'_, Result<PageOf<DeviceRecord>, StoreError>> {
+        Box::pin(SqliteStore::query_devices(self, ws, query))
+    }
+
+    fn device_counts(
+        &self,
+        ws: WorkspaceId,
+        expiring_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<DeviceCounts, StoreError>> {
+        Box::pin(SqliteStore::device_counts(self, ws, expiring_before))
+    }
+
+    fn find_device(
+        &self,
+        ws: WorkspaceId,
+        id: DeviceId,
+    ) -> BoxFuture<'_, Result<Option<DeviceRecord>, StoreError>> {
+        Box::pin(SqliteStore::find_device(self, ws, id))
+    }
+
+    fn device_status(
+        &self,
+        id: DeviceId,
+    ) -> BoxFuture<'_, Result<Option<DeviceStatus>, StoreError>> {
+        Box::pin(SqliteStore::device_status(self, id))
+    }
+
+    fn highest_report_seq(&self, device: DeviceId) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(SqliteStore::highest_report_seq(self, device))
+    }
+
+    fn list_reports(
+        &self,
+        device: DeviceId,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ReportInfo>, StoreError>> {
+        Box::pin(SqliteStore::list_reports(self, device, after, limit))
+    }
+
+    fn find_console_session(
+        &self,
+        hash: String,
+    ) -> BoxFuture<'_, Result<Option<ConsoleSession>, StoreError>> {
+        Box::pin(SqliteStore::find_console_session(self, hash))
+    }
+
+    fn touch_key_used(&self, id: &KeyId, at: OffsetDateTime) {
+        self.writer.touch(id, to_unix(at));
+    }
+
+    fn pending_key_use(&self, id: &KeyId) -> Option<OffsetDateTime> {
+        self.writer
+            .pending_touch(id)
+            .and_then(|s| from_unix(s).ok())
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.writer.close())
     }
 }
 
-/// The actor of what the server does on its own (e.g. `init`).
-pub const SYSTEM_ACTOR: &str = "system";
-
-fn insert_workspace(c: &Connection, ws: &NewWorkspace) -> Result<(), StoreError> {
-    c.prepare_cached("INSERT INTO workspaces (id, name, created_at) VALUES (?1, ?2, ?3)")?
-        .execute(params![ws.id.as_str(), ws.name, to_unix(ws.created_at)])?;
-    Ok(())
-}
-
-fn insert_member(c: &Connection, m: &NewMember) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "INSERT INTO members (id, workspace_id, email, role, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        m.id.as_str(),
-        m.workspace_id.as_str(),
-        m.email,
-        m.role.as_str(),
-        to_unix(m.created_at)
-    ])?;
-    Ok(())
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
 }
 
 fn conversion(col: usize, e: impl ToString) -> rusqlite::Error {

@@ -10,14 +10,6 @@ use super::{conversion, time_at, SqliteStore};
 use crate::store::{to_unix, AuditEntry, AuditFilter, PageOf, SortValue, StoreError};
 
 impl SqliteStore {
-    pub(crate) async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.write(move |c| {
-            super::keys::caller(c, &entry)?;
-            insert(c, &entry)
-        })
-        .await
-    }
-
     pub(crate) async fn audit_events(
         &self,
         workspace: WorkspaceId,

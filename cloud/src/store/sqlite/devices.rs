@@ -1,19 +1,16 @@
 //! Devices: enrollment (which spends one use of the enrolling key), listing, and what the
 //! gateway records.
 
-use std::collections::BTreeMap;
-
-use heex_proto::api::Facts;
 use heex_proto::{DeviceId, WorkspaceId};
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 use time::OffsetDateTime;
 
-use super::{audit, conversion, opt_time, parsed, time_at, SqliteStore};
+use super::{conversion, opt_time, parsed, time_at, SqliteStore};
 use crate::gateway::DeviceStatus;
 use crate::store::device_list::{DeviceCounts, DeviceQuery, DeviceSort, LabelSelector};
 use crate::store::paging::PageOf;
-use crate::store::{to_unix, AuditEntry, DeviceRecord, NewDevice, StoreError};
+use crate::store::{to_unix, DeviceRecord, StoreError};
 
 /// The columns of a device (`d`) with its enrolling member's (`m`) email, in the order
 /// [`device_from_row`] reads.
@@ -33,25 +30,6 @@ const DEVICE_SELECT: &str = concat!(
     " FROM devices d JOIN members m ON m.id = d.enrolled_by_member"
 );
 
-/// Replaces the label rows of device `id` with `labels` (inside the caller's transaction).
-pub(super) fn write_labels(
-    c: &Connection,
-    id: &DeviceId,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), StoreError> {
-    c.prepare_cached("DELETE FROM device_labels WHERE device_id = ?1")?
-        .execute([id.as_str()])?;
-    // The device's workspace and enrollment time ride along (see migration 6).
-    let mut insert = c.prepare_cached(
-        "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
-         SELECT id, workspace_id, enrolled_at, ?2, ?3 FROM devices WHERE id = ?1",
-    )?;
-    for (k, v) in labels {
-        insert.execute(params![id.as_str(), k, v])?;
-    }
-    Ok(())
-}
-
 /// Most trigram-index matches of a search text for which the index drives the page (the
 /// matches are then sorted); above, the walk in page order does.
 const SEARCH_DRIVES_UP_TO: i64 = 10_000;
@@ -69,58 +47,6 @@ fn like_escaped(s: &str) -> String {
 }
 
 impl SqliteStore {
-    pub(crate) async fn insert_device(
-        &self,
-        d: NewDevice,
-        audit: AuditEntry,
-    ) -> Result<(), StoreError> {
-        let labels = serde_json::to_string(&d.labels)
-            .map_err(|e| StoreError::Database(format!("cannot encode labels: {e}")))?;
-        let facts = d
-            .facts
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Database(format!("cannot encode facts: {e}")))?;
-        self.write(move |c| {
-            super::keys::caller(c, &audit)?;
-            // The use is counted in the same transaction as the device, so concurrent
-            // enrollments cannot overspend a limited key. A revocation scheduled for the end
-            // of a rotation overlap does not count until then.
-            let usable = c
-                .prepare_cached(
-                    "UPDATE api_keys SET uses = uses + 1
-                     WHERE id = ?1 AND (revoked_at IS NULL OR revoked_at > ?2)
-                       AND expires_at > ?2 AND (max_uses IS NULL OR uses < max_uses)",
-                )?
-                .execute(params![d.enrolled_by_key.as_str(), to_unix(d.enrolled_at)])?;
-            if usable == 0 {
-                return Err(StoreError::KeyUnusable(d.enrolled_by_key));
-            }
-            c.prepare_cached(
-                "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id,
-                     enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                d.id.as_str(),
-                d.workspace_id.as_str(),
-                d.name,
-                labels,
-                facts,
-                d.spiffe_id.to_string(),
-                to_unix(d.enrolled_at),
-                d.enrolled_by_key.as_str(),
-                d.enrolled_by_member.as_str(),
-                d.cert_serial,
-                to_unix(d.cert_expires_at)
-            ])?;
-            write_labels(c, &d.id, &d.labels)?;
-            audit::insert(c, &audit)
-        })
-        .await
-    }
-
     pub(crate) async fn query_devices(
         &self,
         workspace: WorkspaceId,
@@ -345,77 +271,6 @@ impl SqliteStore {
                 })
                 .optional()?;
             Ok(status)
-        })
-        .await
-    }
-}
-
-impl SqliteStore {
-    pub(crate) async fn record_connected(
-        &self,
-        id: DeviceId,
-        facts: Option<Facts>,
-        agent_version: Option<String>,
-        at: OffsetDateTime,
-        connection: String,
-    ) -> Result<bool, StoreError> {
-        let facts = facts
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Database(format!("cannot encode facts: {e}")))?;
-        self.write(move |c| {
-            // A revoked device is not marked: the caller learns it is not live. Every record
-            // of a session (Hello, then heartbeats) writes its mark, so when two sessions'
-            // marks race the live one's is back at its next heartbeat.
-            let n = c
-                .prepare_cached(
-                    "UPDATE devices
-                     SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
-                         facts = COALESCE(?2, facts),
-                         agent_version = COALESCE(?5, agent_version),
-                         connected_at = CASE WHEN connection IS ?3 THEN connected_at ELSE ?1 END,
-                         connection = ?3
-                     WHERE id = ?4 AND revoked_at IS NULL",
-                )?
-                .execute(params![
-                    to_unix(at),
-                    facts,
-                    connection,
-                    id.as_str(),
-                    agent_version
-                ])?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    pub(crate) async fn record_disconnected(
-        &self,
-        id: DeviceId,
-        connection: String,
-    ) -> Result<(), StoreError> {
-        self.write(move |c| {
-            // Only this session's mark: a newer session of the device may have replaced it.
-            c.prepare_cached(
-                "UPDATE devices SET connection = NULL, connected_at = NULL
-                 WHERE id = ?1 AND connection = ?2",
-            )?
-            .execute(params![id.as_str(), connection])?;
-            Ok(())
-        })
-        .await
-    }
-
-    pub(crate) async fn clear_connections(&self) -> Result<u64, StoreError> {
-        self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "UPDATE devices SET connection = NULL, connected_at = NULL
-                     WHERE connection IS NOT NULL",
-                )?
-                .execute([])?;
-            Ok(n as u64)
         })
         .await
     }

@@ -3,31 +3,11 @@
 use heex_proto::api::ReportInfo;
 use heex_proto::DeviceId;
 use rusqlite::params;
-use time::OffsetDateTime;
 
 use super::{conversion, time_at, SqliteStore};
-use crate::gateway::StoredReports;
-use crate::store::{to_unix, StoreError};
+use crate::store::StoreError;
 
-fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
-    i64::try_from(seq)
-        .map_err(|_| StoreError::Database(format!("report sequence {seq} is out of range")))
-}
-
-/// True when two stored forms of a report say the same: byte-equal, or equal as JSON (a
-/// number written differently by another encoder).
-fn same_report(stored: &str, new: &str) -> bool {
-    stored == new
-        || matches!(
-            (
-                serde_json::from_str::<serde_json::Value>(stored),
-                serde_json::from_str::<serde_json::Value>(new),
-            ),
-            (Ok(a), Ok(b)) if a == b
-        )
-}
-
-fn highest(c: &rusqlite::Connection, device: &DeviceId) -> Result<u64, StoreError> {
+pub(super) fn highest(c: &rusqlite::Connection, device: &DeviceId) -> Result<u64, StoreError> {
     let max: Option<i64> = c.query_row(
         "SELECT MAX(seq) FROM reports WHERE device_id = ?1",
         params![device.as_str()],
@@ -37,80 +17,6 @@ fn highest(c: &rusqlite::Connection, device: &DeviceId) -> Result<u64, StoreErro
 }
 
 impl SqliteStore {
-    /// Stores `reports` (sequence number, compact JSON) of `device` in one job of the next
-    /// group commit. A number already stored with the same content is a redelivery (a lost
-    /// acknowledgement) and left alone; with different content it is a conflict: the stored
-    /// report stays, the number is returned among the conflicts, and the agent queues its
-    /// report again under a fresh number. Durable once this returns.
-    pub(crate) async fn store_reports(
-        &self,
-        device: DeviceId,
-        reports: Vec<(u64, String)>,
-        at: OffsetDateTime,
-    ) -> Result<StoredReports, StoreError> {
-        let batch_highest = reports.iter().map(|r| r.0).max().unwrap_or(0);
-        let rows = reports
-            .into_iter()
-            .map(|(seq, payload)| Ok((seq, seq_to_sql(seq)?, payload)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let at = to_unix(at);
-        self.write(move |c| {
-            // Decided in the write itself: a revocation committed before this batch wins,
-            // whatever the session was told when it was admitted.
-            let live: bool = c
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1 AND revoked_at IS NULL)",
-                )?
-                .query_row([device.as_str()], |r| r.get(0))?;
-            if !live {
-                return Err(StoreError::DeviceNotLive(device.clone()));
-            }
-            let mut insert = c.prepare_cached(
-                "INSERT OR IGNORE INTO reports (device_id, seq, received_at, payload)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut existing =
-                c.prepare_cached("SELECT payload FROM reports WHERE device_id = ?1 AND seq = ?2")?;
-            let mut redelivered = 0;
-            let mut conflicts = Vec::new();
-            for (seq, sql_seq, payload) in &rows {
-                if insert.execute(params![device.as_str(), sql_seq, at, payload])? == 1 {
-                    continue;
-                }
-                let stored: String =
-                    existing.query_row(params![device.as_str(), sql_seq], |row| row.get(0))?;
-                if same_report(&stored, payload) {
-                    redelivered += 1;
-                } else {
-                    conflicts.push(*seq);
-                }
-            }
-            if redelivered > 0 {
-                tracing::info!(
-                    %device,
-                    redelivered,
-                    "reports already stored were delivered again and ignored"
-                );
-            }
-            let next_seq = highest(c, &device)?.saturating_add(1);
-            if !conflicts.is_empty() {
-                tracing::warn!(
-                    %device,
-                    ?conflicts,
-                    next_seq,
-                    "the device sent other reports under numbers already stored (its outbox \
-                     was rewound); it is told to queue them again under fresh numbers"
-                );
-            }
-            Ok(StoredReports {
-                highest: batch_highest,
-                conflicts,
-                next_seq,
-            })
-        })
-        .await
-    }
-
     /// The highest stored report sequence number of `device` (0 when none).
     pub(crate) async fn highest_report_seq(&self, device: DeviceId) -> Result<u64, StoreError> {
         self.read(move |c| highest(c, &device)).await
@@ -123,7 +29,7 @@ impl SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<ReportInfo>, StoreError> {
-        let after = seq_to_sql(after)?;
+        let after = super::tx::seq_to_sql(after)?;
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, received_at, payload FROM reports
