@@ -209,6 +209,16 @@ impl ApiError {
         )
     }
 
+    /// 503 `unavailable` with `message` (what is not available, and that retrying later
+    /// works).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -229,7 +239,8 @@ pub const STORE_FAILURES: &[(StatusCode, &str)] = &[
     ),
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        "The disk holding the store is full; retry after the Retry-After delay",
+        "The disk holding the store is full, or the database cannot be reached; retry after \
+         the Retry-After delay",
     ),
 ];
 
@@ -237,6 +248,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::DiskFull(_) => ApiError::disk_full(e),
+            StoreError::Unavailable(cause) => {
+                tracing::error!(%cause, "the database cannot be reached");
+                ApiError::unavailable(
+                    "the server cannot reach its database now; retry after the Retry-After delay",
+                )
+            }
             StoreError::Refused(refusal) => refusal.into(),
             StoreError::BadPosition => ApiError::bad_request(crate::api::paging::BAD_CURSOR),
             e => ApiError::internal(e),

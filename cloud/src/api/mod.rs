@@ -93,6 +93,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
     // One `routes!` per path: its handlers are that path's methods.
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health))
+        .routes(routes!(ready))
         .routes(routes!(ca_pem))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(whoami::whoami))
@@ -145,6 +146,36 @@ pub fn router(state: AppState) -> Router {
 async fn health() -> &'static str {
     "ok"
 }
+
+/// Readiness: 200 "ready" while this replica can serve (its store answers; its gateway
+/// listens for as long as the process serves: a gateway that stops takes the process down),
+/// 503 with the reason otherwise, so a load balancer sends no traffic to it.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "server",
+    responses(
+        (status = 200, description = "The server can serve", body = String, content_type = "text/plain"),
+        (status = 503, description = "The store does not answer", body = heex_proto::api::ErrorBody)
+    )
+)]
+async fn ready(state: axum::extract::State<AppState>) -> Result<&'static str, ApiError> {
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Ok("ready"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the store does not answer");
+            Err(ApiError::unavailable(
+                "the store does not answer; this server is not ready",
+            ))
+        }
+        Err(_) => Err(ApiError::unavailable(
+            "the store did not answer within 2 s; this server is not ready",
+        )),
+    }
+}
+
+/// How long a readiness check waits for the store.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The cloud CA certificate, PEM (no authentication): the only root agents trust.
 #[utoipa::path(

@@ -407,6 +407,7 @@ fn declare_errors(doc: &mut Value) {
 /// after its method and path.
 const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("get", "/healthz", "health"),
+    ("get", "/readyz", "ready"),
     ("get", "/v1/ca", "get_ca_certificate"),
     ("get", "/v1/openapi.json", "get_openapi_document"),
     ("get", "/v1/whoami", "whoami"),

@@ -343,6 +343,9 @@ pub trait Backend: Send + Sync {
         hash: String,
     ) -> BoxFuture<'_, Result<Option<ConsoleSession>, StoreError>>;
 
+    /// Answers when the database does: a trivial read, for readiness checks.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// Notes that a key was used at `at`, cheaply (written later, with other writes).
     fn touch_key_used(&self, id: &KeyId, at: OffsetDateTime);
     /// A use time noted by [`Backend::touch_key_used`] and not yet written.

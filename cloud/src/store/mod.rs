@@ -80,6 +80,10 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// The database cannot be reached (a networked backend's server is down or out of
+    /// reach): nothing was read or written.
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
     /// The filesystem holding the database is full: nothing was written.
     #[error("the disk holding the database is full: {0}")]
     DiskFull(String),
@@ -544,6 +548,11 @@ impl Store {
         let hash = token_hash.to_owned();
         self.transact(move |tx| ops::redeem_signin_token(tx, &hash, at))
             .await
+    }
+
+    /// Answers when the database does (a trivial read); for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.backend.ping().await
     }
 
     /// Writes pending key-use times and stops the backend. Later writes fail with

@@ -7,8 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
-
 /// One component of a position: the value of a sort column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -17,16 +15,6 @@ pub enum SortValue {
     Int(i64),
     /// A text column.
     Text(String),
-}
-
-impl SortValue {
-    /// The value as an SQL parameter.
-    pub(crate) fn to_sql(&self) -> rusqlite::types::Value {
-        match self {
-            SortValue::Int(i) => rusqlite::types::Value::Integer(*i),
-            SortValue::Text(s) => rusqlite::types::Value::Text(s.clone()),
-        }
-    }
 }
 
 /// Which page to read: the items after `after` (the key of the previous page's last item;
@@ -53,39 +41,8 @@ impl PageRequest {
     }
 
     /// Rows to fetch: one more than the page holds, to learn whether another page follows.
-    pub(crate) fn fetch(&self) -> i64 {
+    pub fn fetch(&self) -> i64 {
         i64::from(self.limit.max(1)) + 1
-    }
-
-    /// Ends a query whose WHERE clause is in `sql` (its parameters in `values`) with the
-    /// page: the keyset condition "after the position" over `columns` (the sort columns, id
-    /// last), the order over them (ascending, or `descending`), and the LIMIT of
-    /// [`Self::fetch`] rows. [`StoreError::BadPosition`] when the position does not have one
-    /// value per column.
-    pub(crate) fn finish_query(
-        &self,
-        sql: &mut String,
-        values: &mut Vec<rusqlite::types::Value>,
-        columns: &[&str],
-        descending: bool,
-    ) -> Result<(), StoreError> {
-        let (op, dir) = if descending {
-            ("<", "DESC")
-        } else {
-            (">", "ASC")
-        };
-        if let Some(after) = &self.after {
-            if after.len() != columns.len() {
-                return Err(StoreError::BadPosition);
-            }
-            let marks = vec!["?"; columns.len()].join(", ");
-            sql.push_str(&format!(" AND ({}) {op} ({marks})", columns.join(", ")));
-            values.extend(after.iter().map(SortValue::to_sql));
-        }
-        let order: Vec<String> = columns.iter().map(|c| format!("{c} {dir}")).collect();
-        sql.push_str(&format!(" ORDER BY {} LIMIT ?", order.join(", ")));
-        values.push(rusqlite::types::Value::Integer(self.fetch()));
-        Ok(())
     }
 }
 
@@ -135,33 +92,5 @@ mod tests {
         assert_eq!(p.next, Some(vec![SortValue::Int(2)]));
         let p = PageOf::from_rows(vec![1, 2], &page, |i| vec![SortValue::Int(*i)]);
         assert_eq!(p.next, None, "exactly a page: no empty page after it");
-    }
-
-    #[test]
-    fn the_query_ends_with_the_position_order_and_limit() {
-        let page = PageRequest {
-            after: Some(vec![SortValue::Int(5), SortValue::Text("dev_a".into())]),
-            limit: 10,
-        };
-        let (mut sql, mut values) = (String::from("WHERE x"), Vec::new());
-        page.finish_query(&mut sql, &mut values, &["d.enrolled_at", "d.id"], false)
-            .unwrap();
-        assert_eq!(
-            sql,
-            "WHERE x AND (d.enrolled_at, d.id) > (?, ?) ORDER BY d.enrolled_at ASC, d.id ASC LIMIT ?"
-        );
-        assert_eq!(values.len(), 3);
-        let (mut sql, mut values) = (String::new(), Vec::new());
-        page.finish_query(&mut sql, &mut values, &["a", "b"], true)
-            .unwrap();
-        assert_eq!(sql, " AND (a, b) < (?, ?) ORDER BY a DESC, b DESC LIMIT ?");
-        let err = page.finish_query(&mut String::new(), &mut Vec::new(), &["d.id"], false);
-        assert!(matches!(err, Err(StoreError::BadPosition)));
-        let (mut sql, mut values) = (String::new(), Vec::new());
-        PageRequest::first(1)
-            .finish_query(&mut sql, &mut values, &["d.id"], false)
-            .unwrap();
-        assert_eq!(sql, " ORDER BY d.id ASC LIMIT ?");
-        assert_eq!(values, [rusqlite::types::Value::Integer(2)]);
     }
 }

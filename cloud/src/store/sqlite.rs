@@ -9,6 +9,7 @@ mod console;
 mod devices;
 mod keys;
 mod members;
+mod paging;
 pub mod pool;
 mod reports;
 mod tx;
@@ -194,6 +195,13 @@ impl Backend for SqliteStore {
         hash: String,
     ) -> BoxFuture<'_, Result<Option<ConsoleSession>, StoreError>> {
         Box::pin(SqliteStore::find_console_session(self, hash))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM schema_version", [], |_| Ok(()))?;
+            Ok(())
+        }))
     }
 
     fn touch_key_used(&self, id: &KeyId, at: OffsetDateTime) {

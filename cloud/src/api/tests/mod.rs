@@ -156,6 +156,12 @@ async fn health_and_ca_need_no_key() {
         (status, body.as_slice()),
         (StatusCode::OK, b"ok".as_slice())
     );
+    let (status, body) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, b"ready".as_slice()),
+        "the store answers: ready"
+    );
     let (status, body) = api.call(Method::GET, "/v1/ca", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8(body)

@@ -8,6 +8,7 @@ use super::*;
 /// documented and routed (checked by the other test).
 const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/v1/ca"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/whoami"),
@@ -161,6 +162,7 @@ async fn the_document_describes_bodies_and_authentication() {
     );
     for (method, path) in [
         ("get", "/healthz"),
+        ("get", "/readyz"),
         ("get", "/v1/ca"),
         ("get", "/v1/openapi.json"),
         ("post", "/v1/invitations/accept"),

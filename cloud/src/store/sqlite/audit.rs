@@ -1,6 +1,7 @@
 //! The audit log: events are inserted by the same transaction as the change they record,
 //! and read newest first with optional filters.
 
+use super::paging::SqlPage;
 use heex_proto::api::AuditEvent;
 use heex_proto::WorkspaceId;
 use rusqlite::types::Value;

@@ -1,6 +1,7 @@
 //! Devices: enrollment (which spends one use of the enrolling key), listing, and what the
 //! gateway records.
 
+use super::paging::SqlPage;
 use heex_proto::{DeviceId, WorkspaceId};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, OptionalExtension, Row};

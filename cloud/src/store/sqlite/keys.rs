@@ -1,5 +1,6 @@
 //! API keys: find and list.
 
+use super::paging::SqlPage;
 use std::str::FromStr;
 
 use heex_proto::api::Scope;

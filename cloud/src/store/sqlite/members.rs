@@ -1,5 +1,6 @@
 //! Members and invitations: the listings.
 
+use super::paging::SqlPage;
 use std::str::FromStr;
 
 use heex_proto::{MemberId, WorkspaceId};
