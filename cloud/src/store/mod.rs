@@ -13,6 +13,7 @@ pub mod device_list;
 pub mod migrations;
 pub mod ops;
 pub mod paging;
+pub mod postgres;
 mod records;
 pub mod sqlite;
 
@@ -94,6 +95,9 @@ pub enum StoreError {
     /// The device is revoked or no longer exists: nothing was written for it.
     #[error("device {0} is revoked or deleted")]
     DeviceNotLive(DeviceId),
+    /// The transaction met a concurrent one and must run again (the backend retries it).
+    #[error("the change met a concurrent one; try again")]
+    Retry,
     /// A page position does not fit the list it was used on.
     #[error("the page position does not fit this list")]
     BadPosition,
@@ -111,6 +115,12 @@ impl Store {
         Ok(Store::with_backend(Box::new(sqlite::SqliteStore::open(
             path,
         )?)))
+    }
+
+    /// Connects to the PostgreSQL database at `url` and brings its schema up to date (once,
+    /// whichever replicas start together).
+    pub fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        Ok(Store::with_backend(Box::new(postgres::PgStore::open(url)?)))
     }
 
     /// The store over `backend`.

@@ -354,6 +354,9 @@ async fn labels_and_counts_written_before_their_tables_are_found() {
     // A database at schema 5 with labelled devices (what later migrations made is dropped),
     // then migrated: the label rows and the counts are made from the stored devices.
     let f = fixture().await;
+    if f.sqlite_only() {
+        return;
+    }
     enroll_many(&f, 2, site).await;
     f.store.close().await;
     {

@@ -10,11 +10,15 @@ use super::*;
 mod device_lifecycle;
 mod device_list;
 mod lifecycle;
+pub(crate) mod pg;
 
+/// The store of one test, on the backend `HEEX_TEST_STORE` names: `sqlite` (the default) or
+/// `postgres` (a server of the test's own, see [`pg`]). The same tests run on both.
 pub(crate) struct Fixture {
+    pub(crate) store: Store,
+    _pg: Option<pg::TestServer>,
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
-    pub(crate) store: Store,
     ws: WorkspaceId,
     owner: MemberId,
     key: KeyId,
@@ -25,10 +29,40 @@ fn at_second(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0).unwrap()
 }
 
+/// True when the tests run on PostgreSQL.
+pub(crate) fn on_postgres() -> bool {
+    match std::env::var("HEEX_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("HEEX_TEST_STORE={other:?}: use sqlite or postgres"),
+    }
+}
+
+impl Fixture {
+    /// True (with a note) when this test is about the SQLite file itself and the tests run on
+    /// another backend.
+    pub(crate) fn sqlite_only(&self) -> bool {
+        if self._pg.is_some() {
+            eprintln!("this test checks the SQLite file itself: nothing to check on PostgreSQL");
+        }
+        self._pg.is_some()
+    }
+}
+
 pub(crate) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("heex.db");
-    let store = Store::open_sqlite(&path).unwrap();
+    let (store, pg) = if on_postgres() {
+        let server = pg::TestServer::start();
+        let url = server.url();
+        let store = tokio::task::spawn_blocking(move || Store::open_postgres(&url))
+            .await
+            .unwrap()
+            .unwrap();
+        (store, Some(server))
+    } else {
+        (Store::open_sqlite(&path).unwrap(), None)
+    };
     let now = at_second(OffsetDateTime::now_utc());
     let ws = WorkspaceId::generate();
     let owner = MemberId::generate();
@@ -67,6 +101,7 @@ pub(crate) async fn fixture() -> Fixture {
         .await
         .unwrap();
     Fixture {
+        _pg: pg,
         _dir: dir,
         path,
         store,
@@ -361,6 +396,9 @@ async fn key_use_is_visible_at_once_and_persisted_in_the_background() {
         Some(used)
     );
     // Within about a second the writer flushes it without any other write.
+    if f.sqlite_only() {
+        return;
+    }
     let conn = rusqlite::Connection::open(&f.path).unwrap();
     let mut stored = None;
     for _ in 0..40 {
@@ -382,6 +420,9 @@ async fn key_use_is_visible_at_once_and_persisted_in_the_background() {
 #[tokio::test]
 async fn reopening_keeps_data_and_schema() {
     let f = fixture().await;
+    if f.sqlite_only() {
+        return;
+    }
     let d = device(&f, &f.key);
     f.store
         .insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "d"))

@@ -1,0 +1,594 @@
+//! [`Tx`] on a PostgreSQL transaction (SERIALIZABLE: what it reads holds until it commits,
+//! or the commit fails and the operation runs again).
+
+use std::collections::BTreeMap;
+
+use heex_proto::api::{Facts, Role};
+use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
+use postgres::{GenericClient, Row, Transaction};
+use time::OffsetDateTime;
+
+use super::{
+    count, key_from_row, member_from_row, opt_time, parse, time, KEY_SELECT, MEMBER_SELECT,
+};
+use crate::store::backend::{DeviceState, InvitationsOf, SigninToken, StoredInvitation, Tx};
+use crate::store::{
+    to_unix, AuditEntry, ConsoleSession, InvitationCancel, KeyRecord, MemberRecord, NewDevice,
+    NewInvitation, NewKey, NewMember, NewWorkspace, Revocation, StoreError,
+};
+
+/// One transaction.
+pub(super) struct PgTx<'a, 'b>(pub(super) &'a mut Transaction<'b>);
+
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Database(format!("cannot encode {what}: {e}")))
+}
+
+pub(super) fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq)
+        .map_err(|_| StoreError::Database(format!("report sequence {seq} is out of range")))
+}
+
+pub(super) fn highest(c: &mut impl GenericClient, device: &DeviceId) -> Result<u64, StoreError> {
+    let max: Option<i64> = c
+        .query_one(
+            "SELECT MAX(seq) FROM reports WHERE device_id = $1",
+            &[&device.as_str()],
+        )?
+        .try_get(0)?;
+    Ok(max.map_or(0, count))
+}
+
+const INVITATION_SELECT: &str = "
+    SELECT i.id, i.workspace_id, i.email, i.role, i.created_at, i.expires_at, i.accepted_at,
+           i.cancelled_at, i.cancelled_reason, m.email, m.role, m.removed_at
+    FROM invitations i JOIN members m ON m.id = i.invited_by";
+
+fn invitation_from_row(r: &Row) -> Result<StoredInvitation, StoreError> {
+    let reason: Option<String> = r.try_get(8)?;
+    Ok(StoredInvitation {
+        id: r.try_get(0)?,
+        workspace_id: parse("workspace id", r.try_get(1)?)?,
+        email: r.try_get(2)?,
+        role: parse::<Role>("role", r.try_get(3)?)?,
+        created_at: time(r.try_get(4)?)?,
+        expires_at: time(r.try_get(5)?)?,
+        accepted_at: opt_time(r.try_get(6)?)?,
+        cancelled: opt_time(r.try_get(7)?)?.map(|at| {
+            (
+                at,
+                reason
+                    .as_deref()
+                    .and_then(InvitationCancel::parse)
+                    .unwrap_or(InvitationCancel::Cancelled),
+            )
+        }),
+        inviter_email: r.try_get(9)?,
+        inviter_role: parse::<Role>("role", r.try_get(10)?)?,
+        inviter_removed_at: opt_time(r.try_get(11)?)?,
+    })
+}
+
+impl PgTx<'_, '_> {
+    fn exec(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        Ok(self.0.execute(sql, params)?)
+    }
+}
+
+impl Tx for PgTx<'_, '_> {
+    fn insert_workspace(&mut self, ws: &NewWorkspace) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3)",
+            &[&ws.id.as_str(), &ws.name, &to_unix(ws.created_at)],
+        )?;
+        Ok(())
+    }
+
+    fn insert_member(&mut self, m: &NewMember) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO members (id, workspace_id, email, role, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &m.id.as_str(),
+                &m.workspace_id.as_str(),
+                &m.email,
+                &m.role.as_str(),
+                &to_unix(m.created_at),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn member(
+        &mut self,
+        ws: &WorkspaceId,
+        id: &MemberId,
+    ) -> Result<Option<MemberRecord>, StoreError> {
+        let sql = format!("{MEMBER_SELECT} WHERE m.workspace_id = $1 AND m.id = $2");
+        self.0
+            .query_opt(sql.as_str(), &[&ws.as_str(), &id.as_str()])?
+            .map(|r| member_from_row(&r))
+            .transpose()
+    }
+
+    fn current_owners(&mut self, ws: &WorkspaceId) -> Result<Vec<MemberId>, StoreError> {
+        self.0
+            .query(
+                "SELECT id FROM members
+                 WHERE workspace_id = $1 AND role = 'owner' AND removed_at IS NULL",
+                &[&ws.as_str()],
+            )?
+            .iter()
+            .map(|r| parse("member id", r.try_get(0)?))
+            .collect()
+    }
+
+    fn has_current_member_with_email(
+        &mut self,
+        ws: &WorkspaceId,
+        email: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT 1 FROM members
+                 WHERE workspace_id = $1 AND removed_at IS NULL AND lower(email) = lower($2)",
+                &[&ws.as_str(), &email],
+            )?
+            .is_some())
+    }
+
+    fn set_member_removed(&mut self, id: &MemberId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE members SET removed_at = $1 WHERE id = $2",
+            &[&to_unix(at), &id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn key(&mut self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let sql = format!("{KEY_SELECT} WHERE k.id = $1");
+        self.0
+            .query_opt(sql.as_str(), &[&id.as_str()])?
+            .map(|r| key_from_row(&r))
+            .transpose()
+    }
+
+    fn member_keys(&mut self, member: &MemberId) -> Result<Vec<KeyRecord>, StoreError> {
+        let sql = format!("{KEY_SELECT} WHERE k.member_id = $1");
+        self.0
+            .query(sql.as_str(), &[&member.as_str()])?
+            .iter()
+            .map(key_from_row)
+            .collect()
+    }
+
+    fn insert_key(&mut self, k: &NewKey) -> Result<(), StoreError> {
+        let max_uses = k.max_uses.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        self.exec(
+            "INSERT INTO api_keys
+                 (id, workspace_id, member_id, name, scope, created_at, expires_at, max_uses)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &k.id.as_str(),
+                &k.workspace_id.as_str(),
+                &k.member_id.as_str(),
+                &k.name,
+                &k.scope.as_str(),
+                &to_unix(k.created_at),
+                &to_unix(k.expires_at),
+                &max_uses,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn set_key_revoked(
+        &mut self,
+        id: &KeyId,
+        at: OffsetDateTime,
+        by: &MemberId,
+        reason: Revocation,
+        replaced_by: Option<&KeyId>,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE api_keys SET revoked_at = $1, revoked_by = $2, revoked_reason = $3,
+                 replaced_by = COALESCE($4, replaced_by)
+             WHERE id = $5",
+            &[
+                &to_unix(at),
+                &by.as_str(),
+                &reason.as_str(),
+                &replaced_by.map(KeyId::as_str),
+                &id.as_str(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn add_key_use(&mut self, id: &KeyId) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE api_keys SET uses = uses + 1 WHERE id = $1",
+            &[&id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn insert_invitation(&mut self, inv: &NewInvitation) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO invitations
+                 (token_hash, workspace_id, email, role, created_at, expires_at, invited_by, id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &inv.token_hash,
+                &inv.workspace_id.as_str(),
+                &inv.email,
+                &inv.role.as_str(),
+                &to_unix(inv.created_at),
+                &to_unix(inv.expires_at),
+                &inv.invited_by.as_str(),
+                &inv.id,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn invitation_by_token(&mut self, hash: &str) -> Result<Option<StoredInvitation>, StoreError> {
+        let sql = format!("{INVITATION_SELECT} WHERE i.token_hash = $1");
+        self.0
+            .query_opt(sql.as_str(), &[&hash])?
+            .map(|r| invitation_from_row(&r))
+            .transpose()
+    }
+
+    fn invitation(
+        &mut self,
+        ws: &WorkspaceId,
+        id: &str,
+    ) -> Result<Option<StoredInvitation>, StoreError> {
+        let sql = format!("{INVITATION_SELECT} WHERE i.id = $1 AND i.workspace_id = $2");
+        self.0
+            .query_opt(sql.as_str(), &[&id, &ws.as_str()])?
+            .map(|r| invitation_from_row(&r))
+            .transpose()
+    }
+
+    fn pending_invitations(&mut self, which: InvitationsOf<'_>) -> Result<Vec<String>, StoreError> {
+        const PENDING: &str =
+            "SELECT id FROM invitations WHERE accepted_at IS NULL AND cancelled_at IS NULL";
+        let found = match which {
+            InvitationsOf::InvitedBy(member) => self.0.query(
+                format!("{PENDING} AND invited_by = $1").as_str(),
+                &[&member.as_str()],
+            )?,
+            InvitationsOf::Invitee(ws, email) => self.0.query(
+                format!("{PENDING} AND workspace_id = $1 AND lower(email) = lower($2)").as_str(),
+                &[&ws.as_str(), &email],
+            )?,
+        };
+        found.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    fn set_invitation_cancelled(
+        &mut self,
+        id: &str,
+        at: OffsetDateTime,
+        by: &MemberId,
+        reason: InvitationCancel,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE invitations SET cancelled_at = $1, cancelled_by = $2, cancelled_reason = $3
+             WHERE id = $4",
+            &[&to_unix(at), &by.as_str(), &reason.as_str(), &id],
+        )?;
+        Ok(())
+    }
+
+    fn set_invitation_accepted(
+        &mut self,
+        id: &str,
+        member: &MemberId,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE invitations SET accepted_at = $1, accepted_by = $2 WHERE id = $3",
+            &[&to_unix(at), &member.as_str(), &id],
+        )?;
+        Ok(())
+    }
+
+    fn insert_audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
+        let details = encode("audit details", &e.details)?;
+        self.exec(
+            "INSERT INTO audit_events (workspace_id, at, actor, action, target, details)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &e.workspace_id.as_str(),
+                &to_unix(e.at),
+                &e.actor,
+                &e.action.as_str(),
+                &e.target,
+                &details,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn insert_device(&mut self, d: &NewDevice) -> Result<(), StoreError> {
+        let labels = encode("labels", &d.labels)?;
+        let facts = d.facts.as_ref().map(|f| encode("facts", f)).transpose()?;
+        self.exec(
+            "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id,
+                 enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &d.id.as_str(),
+                &d.workspace_id.as_str(),
+                &d.name,
+                &labels,
+                &facts,
+                &d.spiffe_id.to_string(),
+                &to_unix(d.enrolled_at),
+                &d.enrolled_by_key.as_str(),
+                &d.enrolled_by_member.as_str(),
+                &d.cert_serial,
+                &to_unix(d.cert_expires_at),
+            ],
+        )?;
+        write_labels(self.0, &d.id, &d.labels)
+    }
+
+    fn device_state(&mut self, id: &DeviceId) -> Result<Option<DeviceState>, StoreError> {
+        let Some(r) = self.0.query_opt(
+            "SELECT workspace_id, enrolled_by_member, revoked_at, cert_serial
+             FROM devices WHERE id = $1",
+            &[&id.as_str()],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(DeviceState {
+            workspace_id: parse("workspace id", r.try_get(0)?)?,
+            enrolled_by_member: parse("member id", r.try_get(1)?)?,
+            revoked_at: opt_time(r.try_get(2)?)?,
+            cert_serial: r.try_get(3)?,
+        }))
+    }
+
+    fn update_device(
+        &mut self,
+        id: &DeviceId,
+        name: Option<&str>,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> Result<(), StoreError> {
+        let encoded = labels.map(|l| encode("labels", l)).transpose()?;
+        self.exec(
+            "UPDATE devices SET name = COALESCE($1, name), labels = COALESCE($2, labels)
+             WHERE id = $3",
+            &[&name, &encoded, &id.as_str()],
+        )?;
+        if let Some(labels) = labels {
+            write_labels(self.0, id, labels)?;
+        }
+        Ok(())
+    }
+
+    fn set_device_revoked(&mut self, id: &DeviceId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE devices SET revoked_at = $1, connection = NULL, connected_at = NULL
+             WHERE id = $2",
+            &[&to_unix(at), &id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn delete_device(&mut self, id: &DeviceId) -> Result<(), StoreError> {
+        self.exec("DELETE FROM devices WHERE id = $1", &[&id.as_str()])?;
+        self.exec("DELETE FROM reports WHERE device_id = $1", &[&id.as_str()])?;
+        Ok(())
+    }
+
+    fn set_device_certificate(
+        &mut self,
+        id: &DeviceId,
+        serial_hex: &str,
+        not_after: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE devices
+             SET previous_cert_serial = cert_serial, cert_superseded_at = $1,
+                 cert_serial = $2, cert_expires_at = $3
+             WHERE id = $4",
+            &[&to_unix(at), &serial_hex, &to_unix(not_after), &id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn set_device_seen(
+        &mut self,
+        id: &DeviceId,
+        facts: Option<&Facts>,
+        agent_version: Option<&str>,
+        at: OffsetDateTime,
+        connection: &str,
+    ) -> Result<(), StoreError> {
+        let facts = facts.map(|f| encode("facts", f)).transpose()?;
+        self.exec(
+            "UPDATE devices
+             SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), $1),
+                 facts = COALESCE($2, facts),
+                 agent_version = COALESCE($5, agent_version),
+                 connected_at = CASE WHEN connection IS NOT DISTINCT FROM $3
+                                     THEN connected_at ELSE $1 END,
+                 connection = $3
+             WHERE id = $4",
+            &[
+                &to_unix(at),
+                &facts,
+                &connection,
+                &id.as_str(),
+                &agent_version,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn clear_device_connection(
+        &mut self,
+        id: &DeviceId,
+        connection: &str,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE devices SET connection = NULL, connected_at = NULL
+             WHERE id = $1 AND connection = $2",
+            &[&id.as_str(), &connection],
+        )?;
+        Ok(())
+    }
+
+    fn clear_all_connections(&mut self) -> Result<u64, StoreError> {
+        self.exec(
+            "UPDATE devices SET connection = NULL, connected_at = NULL
+             WHERE connection IS NOT NULL",
+            &[],
+        )
+    }
+
+    fn insert_report(
+        &mut self,
+        device: &DeviceId,
+        seq: u64,
+        at: OffsetDateTime,
+        payload: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self.exec(
+            "INSERT INTO reports (device_id, seq, received_at, payload)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, seq) DO NOTHING",
+            &[&device.as_str(), &seq_to_sql(seq)?, &to_unix(at), &payload],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn report_payload(
+        &mut self,
+        device: &DeviceId,
+        seq: u64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT payload FROM reports WHERE device_id = $1 AND seq = $2",
+                &[&device.as_str(), &seq_to_sql(seq)?],
+            )?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    fn highest_report_seq(&mut self, device: &DeviceId) -> Result<u64, StoreError> {
+        highest(self.0, device)
+    }
+
+    fn delete_expired_console(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
+        let now = to_unix(now);
+        self.exec(
+            "DELETE FROM console_sessions WHERE expires_at <= $1",
+            &[&now],
+        )?;
+        self.exec(
+            "DELETE FROM console_signin_tokens WHERE expires_at <= $1",
+            &[&now],
+        )?;
+        Ok(())
+    }
+
+    fn insert_console_session(&mut self, s: &ConsoleSession) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO console_sessions (id_hash, key_id, created_at, last_seen_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &s.id_hash,
+                &s.key_id.as_str(),
+                &to_unix(s.created_at),
+                &to_unix(s.last_seen_at),
+                &to_unix(s.expires_at),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn touch_console_session(&mut self, hash: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE console_sessions SET last_seen_at = $2 WHERE id_hash = $1",
+            &[&hash, &to_unix(at)],
+        )?;
+        Ok(())
+    }
+
+    fn delete_console_session(&mut self, hash: &str) -> Result<bool, StoreError> {
+        Ok(self.exec("DELETE FROM console_sessions WHERE id_hash = $1", &[&hash])? == 1)
+    }
+
+    fn insert_signin_token(
+        &mut self,
+        hash: &str,
+        key: &KeyId,
+        at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO console_signin_tokens (token_hash, key_id, created_at, expires_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&hash, &key.as_str(), &to_unix(at), &to_unix(expires_at)],
+        )?;
+        Ok(())
+    }
+
+    fn signin_token(&mut self, hash: &str) -> Result<Option<SigninToken>, StoreError> {
+        let Some(r) = self.0.query_opt(
+            "SELECT key_id, expires_at, used_at FROM console_signin_tokens WHERE token_hash = $1",
+            &[&hash],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(SigninToken {
+            key_id: parse("key id", r.try_get(0)?)?,
+            expires_at: time(r.try_get(1)?)?,
+            used_at: opt_time(r.try_get(2)?)?,
+        }))
+    }
+
+    fn set_signin_token_used(&mut self, hash: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE console_signin_tokens SET used_at = $2 WHERE token_hash = $1",
+            &[&hash, &to_unix(at)],
+        )?;
+        Ok(())
+    }
+}
+
+/// Replaces the label rows of device `id` with `labels`.
+fn write_labels(
+    c: &mut Transaction<'_>,
+    id: &DeviceId,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    c.execute(
+        "DELETE FROM device_labels WHERE device_id = $1",
+        &[&id.as_str()],
+    )?;
+    for (k, v) in labels {
+        c.execute(
+            "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
+             SELECT id, workspace_id, enrolled_at, $2, $3 FROM devices WHERE id = $1",
+            &[&id.as_str(), k, v],
+        )?;
+    }
+    Ok(())
+}

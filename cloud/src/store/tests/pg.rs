@@ -1,0 +1,153 @@
+//! A real PostgreSQL server for one test: a copy of a cluster made once by `initdb` (shared
+//! by the test processes of one machine, made under a file lock), started on a Unix socket
+//! in a temporary directory and stopped when dropped. PostgreSQL refuses to run as root:
+//! as root, the server runs as the user `postgres` (`HEEX_TEST_PG_USER` overrides).
+//! The binaries are found in `HEEX_TEST_PG_BIN`, /usr/local/bin, /usr/lib/postgresql/*/bin
+//! or the PATH.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running server.
+pub(crate) struct TestServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    user: Option<String>,
+}
+
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("HEEX_TEST_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut candidates = vec![PathBuf::from("/usr/local/bin")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        candidates.extend(entries.flatten().map(|e| e.path().join("bin")));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+        .expect(
+            "PostgreSQL's initdb and pg_ctl are not installed (looked in HEEX_TEST_PG_BIN, \
+             /usr/local/bin, /usr/lib/postgresql/*/bin and the PATH); install postgresql",
+        )
+}
+
+fn run_as(user: Option<&str>, program: &Path) -> Command {
+    match user {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn check(what: &str, out: std::io::Result<std::process::Output>) {
+    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn chown(path: &Path, user: &str) {
+    check(
+        "chown",
+        Command::new("chown").arg("-R").arg(user).arg(path).output(),
+    );
+}
+
+/// The shared template cluster, made once per machine.
+fn template(bin: &Path, user: Option<&str>) -> PathBuf {
+    let root = std::env::temp_dir().join("heex-test-pg-template");
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.join("lock")).unwrap();
+    lock.lock().unwrap();
+    let data = root.join("data");
+    if !data.join("PG_VERSION").is_file() {
+        let scratch = root.join("scratch");
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch).unwrap();
+        if let Some(user) = user {
+            chown(&scratch, user);
+        }
+        check(
+            "initdb",
+            run_as(user, &bin.join("initdb"))
+                .arg("-D")
+                .arg(scratch.join("data"))
+                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+                .args(["--no-sync", "--no-instructions"])
+                .output(),
+        );
+        std::fs::rename(scratch.join("data"), &data).unwrap();
+    }
+    drop(lock);
+    data
+}
+
+impl TestServer {
+    /// Starts a server of its own.
+    pub(crate) fn start() -> TestServer {
+        let bin = bin_dir();
+        let user = std::env::var("HEEX_TEST_PG_USER").ok().or_else(|| {
+            rustix::process::geteuid()
+                .is_root()
+                .then(|| "postgres".to_owned())
+        });
+        let template = template(&bin, user.as_deref());
+        let dir = tempfile::tempdir().unwrap();
+        check(
+            "copy the template cluster",
+            Command::new("cp")
+                .arg("-a")
+                .arg(&template)
+                .arg(dir.path().join("data"))
+                .output(),
+        );
+        if let Some(user) = &user {
+            chown(dir.path(), user);
+        }
+        check(
+            "pg_ctl start",
+            run_as(user.as_deref(), &bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(dir.path().join("data"))
+                .arg("-l")
+                .arg(dir.path().join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-c listen_addresses= -k {} -c fsync=off -c max_connections=60 \
+                     -c shared_buffers=16MB",
+                    dir.path().display()
+                ))
+                .args(["-w", "-s", "start"])
+                .output(),
+        );
+        TestServer { dir, bin, user }
+    }
+
+    /// A connection string for a new, empty database of this server.
+    pub(crate) fn url(&self) -> String {
+        format!(
+            "host={} user=postgres dbname=postgres",
+            self.dir.path().display()
+        )
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = run_as(self.user.as_deref(), &self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-s", "stop"])
+            .output();
+    }
+}
