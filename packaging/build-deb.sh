@@ -1,14 +1,44 @@
 #!/usr/bin/env bash
-# Builds the heex-agent Debian package: size-optimised binaries (profile agent-small), then the man pages and shell
-# completions generated from their command lines, then `cargo deb` (metadata in
-# packaging/Cargo.toml). Prints the path of the .deb on its last line.
+# Builds a Debian package and prints its path on its last line (metadata in packaging/Cargo.toml).
 # Needs cargo-deb (`cargo install cargo-deb --locked`).
+#
+#   bash packaging/build-deb.sh [agent] [--deb-version VERSION]   heex-agent: heex-agent and
+#       heex-installer (size-optimised, profile agent-small), their man pages and completions
+#   bash packaging/build-deb.sh cloud [--deb-version VERSION]     heex-cloud (profile release)
+#
+# --deb-version replaces the package version (default: the workspace version, revision 1),
+# e.g. 0.1.0-1+local1 for a build that must upgrade an installed one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-assets="$target_dir/agent-small/heex-assets"
+package=agent
+version_flags=()
+while [ "$#" -gt 0 ]; do
+    case $1 in
+        agent | cloud) package=$1 ;;
+        --deb-version)
+            [ "$#" -ge 2 ] || { echo "build-deb.sh: --deb-version needs a value" >&2; exit 64; }
+            version_flags=(--deb-version "$2")
+            shift
+            ;;
+        *)
+            echo "usage: build-deb.sh [agent|cloud] [--deb-version VERSION]" >&2
+            exit 64
+            ;;
+    esac
+    shift
+done
 
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+
+if [ "$package" = cloud ]; then
+    cargo build --release --locked -p heex-cloud
+    cargo deb --locked -p heex-packaging --variant cloud --no-build "${version_flags[@]}" \
+        --output "$target_dir/debian/" | tail -n 1
+    exit 0
+fi
+
+assets="$target_dir/agent-small/heex-assets"
 # Both run on small robots: they are built with the size-optimised profile (the agent's idle
 # RSS and binary size are product requirements; the installer runs once, speed is moot).
 # One at a time: built together, the agent's dependencies would get the installer's features
@@ -19,4 +49,5 @@ rm -rf "$assets"
 cargo run --quiet --locked -p heex-packaging --bin heex-package-assets -- "$assets" >/dev/null
 # Debian policy wants man pages compressed; cargo-deb leaves files under target/ as they are.
 gzip -9n "$assets"/man/*.8
-cargo deb --locked -p heex-packaging --profile agent-small --no-build --output "$target_dir/debian/" | tail -n 1
+cargo deb --locked -p heex-packaging --profile agent-small --no-build "${version_flags[@]}" \
+    --output "$target_dir/debian/" | tail -n 1

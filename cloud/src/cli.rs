@@ -131,6 +131,11 @@ pub struct ServeArgs {
     /// Default: 1/32 of the open-files limit, 64 to 1024.
     #[arg(long)]
     pub api_max_connections: Option<usize>,
+    /// Exit 78 when the data directory is not initialized instead of initializing it: for a
+    /// service whose data directory `heex-cloud init` prepared, which must never start a new
+    /// workspace on an empty or missing directory.
+    #[arg(long)]
+    pub no_init: bool,
     /// Options used only when the data directory must be initialized first.
     #[command(flatten)]
     pub init: InitOptions,

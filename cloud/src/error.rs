@@ -25,6 +25,9 @@ pub enum Error {
     /// `init` on a directory that is already initialized.
     #[error("{} is already initialized; use another --data-dir or run `heex-cloud serve --data-dir {}`", .0.display(), .0.display())]
     AlreadyInitialized(PathBuf),
+    /// `serve --no-init` on a directory that is not initialized.
+    #[error("{} is not an initialized Heex data directory (serve --no-init never creates one); run `heex-cloud init --data-dir {}` first, or point --data-dir at the existing one", .0.display(), .0.display())]
+    NotInitialized(PathBuf),
     /// The directory holds files that are not Heex's.
     #[error("{} is not empty and is not a Heex data directory; choose an empty or new directory", .0.display())]
     NotEmpty(PathBuf),
@@ -70,7 +73,7 @@ impl Error {
             Error::AlreadyInitialized(_) | Error::NotEmpty(_) | Error::File { .. } => {
                 exit::FILE_ERROR
             }
-            Error::Corrupt { .. } => exit::CONFIG,
+            Error::Corrupt { .. } | Error::NotInitialized(_) => exit::CONFIG,
             Error::Bind { .. } => exit::UNAVAILABLE,
             Error::Store(StoreError::Schema(_)) => exit::CONFIG,
             Error::Store(_) => exit::FILE_ERROR,

@@ -19,6 +19,7 @@ pub mod csr;
 pub mod datadir;
 pub mod error;
 pub mod gateway;
+pub mod notify;
 pub mod server;
 pub mod store;
 
@@ -70,8 +71,9 @@ pub async fn create_workspace(args: WorkspaceCreateArgs) -> Result<(), Error> {
         .map_err(|e| Error::file("<stdout>", e))
 }
 
-/// `heex-cloud serve`: initializes the data directory if needed, binds both sockets, prints
-/// the two "listening" lines and serves until SIGTERM or SIGINT.
+/// `heex-cloud serve`: initializes the data directory if needed (unless `--no-init`), binds
+/// both sockets, prints the two "listening" lines, tells systemd it is ready and serves until
+/// SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let gateway_address = match &args.gateway_advertise {
         Some(addr) => GatewayAddress::Advertised(check_host_port(addr)?),
@@ -79,6 +81,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     };
     let dir = DataDir::new(&args.dir.data_dir);
     if !dir.is_initialized() {
+        if args.no_init {
+            return Err(Error::NotInitialized(dir.root().to_owned()));
+        }
         let report = dir.init(&args.init).await?;
         report
             .print(&mut std::io::stdout().lock())
@@ -164,9 +169,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             .map_err(|e| Error::file("<stdout>", e))?;
     }
     tracing::info!(%api_addr, %gateway_addr, data_dir = %dir.root().display(), "serving");
+    notify::ready(api_addr, gateway_addr);
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            notify::stopping();
+        }
+    });
     let api = async {
         server::serve(
             api_listener,
@@ -271,5 +284,38 @@ mod tests {
         for bad in ["gw.example", ":8444", "gw:0", "gw:http", "::1:8444"] {
             assert_eq!(check_host_port(bad).unwrap_err().exit_code(), 64, "{bad}");
         }
+    }
+
+    /// `serve --no-init` refuses a missing or empty data directory with exit 78 and leaves
+    /// it as it was.
+    #[tokio::test]
+    async fn serve_no_init_refuses_an_uninitialized_directory() {
+        use clap::Parser;
+        let tmp = tempfile::tempdir().unwrap();
+        for dir in [tmp.path().join("missing"), tmp.path().to_owned()] {
+            let cli = Cli::try_parse_from([
+                "heex-cloud".as_ref(),
+                "serve".as_ref(),
+                "--no-init".as_ref(),
+                "--listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+                "--gateway-listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+                "--data-dir".as_ref(),
+                dir.as_os_str(),
+            ])
+            .unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("not serve")
+            };
+            let err = serve(args).await.unwrap_err();
+            assert_eq!(err.exit_code(), 78, "{err}");
+            assert!(
+                err.to_string().contains("heex-cloud init --data-dir"),
+                "{err}"
+            );
+        }
+        assert!(!tmp.path().join("missing").exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 }
