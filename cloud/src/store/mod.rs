@@ -632,5 +632,29 @@ pub(crate) fn from_unix(secs: i64) -> Result<OffsetDateTime, StoreError> {
     })
 }
 
+/// A report sequence number as the databases store it (a signed 64-bit integer).
+pub(crate) fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq)
+        .map_err(|_| StoreError::Database(format!("report sequence {seq} is out of range")))
+}
+
+/// A value as the JSON text the databases store (labels, facts, audit details).
+pub(crate) fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Database(format!("cannot encode {what}: {e}")))
+}
+
+/// `s` with LIKE's wildcards and the escape character escaped (escape `\`).
+pub(crate) fn like_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for ch in s.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -26,9 +26,9 @@ use time::OffsetDateTime;
 use super::backend::{Backend, BoxFuture, TxOp};
 use super::device_list::LabelSelector;
 use super::{
-    from_unix, to_unix, AuditFilter, ConsoleSession, DeviceCounts, DeviceQuery, DeviceRecord,
-    DeviceSort, InvitationRecord, KeyRecord, MemberRecord, PageOf, PageRequest, Revocation,
-    SortValue, StoreError,
+    from_unix, like_escaped, to_unix, AuditFilter, ConsoleSession, DeviceCounts, DeviceQuery,
+    DeviceRecord, DeviceSort, InvitationRecord, KeyRecord, MemberRecord, PageOf, PageRequest,
+    Revocation, SortValue, StoreError,
 };
 use crate::gateway::DeviceStatus;
 
@@ -428,18 +428,6 @@ impl Query {
     }
 }
 
-/// `s` with LIKE's wildcards and the escape character escaped (escape `\`).
-fn like_escaped(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    for ch in s.chars() {
-        if matches!(ch, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
-}
-
 fn rows<T>(
     rows: Vec<Row>,
     f: impl Fn(&Row) -> Result<T, StoreError>,
@@ -785,7 +773,7 @@ impl Backend for PgStore {
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<ReportInfo>, StoreError>> {
         Box::pin(self.with_client(move |c| {
-            let after = tx::seq_to_sql(after)?;
+            let after = super::seq_to_sql(after)?;
             let found = c.query(
                 "SELECT seq, received_at, payload FROM reports
                  WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",

@@ -13,22 +13,13 @@ use super::{
 };
 use crate::store::backend::{DeviceState, InvitationsOf, SigninToken, StoredInvitation, Tx};
 use crate::store::{
-    to_unix, AuditEntry, ConsoleSession, InvitationCancel, KeyRecord, MemberRecord, NewDevice,
-    NewInvitation, NewKey, NewMember, NewWorkspace, Revocation, StoreError,
+    encode, seq_to_sql, to_unix, AuditEntry, ConsoleSession, InvitationCancel, KeyRecord,
+    MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, Revocation,
+    StoreError,
 };
 
 /// One transaction.
 pub(super) struct PgTx<'a, 'b>(pub(super) &'a mut Transaction<'b>);
-
-fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Database(format!("cannot encode {what}: {e}")))
-}
-
-pub(super) fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
-    i64::try_from(seq)
-        .map_err(|_| StoreError::Database(format!("report sequence {seq} is out of range")))
-}
 
 pub(super) fn highest(c: &mut impl GenericClient, device: &DeviceId) -> Result<u64, StoreError> {
     let max: Option<i64> = c

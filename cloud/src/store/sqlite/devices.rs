@@ -11,7 +11,7 @@ use super::{conversion, opt_time, parsed, time_at, SqliteStore};
 use crate::gateway::DeviceStatus;
 use crate::store::device_list::{DeviceCounts, DeviceQuery, DeviceSort, LabelSelector};
 use crate::store::paging::PageOf;
-use crate::store::{to_unix, DeviceRecord, StoreError};
+use crate::store::{like_escaped, to_unix, DeviceRecord, StoreError};
 
 /// The columns of a device (`d`) with its enrolling member's (`m`) email, in the order
 /// [`device_from_row`] reads.
@@ -34,18 +34,6 @@ const DEVICE_SELECT: &str = concat!(
 /// Most trigram-index matches of a search text for which the index drives the page (the
 /// matches are then sorted); above, the walk in page order does.
 const SEARCH_DRIVES_UP_TO: i64 = 10_000;
-
-/// `s` with LIKE's wildcards and the escape character escaped (escape `\\`).
-fn like_escaped(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    for ch in s.chars() {
-        if matches!(ch, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
-}
 
 impl SqliteStore {
     pub(crate) async fn query_devices(

@@ -29,7 +29,7 @@ impl SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<ReportInfo>, StoreError> {
-        let after = super::tx::seq_to_sql(after)?;
+        let after = crate::store::seq_to_sql(after)?;
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, received_at, payload FROM reports

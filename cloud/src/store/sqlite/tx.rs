@@ -13,22 +13,13 @@ use time::OffsetDateTime;
 use super::{audit, conversion, opt_time, parsed, time_at};
 use crate::store::backend::{DeviceState, InvitationsOf, SigninToken, StoredInvitation, Tx};
 use crate::store::{
-    to_unix, AuditEntry, ConsoleSession, InvitationCancel, KeyRecord, MemberRecord, NewDevice,
-    NewInvitation, NewKey, NewMember, NewWorkspace, Revocation, Role, StoreError,
+    encode, seq_to_sql, to_unix, AuditEntry, ConsoleSession, InvitationCancel, KeyRecord,
+    MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, Revocation, Role,
+    StoreError,
 };
 
 /// The writer's connection, inside its transaction.
 pub(super) struct SqliteTx<'c>(pub(super) &'c Connection);
-
-fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Database(format!("cannot encode {what}: {e}")))
-}
-
-pub(super) fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
-    i64::try_from(seq)
-        .map_err(|_| StoreError::Database(format!("report sequence {seq} is out of range")))
-}
 
 /// The columns of an invitation with its inviter, in the order [`invitation_from_row`]
 /// reads.
