@@ -673,3 +673,4 @@ pub fn stored_reports(cloud: &Cloud, device: &str) -> Vec<(u64, Value)> {
 }
 
 pub mod faults;
+pub mod pg;

@@ -6,17 +6,17 @@ use heex_proto::SpiffeId;
 use time::OffsetDateTime;
 
 use super::*;
+use heex_tests::pg::PgServer;
 
 mod device_lifecycle;
 mod device_list;
 mod lifecycle;
-pub(crate) mod pg;
 
 /// The store of one test, on the backend `HEEX_TEST_STORE` names: `sqlite` (the default) or
-/// `postgres` (a server of the test's own, see [`pg`]). The same tests run on both.
+/// `postgres` (a server of the test's own, see [`PgServer`]). The same tests run on both.
 pub(crate) struct Fixture {
     pub(crate) store: Store,
-    _pg: Option<pg::TestServer>,
+    _pg: Option<PgServer>,
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
     ws: WorkspaceId,
@@ -53,8 +53,8 @@ pub(crate) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("heex.db");
     let (store, pg) = if on_postgres() {
-        let server = pg::TestServer::start();
-        let url = server.url();
+        let server = PgServer::start();
+        let url = server.conninfo();
         let store = tokio::task::spawn_blocking(move || Store::open_postgres(&url))
             .await
             .unwrap()

@@ -4,12 +4,15 @@
 //! as root, the server runs as the user `postgres` (`HEEX_TEST_PG_USER` overrides).
 //! The binaries are found in `HEEX_TEST_PG_BIN`, /usr/local/bin, /usr/lib/postgresql/*/bin
 //! or the PATH.
+//!
+//! The store's conformance tests (`heex-cloud`'s `store::tests`) and the end-to-end tests
+//! with `HEEX_TEST_STORE=postgres` (each `Cloud` then has a server of its own) both use it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A running server.
-pub(crate) struct TestServer {
+/// A running server, stopped (`pg_ctl stop -m immediate`) when dropped.
+pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     user: Option<String>,
@@ -68,7 +71,7 @@ fn template(bin: &Path, user: Option<&str>) -> PathBuf {
     let root = std::env::temp_dir().join("heex-test-pg-template");
     std::fs::create_dir_all(&root).unwrap();
     let lock = std::fs::File::create(root.join("lock")).unwrap();
-    lock.lock().unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
     let data = root.join("data");
     if !data.join("PG_VERSION").is_file() {
         let scratch = root.join("scratch");
@@ -92,9 +95,22 @@ fn template(bin: &Path, user: Option<&str>) -> PathBuf {
     data
 }
 
-impl TestServer {
+/// `s` percent-encoded for a URL's query value: everything but unreserved characters and `/`.
+fn query_encoded(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl PgServer {
     /// Starts a server of its own.
-    pub(crate) fn start() -> TestServer {
+    pub fn start() -> PgServer {
         let bin = bin_dir();
         let user = std::env::var("HEEX_TEST_PG_USER").ok().or_else(|| {
             rustix::process::geteuid()
@@ -102,7 +118,10 @@ impl TestServer {
                 .then(|| "postgres".to_owned())
         });
         let template = template(&bin, user.as_deref());
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("heex-pg-")
+            .tempdir()
+            .unwrap();
         check(
             "copy the template cluster",
             Command::new("cp")
@@ -130,24 +149,56 @@ impl TestServer {
                 .args(["-w", "-s", "start"])
                 .output(),
         );
-        TestServer { dir, bin, user }
+        PgServer { dir, bin, user }
     }
 
-    /// A connection string for a new, empty database of this server.
-    pub(crate) fn url(&self) -> String {
+    /// The server's database as a libpq URL (`postgresql://postgres@localhost/postgres?host=
+    /// <socket directory>`), the form `heex-cloud --store` takes.
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://postgres@localhost/postgres?host={}",
+            query_encoded(&self.dir.path().display().to_string())
+        )
+    }
+
+    /// The same database as a key-value connection string
+    /// (`host=<socket directory> user=postgres dbname=postgres`).
+    pub fn conninfo(&self) -> String {
         format!(
             "host={} user=postgres dbname=postgres",
             self.dir.path().display()
         )
     }
+
+    /// The directory holding the cluster (`data`), the server's log (`log`) and its socket.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A new client connection to the server's database.
+    pub fn connect(&self) -> postgres::Client {
+        postgres::Client::connect(&self.conninfo(), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to the test PostgreSQL server: {e}"))
+    }
 }
 
-impl Drop for TestServer {
+impl Drop for PgServer {
     fn drop(&mut self) {
         let _ = run_as(self.user.as_deref(), &self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
             .args(["-m", "immediate", "-s", "stop"])
             .output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_encoded;
+
+    #[test]
+    fn socket_directories_are_encoded_for_a_url_query() {
+        assert_eq!(query_encoded("/tmp/heex-pg-Ab9._~"), "/tmp/heex-pg-Ab9._~");
+        assert_eq!(query_encoded("/tmp/a b&c=d%"), "/tmp/a%20b%26c%3Dd%25");
     }
 }
