@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{bin, token, wait_for, Cloud, Logs, Machine, Proc};
+use crate::{bin, wait_for, Cloud, Logs, Machine, Proc};
 
 /// Why fault tests cannot run here, or `None` when they can (root, `ip netns`, iptables, tc).
 fn missing_capability() -> Option<String> {
@@ -291,39 +291,8 @@ impl Cloud {
     /// `heex-cloud init` and `serve` on 127.0.0.1 with the data directory `<dir>/data`,
     /// which may be the mount point of a small filesystem (it must be empty).
     pub fn start_in(dir: tempfile::TempDir) -> Cloud {
-        let logs = Logs::new();
-        let data = dir.path().join("data");
-        let out = logs.run(
-            "cloud-init",
-            Command::new(bin("heex-cloud"))
-                .arg("init")
-                .arg("--data-dir")
-                .arg(&data),
-            Duration::from_secs(60),
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "heex-cloud init failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let owner_key = token(&stdout, "heex_", heex_proto::apikey::KEY_LEN)
-            .unwrap_or_else(|| panic!("no API key in init output:\n{stdout}"));
-        let fingerprint = token(&stdout, "sha256:", 7 + 64)
-            .unwrap_or_else(|| panic!("no CA fingerprint in init output:\n{stdout}"));
-        let mut cloud = Cloud {
-            logs,
-            data_dir: dir,
-            api_url: String::new(),
-            gateway: "127.0.0.1:0".parse().unwrap(),
-            owner_key,
-            fingerprint,
-            serve_args: vec![],
-            proc: None,
-            api_addr: "127.0.0.1:0".parse().unwrap(),
-        };
-        cloud.serve();
-        cloud
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        Cloud::init_and_serve(dir, loopback, loopback, &[])
     }
 }
 

@@ -4,6 +4,9 @@
 //!
 //! The binaries are found beside the test executable's target directory, so build them first:
 //! `cargo build --workspace --bins` (the README's test command does this).
+//!
+//! The cloud's store is SQLite in its data directory, or with `HEEX_TEST_STORE=postgres` a
+//! PostgreSQL server each [`Cloud`] starts for itself ([`pg::PgServer`]).
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -52,6 +55,26 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// True when `HEEX_TEST_STORE=postgres`: every [`Cloud`] keeps its store on a PostgreSQL
+/// server of its own instead of SQLite in its data directory (`sqlite`, the default).
+pub fn store_is_postgres() -> bool {
+    match std::env::var("HEEX_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("HEEX_TEST_STORE={other:?}: use sqlite or postgres"),
+    }
+}
+
+/// True (with a one-line note naming `test` and `why`) when the store is PostgreSQL and the
+/// test, being about the SQLite file itself, has nothing to check.
+pub fn sqlite_only(test: &str, why: &str) -> bool {
+    let skip = store_is_postgres();
+    if skip {
+        eprintln!("{test}: skipped with HEEX_TEST_STORE=postgres: {why}");
+    }
+    skip
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
@@ -254,6 +277,9 @@ pub struct Cloud {
     pub serve_args: Vec<String>,
     proc: Option<Proc>,
     api_addr: SocketAddr,
+    /// The store's server with `HEEX_TEST_STORE=postgres`; declared after `proc` so that it
+    /// stops after the cloud's process.
+    pg: Option<pg::PgServer>,
 }
 
 impl Cloud {
@@ -271,17 +297,40 @@ impl Cloud {
     /// Like [`Cloud::start_with`], with the API and the gateway on these addresses (port 0:
     /// chosen by the OS).
     pub fn start_at(api: SocketAddr, gateway: SocketAddr, serve_args: &[&str]) -> Cloud {
-        let logs = Logs::new();
         let data_dir = tempfile::Builder::new()
             .prefix("heex-cloud-")
             .tempdir()
             .unwrap();
-        let out = logs.run(
+        Self::init_and_serve(data_dir, api, gateway, serve_args)
+    }
+
+    /// `heex-cloud init` with the data directory `<data_dir>/data` (and, with
+    /// `HEEX_TEST_STORE=postgres`, a new PostgreSQL server as its store), then `serve`.
+    pub(crate) fn init_and_serve(
+        data_dir: TempDir,
+        api: SocketAddr,
+        gateway: SocketAddr,
+        serve_args: &[&str],
+    ) -> Cloud {
+        let mut cloud = Cloud {
+            logs: Logs::new(),
+            data_dir,
+            api_url: String::new(),
+            gateway,
+            owner_key: String::new(),
+            fingerprint: String::new(),
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
+            proc: None,
+            api_addr: api,
+            pg: store_is_postgres().then(pg::PgServer::start),
+        };
+        let out = cloud.logs.run(
             "cloud-init",
-            Command::new(bin("heex-cloud"))
+            cloud
+                .command()
                 .arg("init")
                 .arg("--data-dir")
-                .arg(data_dir.path().join("data")),
+                .arg(cloud.data()),
             Duration::from_secs(60),
         );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -290,23 +339,46 @@ impl Cloud {
             "heex-cloud init failed: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let owner_key = token(&stdout, "heex_", heex_proto::apikey::KEY_LEN)
+        cloud.owner_key = token(&stdout, "heex_", heex_proto::apikey::KEY_LEN)
             .unwrap_or_else(|| panic!("no API key in init output:\n{stdout}"));
-        let fingerprint = token(&stdout, "sha256:", 7 + 64)
+        cloud.fingerprint = token(&stdout, "sha256:", 7 + 64)
             .unwrap_or_else(|| panic!("no CA fingerprint in init output:\n{stdout}"));
-        let mut cloud = Cloud {
-            logs,
-            data_dir,
-            api_url: String::new(),
-            gateway,
-            owner_key,
-            fingerprint,
-            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
-            proc: None,
-            api_addr: api,
-        };
         cloud.serve();
         cloud
+    }
+
+    /// A `heex-cloud` command for this cloud's store: with PostgreSQL, `HEEX_STORE_URL` names
+    /// the cloud's server; otherwise the store is SQLite in the data directory given with
+    /// `--data-dir` (and `HEEX_STORE_URL` is removed from the environment).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("heex-cloud"));
+        match self.store_url() {
+            Some(url) => cmd.env("HEEX_STORE_URL", url),
+            None => cmd.env_remove("HEEX_STORE_URL"),
+        };
+        cmd
+    }
+
+    /// The `--store` URL of the cloud's PostgreSQL server; `None` when the store is SQLite.
+    pub fn store_url(&self) -> Option<String> {
+        self.pg.as_ref().map(pg::PgServer::url)
+    }
+
+    /// The cloud's PostgreSQL server; `None` when the store is SQLite.
+    pub fn pg(&self) -> Option<&pg::PgServer> {
+        self.pg.as_ref()
+    }
+
+    /// Every directory holding what the cloud stored: the data directory and, with
+    /// PostgreSQL, the server's directory (cluster, log), after a `CHECKPOINT` has written
+    /// every change to its files.
+    pub fn stored_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.data()];
+        if let Some(pg) = &self.pg {
+            pg.connect().batch_execute("CHECKPOINT").unwrap();
+            dirs.push(pg.dir().to_path_buf());
+        }
+        dirs
     }
 
     /// The data directory `heex-cloud` uses.
@@ -321,7 +393,7 @@ impl Cloud {
 
     /// (Re)starts `serve` on the previous ports (OS-chosen on first start).
     pub fn serve(&mut self) {
-        let mut cmd = Command::new(bin("heex-cloud"));
+        let mut cmd = self.command();
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data())

@@ -119,7 +119,8 @@ fn a_cloud_on_ipv6_loopback_advertising_its_gateway_connects_machines() {
     cloud.stop();
     let out = cloud.logs.run(
         "cloud-serve-unbracketed",
-        Command::new(bin("heex-cloud"))
+        cloud
+            .command()
             .arg("serve")
             .arg("--data-dir")
             .arg(cloud.data())

@@ -1060,7 +1060,8 @@ fn members_keep_to_their_own_keys_and_workspaces_do_not_cross() {
     // A second workspace on the same cloud, made by the operator while it serves.
     let out = cloud.logs.run(
         "cloud-workspace",
-        Command::new(bin("heex-cloud"))
+        cloud
+            .command()
             .args(["workspaces", "create", "beta", "--owner", "bea@example.com"])
             .arg("--data-dir")
             .arg(cloud.data()),
@@ -1113,12 +1114,14 @@ fn keys_copy_returns_the_created_key_and_the_database_holds_neither() {
     let copied = text(&out.stdout).trim().to_owned();
     assert_eq!(copied, created);
 
-    // Nothing in the data directory (database, WAL, anything) holds the key or its
-    // secret; nor does the server's output.
-    let hits = heex_tests::files_containing(&cloud.data(), secret_of(&created));
-    assert!(hits.is_empty(), "the key's secret is in {hits:?}");
-    let hits = heex_tests::files_containing(&cloud.data(), &created);
-    assert!(hits.is_empty(), "the key is in {hits:?}");
+    // Nothing in the data directory (database, WAL, anything) or the PostgreSQL server's
+    // files holds the key or its secret; nor does the server's output.
+    for dir in cloud.stored_dirs() {
+        let hits = heex_tests::files_containing(&dir, secret_of(&created));
+        assert!(hits.is_empty(), "the key's secret is in {hits:?}");
+        let hits = heex_tests::files_containing(&dir, &created);
+        assert!(hits.is_empty(), "the key is in {hits:?}");
+    }
     let served = format!("{}{}", cloud.proc().stdout(), cloud.proc().stderr());
     assert!(
         !served.contains(secret_of(&created)),

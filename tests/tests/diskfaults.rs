@@ -145,7 +145,12 @@ fn a_full_disk_under_the_outbox_refuses_clearly_keeps_every_report_and_recovers(
 
 #[test]
 fn a_full_disk_under_the_cloud_answers_503_corrupts_nothing_and_recovers() {
-    if !faults::enabled("a_full_disk_under_the_cloud_answers_503_corrupts_nothing_and_recovers") {
+    if !faults::enabled("a_full_disk_under_the_cloud_answers_503_corrupts_nothing_and_recovers")
+        || heex_tests::sqlite_only(
+            "a_full_disk_under_the_cloud_answers_503_corrupts_nothing_and_recovers",
+            "it fills the disk under the SQLite store in the data directory",
+        )
+    {
         return;
     }
     let dir = tempfile::Builder::new()

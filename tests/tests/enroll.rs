@@ -100,11 +100,13 @@ fn assert_key_nowhere(cloud: &Cloud, machine: &Machine, key: &str) {
         on_machine.is_empty(),
         "the API key was written to {on_machine:?}"
     );
-    let in_cloud = files_containing(&cloud.data(), secret);
-    assert!(
-        in_cloud.is_empty(),
-        "the cloud stored the API key secret in {in_cloud:?}"
-    );
+    for dir in cloud.stored_dirs() {
+        let in_cloud = files_containing(&dir, secret);
+        assert!(
+            in_cloud.is_empty(),
+            "the cloud stored the API key secret in {in_cloud:?}"
+        );
+    }
 }
 
 /// Bytes of every file the installer writes (None where missing).

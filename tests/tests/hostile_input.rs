@@ -290,24 +290,27 @@ fn devices_show_and_list_escape_control_and_format_characters() {
 
     // Data stored before the cloud checked it: written straight into the store.
     cloud.stop();
-    {
-        let db = rusqlite::Connection::open(cloud.data().join("heex.db")).unwrap();
-        let facts =
-            json!({"hostname": HOSTILE, "os": "Linux\u{200B}\u{2066}", "kernel": "6\u{9b}2J"});
-        let labels = json!({"site": "ly\u{202E}on\x1b[31m"});
-        let changed = db
+    let name = "evil\u{202E}gpj.exe\x1b[2J";
+    let facts = json!({"hostname": HOSTILE, "os": "Linux\u{200B}\u{2066}", "kernel": "6\u{9b}2J"})
+        .to_string();
+    let labels = json!({"site": "ly\u{202E}on\x1b[31m"}).to_string();
+    let changed = match cloud.pg() {
+        Some(pg) => pg
+            .connect()
+            .execute(
+                "UPDATE devices SET name = $1, labels = $2, facts = $3 WHERE id = $4",
+                &[&name, &labels, &facts, &id],
+            )
+            .unwrap(),
+        None => rusqlite::Connection::open(cloud.data().join("heex.db"))
+            .unwrap()
             .execute(
                 "UPDATE devices SET name = ?1, labels = ?2, facts = ?3 WHERE id = ?4",
-                rusqlite::params![
-                    "evil\u{202E}gpj.exe\x1b[2J",
-                    labels.to_string(),
-                    facts.to_string(),
-                    id
-                ],
+                rusqlite::params![name, labels, facts, id],
             )
-            .unwrap();
-        assert_eq!(changed, 1);
-    }
+            .unwrap() as u64,
+    };
+    assert_eq!(changed, 1);
     cloud.serve();
 
     let show = heex(&cloud, &["devices", "show", &id]);
