@@ -194,7 +194,28 @@ impl Drop for PgServer {
 
 #[cfg(test)]
 mod tests {
-    use super::query_encoded;
+    use super::{query_encoded, PgServer};
+
+    #[test]
+    fn the_url_and_the_conninfo_name_the_same_database() {
+        if !crate::store_is_postgres() {
+            eprintln!("runs with HEEX_TEST_STORE=postgres only");
+            return;
+        }
+        let server = PgServer::start();
+        let url = server.url();
+        assert!(url.starts_with("postgresql://"), "{url}");
+        let mut by_url = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        by_url
+            .batch_execute("CREATE TABLE marks (n INT); INSERT INTO marks VALUES (7)")
+            .unwrap();
+        let n: i32 = server
+            .connect()
+            .query_one("SELECT n FROM marks", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 7);
+    }
 
     #[test]
     fn socket_directories_are_encoded_for_a_url_query() {
