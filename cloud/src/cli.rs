@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::store::postgres::PostgresUrl;
+
 /// The Heex cloud server: HTTPS API, device CA and mTLS gateway.
 #[derive(Debug, Parser)]
 #[command(name = "heex-cloud", version, about)]
@@ -23,7 +25,7 @@ pub enum Command {
     Init(InitArgs),
     /// Serve the HTTPS API and the mTLS gateway (initializing the data directory first if
     /// it is not initialized yet).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the workspaces of a data directory (works while `serve` runs).
     #[command(subcommand)]
     Workspaces(WorkspacesCommand),
@@ -63,6 +65,16 @@ pub struct DataDirArg {
     /// Data directory (CA, server certificate, secret, database).
     #[arg(long, env = "HEEX_DATA_DIR", default_value = "heex-data")]
     pub data_dir: PathBuf,
+    /// PostgreSQL database of the records (`postgres://USER:PASSWORD@HOST:PORT/DB`), shared
+    /// by every replica; by default a SQLite database in the data directory. The data
+    /// directory still holds the secrets: every replica needs a copy of the same one.
+    #[arg(
+        long,
+        env = "HEEX_STORE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub store: Option<PostgresUrl>,
 }
 
 /// What a fresh data directory is initialized with.
@@ -136,6 +148,20 @@ pub struct ServeArgs {
     /// workspace on an empty or missing directory.
     #[arg(long)]
     pub no_init: bool,
+    /// Name of this replica among those sharing a PostgreSQL store (default: the host name
+    /// and the gateway port): a restart under the same name clears the connection marks of
+    /// its earlier run at once.
+    #[arg(long, value_name = "NAME")]
+    pub replica_name: Option<String>,
+    /// How long this replica's devices still show connected after it stops renewing its
+    /// lease (it died, or lost the database); renewed every third of it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub replica_lease: Duration,
+    /// How often the sessions this replica holds are checked against the store for changes
+    /// other replicas made (revocations, the device connecting elsewhere), besides the
+    /// notification each change sends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub session_check_interval: Duration,
     /// Options used only when the data directory must be initialized first.
     #[command(flatten)]
     pub init: InitOptions,
@@ -176,6 +202,30 @@ mod tests {
         assert_eq!(args.renewal_grace, Duration::from_secs(30 * 86400));
         assert_eq!(args.init.workspace, "default");
         assert_eq!(args.init.trust_domain, "heex.local");
+        assert_eq!(args.dir.store, None);
+        assert_eq!(args.replica_lease, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn store_url() {
+        let cli = Cli::try_parse_from([
+            "heex-cloud",
+            "init",
+            "--store",
+            "postgres://heex:pw@db.example/heex",
+        ])
+        .unwrap();
+        let Command::Init(args) = cli.command else {
+            panic!("not init")
+        };
+        assert_eq!(
+            args.dir.store.unwrap().expose(),
+            "postgres://heex:pw@db.example/heex"
+        );
+        let err = Cli::try_parse_from(["heex-cloud", "serve", "--store", "mysql://db"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres://"), "{err}");
     }
 
     #[test]

@@ -5,9 +5,15 @@
 //!   secret            32 random bytes; API key secrets derive from it (0600)
 //!   ca.key  ca.crt    the cloud CA (key 0600)
 //!   server.key server.crt   the API/gateway server certificate, signed by the CA (key 0600)
-//!   heex.db           the SQLite store (+ -wal, -shm)
+//!   heex.db           the SQLite store (+ -wal, -shm), unless the store is PostgreSQL
 //!   cloud.toml        settings; written last by `init`: its presence marks DIR initialized
 //! ```
+//!
+//! With a PostgreSQL store (`--store postgres://…`) the records live in the database and
+//! the directory holds only the secrets and the settings: every replica gets a copy of the
+//! same directory. The database records the CA fingerprint and a check value of the server
+//! secret of the directory that initialized it, and a replica whose directory holds others
+//! refuses to start.
 //!
 //! Every file is written atomically (temporary file in DIR, fsync, rename, fsync DIR), and
 //! `cloud.toml` only after everything else is durable, so a crash during `init` leaves a
@@ -31,7 +37,8 @@ use crate::atomic_file::{write_atomic, TEMP_PREFIX};
 use crate::ca::{certificate_names, san_for, server_cert_fits, Ca};
 use crate::cli::{InitOptions, WorkspaceOptions};
 use crate::error::Error;
-use crate::store::{NewKey, NewMember, NewWorkspace, Role, Store, StoreError};
+use crate::store::postgres::PostgresUrl;
+use crate::store::{Deployment, NewKey, NewMember, NewWorkspace, Role, Store, StoreError};
 
 /// Server secret file.
 pub const SECRET: &str = "secret";
@@ -83,6 +90,16 @@ impl ServerSecret {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// A value that tells two secrets apart without revealing either: hex SHA-256 of a
+    /// fixed label and the secret.
+    pub fn check_value(&self) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"heex deployment check v1\0");
+        hash.update(self.0);
+        hex::encode(hash.finalize())
+    }
 }
 
 impl std::fmt::Debug for ServerSecret {
@@ -102,12 +119,28 @@ pub struct Settings {
     /// When `init` completed.
     #[serde(with = "time::serde::rfc3339")]
     pub initialized_at: OffsetDateTime,
+    /// Where the records are: SQLite in the directory (the default) or PostgreSQL (its URL
+    /// is given to every command, never written here).
+    #[serde(default)]
+    pub store: StoreKind,
 }
 
-/// The data directory at a path.
+/// The kind of store a data directory was initialized with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// `heex.db` in the directory.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by replicas.
+    Postgres,
+}
+
+/// The data directory at a path, with the PostgreSQL store it is used with, if any.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    store: Option<PostgresUrl>,
 }
 
 /// What `init` created, to show the operator once.
@@ -196,9 +229,114 @@ pub struct Loaded {
 }
 
 impl DataDir {
-    /// The data directory at `root`.
+    /// The data directory at `root`, its records in SQLite in the directory.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
+        DataDir {
+            root: root.into(),
+            store: None,
+        }
+    }
+
+    /// The data directory at `root` with its records in the PostgreSQL database `store`
+    /// (SQLite in the directory when `None`).
+    pub fn with_store(root: impl Into<PathBuf>, store: Option<PostgresUrl>) -> Self {
+        DataDir {
+            root: root.into(),
+            store,
+        }
+    }
+
+    /// The kind of store this directory is used with.
+    fn store_kind(&self) -> StoreKind {
+        match self.store {
+            Some(_) => StoreKind::Postgres,
+            None => StoreKind::Sqlite,
+        }
+    }
+
+    /// Opens the store of a directory initialized with a `kind` store; refuses a mismatch
+    /// between the directory and the command line.
+    async fn open_store(&self, kind: StoreKind) -> Result<Store, Error> {
+        match (kind, &self.store) {
+            (StoreKind::Sqlite, None) => Ok(Store::open_sqlite(&self.path(DATABASE))?),
+            (StoreKind::Sqlite, Some(_)) => Err(Error::Mismatch(format!(
+                "{} keeps its records in its own SQLite database ({DATABASE}); leave out --store and HEEX_STORE_URL, or initialize a new data directory with --store",
+                self.root.display()
+            ))),
+            (StoreKind::Postgres, None) => Err(Error::Mismatch(format!(
+                "{} keeps its records in PostgreSQL; give the database's URL with --store or HEEX_STORE_URL",
+                self.root.display()
+            ))),
+            (StoreKind::Postgres, Some(url)) => {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || Store::open_postgres(url.expose()))
+                    .await
+                    .map_err(|e| Error::Internal(format!("cannot open the store: {e}")))?
+                    .map_err(|e| match e {
+                        StoreError::Unavailable(why) => Error::Store(StoreError::Unavailable(
+                            format!("{why} (store {})", self.store_display()),
+                        )),
+                        e => e.into(),
+                    })
+            }
+        }
+    }
+
+    /// The store, for messages (a PostgreSQL URL without its password).
+    fn store_display(&self) -> String {
+        match &self.store {
+            Some(url) => url.to_string(),
+            None => self.path(DATABASE).display().to_string(),
+        }
+    }
+
+    /// Who the store of this directory belongs to: its CA and secret.
+    fn deployment(ca: &Ca, secret: &ServerSecret, now: OffsetDateTime) -> Deployment {
+        Deployment {
+            ca_fingerprint: ca.fingerprint().to_string(),
+            secret_check: secret.check_value(),
+            created_at: now,
+        }
+    }
+
+    /// Checks that the store belongs to this directory's secrets; a SQLite store made
+    /// before stores recorded their owner is claimed.
+    async fn check_deployment(
+        &self,
+        store: &Store,
+        kind: StoreKind,
+        mine: Deployment,
+    ) -> Result<(), Error> {
+        let recorded = match kind {
+            StoreKind::Sqlite => store.claim_deployment(mine.clone()).await?,
+            StoreKind::Postgres => Some(store.recorded_deployment().await?.ok_or_else(|| {
+                Error::Mismatch(format!(
+                    "the database {} holds no Heex cloud: give the URL of the database {} was initialized with, or initialize a new data directory with `heex-cloud init --store URL`",
+                    self.store_display(),
+                    self.root.display()
+                ))
+            })?),
+        };
+        let Some(recorded) = recorded else {
+            return Ok(());
+        };
+        if recorded.ca_fingerprint != mine.ca_fingerprint {
+            return Err(Error::Mismatch(format!(
+                "the secrets in {} do not belong to the database {}: its CA is {}, the database's is {}; give every replica a copy of the same data directory",
+                self.root.display(),
+                self.store_display(),
+                mine.ca_fingerprint,
+                recorded.ca_fingerprint
+            )));
+        }
+        if recorded.secret_check != mine.secret_check {
+            return Err(Error::Mismatch(format!(
+                "the server secret in {} is not the one the database {} was initialized with (API keys would not verify); give every replica a copy of the same data directory",
+                self.path(SECRET).display(),
+                self.store_display()
+            )));
+        }
+        Ok(())
     }
 
     /// The directory.
@@ -234,14 +372,27 @@ impl DataDir {
         write_atomic(&self.path(CA_CERT), ca.cert_pem().as_bytes(), 0o644)?;
         self.write_server_cert(&ca, &opts.hostnames, now)?;
 
-        let (workspace_id, key_id) = self
-            .create_workspace_with_owner(&opts.workspace, &opts.owner, now)
-            .await?;
+        let kind = self.store_kind();
+        let store = self.open_store(kind).await?;
+        let (ws, owner, key) = first_workspace(&opts.workspace, &opts.owner, now);
+        let (workspace_id, key_id) = (ws.id.clone(), key.id.clone());
+        let created = store
+            .init_deployment(Self::deployment(&ca, &secret, now), ws, owner, key)
+            .await;
+        store.close().await;
+        if let Some(existing) = created? {
+            return Err(Error::Mismatch(format!(
+                "the database {} already holds a Heex cloud (CA {}): give this replica a copy of that cloud's data directory instead of running init, or use an empty database",
+                self.store_display(),
+                existing.ca_fingerprint
+            )));
+        }
 
         let settings = Settings {
             format: FORMAT,
             trust_domain: opts.trust_domain.clone(),
             initialized_at: now,
+            store: kind,
         };
         let text = toml::to_string(&settings).map_err(|e| Error::Internal(e.to_string()))?;
         let text = format!(
@@ -265,17 +416,15 @@ impl DataDir {
     pub async fn add_workspace(&self, opts: &WorkspaceOptions) -> Result<WorkspaceReport, Error> {
         check_workspace_name(&opts.name, "workspace name")?;
         check_email(&opts.owner, "--owner")?;
-        if !self.is_initialized() {
-            return Err(Error::corrupt(
-                self.path(SETTINGS),
-                "missing: the data directory is not initialized (run `heex-cloud init`)",
-            ));
-        }
+        let settings = self.read_settings()?;
         let secret = self.read_secret()?;
         let now = OffsetDateTime::now_utc();
-        let created = self
-            .create_workspace_with_owner(opts.name.trim(), &opts.owner, now)
-            .await;
+        let store = self.open_store(settings.store).await?;
+        let (ws, owner, key) = first_workspace(opts.name.trim(), &opts.owner, now);
+        let ids = (ws.id.clone(), key.id.clone());
+        let created = store.create_workspace_with_owner(ws, owner, key).await;
+        store.close().await;
+        let created = created.map(|()| ids);
         let (workspace_id, key_id) = match created {
             Ok(ids) => ids,
             Err(StoreError::Conflict(_)) => {
@@ -294,48 +443,6 @@ impl DataDir {
         })
     }
 
-    /// Creates a workspace, its owner and the owner's first API key (admin scope) in one
-    /// transaction; returns the workspace's and the key's ids.
-    async fn create_workspace_with_owner(
-        &self,
-        name: &str,
-        owner: &str,
-        now: OffsetDateTime,
-    ) -> Result<(WorkspaceId, KeyId), StoreError> {
-        let workspace_id = WorkspaceId::generate();
-        let member_id = MemberId::generate();
-        let key_id = KeyId::generate();
-        let store = Store::open_sqlite(&self.path(DATABASE))?;
-        let created = store
-            .create_workspace_with_owner(
-                NewWorkspace {
-                    id: workspace_id.clone(),
-                    name: name.to_owned(),
-                    created_at: now,
-                },
-                NewMember {
-                    id: member_id.clone(),
-                    workspace_id: workspace_id.clone(),
-                    email: owner.to_owned(),
-                    role: Role::Owner,
-                    created_at: now,
-                },
-                NewKey {
-                    id: key_id.clone(),
-                    workspace_id: workspace_id.clone(),
-                    member_id,
-                    name: "owner".to_owned(),
-                    scope: Scope::Admin,
-                    created_at: now,
-                    expires_at: now + OWNER_KEY_LIFETIME,
-                    max_uses: None,
-                },
-            )
-            .await;
-        store.close().await;
-        created.map(|()| (workspace_id, key_id))
-    }
-
     fn read_secret(&self) -> Result<ServerSecret, Error> {
         let secret_path = self.path(SECRET);
         warn_if_exposed(&secret_path);
@@ -345,9 +452,8 @@ impl DataDir {
         })?))
     }
 
-    /// Loads an initialized directory. Re-issues the server certificate when it expires
-    /// within 30 days or does not cover every name in `hostnames`.
-    pub fn load(&self, hostnames: &[String]) -> Result<Loaded, Error> {
+    /// The settings of an initialized directory.
+    fn read_settings(&self) -> Result<Settings, Error> {
         if !self.is_initialized() {
             return Err(Error::corrupt(
                 self.path(SETTINGS),
@@ -368,7 +474,14 @@ impl DataDir {
         }
         validate_trust_domain(&settings.trust_domain)
             .map_err(|e| Error::corrupt(&settings_path, e.to_string()))?;
+        Ok(settings)
+    }
 
+    /// Loads an initialized directory and opens its store, which must belong to the
+    /// directory's secrets. Re-issues the server certificate when it expires within 30 days
+    /// or does not cover every name in `hostnames`.
+    pub async fn load(&self, hostnames: &[String]) -> Result<Loaded, Error> {
+        let settings = self.read_settings()?;
         let secret = self.read_secret()?;
 
         let ca_key_path = self.path(CA_KEY);
@@ -391,7 +504,14 @@ impl DataDir {
         let server_key = PrivateKeyDer::from_pem_slice(read_text(&key_path)?.as_bytes())
             .map_err(|e| Error::corrupt(&key_path, e.to_string()))?;
 
-        let store = Store::open_sqlite(&self.path(DATABASE))?;
+        let store = self.open_store(settings.store).await?;
+        let checked = self
+            .check_deployment(&store, settings.store, Self::deployment(&ca, &secret, now))
+            .await;
+        if let Err(e) = checked {
+            store.close().await;
+            return Err(e);
+        }
         Ok(Loaded {
             settings,
             secret,
@@ -476,6 +596,39 @@ impl DataDir {
         fs::set_permissions(&self.root, Permissions::from_mode(0o700))
             .map_err(|e| Error::file(&self.root, e))
     }
+}
+
+/// A new workspace, its owner and the owner's first API key (admin scope).
+fn first_workspace(
+    name: &str,
+    owner: &str,
+    now: OffsetDateTime,
+) -> (NewWorkspace, NewMember, NewKey) {
+    let workspace_id = WorkspaceId::generate();
+    let member_id = MemberId::generate();
+    let ws = NewWorkspace {
+        id: workspace_id.clone(),
+        name: name.to_owned(),
+        created_at: now,
+    };
+    let member = NewMember {
+        id: member_id.clone(),
+        workspace_id: workspace_id.clone(),
+        email: owner.to_owned(),
+        role: Role::Owner,
+        created_at: now,
+    };
+    let key = NewKey {
+        id: KeyId::generate(),
+        workspace_id,
+        member_id,
+        name: "owner".to_owned(),
+        scope: Scope::Admin,
+        created_at: now,
+        expires_at: now + OWNER_KEY_LIFETIME,
+        max_uses: None,
+    };
+    (ws, member, key)
 }
 
 fn validate_init_options(opts: &InitOptions) -> Result<(), Error> {

@@ -57,6 +57,10 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The data directory and the store do not belong together (another deployment's
+    /// secrets, or the wrong kind of store).
+    #[error("{0}")]
+    Mismatch(String),
     /// The database failed.
     #[error("database: {0}")]
     Store(#[from] StoreError),
@@ -73,9 +77,10 @@ impl Error {
             Error::AlreadyInitialized(_) | Error::NotEmpty(_) | Error::File { .. } => {
                 exit::FILE_ERROR
             }
-            Error::Corrupt { .. } | Error::NotInitialized(_) => exit::CONFIG,
+            Error::Corrupt { .. } | Error::NotInitialized(_) | Error::Mismatch(_) => exit::CONFIG,
             Error::Bind { .. } => exit::UNAVAILABLE,
             Error::Store(StoreError::Schema(_)) => exit::CONFIG,
+            Error::Store(StoreError::Unavailable(_)) => exit::UNAVAILABLE,
             Error::Store(_) => exit::FILE_ERROR,
             Error::Internal(_) => exit::SOFTWARE,
         }

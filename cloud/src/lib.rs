@@ -20,6 +20,7 @@ pub mod datadir;
 pub mod error;
 pub mod gateway;
 pub mod notify;
+pub mod replica;
 pub mod server;
 pub mod store;
 
@@ -45,7 +46,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Init(args) => init(args).await,
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Workspaces(WorkspacesCommand::Create(args)) => create_workspace(args).await,
         }
     });
@@ -55,7 +56,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 
 /// `heex-cloud init`.
 pub async fn init(args: InitArgs) -> Result<(), Error> {
-    let dir = DataDir::new(&args.dir.data_dir);
+    let dir = DataDir::with_store(&args.dir.data_dir, args.dir.store.clone());
     let report = dir.init(&args.options).await?;
     report
         .print(&mut std::io::stdout().lock())
@@ -64,7 +65,7 @@ pub async fn init(args: InitArgs) -> Result<(), Error> {
 
 /// `heex-cloud workspaces create`.
 pub async fn create_workspace(args: WorkspaceCreateArgs) -> Result<(), Error> {
-    let dir = DataDir::new(&args.dir.data_dir);
+    let dir = DataDir::with_store(&args.dir.data_dir, args.dir.store.clone());
     let report = dir.add_workspace(&args.options).await?;
     report
         .print(&mut std::io::stdout().lock())
@@ -79,7 +80,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         Some(addr) => GatewayAddress::Advertised(check_host_port(addr)?),
         None => GatewayAddress::SameHost(0),
     };
-    let dir = DataDir::new(&args.dir.data_dir);
+    let dir = DataDir::with_store(&args.dir.data_dir, args.dir.store.clone());
     if !dir.is_initialized() {
         if args.no_init {
             return Err(Error::NotInitialized(dir.root().to_owned()));
@@ -89,7 +90,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             .print(&mut std::io::stdout().lock())
             .map_err(|e| Error::file("<stdout>", e))?;
     }
-    let loaded = dir.load(&args.init.hostnames)?;
+    let loaded = dir.load(&args.init.hostnames).await?;
     let api_tls = server::tls_config(loaded.server_chain.clone(), loaded.server_key.clone_key())
         .map_err(|e| Error::corrupt(dir.path(datadir::SERVER_KEY), e.to_string()))?;
     let gateway_tls = GatewayTls {
@@ -131,15 +132,23 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         "connection caps"
     );
     let store = Arc::new(loaded.store);
-    // One process serves a data directory: no session of an earlier one is live.
-    let stale = store
-        .clear_connections()
-        .await
-        .map_err(|e| Error::Internal(format!("cannot clear stale connection marks: {e}")))?;
-    if stale > 0 {
-        tracing::info!(stale, "cleared the connection marks an earlier run left");
-    }
     let registry = SessionRegistry::default();
+    let replica_options = replica::ReplicaOptions {
+        name: args
+            .replica_name
+            .clone()
+            .unwrap_or_else(|| default_replica_name(gateway_addr.port())),
+        lease: args.replica_lease,
+        check_interval: args.session_check_interval,
+    };
+    // No session of an earlier run of this replica, or of a replica whose lease lapsed, is
+    // live: their connection marks go.
+    let stale = replica::start(&store, &registry, &replica_options)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot start the replica's lease: {e}")))?;
+    if stale > 0 {
+        tracing::info!(stale, "cleared the connection marks of sessions that ended");
+    }
     let ca = Arc::new(loaded.ca);
     let gateway_options = gateway::GatewayOptions {
         renewal_grace: args.renewal_grace,
@@ -168,7 +177,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             .and_then(|()| out.flush())
             .map_err(|e| Error::file("<stdout>", e))?;
     }
-    tracing::info!(%api_addr, %gateway_addr, data_dir = %dir.root().display(), "serving");
+    tracing::info!(
+        %api_addr,
+        %gateway_addr,
+        data_dir = %dir.root().display(),
+        replica = %replica_options.name,
+        "serving"
+    );
     notify::ready(api_addr, gateway_addr);
 
     let shutdown = CancellationToken::new();
@@ -200,7 +215,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             gateway_listener,
             gateway_tls,
             Arc::clone(&store),
-            registry,
+            registry.clone(),
             shutdown.clone(),
             gateway_options,
         )
@@ -208,10 +223,24 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         shutdown.cancel();
         result
     };
-    let ((), gateway_result) = tokio::join!(api, gateway);
+    let replica = replica::run(
+        Arc::clone(&store),
+        registry.clone(),
+        replica_options,
+        shutdown.clone(),
+    );
+    let ((), gateway_result, ()) = tokio::join!(api, gateway, replica);
+    replica::stop(&store, &registry).await;
     store.close().await;
     tracing::info!("stopped");
     gateway_result.map_err(|e| Error::Internal(format!("gateway failed: {e:#}")))
+}
+
+/// `host:port` of this machine's name and the gateway port: one replica per port per host.
+fn default_replica_name(gateway_port: u16) -> String {
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy();
+    format!("{host}:{gateway_port}")
 }
 
 /// Connections the kernel may hold for us before we accept them (capped by the system's
@@ -308,7 +337,7 @@ mod tests {
             let Command::Serve(args) = cli.command else {
                 panic!("not serve")
             };
-            let err = serve(args).await.unwrap_err();
+            let err = serve(*args).await.unwrap_err();
             assert_eq!(err.exit_code(), 78, "{err}");
             assert!(
                 err.to_string().contains("heex-cloud init --data-dir"),

@@ -15,7 +15,7 @@ use super::*;
 use crate::api::{ApiContext, AppState, GatewayAddress};
 use crate::cli::InitOptions;
 use crate::datadir::DataDir;
-use crate::gateway::SessionRegistry;
+use crate::gateway::{Seen, SessionRegistry};
 use crate::store::Store;
 
 const HOST_NAME: &str = "cloud.example:8443";
@@ -66,7 +66,7 @@ async fn console() -> Console {
         })
         .await
         .unwrap();
-    let loaded = data.load(&[]).unwrap();
+    let loaded = data.load(&[]).await.unwrap();
     let store = Arc::new(loaded.store);
     let state = AppState::new(ApiContext {
         store: Arc::clone(&store),
@@ -617,17 +617,20 @@ async fn the_devices_page_lists_filters_and_pages_the_fleet() {
     let session = c.signed_in_owner().await;
     let names: Vec<String> = (0..60).map(|i| format!("robot-{i:02}")).collect();
     let ids = enroll_devices(&c, &names).await;
-    assert!(c
-        .store
-        .record_connected(
-            &ids[7],
-            None,
-            Some("0.9.1"),
-            OffsetDateTime::now_utc(),
-            "gw-1"
-        )
-        .await
-        .unwrap());
+    assert!(matches!(
+        c.store
+            .record_connected(
+                &ids[7],
+                None,
+                Some("0.9.1"),
+                OffsetDateTime::now_utc(),
+                "gw-1",
+                true
+            )
+            .await
+            .unwrap(),
+        Seen::Recorded
+    ));
 
     let first = c.get("/console/devices", Some(&session)).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
@@ -892,7 +895,7 @@ async fn add_device_waits_for_devices_enrolled_with_the_key_since_the_page_was_s
     assert_eq!(body["devices"][0]["name"], "robot-7");
     assert_eq!(body["devices"][0]["connected"], false);
     c.store
-        .record_connected(&ids[0], None, None, OffsetDateTime::now_utc(), "gw-1")
+        .record_connected(&ids[0], None, None, OffsetDateTime::now_utc(), "gw-1", true)
         .await
         .unwrap();
     let body: serde_json::Value =

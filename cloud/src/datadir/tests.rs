@@ -26,7 +26,7 @@ async fn init_creates_a_private_complete_directory() {
     }
     assert_eq!(fs::read(dir.path(SECRET)).unwrap().len(), 32);
 
-    let loaded = dir.load(&[]).unwrap();
+    let loaded = dir.load(&[]).await.unwrap();
     assert_eq!(loaded.ca.fingerprint(), report.ca_fingerprint);
     assert_eq!(loaded.settings.trust_domain, "heex.local");
     assert_eq!(loaded.server_chain.len(), 2);
@@ -85,13 +85,13 @@ async fn interrupted_init_is_not_initialized_and_is_redone() {
     fs::remove_file(dir.path(SETTINGS)).unwrap();
     fs::write(dir.path(".tmp-abc"), b"partial").unwrap();
     assert!(!dir.is_initialized());
-    assert!(dir.load(&[]).is_err());
+    assert!(dir.load(&[]).await.is_err());
     let old_secret = fs::read(dir.path(SECRET)).unwrap();
     dir.init(&options()).await.unwrap();
     assert_ne!(fs::read(dir.path(SECRET)).unwrap(), old_secret);
     assert!(!dir.path(".tmp-abc").exists());
     // Exactly one workspace: the old database was discarded.
-    let loaded = dir.load(&[]).unwrap();
+    let loaded = dir.load(&[]).await.unwrap();
     loaded.store.close().await;
     let conn = rusqlite::Connection::open(dir.path(DATABASE)).unwrap();
     let n: i64 = conn
@@ -145,14 +145,14 @@ async fn server_certificate_is_reissued_for_new_hostnames() {
     let dir = DataDir::new(tmp.path().join("data"));
     dir.init(&options()).await.unwrap();
     let first = fs::read(dir.path(SERVER_CERT)).unwrap();
-    let loaded = dir.load(&["cloud.example".to_owned()]).unwrap();
+    let loaded = dir.load(&["cloud.example".to_owned()]).await.unwrap();
     loaded.store.close().await;
     assert_eq!(
         fs::read(dir.path(SERVER_CERT)).unwrap(),
         first,
         "already covered"
     );
-    let loaded = dir.load(&["other.example".to_owned()]).unwrap();
+    let loaded = dir.load(&["other.example".to_owned()]).await.unwrap();
     loaded.store.close().await;
     let second = fs::read(dir.path(SERVER_CERT)).unwrap();
     assert_ne!(second, first);
@@ -189,7 +189,7 @@ async fn workspaces_are_added_with_their_owner_and_key() {
     let shown = String::from_utf8(shown).unwrap();
     assert!(shown.contains(&format!("Owner API key:  {}", report.owner_key.expose())));
 
-    let loaded = dir.load(&[]).unwrap();
+    let loaded = dir.load(&[]).await.unwrap();
     assert!(report.owner_key.is_authentic(loaded.secret.as_bytes()));
     let key = loaded
         .store
@@ -222,4 +222,65 @@ async fn workspaces_are_added_with_their_owner_and_key() {
             "{name} {owner}: {e}"
         );
     }
+}
+
+/// A database that belongs to another data directory (a backup restored into the wrong
+/// place, a replica given the wrong secrets) is refused at start, exit 78, in one line
+/// naming both CAs; and a directory and a command line that disagree on the kind of store
+/// are refused before anything is opened.
+#[tokio::test]
+async fn a_store_of_another_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        DataDir::new(tmp.path().join("a")),
+        DataDir::new(tmp.path().join("b")),
+    );
+    let report_a = a.init(&options()).await.unwrap();
+    let report_b = b.init(&options()).await.unwrap();
+    fs::copy(a.path(DATABASE), b.path(DATABASE)).unwrap();
+    let Err(err) = b.load(&[]).await else {
+        panic!("a foreign database was accepted")
+    };
+    let msg = err.to_string();
+    assert_eq!(err.exit_code(), 78, "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(msg.contains(&report_a.ca_fingerprint.to_string()), "{msg}");
+    assert!(msg.contains(&report_b.ca_fingerprint.to_string()), "{msg}");
+    assert!(msg.contains("same data directory"), "{msg}");
+
+    // The same CA with another server secret: keys would not verify.
+    fs::copy(b.path(SECRET), a.path(SECRET)).unwrap();
+    let Err(err) = a.load(&[]).await else {
+        panic!("another secret was accepted")
+    };
+    assert_eq!(err.exit_code(), 78);
+    assert!(err.to_string().contains("server secret"), "{err}");
+
+    // A SQLite directory given a PostgreSQL URL (nothing is contacted).
+    let url: PostgresUrl = "postgres://heex@127.0.0.1:1/heex".parse().unwrap();
+    let wrong_kind = DataDir::with_store(b.root(), Some(url));
+    let Err(err) = wrong_kind.load(&[]).await else {
+        panic!("the wrong kind of store was accepted")
+    };
+    assert_eq!(err.exit_code(), 78);
+    assert!(err.to_string().contains("leave out --store"), "{err}");
+}
+
+/// A SQLite store made before stores recorded their owner is claimed by its directory at
+/// the first start, and checked from then on.
+#[tokio::test]
+async fn a_store_without_an_owner_is_claimed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("data"));
+    dir.init(&options()).await.unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.path(DATABASE)).unwrap();
+        c.execute("DELETE FROM deployment", []).unwrap();
+    }
+    dir.load(&[]).await.unwrap().store.close().await;
+    let c = rusqlite::Connection::open(dir.path(DATABASE)).unwrap();
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM deployment", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
 }

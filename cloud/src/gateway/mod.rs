@@ -66,6 +66,18 @@ pub struct DeviceStatus {
     pub previous_cert: Option<(String, OffsetDateTime)>,
 }
 
+/// What recording a session's sign of life found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Recorded: the session holds the device's connection mark.
+    Recorded,
+    /// The device is revoked or gone: the session ends with "device revoked".
+    NotLive,
+    /// A newer session of the device (on this or another process) holds the mark: this one
+    /// ends with "replaced".
+    Superseded,
+}
+
 /// A store write refused because the device is revoked (or deleted): the session ends with
 /// [`CloseReason::DeviceRevoked`](heex_proto::frame::CloseReason::DeviceRevoked).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -81,9 +93,10 @@ pub trait DeviceDirectory: Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<Option<DeviceStatus>>> + Send;
 
     /// Records that the device was heard from at `at`, with fresh facts and its agent's
-    /// version when it sent them, by the session named `connection` (unique to one session
-    /// of this process), which becomes the device's connection mark. False (nothing
-    /// recorded) when the device is revoked or gone.
+    /// version when it sent them, by the session named `connection` (unique across the
+    /// processes sharing the store). At Hello (`claim`) the session takes the device's
+    /// connection mark; later it only refreshes its own. Nothing is recorded when the
+    /// device is revoked or gone, or (without `claim`) another session holds the mark.
     fn record_seen(
         &self,
         id: &DeviceId,
@@ -91,7 +104,8 @@ pub trait DeviceDirectory: Send + Sync + 'static {
         agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
-    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+        claim: bool,
+    ) -> impl Future<Output = anyhow::Result<Seen>> + Send;
 
     /// Clears the device's connection mark if it is still `connection`'s (a newer session
     /// may have replaced it).

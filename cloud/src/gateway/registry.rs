@@ -122,6 +122,58 @@ impl SessionRegistry {
         closed
     }
 
+    /// The name of this registry (this process): the prefix of its connection names.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Every live session: device, connection name and session number.
+    pub fn live_sessions(&self) -> Vec<(DeviceId, String, u64)> {
+        self.map()
+            .live
+            .iter()
+            .map(|(id, e)| (id.clone(), self.connection_name(e.session), e.session))
+            .collect()
+    }
+
+    /// True when `id` has a connection here, live or waiting for Hello.
+    pub fn holds(&self, id: &DeviceId) -> bool {
+        let maps = self.map();
+        maps.live.contains_key(id) || maps.pending.contains_key(id)
+    }
+
+    /// The live session of `id` when there is one: its connection name and number.
+    pub fn live_session(&self, id: &DeviceId) -> Option<(String, u64)> {
+        self.map()
+            .live
+            .get(id)
+            .map(|e| (self.connection_name(e.session), e.session))
+    }
+
+    /// Asks `id`'s live session to close with `reason` if it is still session `session`
+    /// (a newer one may have replaced it meanwhile). True when it was.
+    pub fn close_session(&self, id: &DeviceId, session: u64, reason: CloseReason) -> bool {
+        let entry = {
+            let mut maps = self.map();
+            if maps.live.get(id).is_none_or(|e| e.session != session) {
+                return false;
+            }
+            maps.live.remove(id)
+        };
+        match entry {
+            Some(e) => {
+                // The connection may be ending on its own; then nobody needs the message.
+                let _ = e.close.send(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn connection_name(&self, session: u64) -> String {
+        format!("{}-{session}", self.instance)
+    }
+
     /// Records a connection of `id` using the certificate with `serial`, not welcomed yet;
     /// refused when `id` already has `max_pending` such connections.
     pub(crate) fn enter(
@@ -150,7 +202,7 @@ impl SessionRegistry {
             registry: self.clone(),
             device: id.clone(),
             session,
-            connection: format!("{}-{session}", self.instance),
+            connection: self.connection_name(session),
             close: rx,
         })
     }

@@ -20,7 +20,7 @@ use super::limits::SourceSlot;
 use super::registry::{Registration, SessionRegistry, TooManyPending};
 use super::reports::StoreFailure;
 use super::transport::TlsTransport;
-use super::{renew, tls, DeviceDirectory, DeviceStatus, GatewayOptions};
+use super::{renew, tls, DeviceDirectory, DeviceStatus, GatewayOptions, Seen};
 
 /// What every session shares.
 pub(crate) struct Shared<D> {
@@ -325,15 +325,17 @@ impl<D: DeviceDirectory> Session<'_, D> {
         // Recorded before the session counts as connected, so whoever sees it connected
         // sees its facts too. The write refuses a device revoked since the check above.
         let now = OffsetDateTime::now_utc();
-        let live = self
+        let seen = self
             .record_seen(
                 &device,
                 Some(&facts),
                 Some(&agent_version),
                 now,
                 &registration.connection,
+                true,
             )
             .await;
+        let live = seen == Seen::Recorded;
         // Welcomed only if no revocation closed the registration meanwhile.
         if !live || !self.shared.registry.promote(&registration) {
             if live {
@@ -506,8 +508,8 @@ impl<D: DeviceDirectory> Session<'_, D> {
         ))
     }
 
-    /// Records that the device was heard from; false when the store refused because the
-    /// device is revoked (a store failure only logs: the session goes on).
+    /// Records that the device was heard from (taking its connection mark with `claim`);
+    /// a store failure only logs and counts as recorded: the session goes on.
     async fn record_seen(
         &self,
         device: &DeviceId,
@@ -515,22 +517,43 @@ impl<D: DeviceDirectory> Session<'_, D> {
         agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
-    ) -> bool {
+        claim: bool,
+    ) -> Seen {
         let recorded = Box::pin(self.shared.directory.record_seen(
             device,
             facts,
             agent_version,
             at,
             connection,
+            claim,
         ))
         .await;
         match recorded {
-            Ok(live) => live,
+            Ok(seen) => seen,
             Err(e) => {
                 tracing::warn!(%device, error = %e, "cannot record that the device was seen");
-                true
+                Seen::Recorded
             }
         }
+    }
+
+    /// Ends the session when a record found the device revoked or another session holding
+    /// its mark.
+    async fn end_unless_recorded(
+        &mut self,
+        stream: &mut Stream,
+        device: &DeviceId,
+        seen: Seen,
+    ) -> Option<End> {
+        let reason = match seen {
+            Seen::Recorded => return None,
+            Seen::NotLive => CloseReason::DeviceRevoked,
+            Seen::Superseded => {
+                tracing::info!(%device, "session replaced by a newer one elsewhere");
+                CloseReason::Replaced
+            }
+        };
+        Some(self.close(stream, reason, close_message(reason)).await)
     }
 
     /// Clears the device's connection mark if it is still this session's (a store failure
@@ -641,11 +664,11 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 if last_recorded.elapsed() >= opts.seen_interval {
                     *last_recorded = Instant::now();
                     let now = OffsetDateTime::now_utc();
-                    if !self.record_seen(device, None, None, now, connection).await {
-                        return Some(
-                            self.close(stream, CloseReason::DeviceRevoked, "device revoked")
-                                .await,
-                        );
+                    let seen = self
+                        .record_seen(device, None, None, now, connection, false)
+                        .await;
+                    if let Some(end) = self.end_unless_recorded(stream, device, seen).await {
+                        return Some(end);
                     }
                 }
             }
@@ -657,14 +680,11 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 }
                 *last_recorded = Instant::now();
                 let now = OffsetDateTime::now_utc();
-                if !self
-                    .record_seen(device, Some(&facts), None, now, connection)
-                    .await
-                {
-                    return Some(
-                        self.close(stream, CloseReason::DeviceRevoked, "device revoked")
-                            .await,
-                    );
+                let seen = self
+                    .record_seen(device, Some(&facts), None, now, connection, false)
+                    .await;
+                if let Some(end) = self.end_unless_recorded(stream, device, seen).await {
+                    return Some(end);
                 }
             }
             Message::RenewRequest { csr_pem } => {

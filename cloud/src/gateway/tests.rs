@@ -176,16 +176,18 @@ impl DeviceDirectory for Directory {
         _agent_version: Option<&str>,
         _at: OffsetDateTime,
         connection: &str,
-    ) -> anyhow::Result<bool> {
+        claim: bool,
+    ) -> anyhow::Result<Seen> {
         if !self.live(id) {
-            return Ok(false);
+            return Ok(Seen::NotLive);
+        }
+        let mut marks = self.marks.lock().unwrap();
+        if !claim && marks.get(id).is_some_and(|c| c != connection) {
+            return Ok(Seen::Superseded);
         }
         self.seen.lock().unwrap().push((id.clone(), facts.cloned()));
-        self.marks
-            .lock()
-            .unwrap()
-            .insert(id.clone(), connection.to_owned());
-        Ok(true)
+        marks.insert(id.clone(), connection.to_owned());
+        Ok(Seen::Recorded)
     }
     async fn record_disconnected(&self, id: &DeviceId, connection: &str) -> anyhow::Result<()> {
         let mut marks = self.marks.lock().unwrap();

@@ -96,6 +96,38 @@ pub struct DeviceState {
     pub cert_serial: String,
 }
 
+/// Who a store belongs to: the CA and the server secret of the data directory that
+/// initialized it. Every replica's data directory must hold the same ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// `sha256:<hex>` of the CA certificate.
+    pub ca_fingerprint: String,
+    /// A check value of the server secret (a keyed hash, not the secret).
+    pub secret_check: String,
+    /// When it was recorded.
+    pub created_at: OffsetDateTime,
+}
+
+/// A device's connection mark and liveness, as a session check reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionMark {
+    /// The device.
+    pub device: DeviceId,
+    /// The session that marked it connected, if any.
+    pub connection: Option<String>,
+    /// True when it is revoked.
+    pub revoked: bool,
+}
+
+/// Something other processes sharing the store changed, for the sessions this one holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This device's record changed (revoked, deleted, or connected by another session).
+    Device(DeviceId),
+    /// Changes may have been missed (the feed was down): check every session again.
+    Resync,
+}
+
 /// A one-time console sign-in token as stored.
 #[derive(Debug, Clone)]
 pub struct SigninToken {
@@ -205,7 +237,9 @@ pub trait Tx {
         at: OffsetDateTime,
     ) -> Result<(), StoreError>;
     /// Records that a device was heard from at `at` (the last-seen time never goes back),
-    /// with fresh facts and agent version when given, connected by `connection`.
+    /// with fresh facts and agent version when given, connected by `connection`. With
+    /// `claim` the mark becomes `connection`'s whoever held it; without, nothing is written
+    /// when another connection holds the mark. True when written.
     fn set_device_seen(
         &mut self,
         id: &DeviceId,
@@ -213,15 +247,48 @@ pub trait Tx {
         agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
-    ) -> Result<(), StoreError>;
+        claim: bool,
+    ) -> Result<bool, StoreError>;
     /// Clears a device's connection mark if it is `connection`'s.
     fn clear_device_connection(
         &mut self,
         id: &DeviceId,
         connection: &str,
     ) -> Result<(), StoreError>;
-    /// Clears every connection mark; how many there were.
-    fn clear_all_connections(&mut self) -> Result<u64, StoreError>;
+    /// Clears the connection marks of every session of the process `instance` (marks are
+    /// `<instance>-<n>`); how many there were.
+    fn clear_instance_connections(&mut self, instance: &str) -> Result<u64, StoreError>;
+    /// Clears the connection marks of processes that hold no replica lease; how many.
+    fn clear_orphan_connections(&mut self) -> Result<u64, StoreError>;
+    /// The connection marks of these devices (unknown ones left out).
+    fn connection_marks(&mut self, ids: &[DeviceId]) -> Result<Vec<ConnectionMark>, StoreError>;
+    /// Tells the other processes sharing the store, when this transaction commits, that the
+    /// device's record changed ([`Change::Device`]). A no-op for a store one process owns.
+    fn notify_device_changed(&mut self, id: &DeviceId) -> Result<(), StoreError>;
+
+    /// The store's owner, once recorded.
+    fn deployment(&mut self) -> Result<Option<Deployment>, StoreError>;
+    /// Records the store's owner.
+    fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError>;
+
+    /// Extends the lease of replica `instance` to `until`; false when it holds none.
+    fn renew_replica(&mut self, instance: &str, until: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Records replica `instance` (named `name`, e.g. `host:port`) with a lease to `until`.
+    fn insert_replica(
+        &mut self,
+        instance: &str,
+        name: &str,
+        at: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// The replicas whose lease ended before `now`, or that are named `name`.
+    fn ended_replicas(
+        &mut self,
+        now: OffsetDateTime,
+        name: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Drops a replica's lease.
+    fn delete_replica(&mut self, instance: &str) -> Result<(), StoreError>;
 
     /// Stores a report unless its (device, seq) is stored; true when it was stored.
     fn insert_report(
@@ -352,4 +419,10 @@ pub trait Backend: Send + Sync {
     fn pending_key_use(&self, id: &KeyId) -> Option<OffsetDateTime>;
     /// Writes what is pending and stops; later writes fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// The changes other processes sharing the store make, for a process that holds device
+    /// sessions; `None` for a store one process owns (it sees its own changes).
+    fn watch(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        None
+    }
 }

@@ -340,6 +340,30 @@ CREATE TRIGGER device_search_delete AFTER DELETE ON devices BEGIN
 END;
 "#,
     },
+    // Several replicas over one store, and who the store belongs to.
+    Migration {
+        version: 10,
+        description: "the store's owner (CA and secret check) and replica leases",
+        sql: r#"
+-- The CA fingerprint and a check value of the server secret of the data directory that
+-- initialized the store: a replica whose data directory holds other ones refuses to start.
+CREATE TABLE deployment (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    ca_fingerprint  TEXT NOT NULL,
+    secret_check    TEXT NOT NULL,
+    created_at      INTEGER NOT NULL
+);
+-- A gateway process holding sessions renews its lease every few seconds; the connection
+-- marks (`<instance>-<n>`) of a process whose lease ended are cleared by the others.
+CREATE TABLE replicas (
+    instance     TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    started_at   INTEGER NOT NULL,
+    lease_until  INTEGER NOT NULL
+);
+CREATE INDEX devices_connection ON devices(connection) WHERE connection IS NOT NULL;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

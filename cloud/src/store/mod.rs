@@ -35,8 +35,9 @@ use heex_proto::api::{AuditEvent, Facts};
 use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use time::OffsetDateTime;
 
-use crate::gateway::{DeviceDirectory, DeviceStatus, StoredReports};
+use crate::gateway::{DeviceDirectory, DeviceStatus, Seen, StoredReports};
 use backend::{Backend, Tx};
+pub use backend::{Change, ConnectionMark, Deployment};
 
 /// A web console session, as stored: the SHA-256 of its id, the key it is bound to, and its
 /// times.
@@ -417,9 +418,9 @@ impl Store {
     }
 
     /// Records that a device was heard from, with fresh facts and its agent's version when
-    /// it sent them, and marks it connected by `connection` (a name unique to one session of
-    /// one gateway process). False (nothing recorded) when the device is revoked or does not
-    /// exist.
+    /// it sent them, by the session `connection` (a name unique to one session of one
+    /// gateway process), which takes the device's connection mark at Hello (`claim`) and
+    /// later only refreshes it; see [`ops::record_connected`].
     pub async fn record_connected(
         &self,
         id: &DeviceId,
@@ -427,7 +428,8 @@ impl Store {
         agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
-    ) -> Result<bool, StoreError> {
+        claim: bool,
+    ) -> Result<Seen, StoreError> {
         let (id, facts) = (id.clone(), facts.cloned());
         let (agent_version, connection) = (agent_version.map(str::to_owned), connection.to_owned());
         self.transact(move |tx| {
@@ -438,6 +440,7 @@ impl Store {
                 agent_version.as_deref(),
                 at,
                 &connection,
+                claim,
             )
         })
         .await
@@ -455,10 +458,92 @@ impl Store {
             .await
     }
 
-    /// Clears every connection mark (a gateway starting over the store: no session of an
-    /// earlier process is live). Returns how many were cleared.
-    pub async fn clear_connections(&self) -> Result<u64, StoreError> {
-        self.transact(|tx| tx.clear_all_connections()).await
+    /// Starts replica `instance`'s lease (see [`ops::start_replica`]); how many stale
+    /// connection marks were cleared.
+    pub async fn start_replica(
+        &self,
+        instance: &str,
+        name: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (instance, name) = (instance.to_owned(), name.to_owned());
+        self.transact(move |tx| ops::start_replica(tx, &instance, &name, now, until))
+            .await
+    }
+
+    /// Extends replica `instance`'s lease and ends lapsed ones (see [`ops::renew_replica`]);
+    /// false when the lease had been ended.
+    pub async fn renew_replica(
+        &self,
+        instance: &str,
+        name: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let (instance, name) = (instance.to_owned(), name.to_owned());
+        self.transact(move |tx| ops::renew_replica(tx, &instance, &name, now, until))
+            .await
+    }
+
+    /// Ends replica `instance`'s lease and clears its marks; how many.
+    pub async fn stop_replica(&self, instance: &str) -> Result<u64, StoreError> {
+        let instance = instance.to_owned();
+        self.transact(move |tx| ops::stop_replica(tx, &instance))
+            .await
+    }
+
+    /// Marks these sessions (device, connection) connected again where nobody holds the
+    /// device's mark.
+    pub async fn mark_sessions_again(
+        &self,
+        held: Vec<(DeviceId, String)>,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.transact(move |tx| ops::mark_sessions_again(tx, &held, at))
+            .await
+    }
+
+    /// The connection marks of these devices (unknown ones left out).
+    pub async fn connection_marks(
+        &self,
+        ids: Vec<DeviceId>,
+    ) -> Result<Vec<ConnectionMark>, StoreError> {
+        self.transact(move |tx| tx.connection_marks(&ids)).await
+    }
+
+    /// The changes other processes sharing the store make; `None` when this process owns
+    /// the store.
+    pub fn watch(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        self.backend.watch()
+    }
+
+    /// Who the store belongs to, if recorded.
+    pub async fn recorded_deployment(&self) -> Result<Option<Deployment>, StoreError> {
+        self.transact(|tx| tx.deployment()).await
+    }
+
+    /// Records who the store belongs to when nobody is recorded yet; the recorded owner
+    /// otherwise.
+    pub async fn claim_deployment(
+        &self,
+        deployment: Deployment,
+    ) -> Result<Option<Deployment>, StoreError> {
+        self.transact(move |tx| ops::claim_deployment(tx, &deployment))
+            .await
+    }
+
+    /// Creates the first workspace with its owner and records who the store belongs to, in
+    /// one transaction; the recorded owner (nothing written) when there is one already.
+    pub async fn init_deployment(
+        &self,
+        deployment: Deployment,
+        ws: NewWorkspace,
+        owner: NewMember,
+        key: NewKey,
+    ) -> Result<Option<Deployment>, StoreError> {
+        self.transact(move |tx| ops::init_deployment(tx, &deployment, &ws, &owner, &key))
+            .await
     }
 
     /// Stores a device's reports (sequence number, compact JSON) exactly once each; a number
@@ -584,8 +669,9 @@ impl DeviceDirectory for Store {
         agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
-    ) -> anyhow::Result<bool> {
-        Ok(Store::record_connected(self, id, facts, agent_version, at, connection).await?)
+        claim: bool,
+    ) -> anyhow::Result<Seen> {
+        Ok(Store::record_connected(self, id, facts, agent_version, at, connection, claim).await?)
     }
 
     async fn record_disconnected(&self, id: &DeviceId, connection: &str) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::backend::{DeviceState, InvitationsOf, Tx};
+use super::backend::{Deployment, DeviceState, InvitationsOf, Tx};
 use super::{
     AcceptOutcome, Acceptance, AuditAction, AuditEntry, CancelOutcome, ConsoleSession,
     DeleteDeviceOutcome, InvitationCancel, KeyRecord, KeyUsability, MemberRecord, NewDevice,
@@ -18,7 +18,7 @@ use super::{
     StoreError,
 };
 use crate::access::{self, DeviceAction, Refusal};
-use crate::gateway::StoredReports;
+use crate::gateway::{Seen, StoredReports};
 
 /// The actor of what the server does on its own (e.g. `init`).
 pub const SYSTEM_ACTOR: &str = "system";
@@ -379,9 +379,12 @@ fn live_device(tx: &mut dyn Tx, id: &DeviceId) -> Result<Option<DeviceState>, St
     Ok(tx.device_state(id)?.filter(|d| d.revoked_at.is_none()))
 }
 
-/// Records that a device was heard from; false (nothing recorded) when it is revoked or
-/// gone. Every record of a session (Hello, then heartbeats) writes its mark, so when two
-/// sessions' marks race the live one's is back at its next heartbeat.
+/// Records that a device was heard from by the session `connection`. At Hello (`claim`) the
+/// session takes the device's connection mark, whoever held it, and the other processes
+/// sharing the store are told (a session of the device they hold is now an older one);
+/// later records only refresh a mark that is still the session's, or that nobody holds (a
+/// lease that ended while the session lived). [`Seen::Superseded`] when another session
+/// holds it, [`Seen::NotLive`] when the device is revoked or gone; then nothing is written.
 pub fn record_connected(
     tx: &mut dyn Tx,
     id: &DeviceId,
@@ -389,12 +392,118 @@ pub fn record_connected(
     agent_version: Option<&str>,
     at: OffsetDateTime,
     connection: &str,
-) -> Result<bool, StoreError> {
+    claim: bool,
+) -> Result<Seen, StoreError> {
     if live_device(tx, id)?.is_none() {
-        return Ok(false);
+        return Ok(Seen::NotLive);
     }
-    tx.set_device_seen(id, facts, agent_version, at, connection)?;
-    Ok(true)
+    if !tx.set_device_seen(id, facts, agent_version, at, connection, claim)? {
+        return Ok(Seen::Superseded);
+    }
+    if claim {
+        tx.notify_device_changed(id)?;
+    }
+    Ok(Seen::Recorded)
+}
+
+/// Starts the lease of replica `instance` (named `name`) until `until`: the marks of
+/// replicas whose lease ended, of an earlier run of the same name, and of processes that
+/// hold no lease at all are cleared first. How many marks were cleared.
+pub fn start_replica(
+    tx: &mut dyn Tx,
+    instance: &str,
+    name: &str,
+    now: OffsetDateTime,
+    until: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    let mut cleared = end_replicas(tx, now, Some(name))?;
+    tx.insert_replica(instance, name, now, until)?;
+    cleared += tx.clear_orphan_connections()?;
+    Ok(cleared)
+}
+
+/// Extends replica `instance`'s lease to `until` and ends the leases of the others that
+/// lapsed (clearing their marks). False when `instance` held no lease any more (the others
+/// ended it while it could not reach the store): it is recorded again, and the caller marks
+/// its sessions again.
+pub fn renew_replica(
+    tx: &mut dyn Tx,
+    instance: &str,
+    name: &str,
+    now: OffsetDateTime,
+    until: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let held = tx.renew_replica(instance, until)?;
+    if !held {
+        tx.clear_instance_connections(instance)?;
+        tx.insert_replica(instance, name, now, until)?;
+    }
+    end_replicas(tx, now, None)?;
+    Ok(held)
+}
+
+/// Ends replica `instance`'s lease and clears its marks (a clean stop).
+pub fn stop_replica(tx: &mut dyn Tx, instance: &str) -> Result<u64, StoreError> {
+    let cleared = tx.clear_instance_connections(instance)?;
+    tx.delete_replica(instance)?;
+    Ok(cleared)
+}
+
+/// Ends the leases that lapsed before `now` (and those named `name`), clearing their marks.
+fn end_replicas(
+    tx: &mut dyn Tx,
+    now: OffsetDateTime,
+    name: Option<&str>,
+) -> Result<u64, StoreError> {
+    let mut cleared = 0;
+    for instance in tx.ended_replicas(now, name)? {
+        cleared += stop_replica(tx, &instance)?;
+    }
+    Ok(cleared)
+}
+
+/// Marks the sessions `held` (device, connection) connected again where nobody holds the
+/// device's mark (after this replica's lease was ended while it lived).
+pub fn mark_sessions_again(
+    tx: &mut dyn Tx,
+    held: &[(DeviceId, String)],
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    for (id, connection) in held {
+        if live_device(tx, id)?.is_some() {
+            tx.set_device_seen(id, None, None, at, connection, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records who the store belongs to unless it is recorded; the recorded one when it was.
+pub fn claim_deployment(
+    tx: &mut dyn Tx,
+    deployment: &Deployment,
+) -> Result<Option<Deployment>, StoreError> {
+    if let Some(existing) = tx.deployment()? {
+        return Ok(Some(existing));
+    }
+    tx.insert_deployment(deployment)?;
+    Ok(None)
+}
+
+/// Creates the first workspace of a new store with its owner, and records who the store
+/// belongs to, in one transaction; the recorded owner (and nothing written) when the store
+/// already has one.
+pub fn init_deployment(
+    tx: &mut dyn Tx,
+    deployment: &Deployment,
+    ws: &NewWorkspace,
+    owner: &NewMember,
+    key: &NewKey,
+) -> Result<Option<Deployment>, StoreError> {
+    if let Some(existing) = claim_deployment(tx, deployment)? {
+        return Ok(Some(existing));
+    }
+    create_workspace_with_owner(tx, ws, owner, key)?;
+    Ok(None)
 }
 
 /// True when two stored forms of a report say the same: byte-equal, or equal as JSON (a
@@ -520,6 +629,7 @@ pub fn revoke_device(
         Some(d) if d.revoked_at.is_some() => Ok(true),
         Some(_) => {
             tx.set_device_revoked(id, at)?;
+            tx.notify_device_changed(id)?;
             tx.insert_audit(audit)?;
             Ok(true)
         }
@@ -556,6 +666,7 @@ pub fn delete_device(
         Some(d) if d.revoked_at.is_none() => Ok(DeleteDeviceOutcome::NotRevoked),
         Some(_) => {
             tx.delete_device(id)?;
+            tx.notify_device_changed(id)?;
             tx.insert_audit(audit)?;
             Ok(DeleteDeviceOutcome::Deleted)
         }

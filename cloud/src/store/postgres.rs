@@ -7,8 +7,11 @@
 //! (`postgres`), run on the blocking thread pool, with an r2d2 pool of connections: the
 //! store's rules run synchronously inside a transaction on both backends.
 
+mod changes;
 mod schema;
 mod tx;
+
+pub(crate) use changes::CHANNEL as CHANGES_CHANNEL;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -49,6 +52,8 @@ pub struct PgStore {
     /// async thread: [`Drop`] hands the pool to a thread of its own.
     pool: Option<Pool>,
     touches: Arc<Mutex<HashMap<KeyId, i64>>>,
+    /// The connection settings of the change feed's own connection.
+    listen: tokio_postgres::Config,
     /// Dropping it stops the key-use writer thread, which writes what is pending first.
     flusher: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
@@ -124,9 +129,16 @@ impl PgStore {
                  postgres://USER@HOST:PORT/DATABASE"
             ))
         })?;
-        let mut first = config
-            .connect(NoTls)
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let listen = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Database(format!("the store URL does not parse: {e}")))?;
+        let mut first = config.connect(NoTls).map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL: {e}{cause}; check that it runs and the URL"
+            ))
+        })?;
         schema::migrate(&mut first, to_unix(OffsetDateTime::now_utc()))?;
         drop(first);
         let manager = PostgresConnectionManager::new(config, NoTls);
@@ -153,6 +165,7 @@ impl PgStore {
             .map_err(|e| StoreError::Database(format!("cannot start the key-use writer: {e}")))?;
         Ok(PgStore {
             pool: Some(pool),
+            listen,
             touches,
             flusher: Mutex::new(Some((stop, thread))),
         })
@@ -847,5 +860,123 @@ impl Backend for PgStore {
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             }
         })
+    }
+
+    fn watch(&self) -> Option<tokio::sync::mpsc::Receiver<super::backend::Change>> {
+        let (out, changes) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(changes::listen(self.listen.clone(), out));
+        Some(changes)
+    }
+}
+
+/// A PostgreSQL connection URL (`postgres://…` or `postgresql://…`). It may hold a password:
+/// its `Display` and `Debug` show it with the password replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// The URL itself, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for PostgresUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err(
+                "must be a postgres:// or postgresql:// URL (leave --store out to keep \
+                        the SQLite database in the data directory)"
+                    .to_owned(),
+            );
+        }
+        // The driver's message names the part that is wrong, never the password.
+        tokio_postgres::Config::from_str(s)
+            .map_err(|e| format!("is not a PostgreSQL connection URL: {e}"))?;
+        Ok(PostgresUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_password(&self.0))
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({self})")
+    }
+}
+
+/// `url` with the password of its user info and of a `password=` parameter replaced.
+fn redact_password(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority_end, has_path) = match rest.find(['/', '?']) {
+        Some(i) => (i, true),
+        None => (rest.len(), false),
+    };
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => format!("{userinfo}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = if has_path {
+        match tail.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, _)) if k.eq_ignore_ascii_case("password") => {
+                            format!("{k}=***")
+                        }
+                        _ => kv.to_owned(),
+                    })
+                    .collect();
+                format!("{path}?{}", query.join("&"))
+            }
+            None => tail.to_owned(),
+        }
+    } else {
+        String::new()
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        for (url, shown) in [
+            (
+                "postgres://heex:s3cret@db.example:5432/heex",
+                "postgres://heex:***@db.example:5432/heex",
+            ),
+            (
+                "postgresql://heex@db/heex?password=s3cret&sslmode=disable",
+                "postgresql://heex@db/heex?password=***&sslmode=disable",
+            ),
+            ("postgres://db", "postgres://db"),
+            (
+                "postgresql://postgres@localhost/postgres?host=/tmp/x",
+                "postgresql://postgres@localhost/postgres?host=/tmp/x",
+            ),
+        ] {
+            let parsed: PostgresUrl = url.parse().unwrap();
+            assert_eq!(parsed.to_string(), shown);
+            assert!(!format!("{parsed:?}").contains("s3cret"));
+            assert_eq!(parsed.expose(), url);
+        }
+        for bad in ["sqlite://x", "db.example", "postgres://h:notaport/db"] {
+            let err = bad.parse::<PostgresUrl>().unwrap_err();
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 }

@@ -43,7 +43,7 @@ async fn api() -> Api {
         })
         .await
         .unwrap();
-    let loaded = data.load(&[]).unwrap();
+    let loaded = data.load(&[]).await.unwrap();
     let secret = loaded.secret.clone();
     let store = Arc::new(loaded.store);
     let state = AppState::new(ApiContext {

@@ -9,10 +9,11 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x6865_6578_6d69_6772; // "heexmigr"
 
 /// Every migration, in order: (version, description, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "workspaces, members, keys, invitations, audit, devices, labels, reports, console",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "workspaces, members, keys, invitations, audit, devices, labels, reports, console",
+        r#"
 -- Times are Unix seconds; text sorts and compares byte-wise (COLLATE "C"), as in the
 -- SQLite store, so pages and cursors mean the same on both.
 CREATE TABLE workspaces (
@@ -155,7 +156,32 @@ CREATE TABLE console_signin_tokens (
 );
 CREATE INDEX console_signin_tokens_expiry ON console_signin_tokens(expires_at);
 "#,
-)];
+    ),
+    (
+        2,
+        "the store's owner (CA and secret check) and replica leases",
+        r#"
+-- The CA fingerprint and a check value of the server secret of the data directory that
+-- initialized the store: a replica whose data directory holds other ones refuses to start.
+CREATE TABLE deployment (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    ca_fingerprint  TEXT NOT NULL,
+    secret_check    TEXT NOT NULL,
+    created_at      BIGINT NOT NULL
+);
+-- A gateway process holding sessions renews its lease every few seconds; the connection
+-- marks (`<instance>-<n>`) of a process whose lease ended are cleared by the others.
+CREATE TABLE replicas (
+    instance     TEXT COLLATE "C" PRIMARY KEY,
+    name         TEXT NOT NULL,
+    started_at   BIGINT NOT NULL,
+    lease_until  BIGINT NOT NULL
+);
+CREATE INDEX devices_connection ON devices(connection COLLATE "C")
+    WHERE connection IS NOT NULL;
+"#,
+    ),
+];
 
 /// Brings the schema up to date, once across replicas: under an advisory lock, each
 /// missing version in its own transaction. A database newer than this build is refused.
@@ -169,12 +195,18 @@ pub(super) fn migrate(c: &mut Client, now: i64) -> Result<(), StoreError> {
 }
 
 fn apply(c: &mut Client, now: i64) -> Result<(), StoreError> {
-    c.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (
-             version     INTEGER PRIMARY KEY,
-             applied_at  BIGINT NOT NULL
-         )",
-    )?;
+    // Checked first: CREATE TABLE IF NOT EXISTS would log a notice at every start.
+    let exists: bool = c
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        c.batch_execute(
+            "CREATE TABLE schema_version (
+                 version     INTEGER PRIMARY KEY,
+                 applied_at  BIGINT NOT NULL
+             )",
+        )?;
+    }
     let current: i32 = c
         .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
         .get(0);

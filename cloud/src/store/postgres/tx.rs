@@ -11,7 +11,9 @@ use time::OffsetDateTime;
 use super::{
     count, key_from_row, member_from_row, opt_time, parse, time, KEY_SELECT, MEMBER_SELECT,
 };
-use crate::store::backend::{DeviceState, InvitationsOf, SigninToken, StoredInvitation, Tx};
+use crate::store::backend::{
+    ConnectionMark, Deployment, DeviceState, InvitationsOf, SigninToken, StoredInvitation, Tx,
+};
 use crate::store::{
     encode, seq_to_sql, to_unix, AuditEntry, ConsoleSession, InvitationCancel, KeyRecord,
     MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, Revocation,
@@ -408,9 +410,10 @@ impl Tx for PgTx<'_, '_> {
         agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
-    ) -> Result<(), StoreError> {
+        claim: bool,
+    ) -> Result<bool, StoreError> {
         let facts = facts.map(|f| encode("facts", f)).transpose()?;
-        self.exec(
+        let n = self.exec(
             "UPDATE devices
              SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), $1),
                  facts = COALESCE($2, facts),
@@ -418,16 +421,17 @@ impl Tx for PgTx<'_, '_> {
                  connected_at = CASE WHEN connection IS NOT DISTINCT FROM $3
                                      THEN connected_at ELSE $1 END,
                  connection = $3
-             WHERE id = $4",
+             WHERE id = $4 AND ($6 OR connection IS NULL OR connection = $3)",
             &[
                 &to_unix(at),
                 &facts,
                 &connection,
                 &id.as_str(),
                 &agent_version,
+                &claim,
             ],
         )?;
-        Ok(())
+        Ok(n == 1)
     }
 
     fn clear_device_connection(
@@ -443,12 +447,121 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn clear_all_connections(&mut self) -> Result<u64, StoreError> {
+    fn clear_instance_connections(&mut self, instance: &str) -> Result<u64, StoreError> {
+        // Marks are `<instance>-<n>`: the range of strings with that prefix ('-' < '.').
         self.exec(
-            "UPDATE devices SET connection = NULL, connected_at = NULL
-             WHERE connection IS NOT NULL",
+            r#"UPDATE devices SET connection = NULL, connected_at = NULL
+               WHERE connection COLLATE "C" >= $1 || '-'
+                 AND connection COLLATE "C" < $1 || '.'"#,
+            &[&instance],
+        )
+    }
+
+    fn clear_orphan_connections(&mut self) -> Result<u64, StoreError> {
+        self.exec(
+            r#"UPDATE devices SET connection = NULL, connected_at = NULL
+               WHERE connection IS NOT NULL AND NOT EXISTS (
+                   SELECT 1 FROM replicas r
+                   WHERE devices.connection COLLATE "C" >= r.instance || '-'
+                     AND devices.connection COLLATE "C" < r.instance || '.')"#,
             &[],
         )
+    }
+
+    fn connection_marks(&mut self, ids: &[DeviceId]) -> Result<Vec<ConnectionMark>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
+        self.0
+            .query(
+                "SELECT id, connection, revoked_at IS NOT NULL FROM devices
+                 WHERE id = ANY($1)",
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ConnectionMark {
+                    device: parse("device id", r.try_get(0)?)?,
+                    connection: r.try_get(1)?,
+                    revoked: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    fn notify_device_changed(&mut self, id: &DeviceId) -> Result<(), StoreError> {
+        // Delivered to every listener when the transaction commits, never if it rolls back.
+        self.0.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&super::CHANGES_CHANNEL, &id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn deployment(&mut self) -> Result<Option<Deployment>, StoreError> {
+        self.0
+            .query_opt(
+                "SELECT ca_fingerprint, secret_check, created_at FROM deployment WHERE id = 1",
+                &[],
+            )?
+            .map(|r| {
+                Ok(Deployment {
+                    ca_fingerprint: r.try_get(0)?,
+                    secret_check: r.try_get(1)?,
+                    created_at: time(r.try_get(2)?)?,
+                })
+            })
+            .transpose()
+    }
+
+    fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO deployment (id, ca_fingerprint, secret_check, created_at)
+             VALUES (1, $1, $2, $3)",
+            &[&d.ca_fingerprint, &d.secret_check, &to_unix(d.created_at)],
+        )?;
+        Ok(())
+    }
+
+    fn renew_replica(&mut self, instance: &str, until: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = self.exec(
+            "UPDATE replicas SET lease_until = $2 WHERE instance = $1",
+            &[&instance, &to_unix(until)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn insert_replica(
+        &mut self,
+        instance: &str,
+        name: &str,
+        at: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO replicas (instance, name, started_at, lease_until)
+             VALUES ($1, $2, $3, $4)",
+            &[&instance, &name, &to_unix(at), &to_unix(until)],
+        )?;
+        Ok(())
+    }
+
+    fn ended_replicas(
+        &mut self,
+        now: OffsetDateTime,
+        name: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.0
+            .query(
+                "SELECT instance FROM replicas WHERE lease_until < $1 OR name = $2",
+                &[&to_unix(now), &name],
+            )?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
+    }
+
+    fn delete_replica(&mut self, instance: &str) -> Result<(), StoreError> {
+        self.exec("DELETE FROM replicas WHERE instance = $1", &[&instance])?;
+        Ok(())
     }
 
     fn insert_report(

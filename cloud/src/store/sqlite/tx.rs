@@ -11,7 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use super::{audit, conversion, opt_time, parsed, time_at};
-use crate::store::backend::{DeviceState, InvitationsOf, SigninToken, StoredInvitation, Tx};
+use crate::store::backend::{
+    ConnectionMark, Deployment, DeviceState, InvitationsOf, SigninToken, StoredInvitation, Tx,
+};
 use crate::store::{
     encode, seq_to_sql, to_unix, AuditEntry, ConsoleSession, InvitationCancel, KeyRecord,
     MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, Revocation, Role,
@@ -391,9 +393,11 @@ impl Tx for SqliteTx<'_> {
         agent_version: Option<&str>,
         at: OffsetDateTime,
         connection: &str,
-    ) -> Result<(), StoreError> {
+        claim: bool,
+    ) -> Result<bool, StoreError> {
         let facts = facts.map(|f| encode("facts", f)).transpose()?;
-        self.0
+        let n = self
+            .0
             .prepare_cached(
                 "UPDATE devices
                  SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
@@ -401,16 +405,17 @@ impl Tx for SqliteTx<'_> {
                      agent_version = COALESCE(?5, agent_version),
                      connected_at = CASE WHEN connection IS ?3 THEN connected_at ELSE ?1 END,
                      connection = ?3
-                 WHERE id = ?4",
+                 WHERE id = ?4 AND (?6 OR connection IS NULL OR connection = ?3)",
             )?
             .execute(params![
                 to_unix(at),
                 facts,
                 connection,
                 id.as_str(),
-                agent_version
+                agent_version,
+                claim
             ])?;
-        Ok(())
+        Ok(n == 1)
     }
 
     fn clear_device_connection(
@@ -427,15 +432,128 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn clear_all_connections(&mut self) -> Result<u64, StoreError> {
+    fn clear_instance_connections(&mut self, instance: &str) -> Result<u64, StoreError> {
+        // Marks are `<instance>-<n>`: the range of strings with that prefix ('-' < '.').
         let n = self
             .0
             .prepare_cached(
                 "UPDATE devices SET connection = NULL, connected_at = NULL
-                 WHERE connection IS NOT NULL",
+                 WHERE connection >= ?1 || '-' AND connection < ?1 || '.'",
+            )?
+            .execute([instance])?;
+        Ok(n as u64)
+    }
+
+    fn clear_orphan_connections(&mut self) -> Result<u64, StoreError> {
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE devices SET connection = NULL, connected_at = NULL
+                 WHERE connection IS NOT NULL AND NOT EXISTS (
+                     SELECT 1 FROM replicas r
+                     WHERE devices.connection >= r.instance || '-'
+                       AND devices.connection < r.instance || '.')",
             )?
             .execute([])?;
         Ok(n as u64)
+    }
+
+    fn connection_marks(&mut self, ids: &[DeviceId]) -> Result<Vec<ConnectionMark>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT connection, revoked_at IS NOT NULL FROM devices WHERE id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let found = stmt
+                .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((connection, revoked)) = found {
+                out.push(ConnectionMark {
+                    device: id.clone(),
+                    connection,
+                    revoked,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn notify_device_changed(&mut self, _id: &DeviceId) -> Result<(), StoreError> {
+        // One process owns a SQLite store: it sees its own changes.
+        Ok(())
+    }
+
+    fn deployment(&mut self) -> Result<Option<Deployment>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT ca_fingerprint, secret_check, created_at FROM deployment WHERE id = 1",
+            )?
+            .query_row([], |r| {
+                Ok(Deployment {
+                    ca_fingerprint: r.get(0)?,
+                    secret_check: r.get(1)?,
+                    created_at: time_at(r, 2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO deployment (id, ca_fingerprint, secret_check, created_at)
+                 VALUES (1, ?1, ?2, ?3)",
+            )?
+            .execute(params![
+                d.ca_fingerprint,
+                d.secret_check,
+                to_unix(d.created_at)
+            ])?;
+        Ok(())
+    }
+
+    fn renew_replica(&mut self, instance: &str, until: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = self
+            .0
+            .prepare_cached("UPDATE replicas SET lease_until = ?2 WHERE instance = ?1")?
+            .execute(params![instance, to_unix(until)])?;
+        Ok(n == 1)
+    }
+
+    fn insert_replica(
+        &mut self,
+        instance: &str,
+        name: &str,
+        at: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO replicas (instance, name, started_at, lease_until)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![instance, name, to_unix(at), to_unix(until)])?;
+        Ok(())
+    }
+
+    fn ended_replicas(
+        &mut self,
+        now: OffsetDateTime,
+        name: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT instance FROM replicas WHERE lease_until < ?1 OR name = ?2")?;
+        let rows = stmt.query_map(params![to_unix(now), name], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn delete_replica(&mut self, instance: &str) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached("DELETE FROM replicas WHERE instance = ?1")?
+            .execute([instance])?;
+        Ok(())
     }
 
     fn insert_report(

@@ -179,11 +179,13 @@ async fn a_revoked_device_stores_nothing_more() {
             .highest,
         1
     );
-    assert!(f
-        .store
-        .record_connected(&id, None, None, f.now, "test")
-        .await
-        .unwrap());
+    assert!(matches!(
+        f.store
+            .record_connected(&id, None, None, f.now, "test", true)
+            .await
+            .unwrap(),
+        Seen::Recorded
+    ));
     let revoke = audit(&f, AuditAction::DeviceRevoke, id.as_str());
     assert!(f
         .store
@@ -197,11 +199,20 @@ async fn a_revoked_device_stores_nothing_more() {
     );
     let stored = f.store.list_reports(&id, 0, 10).await.unwrap();
     assert_eq!(stored.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
-    assert!(!f
-        .store
-        .record_connected(&id, None, None, f.now + time::Duration::minutes(1), "test")
-        .await
-        .unwrap());
+    assert!(matches!(
+        f.store
+            .record_connected(
+                &id,
+                None,
+                None,
+                f.now + time::Duration::minutes(1),
+                "test",
+                true
+            )
+            .await
+            .unwrap(),
+        Seen::NotLive
+    ));
     assert_eq!(record(&f, &id).await.last_seen_at, Some(f.now));
     // An unknown device is refused the same way.
     assert!(matches!(

@@ -266,11 +266,13 @@ async fn connection_marks_filter_count_and_clear() {
     let ids = enroll_many(&f, 4, site).await;
     let facts = Facts::default();
     for (id, conn) in [(&ids[0], "gw-1"), (&ids[1], "gw-2")] {
-        assert!(f
-            .store
-            .record_connected(id, Some(&facts), None, f.now, conn)
-            .await
-            .unwrap());
+        assert!(matches!(
+            f.store
+                .record_connected(id, Some(&facts), None, f.now, conn, true)
+                .await
+                .unwrap(),
+            Seen::Recorded
+        ));
     }
     let mut connected = query(100);
     connected.connected = Some(true);
@@ -301,20 +303,24 @@ async fn connection_marks_filter_count_and_clear() {
         .await
         .unwrap();
     assert!(walk(&f, connected.clone()).await.is_empty());
-    assert!(!f
-        .store
-        .record_connected(&ids[1], None, None, f.now, "gw-3")
-        .await
-        .unwrap());
+    assert!(matches!(
+        f.store
+            .record_connected(&ids[1], None, None, f.now, "gw-3", true)
+            .await
+            .unwrap(),
+        Seen::NotLive
+    ));
     assert!(walk(&f, connected.clone()).await.is_empty());
 
     // Counts: 4 devices, none connected now, 1 revoked; expiring within 2.5 days: the
     // devices expiring after 1 and 2 days, but the revoked one does not count.
-    assert!(f
-        .store
-        .record_connected(&ids[2], None, None, f.now, "gw-4")
-        .await
-        .unwrap());
+    assert!(matches!(
+        f.store
+            .record_connected(&ids[2], None, None, f.now, "gw-4", true)
+            .await
+            .unwrap(),
+        Seen::Recorded
+    ));
     let counts = f
         .store
         .device_counts(&f.ws, f.now + time::Duration::hours(60))
@@ -330,10 +336,165 @@ async fn connection_marks_filter_count_and_clear() {
         }
     );
 
-    // A gateway starting over the store clears every mark.
-    assert_eq!(f.store.clear_connections().await.unwrap(), 1);
+    // A replica starting over the store clears the marks of processes that hold no lease.
+    let lease = f.now + time::Duration::seconds(10);
+    assert_eq!(
+        f.store
+            .start_replica("0123456789abcdef", "host:1", f.now, lease)
+            .await
+            .unwrap(),
+        1
+    );
     assert!(walk(&f, connected).await.is_empty());
     assert_eq!(walk(&f, offline).await.len(), 4);
+}
+
+/// Connection marks across replicas: a Hello takes the mark, a later record of the older
+/// session is refused; a lapsed lease's marks are cleared by the next renewal, and the
+/// replica that lost its lease gets it back and marks its sessions again; a restart under
+/// the same name clears its earlier run's marks at once.
+#[tokio::test]
+async fn replica_leases_and_connection_claims() {
+    let f = fixture().await;
+    let d = enroll_many(&f, 3, site).await;
+    let (a, b) = ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb");
+    let secs = |n| f.now + time::Duration::seconds(n);
+    assert_eq!(
+        f.store
+            .start_replica(a, "host:1", f.now, secs(10))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        f.store
+            .start_replica(b, "host:2", f.now, secs(10))
+            .await
+            .unwrap(),
+        0
+    );
+    let seen = |id: &DeviceId, conn: &'static str, claim| {
+        let id = id.clone();
+        let store = &f.store;
+        let now = f.now;
+        async move {
+            store
+                .record_connected(&id, None, None, now, conn, claim)
+                .await
+                .unwrap()
+        }
+    };
+    let store = &f.store;
+    let marks = |ids: Vec<DeviceId>| async move {
+        let mut m: Vec<Option<String>> = Vec::new();
+        let got = store.connection_marks(ids.clone()).await.unwrap();
+        for id in &ids {
+            m.push(
+                got.iter()
+                    .find(|x| &x.device == id)
+                    .and_then(|x| x.connection.clone()),
+            );
+        }
+        m
+    };
+    assert_eq!(
+        seen(&d[0], "aaaaaaaaaaaaaaaa-1", true).await,
+        Seen::Recorded
+    );
+    assert_eq!(
+        seen(&d[1], "aaaaaaaaaaaaaaaa-2", true).await,
+        Seen::Recorded
+    );
+    assert_eq!(
+        seen(&d[2], "bbbbbbbbbbbbbbbb-1", true).await,
+        Seen::Recorded
+    );
+    // d0 reconnects to b: a's session of it is the older one now.
+    assert_eq!(
+        seen(&d[0], "bbbbbbbbbbbbbbbb-2", true).await,
+        Seen::Recorded
+    );
+    assert_eq!(
+        seen(&d[0], "aaaaaaaaaaaaaaaa-1", false).await,
+        Seen::Superseded
+    );
+    assert_eq!(
+        seen(&d[0], "bbbbbbbbbbbbbbbb-2", false).await,
+        Seen::Recorded
+    );
+    // The older session's end does not clear the newer one's mark.
+    f.store
+        .record_disconnected(&d[0], "aaaaaaaaaaaaaaaa-1")
+        .await
+        .unwrap();
+
+    // a's lease lapses: b's next renewal clears a's marks.
+    assert!(f
+        .store
+        .renew_replica(b, "host:2", secs(20), secs(30))
+        .await
+        .unwrap());
+    assert_eq!(
+        marks(d.clone()).await,
+        [
+            Some("bbbbbbbbbbbbbbbb-2".to_owned()),
+            None,
+            Some("bbbbbbbbbbbbbbbb-1".to_owned())
+        ]
+    );
+    // a was alive all along: its lease is gone, so it records it again and marks the
+    // sessions it holds where nobody else holds the device.
+    assert!(!f
+        .store
+        .renew_replica(a, "host:1", secs(21), secs(31))
+        .await
+        .unwrap());
+    f.store
+        .mark_sessions_again(
+            vec![
+                (d[0].clone(), "aaaaaaaaaaaaaaaa-1".to_owned()),
+                (d[1].clone(), "aaaaaaaaaaaaaaaa-2".to_owned()),
+            ],
+            secs(21),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        marks(d.clone()).await,
+        [
+            Some("bbbbbbbbbbbbbbbb-2".to_owned()),
+            Some("aaaaaaaaaaaaaaaa-2".to_owned()),
+            Some("bbbbbbbbbbbbbbbb-1".to_owned())
+        ]
+    );
+    // A clean stop clears b's marks; a restart of a (same name, new instance) clears the
+    // marks of its earlier run at once, lease or not.
+    assert_eq!(f.store.stop_replica(b).await.unwrap(), 2);
+    assert_eq!(
+        f.store
+            .start_replica("cccccccccccccccc", "host:1", secs(22), secs(32))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(marks(d.clone()).await, [None, None, None]);
+    // A revoked device is reported as such; an unknown one is left out.
+    f.store
+        .revoke_device(
+            &f.ws,
+            &d[2],
+            f.now,
+            audit(&f, AuditAction::DeviceRevoke, "d"),
+        )
+        .await
+        .unwrap();
+    let got = f
+        .store
+        .connection_marks(vec![d[2].clone(), DeviceId::generate()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].revoked);
 }
 
 #[tokio::test]
@@ -378,6 +539,8 @@ async fn labels_and_counts_written_before_their_tables_are_found() {
              DROP TRIGGER device_search_delete;
              DROP TABLE device_search;
              DROP TABLE device_search_rows;
+             DROP TABLE deployment;
+             DROP TABLE replicas;
              DELETE FROM schema_version WHERE version >= 6;",
         )
         .unwrap();
@@ -387,6 +550,7 @@ async fn labels_and_counts_written_before_their_tables_are_found() {
             "devices_seen",
             "devices_connected",
             "devices_disconnected",
+            "devices_connection",
             "devices_cert_expiry",
             "devices_by_key",
             "devices_by_member",

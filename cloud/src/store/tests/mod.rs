@@ -329,7 +329,7 @@ async fn seen_updates_time_and_keeps_facts_and_version_unless_new_ones_come() {
         .unwrap();
     let t1 = f.now + time::Duration::minutes(1);
     f.store
-        .record_connected(&d.id, None, None, t1, "test")
+        .record_connected(&d.id, None, None, t1, "test", true)
         .await
         .unwrap();
     let got = &f
@@ -347,12 +347,12 @@ async fn seen_updates_time_and_keeps_facts_and_version_unless_new_ones_come() {
     };
     let t2 = t1 + time::Duration::minutes(1);
     f.store
-        .record_connected(&d.id, Some(&fresh), Some("1.2.3"), t2, "test")
+        .record_connected(&d.id, Some(&fresh), Some("1.2.3"), t2, "test", true)
         .await
         .unwrap();
     // An older time never moves last_seen back.
     f.store
-        .record_connected(&d.id, None, None, t1, "test")
+        .record_connected(&d.id, None, None, t1, "test", true)
         .await
         .unwrap();
     let got = &f
@@ -370,7 +370,7 @@ async fn seen_updates_time_and_keeps_facts_and_version_unless_new_ones_come() {
     );
     // Unknown devices are simply not found.
     f.store
-        .record_connected(&DeviceId::generate(), None, None, t2, "test")
+        .record_connected(&DeviceId::generate(), None, None, t2, "test", true)
         .await
         .unwrap();
     assert!(f
