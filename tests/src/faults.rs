@@ -292,7 +292,7 @@ impl Cloud {
     /// which may be the mount point of a small filesystem (it must be empty).
     pub fn start_in(dir: tempfile::TempDir) -> Cloud {
         let loopback = "127.0.0.1:0".parse().unwrap();
-        Cloud::init_and_serve(dir, loopback, loopback, &[])
+        Cloud::init_and_serve(dir, loopback, loopback, &[], Cloud::test_store())
     }
 }
 

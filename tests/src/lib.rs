@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -279,7 +280,7 @@ pub struct Cloud {
     api_addr: SocketAddr,
     /// The store's server with `HEEX_TEST_STORE=postgres`; declared after `proc` so that it
     /// stops after the cloud's process.
-    pg: Option<pg::PgServer>,
+    pg: Option<Arc<pg::PgServer>>,
 }
 
 impl Cloud {
@@ -301,7 +302,58 @@ impl Cloud {
             .prefix("heex-cloud-")
             .tempdir()
             .unwrap();
-        Self::init_and_serve(data_dir, api, gateway, serve_args)
+        Self::init_and_serve(data_dir, api, gateway, serve_args, Self::test_store())
+    }
+
+    /// The store `HEEX_TEST_STORE` selects: a PostgreSQL server of its own, or `None` for
+    /// SQLite in the data directory.
+    pub(crate) fn test_store() -> Option<Arc<pg::PgServer>> {
+        store_is_postgres().then(|| Arc::new(pg::PgServer::start()))
+    }
+
+    /// Like [`Cloud::start_with`], on a PostgreSQL server of its own whatever
+    /// `HEEX_TEST_STORE` says (for tests of several replicas, see [`Cloud::replica`]).
+    pub fn start_on_postgres(serve_args: &[&str]) -> Cloud {
+        let data_dir = tempfile::Builder::new()
+            .prefix("heex-cloud-")
+            .tempdir()
+            .unwrap();
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let pg = Some(Arc::new(pg::PgServer::start()));
+        Self::init_and_serve(data_dir, loopback, loopback, serve_args, pg)
+    }
+
+    /// Another replica of this cloud (which must be on PostgreSQL): `serve` with a copy of
+    /// its data directory (the secrets) and the same store, on new ports, with
+    /// `serve_args`.
+    pub fn replica(&self, serve_args: &[&str]) -> Cloud {
+        assert!(self.pg.is_some(), "replicas share a PostgreSQL store");
+        let data_dir = tempfile::Builder::new()
+            .prefix("heex-replica-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(self.data())
+            .arg(data_dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "copy the data directory: {out:?}");
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let mut replica = Cloud {
+            logs: Logs::new(),
+            data_dir,
+            api_url: String::new(),
+            gateway: loopback,
+            owner_key: self.owner_key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
+            proc: None,
+            api_addr: loopback,
+            pg: self.pg.clone(),
+        };
+        replica.serve();
+        replica
     }
 
     /// `heex-cloud init` with the data directory `<data_dir>/data` (and, with
@@ -311,6 +363,7 @@ impl Cloud {
         api: SocketAddr,
         gateway: SocketAddr,
         serve_args: &[&str],
+        pg: Option<Arc<pg::PgServer>>,
     ) -> Cloud {
         let mut cloud = Cloud {
             logs: Logs::new(),
@@ -322,7 +375,7 @@ impl Cloud {
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             proc: None,
             api_addr: api,
-            pg: store_is_postgres().then(pg::PgServer::start),
+            pg,
         };
         let out = cloud.logs.run(
             "cloud-init",
@@ -361,12 +414,12 @@ impl Cloud {
 
     /// The `--store` URL of the cloud's PostgreSQL server; `None` when the store is SQLite.
     pub fn store_url(&self) -> Option<String> {
-        self.pg.as_ref().map(pg::PgServer::url)
+        self.pg.as_deref().map(pg::PgServer::url)
     }
 
     /// The cloud's PostgreSQL server; `None` when the store is SQLite.
     pub fn pg(&self) -> Option<&pg::PgServer> {
-        self.pg.as_ref()
+        self.pg.as_deref()
     }
 
     /// Every directory holding what the cloud stored: the data directory and, with

@@ -133,23 +133,42 @@ impl PgServer {
         if let Some(user) = &user {
             chown(dir.path(), user);
         }
+        let server = PgServer { dir, bin, user };
+        server.start_again();
+        server
+    }
+
+    /// Starts the server (again, after [`PgServer::stop`]) on the same socket and data.
+    pub fn start_again(&self) {
         check(
             "pg_ctl start",
-            run_as(user.as_deref(), &bin.join("pg_ctl"))
+            run_as(self.user.as_deref(), &self.bin.join("pg_ctl"))
                 .arg("-D")
-                .arg(dir.path().join("data"))
+                .arg(self.dir.path().join("data"))
                 .arg("-l")
-                .arg(dir.path().join("log"))
+                .arg(self.dir.path().join("log"))
                 .arg("-o")
                 .arg(format!(
-                    "-c listen_addresses= -k {} -c fsync=off -c max_connections=60 \
+                    "-c listen_addresses= -k {} -c fsync=off -c max_connections=100 \
                      -c shared_buffers=16MB",
-                    dir.path().display()
+                    self.dir.path().display()
                 ))
                 .args(["-w", "-s", "start"])
                 .output(),
         );
-        PgServer { dir, bin, user }
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: every connection is cut), as when the
+    /// database goes down; [`PgServer::start_again`] brings it back.
+    pub fn stop(&self) {
+        check(
+            "pg_ctl stop",
+            run_as(self.user.as_deref(), &self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "fast", "-w", "-s", "stop"])
+                .output(),
+        );
     }
 
     /// The server's database as a libpq URL (`postgresql://postgres@localhost/postgres?host=
