@@ -392,6 +392,10 @@ impl Cloud {
             "heex-cloud init failed: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(
+            cloud.pg.is_none() || !cloud.data().join("heex.db").exists(),
+            "heex-cloud init made a SQLite store despite HEEX_STORE_URL"
+        );
         cloud.owner_key = token(&stdout, "heex_", heex_proto::apikey::KEY_LEN)
             .unwrap_or_else(|| panic!("no API key in init output:\n{stdout}"));
         cloud.fingerprint = token(&stdout, "sha256:", 7 + 64)
