@@ -43,6 +43,17 @@ pub fn bin(name: &str) -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--workspace", "--bins", "--quiet"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo gives a test process its package's CARGO_MANIFEST_DIR, CARGO_PKG_* and the
+        // like; build scripts that watch those (ring's does) would see them changed and
+        // rebuild everything, here and again at the next build from a shell.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| {
+                k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR"
+            }) {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("OUT_DIR");
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -666,11 +677,17 @@ impl Machine {
     /// The installer command for `cloud`, with the key in `HEEX_API_KEY` and the pinned
     /// fingerprint; add arguments before running it.
     pub fn installer(&self, cloud: &Cloud, key: &str) -> Command {
+        self.installer_at(&cloud.api_url, &cloud.fingerprint, key)
+    }
+
+    /// Like [`Machine::installer`], for the API at `api_url` (e.g. a load balancer in
+    /// front of a cloud's replicas) whose CA has `fingerprint`.
+    pub fn installer_at(&self, api_url: &str, fingerprint: &str, key: &str) -> Command {
         let mut cmd = Command::new(bin("heex-installer"));
         cmd.arg("--server")
-            .arg(&cloud.api_url)
+            .arg(api_url)
             .arg("--ca-fingerprint")
-            .arg(&cloud.fingerprint)
+            .arg(fingerprint)
             .arg("--config-dir")
             .arg(self.config_dir())
             .arg("--state-dir")

@@ -3,6 +3,7 @@
 //! session across the cluster, a killed replica's devices stop showing connected within its
 //! lease, a one-use key raced across replicas enrolls one device, and the database going
 //! away for a while costs API answers (503, one line) but no held session.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -325,4 +326,189 @@ fn the_database_going_away_costs_answers_not_sessions() {
         "the revocation to reach replica 2's session",
         || (status_file(&machine)["state"] != "connected").then_some(()),
     );
+}
+
+/// A free port on 127.0.0.1 (bound and released: HAProxy binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// HAProxy with the repository's configuration (packaging/haproxy/heex.cfg) in front of
+/// three replicas.
+struct Haproxy {
+    /// Stopped when dropped.
+    _proc: Proc,
+    api_url: String,
+}
+
+impl Haproxy {
+    fn start(logs: &Logs, api_port: u16, gateway_port: u16, replicas: [&Cloud; 3]) -> Haproxy {
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/haproxy/heex.cfg");
+        let mut cmd = std::process::Command::new("haproxy");
+        cmd.args(["-db", "-f", config])
+            .env("HEEX_API_BIND", format!("127.0.0.1:{api_port}"))
+            .env("HEEX_GATEWAY_BIND", format!("127.0.0.1:{gateway_port}"));
+        for (i, r) in replicas.iter().enumerate() {
+            let n = i + 1;
+            let api = r.api_url.trim_start_matches("https://").to_owned();
+            let health = api.rsplit(':').next().unwrap().to_owned();
+            cmd.env(format!("HEEX_R{n}_API"), api)
+                .env(format!("HEEX_R{n}_GATEWAY"), r.gateway.to_string())
+                .env(format!("HEEX_R{n}_HEALTH"), health);
+        }
+        let proc = logs.spawn("haproxy", &mut cmd);
+        let api_url = format!("https://127.0.0.1:{api_port}");
+        let front = Haproxy {
+            _proc: proc,
+            api_url,
+        };
+        // Every replica up in both backends before the test goes on.
+        wait_for(TIMEOUT, "HAProxy to reach the replicas", || {
+            (std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok()
+                && replicas.iter().all(|r| r.get("/readyz", "").0 == 200))
+            .then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        front
+    }
+}
+
+/// Three replicas behind HAProxy (TCP mode) and a fleet of agents enrolled and connected
+/// through it (300 unless `HEEX_FAILOVER_AGENTS` says otherwise). One replica is killed
+/// with -9 while reports flow: its agents are back on the others within 10 s, every report
+/// is stored exactly once, and every device lists as connected again.
+#[test]
+fn a_killed_replica_behind_haproxy_loses_no_agent_and_no_report() {
+    let agents: usize = std::env::var("HEEX_FAILOVER_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let (api_port, gateway_port) = (free_port(), free_port());
+    let advertise = format!("127.0.0.1:{gateway_port}");
+    let args = [
+        "--gateway-advertise",
+        advertise.as_str(),
+        "--replica-lease",
+        "3s",
+    ];
+    let r1 = Cloud::start_on_postgres(&args);
+    let r2 = r1.replica(&args);
+    let mut r3 = r1.replica(&args);
+    let logs = Logs::new();
+    let front = Haproxy::start(&logs, api_port, gateway_port, [&r1, &r2, &r3]);
+    let (key, _) = r1.create_key("fleet", "enroll", None);
+
+    // Enroll through HAProxy, eight installers at a time.
+    let machines: Vec<Machine> = (0..agents).map(|_| Machine::new()).collect();
+    std::thread::scope(|s| {
+        for (t, chunk) in machines.chunks(agents.div_ceil(8)).enumerate() {
+            let (key, front) = (&key, &front);
+            let fingerprint = &r1.fingerprint;
+            s.spawn(move || {
+                for (i, m) in chunk.iter().enumerate() {
+                    let out = m
+                        .installer_at(&front.api_url, fingerprint, key)
+                        .arg("--name")
+                        .arg(format!("robot-{t}-{i}"))
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                    m.configure("heartbeat_interval = \"1s\"");
+                    m.configure("backoff_initial = \"250ms\"");
+                    m.configure("backoff_max = \"1s\"");
+                }
+            });
+        }
+    });
+    let procs: Vec<Proc> = machines.iter().map(|m| m.agent(&logs)).collect();
+    for (m, p) in machines.iter().zip(&procs) {
+        wait_connected(m, p, "every agent to connect through HAProxy");
+    }
+    let listed = |r: &Cloud| {
+        r.list_all("/v1/devices?connected=true", &r.owner_key, "devices")
+            .len()
+    };
+    assert_eq!(listed(&r2), agents);
+    let held = |r: &Cloud| r.proc().stderr().matches("session accepted").count();
+    eprintln!(
+        "sessions accepted: r1 {}, r2 {}, r3 {}",
+        held(&r1),
+        held(&r2),
+        held(&r3)
+    );
+
+    // Reports flow from ten agents across the kill.
+    let reporters = &machines[..10.min(agents)];
+    const PER_AGENT: u64 = 20;
+    let acked_before: Vec<u64> = std::thread::scope(|s| {
+        let flow = s.spawn(|| {
+            for n in 0..PER_AGENT {
+                for m in reporters {
+                    let out = std::process::Command::new(heex_tests::bin("heex-agent"))
+                        .arg("report")
+                        .arg("--config")
+                        .arg(m.agent_config())
+                        .arg("--data")
+                        .arg(json!({"n": n}).to_string())
+                        .env("RUST_LOG", "warn")
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let acked: Vec<u64> = machines
+            .iter()
+            .map(|m| status_file(m)["heartbeats_acked"].as_u64().unwrap_or(0))
+            .collect();
+        r3.kill9();
+        flow.join().unwrap();
+        acked
+    });
+    let killed = Instant::now();
+    // Back: every agent has two heartbeats acknowledged since the kill.
+    wait_for(TIMEOUT, "every agent to be back", || {
+        machines
+            .iter()
+            .zip(&acked_before)
+            .all(|(m, before)| {
+                let s = status_file(m);
+                s["state"] == "connected"
+                    && s["heartbeats_acked"].as_u64().unwrap_or(0) > before + 2
+            })
+            .then_some(())
+    });
+    let back_after = killed.elapsed();
+    let moved = machines
+        .iter()
+        .filter(|m| status_file(m)["sessions"].as_u64().unwrap_or(0) > 1)
+        .count();
+    eprintln!("{moved} of {agents} agents moved; all back {back_after:?} after the kill");
+    assert!(moved > 0, "no agent was on the killed replica");
+    assert!(back_after < Duration::from_secs(10), "{back_after:?}");
+    wait_for(TIMEOUT, "every device to list as connected again", || {
+        (listed(&r1) == agents).then_some(())
+    });
+    for m in reporters {
+        let id = m.device_id();
+        let stored = wait_for(TIMEOUT, "every report to be stored", || {
+            let got = heex_tests::stored_reports(&r1, &id);
+            (got.len() as u64 >= PER_AGENT).then_some(got)
+        });
+        let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=PER_AGENT).collect::<Vec<_>>(), "{id}");
+        let ns: std::collections::BTreeSet<u64> = stored
+            .iter()
+            .map(|(_, p)| p["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns.len() as u64, PER_AGENT, "{id}: {stored:?}");
+    }
+    drop(procs);
+    drop(front);
 }
