@@ -420,6 +420,18 @@ impl DataDir {
         let secret = self.read_secret()?;
         let now = OffsetDateTime::now_utc();
         let store = self.open_store(settings.store).await?;
+        let cert_path = self.path(CA_CERT);
+        let ca_der = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
+            .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
+        let mine = Deployment {
+            ca_fingerprint: Fingerprint::of_der(&ca_der).to_string(),
+            secret_check: secret.check_value(),
+            created_at: now,
+        };
+        if let Err(e) = self.check_deployment(&store, settings.store, mine).await {
+            store.close().await;
+            return Err(e);
+        }
         let (ws, owner, key) = first_workspace(opts.name.trim(), &opts.owner, now);
         let ids = (ws.id.clone(), key.id.clone());
         let created = store.create_workspace_with_owner(ws, owner, key).await;

@@ -512,3 +512,88 @@ fn a_killed_replica_behind_haproxy_loses_no_agent_and_no_report() {
     drop(procs);
     drop(front);
 }
+
+/// What ties a replica to its cluster: `init` refuses a database that holds a cloud, a
+/// replica with other secrets refuses to start (exit 78, one line naming both CAs), a data
+/// directory of a PostgreSQL cloud refuses to run without its URL, and `workspaces create`
+/// works on any replica's copy while they serve.
+#[test]
+fn replicas_need_the_same_secrets_and_the_same_store() {
+    let r1 = Cloud::start_on_postgres(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = r1.command().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["init".as_ref(), "--data-dir".as_ref(), other.as_os_str()]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("already holds a Heex cloud"), "{err}");
+    assert!(!other.join("cloud.toml").exists());
+
+    // Secrets of another cloud: a directory initialized on its own, marked PostgreSQL.
+    let foreign = Cloud::start_on_postgres(&[]);
+    let copy = tmp.path().join("foreign");
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(foreign.data())
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let serve = |dir: &std::path::Path, store: bool| {
+        let mut cmd = r1.command();
+        if !store {
+            cmd.env_remove("HEEX_STORE_URL");
+        }
+        let out = cmd
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
+    };
+    let (code, err) = serve(&copy, true);
+    assert_eq!(code, Some(78), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&r1.fingerprint) && err.contains(&foreign.fingerprint),
+        "{err}"
+    );
+    let (code, err) = serve(&r1.data(), false);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("--store or HEEX_STORE_URL"), "{err}");
+
+    let r2 = r1.replica(&[]);
+    let out = r2
+        .command()
+        .args([
+            "workspaces",
+            "create",
+            "robots-b",
+            "--owner",
+            "bo@example.com",
+        ])
+        .arg("--data-dir")
+        .arg(r2.data())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key = heex_tests::token(&stdout, "heex_", heex_proto::apikey::KEY_LEN).unwrap();
+    let (status, body) = r1.get("/v1/devices", &key);
+    assert_eq!(status, 200, "{body}");
+}
