@@ -15,6 +15,7 @@
 //! fresh number. Nothing is overwritten, dropped or stored twice.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use heex_proto::frame::MAX_REPORT_BYTES;
 use heex_proto::DeviceId;
@@ -55,21 +56,19 @@ impl ReportSink {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let n = batch.len();
-                let result = directory
-                    .store_reports(&device, std::mem::take(&mut batch))
-                    .await;
+                let Some(result) = store_retrying(&*directory, &device, &mut batch, &ack_tx).await
+                else {
+                    // The session is gone: the agent resends what was not acknowledged.
+                    break;
+                };
                 let answer = match result {
                     Ok(stored) => {
                         tracing::debug!(%device, reports = n, seq = stored.highest, "reports stored");
                         Ok(stored)
                     }
-                    Err(e) if e.is::<DeviceNotLive>() => {
+                    Err(_) => {
                         tracing::info!(%device, "reports refused: device revoked");
                         Err(StoreFailure::DeviceRevoked)
-                    }
-                    Err(e) => {
-                        tracing::error!(%device, error = %e, "cannot store reports");
-                        Err(StoreFailure::Failed)
                     }
                 };
                 let failed = answer.is_err();
@@ -172,6 +171,58 @@ pub(crate) async fn resume_point<D: DeviceDirectory>(
             tracing::warn!(%device, error = %e, "cannot read the device's report position");
             0
         }
+    }
+}
+
+/// First and longest wait between attempts to store a batch the store refused.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A store that keeps failing is logged again this often.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Stores `batch` (taking it), trying again with backoff while the store fails (the
+/// database is out of reach, say) and the session lives: the session stays up, the agent's
+/// window of unacknowledged reports bounds what waits, and the acknowledgement comes once
+/// the reports are stored. `Err` when the device is revoked or gone; `None` when the
+/// session ended meanwhile.
+async fn store_retrying<D: DeviceDirectory>(
+    directory: &D,
+    device: &DeviceId,
+    batch: &mut Vec<(u64, String)>,
+    session: &mpsc::UnboundedSender<Result<StoredReports, StoreFailure>>,
+) -> Option<Result<StoredReports, DeviceNotLive>> {
+    let reports = std::mem::take(batch);
+    let mut wait = RETRY_FIRST;
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut last_log: Option<tokio::time::Instant> = None;
+    loop {
+        match directory.store_reports(device, reports.clone()).await {
+            Ok(stored) => {
+                if let Some(since) = failing_since {
+                    tracing::info!(%device, after = ?since.elapsed(), "reports stored again");
+                }
+                return Some(Ok(stored));
+            }
+            Err(e) if e.is::<DeviceNotLive>() => return Some(Err(DeviceNotLive)),
+            Err(e) => {
+                let now = tokio::time::Instant::now();
+                failing_since.get_or_insert(now);
+                if last_log.is_none_or(|t| now - t >= RETRY_LOG_EVERY) {
+                    last_log = Some(now);
+                    tracing::error!(
+                        %device,
+                        error = %e,
+                        "cannot store reports; trying again (they stay unacknowledged in the \
+                         agent's outbox meanwhile)"
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            () = session.closed() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RETRY_MAX);
     }
 }
 

@@ -92,6 +92,8 @@ struct Directory {
     stored: Mutex<Vec<(DeviceId, u64)>>,
     status_reads: Mutex<HashMap<DeviceId, usize>>,
     fail: Mutex<bool>,
+    /// Report storage fails (the database out of reach) while set.
+    fail_reports: Mutex<bool>,
     /// Connection marks, as the store keeps them.
     marks: Mutex<HashMap<DeviceId, String>>,
     /// Revokes a device (store, then registry, as the API does) right after its record
@@ -204,6 +206,9 @@ impl DeviceDirectory for Directory {
         // As the store: decided in the write.
         if !self.live(id) {
             return Err(DeviceNotLive.into());
+        }
+        if *self.fail_reports.lock().unwrap() {
+            anyhow::bail!("the database cannot be reached");
         }
         let highest = reports.iter().map(|r| r.0).max().unwrap_or(0);
         let mut stored = self.stored.lock().unwrap();
@@ -678,6 +683,44 @@ async fn reports_are_acknowledged_cumulatively_and_bad_ones_refused() {
     })
     .await;
     assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
+}
+
+/// The store failing while reports arrive (the database out of reach) keeps the session:
+/// heartbeats are still answered, the reports stay unacknowledged, and they are stored and
+/// acknowledged once the store is back.
+#[tokio::test]
+async fn reports_wait_for_a_failing_store_without_closing_the_session() {
+    let gw = start(fast_options()).await;
+    let (_, mut c) = gw.welcomed().await;
+    *gw.directory.fail_reports.lock().unwrap() = true;
+    for seq in 1..=3 {
+        c.send(&Message::Report {
+            seq,
+            payload: serde_json::json!({ "n": seq }),
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.send(&Message::Heartbeat { seq: 7 }).await;
+    assert_eq!(c.recv().await, Some(Message::HeartbeatAck { seq: 7 }));
+    assert!(gw.directory.stored.lock().unwrap().is_empty());
+    *gw.directory.fail_reports.lock().unwrap() = false;
+    let mut last = 0;
+    while last < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), c.recv()).await {
+            Ok(Some(Message::ReportAck { seq })) => last = seq,
+            other => panic!("expected a report ack, got {other:?}"),
+        }
+    }
+    let stored: Vec<u64> = gw
+        .directory
+        .stored
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(stored, [1, 2, 3]);
 }
 
 #[tokio::test]
