@@ -43,14 +43,6 @@ fn enrolled(cloud: &Cloud, key: &str, name: &str) -> (Machine, String) {
     (machine, id)
 }
 
-/// `<state_dir>/status.json` as the daemon wrote it (Null until it exists).
-fn status_file(machine: &Machine) -> Value {
-    fs::read(machine.state_dir().join("status.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null)
-}
-
 fn time_of(v: &Value) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(v.as_str()?, &Rfc3339).ok()
 }
@@ -59,7 +51,7 @@ fn time_of(v: &Value) -> Option<OffsetDateTime> {
 /// acknowledged heartbeat; returns the status.
 fn wait_connected(machine: &Machine, sessions: u64, what: &str) -> Value {
     wait_for(TIMEOUT, what, || {
-        let s = status_file(machine);
+        let s = machine.status_file();
         (s["state"] == "connected"
             && s["sessions"].as_u64() >= Some(sessions)
             && !s["last_heartbeat_ack"].is_null())
@@ -152,7 +144,7 @@ fn wait_acks_advance(machine: &Machine, after: &Value) -> Value {
     let acked = after["heartbeats_acked"].as_u64().unwrap();
     let last = time_of(&after["last_heartbeat_ack"]).unwrap();
     wait_for(TIMEOUT, "heartbeats to keep being acknowledged", || {
-        let s = status_file(machine);
+        let s = machine.status_file();
         (s["heartbeats_acked"].as_u64()? >= acked + 3 && time_of(&s["last_heartbeat_ack"])? > last)
             .then_some(s)
     })
@@ -451,7 +443,7 @@ fn agent_reconnects_after_the_cloud_is_killed() {
 
     cloud.kill9();
     wait_for(TIMEOUT, "the agent to notice", || {
-        (status_file(&machine)["state"] != "connected").then_some(())
+        (machine.status_file()["state"] != "connected").then_some(())
     });
     cloud.serve();
     let back = Instant::now();

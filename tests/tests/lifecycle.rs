@@ -35,17 +35,10 @@ fn enrolled(cloud: &Cloud, key: &str, name: &str) -> (Machine, String) {
     (machine, id)
 }
 
-fn status_file(machine: &Machine) -> Value {
-    fs::read(machine.state_dir().join("status.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// Waits until the daemon with `pid` is connected with an acknowledged heartbeat.
 fn wait_connected(machine: &Machine, pid: u32, what: &str) -> Value {
     wait_for(TIMEOUT, what, || {
-        let s = status_file(machine);
+        let s = machine.status_file();
         (s["pid"].as_u64() == Some(u64::from(pid))
             && s["state"] == "connected"
             && !s["last_heartbeat_ack"].is_null())
@@ -361,7 +354,7 @@ fn renews_repeatedly_over_the_session_without_any_api_key() {
     assert!(pair_matches(&machine.state_dir()));
 
     // The session was never lost, heartbeats kept flowing, and the cloud saw the renewals.
-    let now = status_file(&machine);
+    let now = machine.status_file();
     assert_eq!(now["state"], "connected", "{now}");
     assert_eq!(now["sessions"], first["sessions"], "no reconnect: {now}");
     assert!(
@@ -407,7 +400,7 @@ fn renews_after_expiry_within_the_grace_and_is_refused_past_it() {
     std::thread::sleep(Duration::from_secs(11));
     let mut agent = machine.agent(&logs);
     let refused = wait_for(TIMEOUT, "a clear refusal", || {
-        let s = status_file(&machine);
+        let s = machine.status_file();
         (s["pid"].as_u64() == Some(u64::from(agent.pid())) && s["state"] == "backoff").then_some(s)
     });
     let why = refused["last_error"]
@@ -464,12 +457,12 @@ fn revoking_a_device_closes_its_session_at_once_and_spares_the_others() {
     );
     let revoked_at = Instant::now();
     wait_for(Duration::from_secs(1), "robot-a's session to close", || {
-        (status_file(&a)["state"] != "connected").then_some(())
+        (a.status_file()["state"] != "connected").then_some(())
     });
     let closed_after = revoked_at.elapsed();
     assert!(closed_after < Duration::from_secs(1), "{closed_after:?}");
     wait_for(TIMEOUT, "robot-a to report the revocation", || {
-        let s = status_file(&a);
+        let s = a.status_file();
         s["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("revoked") && e.contains("reinstall"))
@@ -491,11 +484,11 @@ fn revoking_a_device_closes_its_session_at_once_and_spares_the_others() {
             .contains("this device was revoked")
             .then_some(())
     });
-    assert_ne!(status_file(&a)["state"], "connected");
+    assert_ne!(a.status_file()["state"], "connected");
     stop_agent(&mut agent_a);
 
     // The other device never noticed.
-    let b_now = status_file(&b);
+    let b_now = b.status_file();
     assert_eq!(b_now["state"], "connected");
     assert_eq!(b_now["sessions"], b_before["sessions"]);
     assert_eq!(cloud.device(&b_id).unwrap()["connected"], true);

@@ -22,16 +22,9 @@ fn enrolled(replica: &Cloud, key: &str, name: &str) -> (Machine, String) {
     (machine, id)
 }
 
-fn status_file(machine: &Machine) -> Value {
-    fs::read(machine.state_dir().join("status.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null)
-}
-
 fn wait_connected(machine: &Machine, agent: &Proc, what: &str) {
     wait_for(TIMEOUT, what, || {
-        let s = status_file(machine);
+        let s = machine.status_file();
         (s["pid"].as_u64() == Some(u64::from(agent.pid()))
             && s["state"] == "connected"
             && !s["last_heartbeat_ack"].is_null())
@@ -41,24 +34,6 @@ fn wait_connected(machine: &Machine, agent: &Proc, what: &str) {
 
 fn connected(replica: &Cloud, id: &str) -> bool {
     replica.device(id).is_some_and(|d| d["connected"] == true)
-}
-
-/// Points the machine's agent at another gateway.
-fn use_gateway(machine: &Machine, gateway: &str) {
-    let path = machine.agent_config();
-    let text = fs::read_to_string(&path).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("gateway ") || l.starts_with("gateway=") {
-                format!("gateway = \"{gateway}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    fs::write(path, text + "\n").unwrap();
 }
 
 /// Revoking a device through replica 1 closes the session replica 3 holds, woken by the
@@ -88,7 +63,7 @@ fn revocation_through_one_replica_closes_the_session_another_holds() {
     assert_eq!(status, 200, "{body}");
     let revoked = Instant::now();
     wait_for(TIMEOUT, "replica 3 to close the revoked session", || {
-        (status_file(&machine)["state"] != "connected").then_some(())
+        (machine.status_file()["state"] != "connected").then_some(())
     });
     let closed_after = revoked.elapsed();
     assert!(closed_after < Duration::from_secs(1), "{closed_after:?}");
@@ -109,7 +84,7 @@ fn revocation_through_one_replica_closes_the_session_another_holds() {
 
     // Not through replica 2's gateway either.
     agent.kill9();
-    use_gateway(&machine, &r2.gateway.to_string());
+    machine.set_gateway(r2.gateway);
     let mut again = machine.agent(&logs);
     wait_for(TIMEOUT, "replica 2 to refuse the revoked device", || {
         again
@@ -117,7 +92,7 @@ fn revocation_through_one_replica_closes_the_session_another_holds() {
             .contains("this device was revoked")
             .then_some(())
     });
-    assert_ne!(status_file(&machine)["state"], "connected");
+    assert_ne!(machine.status_file()["state"], "connected");
     again.kill9();
 }
 
@@ -143,7 +118,7 @@ fn a_device_holds_one_session_across_the_cluster() {
         copy.root().to_str().unwrap(),
     );
     fs::write(copy.agent_config(), config).unwrap();
-    use_gateway(&copy, &r2.gateway.to_string());
+    copy.set_gateway(r2.gateway);
     let mut second = copy.agent(&logs);
     wait_for(TIMEOUT, "replica 3 to close the older session", || {
         first
@@ -253,7 +228,8 @@ fn a_one_use_key_raced_across_three_replicas_enrolls_one_device() {
     assert_eq!(one_shot["uses"], 1, "{one_shot}");
 }
 
-/// PostgreSQL stopped for a while: held sessions stay up (heartbeats acknowledged), the API
+/// PostgreSQL stopped for a while: held sessions stay up (heartbeats acknowledged, reports
+/// kept unacknowledged until they can be stored, then stored once), the API
 /// answers 503 with one line (not a hang, not a driver message), an enrollment fails
 /// cleanly; when the database is back everything resumes without restarting a replica —
 /// the change feed reconnects, so a revocation reaches the session again.
@@ -266,7 +242,7 @@ fn the_database_going_away_costs_answers_not_sessions() {
     let logs = Logs::new();
     let agent = machine.agent(&logs);
     wait_connected(&machine, &agent, "the agent to connect to replica 2");
-    let acks_before = status_file(&machine)["last_heartbeat_ack"].clone();
+    let acks_before = machine.status_file()["last_heartbeat_ack"].clone();
 
     r1.pg().expect("a PostgreSQL store").stop();
     let started = Instant::now();
@@ -288,14 +264,25 @@ fn the_database_going_away_costs_answers_not_sessions() {
         .unwrap();
     assert!(!out.status.success());
     assert!(!late.agent_config().exists());
-    // The session lives on: heartbeats are still acknowledged.
+    // The session lives on: heartbeats are still acknowledged, and reports submitted now
+    // wait in the outbox, unacknowledged, without the session closing.
+    let sessions = machine.status_file()["sessions"].clone();
+    for n in 0..5 {
+        let (code, out, err) = machine.report(&json!({"n": n}));
+        assert_eq!(code, 0, "{out}{err}");
+    }
     wait_for(
         TIMEOUT,
         "a heartbeat acknowledged without the database",
-        || (status_file(&machine)["last_heartbeat_ack"] != acks_before).then_some(()),
+        || (machine.status_file()["last_heartbeat_ack"] != acks_before).then_some(()),
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(status_file(&machine)["state"], "connected");
+    let during = machine.status_file();
+    assert_eq!(during["state"], "connected");
+    assert_eq!(
+        during["sessions"], sessions,
+        "the session was closed: {during}"
+    );
 
     r1.pg().unwrap().start_again();
     wait_for(TIMEOUT, "the API to answer again", || {
@@ -308,6 +295,13 @@ fn the_database_going_away_costs_answers_not_sessions() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    let stored = wait_for(TIMEOUT, "the waiting reports to be stored", || {
+        let got = heex_tests::stored_reports(&r1, &id);
+        (got.len() >= 5).then_some(got)
+    });
+    let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(machine.status_file()["sessions"], sessions);
     // The feed is back (replica 2's periodic check is an hour away).
     wait_for(TIMEOUT, "replica 2's change feed to reconnect", || {
         r2.proc()
@@ -324,7 +318,7 @@ fn the_database_going_away_costs_answers_not_sessions() {
     wait_for(
         TIMEOUT,
         "the revocation to reach replica 2's session",
-        || (status_file(&machine)["state"] != "connected").then_some(()),
+        || (machine.status_file()["state"] != "connected").then_some(()),
     );
 }
 
@@ -448,16 +442,8 @@ fn a_killed_replica_behind_haproxy_loses_no_agent_and_no_report() {
         let flow = s.spawn(|| {
             for n in 0..PER_AGENT {
                 for m in reporters {
-                    let out = std::process::Command::new(heex_tests::bin("heex-agent"))
-                        .arg("report")
-                        .arg("--config")
-                        .arg(m.agent_config())
-                        .arg("--data")
-                        .arg(json!({"n": n}).to_string())
-                        .env("RUST_LOG", "warn")
-                        .output()
-                        .unwrap();
-                    assert!(out.status.success(), "{out:?}");
+                    let (code, out, err) = m.report(&json!({"n": n}));
+                    assert_eq!(code, 0, "{out}{err}");
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -465,7 +451,7 @@ fn a_killed_replica_behind_haproxy_loses_no_agent_and_no_report() {
         std::thread::sleep(Duration::from_millis(300));
         let acked: Vec<u64> = machines
             .iter()
-            .map(|m| status_file(m)["heartbeats_acked"].as_u64().unwrap_or(0))
+            .map(|m| m.status_file()["heartbeats_acked"].as_u64().unwrap_or(0))
             .collect();
         r3.kill9();
         flow.join().unwrap();
@@ -478,7 +464,7 @@ fn a_killed_replica_behind_haproxy_loses_no_agent_and_no_report() {
             .iter()
             .zip(&acked_before)
             .all(|(m, before)| {
-                let s = status_file(m);
+                let s = m.status_file();
                 s["state"] == "connected"
                     && s["heartbeats_acked"].as_u64().unwrap_or(0) > before + 2
             })
@@ -487,7 +473,7 @@ fn a_killed_replica_behind_haproxy_loses_no_agent_and_no_report() {
     let back_after = killed.elapsed();
     let moved = machines
         .iter()
-        .filter(|m| status_file(m)["sessions"].as_u64().unwrap_or(0) > 1)
+        .filter(|m| m.status_file()["sessions"].as_u64().unwrap_or(0) > 1)
         .count();
     eprintln!("{moved} of {agents} agents moved; all back {back_after:?} after the kill");
     assert!(moved > 0, "no agent was on the killed replica");
