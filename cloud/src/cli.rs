@@ -29,6 +29,61 @@ pub enum Command {
     /// Manage the workspaces of a data directory (works while `serve` runs).
     #[command(subcommand)]
     Workspaces(WorkspacesCommand),
+    /// Break-glass: make an API key for a member, as the host's operator (works while
+    /// `serve` runs; audited as an operator action).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// List a workspace's members, as the host's operator.
+    #[command(subcommand)]
+    Members(MembersCommand),
+}
+
+/// `heex-cloud keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key for a current member of a workspace and print it once.
+    Create(KeyCreateArgs),
+}
+
+/// `heex-cloud keys create`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyCreateArgs {
+    /// Data directory (and store).
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Name of the workspace.
+    #[arg(long, default_value = "default")]
+    pub workspace: String,
+    /// Email of the member who gets the key (a current member: a removed one gets none).
+    #[arg(long)]
+    pub member: String,
+    /// Scope of the key: admin (manage keys, members and devices) or enroll.
+    #[arg(long, default_value = "admin")]
+    pub scope: heex_proto::api::Scope,
+    /// Lifetime of the key (e.g. "7d", "12h"; at most 365 days).
+    #[arg(long, default_value = "7d", value_parser = parse_key_lifetime)]
+    pub expires_in: Duration,
+    /// Name of the key, as key lists show it.
+    #[arg(long, default_value = "break-glass")]
+    pub name: String,
+}
+
+/// `heex-cloud members` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Print the members of a workspace (removed ones included).
+    List(MembersListArgs),
+}
+
+/// `heex-cloud members list`.
+#[derive(Debug, Clone, Args)]
+pub struct MembersListArgs {
+    /// Data directory (and store).
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Name of the workspace.
+    #[arg(long, default_value = "default")]
+    pub workspace: String,
 }
 
 /// `heex-cloud workspaces` subcommands.
@@ -171,6 +226,14 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30d, 12h, 0s)"))?;
     if d > Duration::from_secs(10 * 365 * 24 * 3600) {
         return Err("must be at most 10 years".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_key_lifetime(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > Duration::from_secs(365 * 24 * 3600) {
+        return Err("must be at most 365 days".to_owned());
     }
     Ok(d)
 }

@@ -416,22 +416,8 @@ impl DataDir {
     pub async fn add_workspace(&self, opts: &WorkspaceOptions) -> Result<WorkspaceReport, Error> {
         check_workspace_name(&opts.name, "workspace name")?;
         check_email(&opts.owner, "--owner")?;
-        let settings = self.read_settings()?;
-        let secret = self.read_secret()?;
+        let (store, secret) = self.open_checked().await?;
         let now = OffsetDateTime::now_utc();
-        let store = self.open_store(settings.store).await?;
-        let cert_path = self.path(CA_CERT);
-        let ca_der = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
-            .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
-        let mine = Deployment {
-            ca_fingerprint: Fingerprint::of_der(&ca_der).to_string(),
-            secret_check: secret.check_value(),
-            created_at: now,
-        };
-        if let Err(e) = self.check_deployment(&store, settings.store, mine).await {
-            store.close().await;
-            return Err(e);
-        }
         let (ws, owner, key) = first_workspace(opts.name.trim(), &opts.owner, now);
         let ids = (ws.id.clone(), key.id.clone());
         let created = store.create_workspace_with_owner(ws, owner, key).await;
@@ -462,6 +448,30 @@ impl DataDir {
         Ok(ServerSecret(secret_bytes.try_into().map_err(|_| {
             Error::corrupt(&secret_path, "must hold exactly 32 bytes")
         })?))
+    }
+
+    /// The store of an initialized directory, checked to belong to the directory's secrets,
+    /// and the server secret: for the commands an operator runs beside `serve`.
+    pub async fn open_checked(&self) -> Result<(Store, ServerSecret), Error> {
+        let settings = self.read_settings()?;
+        let secret = self.read_secret()?;
+        let store = self.open_store(settings.store).await?;
+        let cert_path = self.path(CA_CERT);
+        let checked = async {
+            let ca_der = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
+                .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
+            let mine = Deployment {
+                ca_fingerprint: Fingerprint::of_der(&ca_der).to_string(),
+                secret_check: secret.check_value(),
+                created_at: OffsetDateTime::now_utc(),
+            };
+            self.check_deployment(&store, settings.store, mine).await
+        };
+        if let Err(e) = checked.await {
+            store.close().await;
+            return Err(e);
+        }
+        Ok((store, secret))
     }
 
     /// The settings of an initialized directory.

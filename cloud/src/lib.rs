@@ -20,6 +20,7 @@ pub mod datadir;
 pub mod error;
 pub mod gateway;
 pub mod notify;
+pub mod operator;
 pub mod replica;
 pub mod server;
 pub mod store;
@@ -31,7 +32,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiContext, AppState, GatewayAddress};
-use crate::cli::{Cli, Command, InitArgs, ServeArgs, WorkspaceCreateArgs, WorkspacesCommand};
+use crate::cli::{
+    Cli, Command, InitArgs, KeysCommand, MembersCommand, ServeArgs, WorkspaceCreateArgs,
+    WorkspacesCommand,
+};
 use crate::datadir::DataDir;
 pub use crate::error::Error;
 use crate::gateway::{GatewayTls, SessionRegistry};
@@ -48,6 +52,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Init(args) => init(args).await,
             Command::Serve(args) => serve(*args).await,
             Command::Workspaces(WorkspacesCommand::Create(args)) => create_workspace(args).await,
+            Command::Keys(KeysCommand::Create(args)) => operator::create_key(args).await,
+            Command::Members(MembersCommand::List(args)) => operator::list_members(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

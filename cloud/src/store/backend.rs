@@ -154,12 +154,14 @@ pub trait Tx {
     ) -> Result<Option<MemberRecord>, StoreError>;
     /// The current (not removed) owners of a workspace.
     fn current_owners(&mut self, ws: &WorkspaceId) -> Result<Vec<MemberId>, StoreError>;
-    /// True when a current member of `ws` has this email, in any case.
-    fn has_current_member_with_email(
+    /// The current member of `ws` with this email, in any case.
+    fn current_member_with_email(
         &mut self,
         ws: &WorkspaceId,
         email: &str,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<MemberId>, StoreError>;
+    /// The workspace with this name.
+    fn workspace_named(&mut self, name: &str) -> Result<Option<WorkspaceId>, StoreError>;
     /// Marks a member removed at `at`.
     fn set_member_removed(&mut self, id: &MemberId, at: OffsetDateTime) -> Result<(), StoreError>;
 

@@ -518,6 +518,25 @@ impl Store {
         self.backend.watch()
     }
 
+    /// The workspace with this name.
+    pub async fn workspace_named(&self, name: &str) -> Result<Option<WorkspaceId>, StoreError> {
+        let name = name.to_owned();
+        self.transact(move |tx| tx.workspace_named(&name)).await
+    }
+
+    /// Makes a key for a current member, as the host's operator (see
+    /// [`ops::operator_create_key`]).
+    pub async fn operator_create_key(
+        &self,
+        workspace: &str,
+        email: &str,
+        key: ops::OperatorKey,
+    ) -> Result<ops::OperatorKeyOutcome, StoreError> {
+        let (workspace, email) = (workspace.to_owned(), email.to_owned());
+        self.transact(move |tx| ops::operator_create_key(tx, &workspace, &email, &key))
+            .await
+    }
+
     /// Who the store belongs to, if recorded.
     pub async fn recorded_deployment(&self) -> Result<Option<Deployment>, StoreError> {
         self.transact(|tx| tx.deployment()).await

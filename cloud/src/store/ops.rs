@@ -186,7 +186,10 @@ pub fn create_invitation(
     if let Some(actor) = caller(tx, audit)? {
         access::invite(&actor, inv.role, OffsetDateTime::now_utc()).map_err(StoreError::Refused)?;
     }
-    if tx.has_current_member_with_email(&inv.workspace_id, &inv.email)? {
+    if tx
+        .current_member_with_email(&inv.workspace_id, &inv.email)?
+        .is_some()
+    {
         return Ok(false);
     }
     tx.insert_invitation(inv)?;
@@ -242,7 +245,10 @@ pub fn accept_invitation(tx: &mut dyn Tx, a: &Acceptance) -> Result<AcceptOutcom
     if !inviter_may {
         return Ok(AcceptOutcome::InviterGone(inv.inviter_email));
     }
-    if tx.has_current_member_with_email(&inv.workspace_id, &inv.email)? {
+    if tx
+        .current_member_with_email(&inv.workspace_id, &inv.email)?
+        .is_some()
+    {
         return Ok(AcceptOutcome::AlreadyMember(inv.email));
     }
     tx.insert_member(&NewMember {
@@ -475,6 +481,79 @@ pub fn mark_sessions_again(
         }
     }
     Ok(())
+}
+
+/// A key the host's operator has made for a member (break-glass, `heex-cloud keys create`).
+#[derive(Debug, Clone)]
+pub struct OperatorKey {
+    /// The new key's id.
+    pub id: KeyId,
+    /// Its name.
+    pub name: String,
+    /// Its scope.
+    pub scope: Scope,
+    /// When.
+    pub created_at: OffsetDateTime,
+    /// When it expires.
+    pub expires_at: OffsetDateTime,
+    /// Who made it, as the audit log shows (the host's operator, not a member).
+    pub actor: String,
+}
+
+/// What became of an operator's key request.
+#[derive(Debug, Clone)]
+pub enum OperatorKeyOutcome {
+    /// Made for this member of this workspace.
+    Created(MemberRecord),
+    /// No workspace has that name.
+    NoWorkspace,
+    /// The workspace has no current member with that email (never invited, or removed).
+    NoMember,
+}
+
+/// Makes a key for the current member `email` of the workspace named `workspace`, audited
+/// as the operator's action (no caller key: the operator proves themselves by holding the
+/// data directory). A removed member gets none.
+pub fn operator_create_key(
+    tx: &mut dyn Tx,
+    workspace: &str,
+    email: &str,
+    key: &OperatorKey,
+) -> Result<OperatorKeyOutcome, StoreError> {
+    let Some(ws) = tx.workspace_named(workspace)? else {
+        return Ok(OperatorKeyOutcome::NoWorkspace);
+    };
+    let Some(member_id) = tx.current_member_with_email(&ws, email)? else {
+        return Ok(OperatorKeyOutcome::NoMember);
+    };
+    let Some(member) = tx.member(&ws, &member_id)? else {
+        return Ok(OperatorKeyOutcome::NoMember);
+    };
+    tx.insert_key(&NewKey {
+        id: key.id.clone(),
+        workspace_id: ws.clone(),
+        member_id,
+        name: key.name.clone(),
+        scope: key.scope,
+        created_at: key.created_at,
+        expires_at: key.expires_at,
+        max_uses: None,
+    })?;
+    tx.insert_audit(&AuditEntry {
+        workspace_id: ws,
+        at: key.created_at,
+        actor: key.actor.clone(),
+        action: AuditAction::KeyCreate,
+        target: key.id.to_string(),
+        details: json!({
+            "name": key.name,
+            "scope": key.scope,
+            "owner": member.email,
+            "by": "operator",
+        }),
+        caller: None,
+    })?;
+    Ok(OperatorKeyOutcome::Created(member))
 }
 
 /// Records who the store belongs to unless it is recorded; the recorded one when it was.

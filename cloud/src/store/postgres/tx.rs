@@ -121,19 +121,26 @@ impl Tx for PgTx<'_, '_> {
             .collect()
     }
 
-    fn has_current_member_with_email(
+    fn current_member_with_email(
         &mut self,
         ws: &WorkspaceId,
         email: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .0
+    ) -> Result<Option<MemberId>, StoreError> {
+        self.0
             .query_opt(
-                "SELECT 1 FROM members
+                "SELECT id FROM members
                  WHERE workspace_id = $1 AND removed_at IS NULL AND lower(email) = lower($2)",
                 &[&ws.as_str(), &email],
             )?
-            .is_some())
+            .map(|r| parse("member id", r.try_get(0)?))
+            .transpose()
+    }
+
+    fn workspace_named(&mut self, name: &str) -> Result<Option<WorkspaceId>, StoreError> {
+        self.0
+            .query_opt("SELECT id FROM workspaces WHERE name = $1", &[&name])?
+            .map(|r| parse("workspace id", r.try_get(0)?))
+            .transpose()
     }
 
     fn set_member_removed(&mut self, id: &MemberId, at: OffsetDateTime) -> Result<(), StoreError> {

@@ -102,20 +102,27 @@ impl Tx for SqliteTx<'_> {
         Ok(owners)
     }
 
-    fn has_current_member_with_email(
+    fn current_member_with_email(
         &mut self,
         ws: &WorkspaceId,
         email: &str,
-    ) -> Result<bool, StoreError> {
-        let found: Option<i64> = self
+    ) -> Result<Option<MemberId>, StoreError> {
+        Ok(self
             .0
             .prepare_cached(
-                "SELECT 1 FROM members
+                "SELECT id FROM members
                  WHERE workspace_id = ?1 AND removed_at IS NULL AND lower(email) = lower(?2)",
             )?
-            .query_row([ws.as_str(), email], |r| r.get(0))
-            .optional()?;
-        Ok(found.is_some())
+            .query_row([ws.as_str(), email], |r| parsed(r, 0))
+            .optional()?)
+    }
+
+    fn workspace_named(&mut self, name: &str) -> Result<Option<WorkspaceId>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT id FROM workspaces WHERE name = ?1")?
+            .query_row([name], |r| parsed(r, 0))
+            .optional()?)
     }
 
     fn set_member_removed(&mut self, id: &MemberId, at: OffsetDateTime) -> Result<(), StoreError> {

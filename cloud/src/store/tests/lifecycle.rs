@@ -711,3 +711,76 @@ async fn a_workspace_starts_with_its_owner_and_their_key_audited() {
     );
     store.close().await;
 }
+
+/// The host's operator makes a key for a current member of a workspace named by name, with
+/// an audit event naming the operator; a removed member, an unknown email or workspace get
+/// none, and nothing is written.
+#[tokio::test]
+async fn the_operator_makes_keys_for_current_members_only() {
+    use crate::store::ops::{OperatorKey, OperatorKeyOutcome};
+    let f = fixture().await;
+    let bob = add_member(&f, "bob@example.com", Role::Member).await;
+    let key = |n: &str| OperatorKey {
+        id: KeyId::generate(),
+        name: n.into(),
+        scope: Scope::Admin,
+        created_at: f.now,
+        expires_at: f.now + time::Duration::days(7),
+        actor: "operator on host-1".into(),
+    };
+    let made = key("break-glass");
+    let outcome = f
+        .store
+        .operator_create_key("default", "BOB@example.com", made.clone())
+        .await
+        .unwrap();
+    let OperatorKeyOutcome::Created(member) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(member.id, bob);
+    let stored = f.store.find_key(&made.id).await.unwrap().unwrap();
+    assert_eq!(stored.member_id, bob);
+    assert_eq!(stored.scope, Scope::Admin);
+    assert_eq!(stored.usability(f.now), KeyUsability::Usable);
+    let events = f.store.audit_events(&f.ws, all(10)).await.unwrap().items;
+    let created = events
+        .iter()
+        .find(|e| e.target == made.id.as_str())
+        .unwrap();
+    assert_eq!(created.actor, "operator on host-1");
+    assert_eq!(created.details["by"], "operator");
+
+    assert!(matches!(
+        f.store
+            .operator_create_key("no-such", "bob@example.com", key("x"))
+            .await
+            .unwrap(),
+        OperatorKeyOutcome::NoWorkspace
+    ));
+    assert!(matches!(
+        f.store
+            .operator_create_key("default", "carol@example.com", key("x"))
+            .await
+            .unwrap(),
+        OperatorKeyOutcome::NoMember
+    ));
+    f.store
+        .remove_member(
+            &f.ws,
+            &bob,
+            &f.owner,
+            f.now,
+            audit(&f, AuditAction::MemberRemove, "bob@example.com"),
+        )
+        .await
+        .unwrap();
+    let refused = key("after removal");
+    assert!(matches!(
+        f.store
+            .operator_create_key("default", "bob@example.com", refused.clone())
+            .await
+            .unwrap(),
+        OperatorKeyOutcome::NoMember
+    ));
+    assert!(f.store.find_key(&refused.id).await.unwrap().is_none());
+}
