@@ -156,7 +156,17 @@ async fn watch_sessions(
         let ids = tokio::select! {
             () = shutdown.cancelled() => return,
             change = changes.recv() => match change {
-                Some(Change::Device(id)) => vec![id],
+                // This replica's own new session: nothing to check (a reconnect storm
+                // would otherwise read every device again).
+                Some(Change::Device(id, Some(connection)))
+                    if registry
+                        .live_session(&id)
+                        .is_some_and(|(mine, _)| mine == connection)
+                        || !registry.holds(&id) =>
+                {
+                    continue;
+                }
+                Some(Change::Device(id, _)) => vec![id],
                 Some(Change::Resync) => all_held(registry),
                 None => return,
             },

@@ -122,8 +122,9 @@ pub struct ConnectionMark {
 /// Something other processes sharing the store changed, for the sessions this one holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// This device's record changed (revoked, deleted, or connected by another session).
-    Device(DeviceId),
+    /// This device's record changed: connected by the named session, or revoked or deleted
+    /// (`None`).
+    Device(DeviceId, Option<String>),
     /// Changes may have been missed (the feed was down): check every session again.
     Resync,
 }
@@ -265,8 +266,13 @@ pub trait Tx {
     /// The connection marks of these devices (unknown ones left out).
     fn connection_marks(&mut self, ids: &[DeviceId]) -> Result<Vec<ConnectionMark>, StoreError>;
     /// Tells the other processes sharing the store, when this transaction commits, that the
-    /// device's record changed ([`Change::Device`]). A no-op for a store one process owns.
-    fn notify_device_changed(&mut self, id: &DeviceId) -> Result<(), StoreError>;
+    /// device's record changed ([`Change::Device`]): connected by session `connection`, or
+    /// revoked or deleted (`None`). A no-op for a store one process owns.
+    fn notify_device_changed(
+        &mut self,
+        id: &DeviceId,
+        connection: Option<&str>,
+    ) -> Result<(), StoreError>;
 
     /// The store's owner, once recorded.
     fn deployment(&mut self) -> Result<Option<Deployment>, StoreError>;

@@ -407,7 +407,7 @@ pub fn record_connected(
         return Ok(Seen::Superseded);
     }
     if claim {
-        tx.notify_device_changed(id)?;
+        tx.notify_device_changed(id, Some(connection))?;
     }
     Ok(Seen::Recorded)
 }
@@ -708,7 +708,7 @@ pub fn revoke_device(
         Some(d) if d.revoked_at.is_some() => Ok(true),
         Some(_) => {
             tx.set_device_revoked(id, at)?;
-            tx.notify_device_changed(id)?;
+            tx.notify_device_changed(id, None)?;
             tx.insert_audit(audit)?;
             Ok(true)
         }
@@ -745,7 +745,7 @@ pub fn delete_device(
         Some(d) if d.revoked_at.is_none() => Ok(DeleteDeviceOutcome::NotRevoked),
         Some(_) => {
             tx.delete_device(id)?;
-            tx.notify_device_changed(id)?;
+            tx.notify_device_changed(id, None)?;
             tx.insert_audit(audit)?;
             Ok(DeleteDeviceOutcome::Deleted)
         }

@@ -11,7 +11,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::store::backend::Change;
 
-/// The channel device changes are notified on; the payload is the device id.
+/// The channel device changes are notified on; the payload is the device id, then, for a
+/// connect, a space and the session's name.
 pub(crate) const CHANNEL: &str = "heex_device_changes";
 
 /// A round trip on the listening connection this often proves it is alive.
@@ -104,11 +105,15 @@ async fn listen_once(
             () = out.closed() => return Ok(()),
             message = messages.recv() => match message {
                 Some(Ok(payload)) => {
-                    let Ok(id) = payload.parse::<DeviceId>() else {
+                    let (id, connection) = match payload.split_once(' ') {
+                        Some((id, c)) => (id, Some(c.to_owned())),
+                        None => (payload.as_str(), None),
+                    };
+                    let Ok(id) = id.parse::<DeviceId>() else {
                         tracing::debug!("ignoring a change notification that names no device");
                         continue;
                     };
-                    if out.send(Change::Device(id)).await.is_err() {
+                    if out.send(Change::Device(id, connection)).await.is_err() {
                         return Ok(());
                     }
                 }

@@ -494,11 +494,20 @@ impl Tx for PgTx<'_, '_> {
             .collect()
     }
 
-    fn notify_device_changed(&mut self, id: &DeviceId) -> Result<(), StoreError> {
+    fn notify_device_changed(
+        &mut self,
+        id: &DeviceId,
+        connection: Option<&str>,
+    ) -> Result<(), StoreError> {
         // Delivered to every listener when the transaction commits, never if it rolls back.
+        // The payload: the device id, then the connecting session's name if any.
+        let payload = match connection {
+            Some(c) => format!("{id} {c}"),
+            None => id.to_string(),
+        };
         self.0.execute(
             "SELECT pg_notify($1, $2)",
-            &[&super::CHANGES_CHANNEL, &id.as_str()],
+            &[&super::CHANGES_CHANNEL, &payload],
         )?;
         Ok(())
     }

@@ -485,7 +485,11 @@ impl Tx for SqliteTx<'_> {
         Ok(out)
     }
 
-    fn notify_device_changed(&mut self, _id: &DeviceId) -> Result<(), StoreError> {
+    fn notify_device_changed(
+        &mut self,
+        _id: &DeviceId,
+        _connection: Option<&str>,
+    ) -> Result<(), StoreError> {
         // One process owns a SQLite store: it sees its own changes.
         Ok(())
     }
