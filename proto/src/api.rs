@@ -239,6 +239,10 @@ pub struct WhoAmI {
     pub role: String,
     /// The key used for this request.
     pub key: KeyInfo,
+    /// Set for an owner whose usable admin keys all expire within 14 days (or who has
+    /// none): what will happen and what to do, one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// One device, as listed by `GET /v1/devices`.

@@ -55,6 +55,27 @@ fn a_locked_out_owner_gets_a_key_from_the_host_operator() {
         made["actor"].as_str().unwrap().starts_with("operator on "),
         "{made}"
     );
+    // Its only admin key now lasts 7 days: the owner is told, with what to do.
+    let (_, who) = cloud.get("/v1/whoami", &key);
+    let warning = who["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains("last admin key expires in"), "{who}");
+    // The CLI shows it too.
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(heex_tests::bin("heex"))
+        .arg("whoami")
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("HOME", home.path())
+        .env("HEEX_SERVER", &cloud.api_url)
+        .env("HEEX_API_KEY", &key)
+        .env("HEEX_CA_FINGERPRINT", &cloud.fingerprint)
+        .env_remove("HEEX_CA_FILE")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("Warning") && shown.contains("expires in"),
+        "{out:?}"
+    );
     // Never written anywhere but stdout.
     assert!(heex_tests::files_containing(&cloud.data(), &key[17..]).is_empty());
 

@@ -20,7 +20,7 @@ pub fn whoami(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
 /// The human form of a [`WhoAmI`].
 pub fn describe(who: &WhoAmI, server: &str, clock: &Clock) -> String {
     let k = &who.key;
-    fields(&[
+    let mut shown = vec![
         ("Email", who.email.clone()),
         ("Role", who.role.clone()),
         (
@@ -34,5 +34,9 @@ pub fn describe(who: &WhoAmI, server: &str, clock: &Clock) -> String {
             format!("{} \"{}\", scope {}", k.id, k.name, k.scope.as_str()),
         ),
         ("Expires", clock.both(k.expires_at)),
-    ])
+    ];
+    if let Some(warning) = &who.warning {
+        shown.push(("Warning", warning.clone()));
+    }
+    fields(&shown)
 }

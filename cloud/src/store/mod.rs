@@ -518,6 +518,21 @@ impl Store {
         self.backend.watch()
     }
 
+    /// The warning an owner gets when their last usable admin key is about to expire (see
+    /// [`ops::admin_key_warning`]).
+    pub async fn admin_key_warning(
+        &self,
+        member: &MemberId,
+        role: Role,
+        now: OffsetDateTime,
+    ) -> Result<Option<String>, StoreError> {
+        if role != Role::Owner {
+            return Ok(None);
+        }
+        let keys = self.backend.keys_of_members(vec![member.clone()]).await?;
+        Ok(ops::admin_key_warning(role, &keys, now))
+    }
+
     /// The workspace with this name.
     pub async fn workspace_named(&self, name: &str) -> Result<Option<WorkspaceId>, StoreError> {
         let name = name.to_owned();

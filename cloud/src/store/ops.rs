@@ -483,6 +483,38 @@ pub fn mark_sessions_again(
     Ok(())
 }
 
+/// How long before an owner's last usable admin key expires the owner is warned.
+pub const ADMIN_KEY_WARNING: time::Duration = time::Duration::days(14);
+
+/// The warning for an owner whose usable admin keys (among `keys`, theirs) all expire
+/// within [`ADMIN_KEY_WARNING`] of `now`, or who has none: without one, nothing over the API
+/// can make another. `None` for other roles, or when a usable admin key outlives the window.
+pub fn admin_key_warning(role: Role, keys: &[KeyRecord], now: OffsetDateTime) -> Option<String> {
+    if role != Role::Owner {
+        return None;
+    }
+    let last = keys
+        .iter()
+        .filter(|k| k.scope == Scope::Admin && k.usability(now) == KeyUsability::Usable)
+        .map(|k| k.expires_at)
+        .max();
+    let fix = "create another admin key (heex keys create NAME --scope admin) or rotate it; \
+               if none is left, the server's operator can make one (heex-cloud keys create)";
+    match last {
+        None => Some(format!("you have no usable admin key: {fix}")),
+        Some(at) if at - now < ADMIN_KEY_WARNING => {
+            let days = (at - now).whole_days();
+            Some(format!(
+                "your last admin key expires in {days} day{} ({}): {fix}",
+                if days == 1 { "" } else { "s" },
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ))
+        }
+        Some(_) => None,
+    }
+}
+
 /// A key the host's operator has made for a member (break-glass, `heex-cloud keys create`).
 #[derive(Debug, Clone)]
 pub struct OperatorKey {

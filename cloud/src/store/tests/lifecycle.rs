@@ -784,3 +784,26 @@ async fn the_operator_makes_keys_for_current_members_only() {
     ));
     assert!(f.store.find_key(&refused.id).await.unwrap().is_none());
 }
+
+/// An owner is warned when their last usable admin key expires within 14 days, or when
+/// none is left; other roles, and an owner with a key outliving the window, are not.
+#[tokio::test]
+async fn owners_are_warned_before_their_last_admin_key_lapses() {
+    use crate::store::ops::admin_key_warning;
+    let f = fixture().await;
+    let key = f.store.find_key(&f.key).await.unwrap().unwrap();
+    let expires = key.expires_at;
+    let keys = vec![key.clone()];
+    let at = |days_before: i64| expires - time::Duration::days(days_before);
+    assert_eq!(admin_key_warning(Role::Owner, &keys, at(20)), None);
+    let warned = admin_key_warning(Role::Owner, &keys, at(10)).unwrap();
+    assert!(warned.contains("expires in 10 days"), "{warned}");
+    assert!(warned.contains("heex-cloud keys create"), "{warned}");
+    assert_eq!(admin_key_warning(Role::Admin, &keys, at(10)), None);
+    let gone = admin_key_warning(Role::Owner, &keys, at(-1)).unwrap();
+    assert!(gone.contains("no usable admin key"), "{gone}");
+    // An enroll key does not count.
+    let mut enroll = key;
+    enroll.scope = Scope::Enroll;
+    assert!(admin_key_warning(Role::Owner, &[enroll], at(20)).is_some());
+}
