@@ -272,6 +272,13 @@ pub(super) async fn keys_page(
 ) -> Response {
     let caller = signed.caller;
     let all = q.all && caller.has_manager_role();
+    let now = OffsetDateTime::now_utc();
+    // The page still shows when the warning cannot be computed.
+    let warning = state
+        .store
+        .admin_key_warning(&caller.key.member_id, caller.key.member_role, now)
+        .await
+        .unwrap_or_default();
     let listed = keys::list(
         State(state),
         caller.clone(),
@@ -289,8 +296,9 @@ pub(super) async fn keys_page(
                 &viewer(&caller),
                 &page.keys,
                 all,
-                OffsetDateTime::now_utc(),
+                now,
                 flash(q.done.as_deref()),
+                warning.as_deref(),
             ),
         ),
         Err(e) => pages::api_error(e),

@@ -184,11 +184,13 @@ pub fn keys(
     all: bool,
     now: OffsetDateTime,
     flash: Option<&str>,
+    warning: Option<&str>,
 ) -> Markup {
     page(
         "API Keys",
         Some(viewer),
         html! {
+            @if let Some(w) = warning { p.error role="alert" { "Warning: " (w) } }
             @if let Some(f) = flash { p.flash role="status" { (f) } }
             @if viewer.manager {
                 p {

@@ -1012,3 +1012,48 @@ async fn re_creating_an_invitation_gives_a_new_link_and_retires_the_old() {
         .await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
 }
+
+/// The API Keys page warns an owner whose last usable admin key expires within 14 days,
+/// with what to do; not one whose key outlives the window.
+#[tokio::test]
+async fn the_keys_page_warns_an_owner_about_to_lose_admin_access() {
+    let c = console().await;
+    let session = c.signed_in_owner().await;
+    let page = c.get("/console/keys", Some(&session)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("Warning:"), "{}", page.body);
+
+    let made = c
+        .api_post(
+            "/v1/keys",
+            &c.owner_key,
+            serde_json::json!({"name": "short", "scope": "admin", "expires_in_days": 3}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let short: serde_json::Value = serde_json::from_str(&made.body).unwrap();
+    let short = short["key"].as_str().unwrap().to_owned();
+    let owner_id = &c.owner_key[5..17];
+    let revoked = c
+        .api_post(
+            &format!("/v1/keys/{owner_id}/revoke"),
+            &c.owner_key,
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let a = c.sign_in(&short).await;
+    let session = a.session().expect("a session cookie");
+    let page = c.get("/console/keys", Some(&session)).await;
+    assert!(
+        page.body
+            .contains("Warning: your last admin key expires in"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("heex-cloud keys create"),
+        "{}",
+        page.body
+    );
+}
