@@ -181,6 +181,32 @@ CREATE INDEX devices_connection ON devices(connection COLLATE "C")
     WHERE connection IS NOT NULL;
 "#,
     ),
+    (
+        3,
+        "trigram indexes for device search (when pg_trgm is available), revoked-device counts",
+        r#"
+-- Text search (`ILIKE '%…%'` on name and id) uses trigram indexes when the server has the
+-- pg_trgm extension (PostgreSQL's contrib; a trusted extension, so the database owner may
+-- create it); without it, search scans the workspace's devices, correct but slower.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm') THEN
+        BEGIN
+            CREATE EXTENSION IF NOT EXISTS pg_trgm;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'heex: pg_trgm cannot be created by this role; device search scans';
+        END;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+        CREATE INDEX devices_name_trgm ON devices USING gin (name gin_trgm_ops);
+        CREATE INDEX devices_id_trgm ON devices USING gin (id gin_trgm_ops);
+    END IF;
+END
+$$;
+-- Each count of the summary is an index-only count.
+CREATE INDEX devices_revoked ON devices(workspace_id) WHERE revoked_at IS NOT NULL;
+"#,
+    ),
 ];
 
 /// Brings the schema up to date, once across replicas: under an advisory lock, each
