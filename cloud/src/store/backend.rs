@@ -183,6 +183,11 @@ pub trait Tx {
     ) -> Result<(), StoreError>;
     /// Counts one use of a key.
     fn add_key_use(&mut self, id: &KeyId) -> Result<(), StoreError>;
+    /// Locks a key's row until the transaction ends: every change of the key's usability
+    /// (revocation, a use, its member's removal) writes that row, so a transaction run by
+    /// [`Backend::transact_locking`] that locks it first reads the key as it stays until it
+    /// commits. A no-op where transactions run one at a time.
+    fn lock_key(&mut self, id: &KeyId) -> Result<(), StoreError>;
 
     /// Records an invitation.
     fn insert_invitation(&mut self, inv: &NewInvitation) -> Result<(), StoreError>;
@@ -340,6 +345,14 @@ pub trait Backend: Send + Sync {
     /// Runs `op` in one transaction and commits it (durably) when it returns `Ok`; nothing
     /// it wrote stays when it returns an error.
     fn transact(&self, op: TxOp) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Like [`Backend::transact`], for an operation that locks ([`Tx::lock_key`]) the rows
+    /// its decision rests on before reading them: isolation may then be weaker (PostgreSQL:
+    /// READ COMMITTED), so that operations contending for one row wait for each other
+    /// instead of failing to serialize (a fleet enrolling with one key).
+    fn transact_locking(&self, op: TxOp) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.transact(op)
+    }
 
     /// The key with this id.
     fn find_key(&self, id: KeyId) -> BoxFuture<'_, Result<Option<KeyRecord>, StoreError>>;

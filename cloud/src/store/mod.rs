@@ -131,20 +131,41 @@ impl Store {
 
     /// Runs `op` (a domain operation of [`ops`]) in one transaction of the backend, which
     /// may run it more than once (a retried transaction); its last run's result.
-    async fn transact<T, F>(&self, mut op: F) -> Result<T, StoreError>
+    async fn transact<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(false, op).await
+    }
+
+    /// Like [`Store::transact`], with [`Backend::transact_locking`]: for operations that lock
+    /// the rows they decide on.
+    async fn transact_locking<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(true, op).await
+    }
+
+    async fn run<T, F>(&self, locking: bool, mut op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
         let out = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&out);
-        self.backend
-            .transact(Box::new(move |tx| {
-                let value = op(tx)?;
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
-                Ok(())
-            }))
-            .await?;
+        let op: backend::TxOp = Box::new(move |tx| {
+            let value = op(tx)?;
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+            Ok(())
+        });
+        if locking {
+            self.backend.transact_locking(op).await?;
+        } else {
+            self.backend.transact(op).await?;
+        }
         let value = out.lock().unwrap_or_else(|e| e.into_inner()).take();
         value.ok_or_else(|| StoreError::Database("a committed transaction left no result".into()))
     }
@@ -376,7 +397,7 @@ impl Store {
         device: NewDevice,
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
-        self.transact(move |tx| ops::insert_device(tx, &device, &audit))
+        self.transact_locking(move |tx| ops::insert_device(tx, &device, &audit))
             .await
     }
 

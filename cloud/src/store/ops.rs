@@ -367,7 +367,22 @@ pub fn record_audit(tx: &mut dyn Tx, entry: &AuditEntry) -> Result<(), StoreErro
 /// Records an enrolled device with its audit event and one use of the enrolling key, which
 /// must be usable at the enrollment time ([`StoreError::KeyUnusable`]): counted here, so
 /// concurrent enrollments cannot overspend a limited key.
+///
+/// Runs with [`Backend::transact_locking`](super::backend::Backend::transact_locking): the
+/// enrolling key (and the caller's, when another) is locked before it is read, so concurrent
+/// enrollments with one key take turns and a revocation, a removal or the last use cannot
+/// slip between the check and the write.
 pub fn insert_device(tx: &mut dyn Tx, d: &NewDevice, audit: &AuditEntry) -> Result<(), StoreError> {
+    // Always in id order: two enrollments locking the same two keys cannot deadlock.
+    let mut locks = vec![&d.enrolled_by_key];
+    if let Some(c) = &audit.caller {
+        locks.push(&c.key);
+    }
+    locks.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    locks.dedup();
+    for key in locks {
+        tx.lock_key(key)?;
+    }
     caller(tx, audit)?;
     let usable = tx
         .key(&d.enrolled_by_key)?

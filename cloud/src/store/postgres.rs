@@ -227,15 +227,16 @@ fn flush(pool: &Pool, touches: &Mutex<HashMap<KeyId, i64>>) {
 }
 
 /// Runs `op` in one SERIALIZABLE transaction, retried on serialization failures.
-fn run_transaction(c: &mut Client, op: &mut TxOp) -> Result<(), StoreError> {
+fn run_transaction(
+    c: &mut Client,
+    op: &mut TxOp,
+    isolation: IsolationLevel,
+) -> Result<(), StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let result = (|| {
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::Serializable)
-                .start()?;
+            let mut tx = c.build_transaction().isolation_level(isolation).start()?;
             op(&mut tx::PgTx(&mut tx))?;
             tx.commit()?;
             Ok(())
@@ -580,7 +581,17 @@ impl PgStore {
 
 impl Backend for PgStore {
     fn transact(&self, mut op: TxOp) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.with_client(move |c| run_transaction(c, &mut op)))
+        Box::pin(self.with_client(move |c| {
+            run_transaction(c, &mut op, IsolationLevel::Serializable)
+        }))
+    }
+
+    fn transact_locking(&self, mut op: TxOp) -> BoxFuture<'_, Result<(), StoreError>> {
+        // The operation locks the rows it decides on; each statement reads what is
+        // committed. Deadlocks (two operations locking rows in opposite orders) are retried.
+        Box::pin(self.with_client(move |c| {
+            run_transaction(c, &mut op, IsolationLevel::ReadCommitted)
+        }))
     }
 
     fn find_key(&self, id: KeyId) -> BoxFuture<'_, Result<Option<KeyRecord>, StoreError>> {

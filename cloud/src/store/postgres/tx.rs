@@ -219,6 +219,14 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
+    fn lock_key(&mut self, id: &KeyId) -> Result<(), StoreError> {
+        self.0.execute(
+            "SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE",
+            &[&id.as_str()],
+        )?;
+        Ok(())
+    }
+
     fn insert_invitation(&mut self, inv: &NewInvitation) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO invitations

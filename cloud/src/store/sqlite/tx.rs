@@ -191,6 +191,11 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn lock_key(&mut self, _id: &KeyId) -> Result<(), StoreError> {
+        // One writer: the transaction holds the whole database.
+        Ok(())
+    }
+
     fn insert_invitation(&mut self, inv: &NewInvitation) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
