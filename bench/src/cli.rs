@@ -434,6 +434,23 @@ mod tests {
             panic!("not enroll")
         };
         assert_eq!(e.server, ["https://a", "https://b"]);
+        assert_eq!(e.keys_file, None);
+        let cli = parse(&[
+            "enroll",
+            "--server",
+            "https://a",
+            "--ca-file",
+            "ca",
+            "--api-key",
+            "k",
+            "--keys-file",
+            "keys",
+        ])
+        .unwrap();
+        let Cmd::Enroll(e) = cli.command else {
+            panic!("not enroll")
+        };
+        assert_eq!(e.keys_file, Some(PathBuf::from("keys")));
         assert!(parse(&["enroll", "--ca-file", "ca", "--api-key", "k"]).is_err());
     }
 
