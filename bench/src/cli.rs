@@ -26,6 +26,9 @@ pub enum Cmd {
     Hold(HoldArgs),
     /// Hold N sessions, wait for the gateway to be restarted, measure until all are back.
     Storm(StormArgs),
+    /// Hold N sessions on one gateway, revoke each device through an API (possibly another
+    /// replica's) and measure, per device, revoke request to the session's Close.
+    Revocations(RevocationsArgs),
     /// Prints the side-by-side table of two `hold --json` summaries (heex and its peer).
     Table(TableArgs),
     /// One load-generating process of `hold`/`storm` (started by them).
@@ -40,15 +43,21 @@ pub enum Cmd {
 /// `heex-loadgen enroll`.
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
-    /// API base URL, e.g. https://127.0.0.1:8443.
-    #[arg(long)]
-    pub server: String,
+    /// API base URL, e.g. https://127.0.0.1:8443. Repeat it for several replicas: the
+    /// requests go to them in turn.
+    #[arg(long, required = true)]
+    pub server: Vec<String>,
     /// The cloud CA certificate (PEM).
     #[arg(long)]
     pub ca_file: PathBuf,
     /// The API key (enroll or admin scope).
     #[arg(long, env = "HEEX_API_KEY", hide_env_values = true)]
     pub api_key: String,
+    /// API keys, one a line, used instead of `--api-key`: request worker k uses line
+    /// k mod the number of lines (one key per worker: no two requests in flight count uses
+    /// on the same key).
+    #[arg(long, value_name = "FILE")]
+    pub keys_file: Option<PathBuf>,
     /// Enrollments per run.
     #[arg(short = 'n', long, default_value_t = 5000)]
     pub count: usize,
@@ -147,6 +156,47 @@ pub struct StormArgs {
     /// Once every session is back, keep holding this long (heartbeats keep being checked).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub settle: Duration,
+}
+
+/// `heex-loadgen revocations`.
+#[derive(Debug, Args)]
+pub struct RevocationsArgs {
+    /// Directory written by `enroll --out`; its first N devices are used (and revoked).
+    #[arg(long, value_name = "DIR")]
+    pub creds: PathBuf,
+    /// Gateway holding the sessions; by default the gateway recorded by `enroll --out`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub gateway: Option<SocketAddr>,
+    /// API base URL the revocations are sent to.
+    #[arg(long)]
+    pub server: String,
+    /// The cloud CA certificate (PEM), for the API.
+    #[arg(long)]
+    pub ca_file: PathBuf,
+    /// An admin API key.
+    #[arg(long, env = "HEEX_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// Devices to hold and revoke.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub count: usize,
+    /// Revocations in flight at once (each waits for its session's Close before the next).
+    #[arg(short = 'c', long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// A Close not received within this bound after the revoke request counts as missed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+    /// Source addresses of the sessions (as for `hold`).
+    #[arg(long, default_value = "64", value_parser = parse_source_ips)]
+    pub source_ips: SourceIps,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Worker threads of the load generator's runtime.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `heex-loadgen table`.
@@ -366,5 +416,67 @@ mod tests {
         };
         assert_eq!(e.out, Some(PathBuf::from("d")));
         assert_eq!(e.count, 5000);
+        assert_eq!(e.server, ["https://x"]);
+
+        let cli = parse(&[
+            "enroll",
+            "--server",
+            "https://a",
+            "--server",
+            "https://b",
+            "--ca-file",
+            "ca",
+            "--api-key",
+            "k",
+        ])
+        .unwrap();
+        let Cmd::Enroll(e) = cli.command else {
+            panic!("not enroll")
+        };
+        assert_eq!(e.server, ["https://a", "https://b"]);
+        assert_eq!(e.keys_file, None);
+        let cli = parse(&[
+            "enroll",
+            "--server",
+            "https://a",
+            "--ca-file",
+            "ca",
+            "--api-key",
+            "k",
+            "--keys-file",
+            "keys",
+        ])
+        .unwrap();
+        let Cmd::Enroll(e) = cli.command else {
+            panic!("not enroll")
+        };
+        assert_eq!(e.keys_file, Some(PathBuf::from("keys")));
+        assert!(parse(&["enroll", "--ca-file", "ca", "--api-key", "k"]).is_err());
+    }
+
+    #[test]
+    fn revocations_flags() {
+        let cli = parse(&[
+            "revocations",
+            "--creds",
+            "c",
+            "--server",
+            "https://a",
+            "--ca-file",
+            "ca",
+            "--api-key",
+            "k",
+            "--gateway",
+            "127.0.0.1:9444",
+        ])
+        .unwrap();
+        let Cmd::Revocations(r) = cli.command else {
+            panic!("not revocations")
+        };
+        assert_eq!(r.count, 1000);
+        assert_eq!(r.concurrency, 1);
+        assert_eq!(r.close_timeout, Duration::from_secs(10));
+        assert_eq!(r.gateway, Some("127.0.0.1:9444".parse().unwrap()));
+        assert!(parse(&["revocations", "--creds", "c", "--ca-file", "ca"]).is_err());
     }
 }

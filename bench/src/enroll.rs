@@ -25,7 +25,7 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
     rt.block_on(enroll(args))
 }
 
-fn client(ca_file: &Path, pool: usize) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(ca_file: &Path, pool: usize) -> anyhow::Result<reqwest::Client> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
@@ -91,12 +91,33 @@ struct Summary {
 async fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
     let (count, concurrency, runs) = (args.count, args.concurrency.max(1), args.runs.max(1));
     let client = client(&args.ca_file, concurrency)?;
-    let url = format!("{}/v1/enroll", args.server.trim_end_matches('/'));
+    let urls: Vec<String> = args
+        .server
+        .iter()
+        .map(|s| format!("{}/v1/enroll", s.trim_end_matches('/')))
+        .collect();
+    if urls.is_empty() {
+        bail!("give at least one --server");
+    }
+    let urls = Arc::new(urls);
+    let keys: Vec<String> = match &args.keys_file {
+        None => vec![args.api_key.clone()],
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    if keys.is_empty() {
+        bail!("no API key in the keys file");
+    }
     eprintln!("generating {count} CSRs…");
     let csrs = Arc::new(make_csrs(count)?);
     let mut results = Vec::new();
     for run in 1..=runs {
-        let r = one_run(&client, &url, &args.api_key, &csrs, concurrency).await;
+        let r = one_run(&client, &urls, &keys, &csrs, concurrency).await;
         let s = r.latencies.sorted();
         println!(
             "run {run}: {count} enrollments, concurrency {concurrency}: {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, failures {}",
@@ -180,8 +201,8 @@ fn save(
 
 async fn one_run(
     client: &reqwest::Client,
-    url: &str,
-    api_key: &str,
+    urls: &Arc<Vec<String>>,
+    keys: &[String],
     csrs: &Arc<Vec<Pending>>,
     concurrency: usize,
 ) -> RunResult {
@@ -189,10 +210,10 @@ async fn one_run(
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..concurrency {
-        let (client, url, key, next, csrs) = (
+        let (client, urls, key, next, csrs) = (
             client.clone(),
-            url.to_owned(),
-            api_key.to_owned(),
+            urls.clone(),
+            keys[w % keys.len()].clone(),
             next.clone(),
             csrs.clone(),
         );
@@ -210,8 +231,10 @@ async fn one_run(
                     labels: [("loadgen".to_owned(), "1".to_owned())].into(),
                     facts: None,
                 };
+                // Request i goes to server i mod the number of servers.
+                let url = &urls[i % urls.len()];
                 let t = Instant::now();
-                let res = client.post(&url).bearer_auth(&key).json(&body).send().await;
+                let res = client.post(url).bearer_auth(&key).json(&body).send().await;
                 let outcome = match res {
                     Ok(r) if r.status().as_u16() == 201 => {
                         r.json::<EnrollResponse>().await.map_err(|e| e.to_string())

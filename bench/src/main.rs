@@ -5,6 +5,8 @@
 //! - `hold`: N sessions with heartbeats from many loopback source addresses, spread over
 //!   several processes (one process can hold at most about 19,000 sockets).
 //! - `storm`: hold N, let the gateway restart, measure until every session is back.
+//! - `revocations`: hold N sessions on one gateway, revoke them through an API, time each
+//!   revoke request to the session's Close.
 //! - `table`: heex-cloud and the peer side by side, from `--json` summaries.
 #![forbid(unsafe_code)]
 
@@ -12,6 +14,7 @@ mod cli;
 mod creds;
 mod enroll;
 mod hold;
+mod revocations;
 mod rss;
 mod session;
 mod stats;
@@ -45,6 +48,7 @@ fn main() {
         Cmd::Enroll(args) => enroll::run(args),
         Cmd::Hold(args) => hold::hold(args),
         Cmd::Storm(args) => hold::storm(args),
+        Cmd::Revocations(args) => revocations::run(args),
         Cmd::Table(args) => table::run(args),
         Cmd::Worker { job } => worker::run(&job),
     };
