@@ -262,6 +262,13 @@ impl From<StoreError> for ApiError {
                     "the server cannot reach its database now; retry after the Retry-After delay",
                 )
             }
+            StoreError::Contended(times) => {
+                tracing::warn!(times, "a change kept meeting concurrent ones; answered 503");
+                ApiError::unavailable(
+                    "the server is busy with concurrent changes to the same records; retry \
+                     after the Retry-After delay",
+                )
+            }
             StoreError::Refused(refusal) => refusal.into(),
             StoreError::BadPosition => ApiError::bad_request(crate::api::paging::BAD_CURSOR),
             e => ApiError::internal(e),

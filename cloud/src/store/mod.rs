@@ -99,6 +99,10 @@ pub enum StoreError {
     /// The transaction met a concurrent one and must run again (the backend retries it).
     #[error("the change met a concurrent one; try again")]
     Retry,
+    /// The transaction kept meeting concurrent ones, as many times as the backend tries:
+    /// nothing was written, and trying again later may succeed.
+    #[error("the change met concurrent ones {0} times in a row")]
+    Contended(u32),
     /// A page position does not fit the list it was used on.
     #[error("the page position does not fit this list")]
     BadPosition,

@@ -247,11 +247,7 @@ fn run_transaction(
                 let jitter = rand::random::<u64>() % (1 << attempt.min(6));
                 std::thread::sleep(Duration::from_millis(jitter));
             }
-            Err(StoreError::Retry) => {
-                return Err(StoreError::Database(format!(
-                    "the change met a concurrent one {MAX_ATTEMPTS} times; try again"
-                )))
-            }
+            Err(StoreError::Retry) => return Err(StoreError::Contended(MAX_ATTEMPTS)),
             other => return other,
         }
     }
@@ -581,17 +577,17 @@ impl PgStore {
 
 impl Backend for PgStore {
     fn transact(&self, mut op: TxOp) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.with_client(move |c| {
-            run_transaction(c, &mut op, IsolationLevel::Serializable)
-        }))
+        Box::pin(
+            self.with_client(move |c| run_transaction(c, &mut op, IsolationLevel::Serializable)),
+        )
     }
 
     fn transact_locking(&self, mut op: TxOp) -> BoxFuture<'_, Result<(), StoreError>> {
         // The operation locks the rows it decides on; each statement reads what is
         // committed. Deadlocks (two operations locking rows in opposite orders) are retried.
-        Box::pin(self.with_client(move |c| {
-            run_transaction(c, &mut op, IsolationLevel::ReadCommitted)
-        }))
+        Box::pin(
+            self.with_client(move |c| run_transaction(c, &mut op, IsolationLevel::ReadCommitted)),
+        )
     }
 
     fn find_key(&self, id: KeyId) -> BoxFuture<'_, Result<Option<KeyRecord>, StoreError>> {
