@@ -267,6 +267,7 @@ pub fn manage_device(
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+/// A time as RFC 3339 text.
+pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }

@@ -17,7 +17,6 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use heex_proto::api::Scope;
 use heex_proto::ApiKey;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::access::{self, Need};
@@ -141,10 +140,7 @@ pub fn enroll_refusal(record: &KeyRecord, now: OffsetDateTime) -> Option<ApiErro
         .map(ApiError::from)
 }
 
-/// A time as RFC 3339 text.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
-}
+pub use crate::access::rfc3339;
 
 #[cfg(test)]
 mod tests {

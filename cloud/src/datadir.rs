@@ -35,7 +35,7 @@ use time::OffsetDateTime;
 
 use crate::atomic_file::{write_atomic, TEMP_PREFIX};
 use crate::ca::{certificate_names, san_for, server_cert_fits, Ca};
-use crate::cli::{InitOptions, WorkspaceOptions};
+use crate::cli::{DataDirArg, InitOptions, WorkspaceOptions};
 use crate::error::Error;
 use crate::store::postgres::PostgresUrl;
 use crate::store::{Deployment, NewKey, NewMember, NewWorkspace, Role, Store, StoreError};
@@ -246,6 +246,11 @@ impl DataDir {
         }
     }
 
+    /// The data directory and store the command line names.
+    pub fn of(arg: &DataDirArg) -> Self {
+        Self::with_store(&arg.data_dir, arg.store.clone())
+    }
+
     /// The kind of store this directory is used with.
     fn store_kind(&self) -> StoreKind {
         match self.store {
@@ -291,12 +296,23 @@ impl DataDir {
     }
 
     /// Who the store of this directory belongs to: its CA and secret.
-    fn deployment(ca: &Ca, secret: &ServerSecret, now: OffsetDateTime) -> Deployment {
+    fn deployment(ca: &Fingerprint, secret: &ServerSecret, now: OffsetDateTime) -> Deployment {
         Deployment {
-            ca_fingerprint: ca.fingerprint().to_string(),
+            ca_fingerprint: ca.to_string(),
             secret_check: secret.check_value(),
             created_at: now,
         }
+    }
+
+    /// Opens the store (see [`DataDir::open_store`]) and checks that it belongs to `mine`,
+    /// the directory's secrets ([`DataDir::check_deployment`]); closed again when not.
+    async fn open_checked_store(&self, kind: StoreKind, mine: Deployment) -> Result<Store, Error> {
+        let store = self.open_store(kind).await?;
+        if let Err(e) = self.check_deployment(&store, kind, mine).await {
+            store.close().await;
+            return Err(e);
+        }
+        Ok(store)
     }
 
     /// Checks that the store belongs to this directory's secrets; a SQLite store made
@@ -377,7 +393,12 @@ impl DataDir {
         let (ws, owner, key) = first_workspace(&opts.workspace, &opts.owner, now);
         let (workspace_id, key_id) = (ws.id.clone(), key.id.clone());
         let created = store
-            .init_deployment(Self::deployment(&ca, &secret, now), ws, owner, key)
+            .init_deployment(
+                Self::deployment(&ca.fingerprint(), &secret, now),
+                ws,
+                owner,
+                key,
+            )
             .await;
         store.close().await;
         if let Some(existing) = created? {
@@ -455,22 +476,15 @@ impl DataDir {
     pub async fn open_checked(&self) -> Result<(Store, ServerSecret), Error> {
         let settings = self.read_settings()?;
         let secret = self.read_secret()?;
-        let store = self.open_store(settings.store).await?;
         let cert_path = self.path(CA_CERT);
-        let checked = async {
-            let ca_der = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
-                .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
-            let mine = Deployment {
-                ca_fingerprint: Fingerprint::of_der(&ca_der).to_string(),
-                secret_check: secret.check_value(),
-                created_at: OffsetDateTime::now_utc(),
-            };
-            self.check_deployment(&store, settings.store, mine).await
-        };
-        if let Err(e) = checked.await {
-            store.close().await;
-            return Err(e);
-        }
+        let ca_der = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
+            .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
+        let mine = Self::deployment(
+            &Fingerprint::of_der(&ca_der),
+            &secret,
+            OffsetDateTime::now_utc(),
+        );
+        let store = self.open_checked_store(settings.store, mine).await?;
         Ok((store, secret))
     }
 
@@ -526,14 +540,8 @@ impl DataDir {
         let server_key = PrivateKeyDer::from_pem_slice(read_text(&key_path)?.as_bytes())
             .map_err(|e| Error::corrupt(&key_path, e.to_string()))?;
 
-        let store = self.open_store(settings.store).await?;
-        let checked = self
-            .check_deployment(&store, settings.store, Self::deployment(&ca, &secret, now))
-            .await;
-        if let Err(e) = checked {
-            store.close().await;
-            return Err(e);
-        }
+        let mine = Self::deployment(&ca.fingerprint(), &secret, now);
+        let store = self.open_checked_store(settings.store, mine).await?;
         Ok(Loaded {
             settings,
             secret,

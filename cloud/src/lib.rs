@@ -62,7 +62,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 
 /// `heex-cloud init`.
 pub async fn init(args: InitArgs) -> Result<(), Error> {
-    let dir = DataDir::with_store(&args.dir.data_dir, args.dir.store.clone());
+    let dir = DataDir::of(&args.dir);
     let report = dir.init(&args.options).await?;
     report
         .print(&mut std::io::stdout().lock())
@@ -71,7 +71,7 @@ pub async fn init(args: InitArgs) -> Result<(), Error> {
 
 /// `heex-cloud workspaces create`.
 pub async fn create_workspace(args: WorkspaceCreateArgs) -> Result<(), Error> {
-    let dir = DataDir::with_store(&args.dir.data_dir, args.dir.store.clone());
+    let dir = DataDir::of(&args.dir);
     let report = dir.add_workspace(&args.options).await?;
     report
         .print(&mut std::io::stdout().lock())
@@ -86,7 +86,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         Some(addr) => GatewayAddress::Advertised(check_host_port(addr)?),
         None => GatewayAddress::SameHost(0),
     };
-    let dir = DataDir::with_store(&args.dir.data_dir, args.dir.store.clone());
+    let dir = DataDir::of(&args.dir);
     if !dir.is_initialized() {
         if args.no_init {
             return Err(Error::NotInitialized(dir.root().to_owned()));
@@ -242,11 +242,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     gateway_result.map_err(|e| Error::Internal(format!("gateway failed: {e:#}")))
 }
 
+/// This machine's name (its node name), for replica names and the operator's audit actor.
+pub(crate) fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// `host:port` of this machine's name and the gateway port: one replica per port per host.
 fn default_replica_name(gateway_port: u16) -> String {
-    let uname = rustix::system::uname();
-    let host = uname.nodename().to_string_lossy();
-    format!("{host}:{gateway_port}")
+    format!("{}:{gateway_port}", host_name())
 }
 
 /// Connections the kernel may hold for us before we accept them (capped by the system's

@@ -7,25 +7,17 @@
 use std::io::Write;
 
 use heex_proto::{ApiKey, KeyId};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::access::rfc3339;
 use crate::cli::{KeyCreateArgs, MembersListArgs};
 use crate::datadir::DataDir;
 use crate::error::Error;
 use crate::store::ops::{OperatorKey, OperatorKeyOutcome};
 use crate::store::{PageRequest, Store};
 
-fn data_dir(dir: &crate::cli::DataDirArg) -> DataDir {
-    DataDir::with_store(&dir.data_dir, dir.store.clone())
-}
-
 fn stdout_error(e: std::io::Error) -> Error {
     Error::file("<stdout>", e)
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 /// `heex-cloud keys create`: a key for a current member, printed once.
@@ -34,16 +26,13 @@ pub async fn create_key(args: KeyCreateArgs) -> Result<(), Error> {
         .map_err(|e| Error::Usage(e.to_string()))?;
     heex_proto::text::check_name("--name", &args.name, 64)
         .map_err(|e| Error::Usage(e.to_string()))?;
-    let dir = data_dir(&args.dir);
+    let dir = DataDir::of(&args.dir);
     let (store, secret) = dir.open_checked().await?;
     let now = OffsetDateTime::now_utc();
     let now = now.replace_nanosecond(0).unwrap_or(now);
     let lifetime = time::Duration::try_from(args.expires_in)
         .map_err(|e| Error::Usage(format!("--expires-in: {e}")))?;
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
+    let host = crate::host_name();
     let key = OperatorKey {
         id: KeyId::generate(),
         name: args.name.clone(),
@@ -96,7 +85,7 @@ pub async fn create_key(args: KeyCreateArgs) -> Result<(), Error> {
 
 /// `heex-cloud members list`: every member of a workspace, removed ones included.
 pub async fn list_members(args: MembersListArgs) -> Result<(), Error> {
-    let dir = data_dir(&args.dir);
+    let dir = DataDir::of(&args.dir);
     let (store, _) = dir.open_checked().await?;
     let listed = print_members(&store, &args.workspace).await;
     store.close().await;

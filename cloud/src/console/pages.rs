@@ -5,7 +5,6 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use heex_proto::api::{AuditEvent, InvitationInfo, KeyListEntry, KeyStatus, Role};
 use maud::{html, Markup, DOCTYPE};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
@@ -94,7 +93,7 @@ pub fn api_error(e: ApiError) -> Response {
 
 /// A time as RFC 3339 (UTC).
 pub fn when(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+    crate::access::rfc3339(t)
 }
 
 /// A time relative to `now`: "in 3 days", "5 minutes ago".

@@ -522,8 +522,7 @@ pub fn admin_key_warning(role: Role, keys: &[KeyRecord], now: OffsetDateTime) ->
             Some(format!(
                 "your last admin key expires in {days} day{} ({}): {fix}",
                 if days == 1 { "" } else { "s" },
-                at.format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
+                access::rfc3339(at)
             ))
         }
         Some(_) => None,
