@@ -135,7 +135,7 @@ pub trait DeviceDirectory: Send + Sync + 'static {
     fn store_reports(
         &self,
         id: &DeviceId,
-        reports: Vec<(u64, String)>,
+        reports: Arc<[(u64, String)]>,
     ) -> impl Future<Output = anyhow::Result<StoredReports>> + Send;
 
     /// The highest report sequence number stored for the device (0 when none).

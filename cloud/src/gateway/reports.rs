@@ -56,7 +56,8 @@ impl ReportSink {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let n = batch.len();
-                let Some(result) = store_retrying(&*directory, &device, &mut batch, &ack_tx).await
+                let reports = std::mem::take(&mut batch).into();
+                let Some(result) = store_retrying(&*directory, &device, reports, &ack_tx).await
                 else {
                     // The session is gone: the agent resends what was not acknowledged.
                     break;
@@ -180,7 +181,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// A store that keeps failing is logged again this often.
 const RETRY_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Stores `batch` (taking it), trying again with backoff while the store fails (the
+/// Stores `reports`, trying again with backoff while the store fails (the
 /// database is out of reach, say) and the session lives: the session stays up, the agent's
 /// window of unacknowledged reports bounds what waits, and the acknowledgement comes once
 /// the reports are stored. `Err` when the device is revoked or gone; `None` when the
@@ -188,15 +189,14 @@ const RETRY_LOG_EVERY: Duration = Duration::from_secs(60);
 async fn store_retrying<D: DeviceDirectory>(
     directory: &D,
     device: &DeviceId,
-    batch: &mut Vec<(u64, String)>,
+    reports: Arc<[(u64, String)]>,
     session: &mpsc::UnboundedSender<Result<StoredReports, StoreFailure>>,
 ) -> Option<Result<StoredReports, DeviceNotLive>> {
-    let reports = std::mem::take(batch);
     let mut wait = RETRY_FIRST;
     let mut failing_since: Option<tokio::time::Instant> = None;
     let mut last_log: Option<tokio::time::Instant> = None;
     loop {
-        match directory.store_reports(device, reports.clone()).await {
+        match directory.store_reports(device, Arc::clone(&reports)).await {
             Ok(stored) => {
                 if let Some(since) = failing_since {
                     tracing::info!(%device, after = ?since.elapsed(), "reports stored again");

@@ -201,7 +201,7 @@ impl DeviceDirectory for Directory {
     async fn store_reports(
         &self,
         id: &DeviceId,
-        reports: Vec<(u64, String)>,
+        reports: Arc<[(u64, String)]>,
     ) -> anyhow::Result<super::StoredReports> {
         // As the store: decided in the write.
         if !self.live(id) {

@@ -612,10 +612,10 @@ impl Store {
     pub async fn store_reports(
         &self,
         device: &DeviceId,
-        reports: Vec<(u64, String)>,
+        reports: impl Into<Arc<[(u64, String)]>>,
         at: OffsetDateTime,
     ) -> Result<StoredReports, StoreError> {
-        let device = device.clone();
+        let (device, reports) = (device.clone(), reports.into());
         self.transact(move |tx| ops::store_reports(tx, &device, &reports, at))
             .await
     }
@@ -751,7 +751,7 @@ impl DeviceDirectory for Store {
     async fn store_reports(
         &self,
         id: &DeviceId,
-        reports: Vec<(u64, String)>,
+        reports: Arc<[(u64, String)]>,
     ) -> anyhow::Result<StoredReports> {
         match Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await {
             Err(StoreError::DeviceNotLive(_)) => Err(crate::gateway::DeviceNotLive.into()),

@@ -73,7 +73,10 @@ mod tests {
         assert!(stored.conflicts.is_empty());
         // A redelivery after a lost ack (same content): nothing is duplicated or changed.
         let again = batch(&[2], "first").into_iter().chain(batch(&[3], "first"));
-        let stored = store.store_reports(&a, again.collect(), now).await.unwrap();
+        let stored = store
+            .store_reports(&a, again.collect::<Vec<_>>(), now)
+            .await
+            .unwrap();
         assert_eq!(stored.highest, 3);
         assert!(stored.conflicts.is_empty());
         // Other content under numbers already stored (a rewound outbox): conflicts, the
