@@ -923,41 +923,34 @@ impl std::fmt::Debug for PostgresUrl {
     }
 }
 
-/// `url` with the password of its user info and of a `password=` parameter replaced.
+/// `url` with the password of its user info and of a `password=` parameter replaced (the
+/// query is rewritten only when it holds one); a fixed text if it does not parse as a URL.
 fn redact_password(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority_end, has_path) = match rest.find(['/', '?']) {
-        Some(i) => (i, true),
-        None => (rest.len(), false),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<a PostgreSQL URL>".to_owned();
     };
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{hosts}"),
-            None => format!("{userinfo}@{hosts}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = if has_path {
-        match tail.split_once('?') {
-            Some((path, query)) => {
-                let query: Vec<String> = query
-                    .split('&')
-                    .map(|kv| match kv.split_once('=') {
-                        Some((k, _)) if k.eq_ignore_ascii_case("password") => {
-                            format!("{k}=***")
-                        }
-                        _ => kv.to_owned(),
-                    })
-                    .collect();
-                format!("{path}?{}", query.join("&"))
-            }
-            None => tail.to_owned(),
-        }
-    } else {
-        String::new()
-    };
-    format!("{scheme}://{authority}{tail}")
+    if parsed.password().is_some() {
+        // Fails only for URLs without a host, which have no password either.
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+    {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
