@@ -383,10 +383,12 @@ pub fn insert_device(tx: &mut dyn Tx, d: &NewDevice, audit: &AuditEntry) -> Resu
     for key in locks {
         tx.lock_key(key)?;
     }
-    caller(tx, audit)?;
-    let usable = tx
-        .key(&d.enrolled_by_key)?
-        .is_some_and(|k| k.usability(d.enrolled_at) == KeyUsability::Usable);
+    let key = match caller(tx, audit)? {
+        // Read under the lock just taken: it is the enrolling key as it stays.
+        Some(k) if k.id == d.enrolled_by_key => Some(k),
+        _ => tx.key(&d.enrolled_by_key)?,
+    };
+    let usable = key.is_some_and(|k| k.usability(d.enrolled_at) == KeyUsability::Usable);
     if !usable {
         return Err(StoreError::KeyUnusable(d.enrolled_by_key.clone()));
     }

@@ -8,6 +8,7 @@
 //! store's rules run synchronously inside a transaction on both backends.
 
 mod changes;
+mod conn;
 mod schema;
 mod tx;
 
@@ -35,7 +36,7 @@ use super::{
 };
 use crate::gateway::DeviceStatus;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<conn::Manager>;
 
 /// Connections per replica.
 const POOL_SIZE: u32 = 16;
@@ -141,7 +142,7 @@ impl PgStore {
         })?;
         schema::migrate(&mut first, to_unix(OffsetDateTime::now_utc()))?;
         drop(first);
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = conn::Manager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(2))
@@ -175,7 +176,7 @@ impl PgStore {
     async fn with_client<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut conn::Conn) -> Result<T, StoreError> + Send + 'static,
     {
         let pool = self.pool.clone().ok_or(StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
@@ -202,7 +203,7 @@ fn flush(pool: &Pool, touches: &Mutex<HashMap<KeyId, i64>>) {
     }
     let written = (|| -> Result<(), StoreError> {
         let mut c = pool.get()?;
-        let mut tx = c.transaction()?;
+        let mut tx = c.client.transaction()?;
         for (id, at) in &pending {
             tx.execute(
                 "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $2)
@@ -228,7 +229,7 @@ fn flush(pool: &Pool, touches: &Mutex<HashMap<KeyId, i64>>) {
 
 /// Runs `op` in one SERIALIZABLE transaction, retried on serialization failures.
 fn run_transaction(
-    c: &mut Client,
+    c: &mut conn::Conn,
     op: &mut TxOp,
     isolation: IsolationLevel,
 ) -> Result<(), StoreError> {
@@ -236,8 +237,12 @@ fn run_transaction(
     loop {
         attempt += 1;
         let result = (|| {
-            let mut tx = c.build_transaction().isolation_level(isolation).start()?;
-            op(&mut tx::PgTx(&mut tx))?;
+            let (client, statements) = c.parts();
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(isolation)
+                .start()?;
+            op(&mut tx::PgTx(conn::Cached::new(&mut tx, statements)))?;
             tx.commit()?;
             Ok(())
         })();
@@ -593,7 +598,8 @@ impl Backend for PgStore {
     fn find_key(&self, id: KeyId) -> BoxFuture<'_, Result<Option<KeyRecord>, StoreError>> {
         Box::pin(self.with_client(move |c| {
             let sql = format!("{KEY_SELECT} WHERE k.id = $1");
-            c.query_opt(sql.as_str(), &[&id.as_str()])?
+            c.cached()
+                .query_opt(sql.as_str(), &[&id.as_str()])?
                 .map(|r| key_from_row(&r))
                 .transpose()
         }))
@@ -614,7 +620,7 @@ impl Backend for PgStore {
                 q.push(&format!(" AND k.member_id = {o}"));
             }
             q.finish_page(&page, &["k.created_at", "k.id"], false)?;
-            let keys = rows(q.run(c)?, key_from_row)?;
+            let keys = rows(q.run(&mut c.client)?, key_from_row)?;
             Ok(PageOf::from_rows(keys, &page, |k| {
                 vec![
                     SortValue::Int(to_unix(k.created_at)),
@@ -631,7 +637,7 @@ impl Backend for PgStore {
         Box::pin(self.with_client(move |c| {
             let ids: Vec<String> = members.iter().map(|m| m.as_str().to_owned()).collect();
             let sql = format!("{KEY_SELECT} WHERE k.member_id = ANY($1)");
-            rows(c.query(sql.as_str(), &[&ids])?, key_from_row)
+            rows(c.cached().query(sql.as_str(), &[&ids])?, key_from_row)
         }))
     }
 
@@ -645,7 +651,7 @@ impl Backend for PgStore {
             let w = q.bind(ws.as_str().to_owned());
             q.push(&format!(" WHERE m.workspace_id = {w}"));
             q.finish_page(&page, &["m.created_at", "m.id"], false)?;
-            let members = rows(q.run(c)?, member_from_row)?;
+            let members = rows(q.run(&mut c.client)?, member_from_row)?;
             Ok(PageOf::from_rows(members, &page, |m| {
                 vec![
                     SortValue::Int(to_unix(m.created_at)),
@@ -662,7 +668,8 @@ impl Backend for PgStore {
     ) -> BoxFuture<'_, Result<Option<MemberRecord>, StoreError>> {
         Box::pin(self.with_client(move |c| {
             let sql = format!("{MEMBER_SELECT} WHERE m.workspace_id = $1 AND m.id = $2");
-            c.query_opt(sql.as_str(), &[&ws.as_str(), &id.as_str()])?
+            c.cached()
+                .query_opt(sql.as_str(), &[&ws.as_str(), &id.as_str()])?
                 .map(|r| member_from_row(&r))
                 .transpose()
         }))
@@ -686,7 +693,7 @@ impl Backend for PgStore {
                    AND i.cancelled_at IS NULL AND i.expires_at > {n}"
             ));
             q.finish_page(&page, &["i.created_at", "i.id"], false)?;
-            let found = rows(q.run(c)?, |r| {
+            let found = rows(q.run(&mut c.client)?, |r| {
                 Ok(InvitationRecord {
                     id: r.try_get(0)?,
                     email: r.try_get(1)?,
@@ -710,7 +717,7 @@ impl Backend for PgStore {
         ws: WorkspaceId,
         filter: AuditFilter,
     ) -> BoxFuture<'_, Result<PageOf<AuditEvent>, StoreError>> {
-        Box::pin(self.with_client(move |c| PgStore::audit_page(c, &ws, &filter)))
+        Box::pin(self.with_client(move |c| PgStore::audit_page(&mut c.client, &ws, &filter)))
     }
 
     fn query_devices(
@@ -718,7 +725,7 @@ impl Backend for PgStore {
         ws: WorkspaceId,
         query: DeviceQuery,
     ) -> BoxFuture<'_, Result<PageOf<DeviceRecord>, StoreError>> {
-        Box::pin(self.with_client(move |c| PgStore::devices_page(c, &ws, &query)))
+        Box::pin(self.with_client(move |c| PgStore::devices_page(&mut c.client, &ws, &query)))
     }
 
     fn device_counts(
@@ -727,7 +734,7 @@ impl Backend for PgStore {
         expiring_before: OffsetDateTime,
     ) -> BoxFuture<'_, Result<DeviceCounts, StoreError>> {
         Box::pin(self.with_client(move |c| {
-            let r = c.query_one(
+            let r = c.cached().query_one(
                 // One index-only count each (see the schema's partial indexes), rather than
                 // one pass over every row of the workspace.
                 "SELECT (SELECT COUNT(*) FROM devices WHERE workspace_id = $1),
@@ -756,7 +763,8 @@ impl Backend for PgStore {
     ) -> BoxFuture<'_, Result<Option<DeviceRecord>, StoreError>> {
         Box::pin(self.with_client(move |c| {
             let sql = format!("{DEVICE_SELECT} WHERE d.id = $1 AND d.workspace_id = $2");
-            c.query_opt(sql.as_str(), &[&id.as_str(), &ws.as_str()])?
+            c.cached()
+                .query_opt(sql.as_str(), &[&id.as_str(), &ws.as_str()])?
                 .map(|r| device_from_row(&r))
                 .transpose()
         }))
@@ -767,7 +775,7 @@ impl Backend for PgStore {
         id: DeviceId,
     ) -> BoxFuture<'_, Result<Option<DeviceStatus>, StoreError>> {
         Box::pin(self.with_client(move |c| {
-            let Some(r) = c.query_opt(
+            let Some(r) = c.cached().query_opt(
                 "SELECT workspace_id, revoked_at, cert_serial, previous_cert_serial,
                         cert_superseded_at
                  FROM devices WHERE id = $1",
@@ -788,7 +796,7 @@ impl Backend for PgStore {
     }
 
     fn highest_report_seq(&self, device: DeviceId) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(self.with_client(move |c| tx::highest(c, &device)))
+        Box::pin(self.with_client(move |c| tx::highest(&mut c.cached(), &device)))
     }
 
     fn list_reports(
@@ -799,7 +807,7 @@ impl Backend for PgStore {
     ) -> BoxFuture<'_, Result<Vec<ReportInfo>, StoreError>> {
         Box::pin(self.with_client(move |c| {
             let after = super::seq_to_sql(after)?;
-            let found = c.query(
+            let found = c.cached().query(
                 "SELECT seq, received_at, payload FROM reports
                  WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 &[&device.as_str(), &after, &i64::from(limit)],
@@ -823,7 +831,7 @@ impl Backend for PgStore {
         hash: String,
     ) -> BoxFuture<'_, Result<Option<ConsoleSession>, StoreError>> {
         Box::pin(self.with_client(move |c| {
-            let Some(r) = c.query_opt(
+            let Some(r) = c.cached().query_opt(
                 "SELECT id_hash, key_id, created_at, last_seen_at, expires_at
                  FROM console_sessions WHERE id_hash = $1",
                 &[&hash],
@@ -843,7 +851,8 @@ impl Backend for PgStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.with_client(|c| {
-            c.query_one("SELECT COUNT(*) FROM schema_version", &[])?;
+            c.cached()
+                .query_one("SELECT COUNT(*) FROM schema_version", &[])?;
             Ok(())
         }))
     }

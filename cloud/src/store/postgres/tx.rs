@@ -8,6 +8,7 @@ use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use postgres::{GenericClient, Row, Transaction};
 use time::OffsetDateTime;
 
+use super::conn::Cached;
 use super::{
     count, key_from_row, member_from_row, opt_time, parse, time, KEY_SELECT, MEMBER_SELECT,
 };
@@ -21,9 +22,12 @@ use crate::store::{
 };
 
 /// One transaction.
-pub(super) struct PgTx<'a, 'b>(pub(super) &'a mut Transaction<'b>);
+pub(super) struct PgTx<'a, 'b>(pub(super) Cached<'a, Transaction<'b>>);
 
-pub(super) fn highest(c: &mut impl GenericClient, device: &DeviceId) -> Result<u64, StoreError> {
+pub(super) fn highest(
+    c: &mut Cached<'_, impl GenericClient>,
+    device: &DeviceId,
+) -> Result<u64, StoreError> {
     let max: Option<i64> = c
         .query_one(
             "SELECT MAX(seq) FROM reports WHERE device_id = $1",
@@ -348,7 +352,7 @@ impl Tx for PgTx<'_, '_> {
                 &to_unix(d.cert_expires_at),
             ],
         )?;
-        write_labels(self.0, &d.id, &d.labels)
+        insert_labels(&mut self.0, &d.id, &d.labels)
     }
 
     fn device_state(&mut self, id: &DeviceId) -> Result<Option<DeviceState>, StoreError> {
@@ -381,7 +385,7 @@ impl Tx for PgTx<'_, '_> {
             &[&name, &encoded, &id.as_str()],
         )?;
         if let Some(labels) = labels {
-            write_labels(self.0, id, labels)?;
+            write_labels(&mut self.0, id, labels)?;
         }
         Ok(())
     }
@@ -619,7 +623,7 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn highest_report_seq(&mut self, device: &DeviceId) -> Result<u64, StoreError> {
-        highest(self.0, device)
+        highest(&mut self.0, device)
     }
 
     fn delete_expired_console(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
@@ -703,7 +707,7 @@ impl Tx for PgTx<'_, '_> {
 
 /// Replaces the label rows of device `id` with `labels`.
 fn write_labels(
-    c: &mut Transaction<'_>,
+    c: &mut Cached<'_, Transaction<'_>>,
     id: &DeviceId,
     labels: &BTreeMap<String, String>,
 ) -> Result<(), StoreError> {
@@ -711,12 +715,26 @@ fn write_labels(
         "DELETE FROM device_labels WHERE device_id = $1",
         &[&id.as_str()],
     )?;
-    for (k, v) in labels {
-        c.execute(
-            "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
-             SELECT id, workspace_id, enrolled_at, $2, $3 FROM devices WHERE id = $1",
-            &[&id.as_str(), k, v],
-        )?;
+    insert_labels(c, id, labels)
+}
+
+/// Adds the label rows of device `id`, in one statement.
+fn insert_labels(
+    c: &mut Cached<'_, Transaction<'_>>,
+    id: &DeviceId,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    if labels.is_empty() {
+        return Ok(());
     }
+    let (keys, values): (Vec<&str>, Vec<&str>) =
+        labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).unzip();
+    c.execute(
+        "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
+         SELECT d.id, d.workspace_id, d.enrolled_at, l.key, l.value
+         FROM devices d, unnest($2::text[], $3::text[]) AS l (key, value)
+         WHERE d.id = $1",
+        &[&id.as_str(), &keys, &values],
+    )?;
     Ok(())
 }
