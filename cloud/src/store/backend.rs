@@ -183,11 +183,12 @@ pub trait Tx {
     ) -> Result<(), StoreError>;
     /// Counts one use of a key.
     fn add_key_use(&mut self, id: &KeyId) -> Result<(), StoreError>;
-    /// Locks a key's row until the transaction ends: every change of the key's usability
-    /// (revocation, a use, its member's removal) writes that row, so a transaction run by
-    /// [`Backend::transact_locking`] that locks it first reads the key as it stays until it
-    /// commits. A no-op where transactions run one at a time.
-    fn lock_key(&mut self, id: &KeyId) -> Result<(), StoreError>;
+    /// Locks a key's row until the transaction ends and reads the key: every change of the
+    /// key's usability (revocation, a use, its member's removal, which revokes the member's
+    /// keys) writes that row, so a transaction run by [`Backend::transact_locking`] reads the
+    /// key as it stays until it commits. Where transactions run one at a time, a plain
+    /// read.
+    fn lock_key(&mut self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Records an invitation.
     fn insert_invitation(&mut self, inv: &NewInvitation) -> Result<(), StoreError>;

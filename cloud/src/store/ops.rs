@@ -31,13 +31,20 @@ pub fn caller(tx: &mut dyn Tx, audit: &AuditEntry) -> Result<Option<KeyRecord>, 
     let Some(check) = &audit.caller else {
         return Ok(None);
     };
-    let key = tx
-        .key(&check.key)?
-        .filter(|k| k.workspace_id == audit.workspace_id)
+    checked_caller(audit, tx.key(&check.key)?).map(Some)
+}
+
+/// [`caller`] given the caller's key as the transaction read it.
+fn checked_caller(audit: &AuditEntry, key: Option<KeyRecord>) -> Result<KeyRecord, StoreError> {
+    let Some(check) = &audit.caller else {
+        return Err(StoreError::Refused(Refusal::Unauthorized));
+    };
+    let key = key
+        .filter(|k| k.id == check.key && k.workspace_id == audit.workspace_id)
         .ok_or(StoreError::Refused(Refusal::Unauthorized))?;
     access::check(&key, check.need, check.action, OffsetDateTime::now_utc())
         .map_err(StoreError::Refused)?;
-    Ok(Some(key))
+    Ok(key)
 }
 
 /// How many of `keys` can be used at `now`.
@@ -380,15 +387,17 @@ pub fn insert_device(tx: &mut dyn Tx, d: &NewDevice, audit: &AuditEntry) -> Resu
     }
     locks.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     locks.dedup();
-    for key in locks {
-        tx.lock_key(key)?;
+    // Each read as it stays until this transaction ends.
+    let mut locked: Vec<KeyRecord> = Vec::with_capacity(locks.len());
+    for id in locks {
+        locked.extend(tx.lock_key(id)?);
     }
-    let key = match caller(tx, audit)? {
-        // Read under the lock just taken: it is the enrolling key as it stays.
-        Some(k) if k.id == d.enrolled_by_key => Some(k),
-        _ => tx.key(&d.enrolled_by_key)?,
-    };
-    let usable = key.is_some_and(|k| k.usability(d.enrolled_at) == KeyUsability::Usable);
+    let read = |id: &KeyId| locked.iter().find(|k| &k.id == id).cloned();
+    if let Some(c) = &audit.caller {
+        checked_caller(audit, read(&c.key))?;
+    }
+    let usable = read(&d.enrolled_by_key)
+        .is_some_and(|k| k.usability(d.enrolled_at) == KeyUsability::Usable);
     if !usable {
         return Err(StoreError::KeyUnusable(d.enrolled_by_key.clone()));
     }

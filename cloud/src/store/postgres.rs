@@ -182,6 +182,9 @@ impl PgStore {
         tokio::task::spawn_blocking(move || {
             let mut c = pool.get()?;
             let out = f(&mut c);
+            if out.is_ok() {
+                c.answered();
+            }
             // Back to the pool here, not on an async thread.
             drop(c);
             drop(pool);

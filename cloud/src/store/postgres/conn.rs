@@ -6,6 +6,7 @@
 //! built per request (the filtered pages) are not kept: each has its own plan.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Statement};
@@ -13,17 +14,29 @@ use r2d2_postgres::PostgresConnectionManager;
 
 /// Statements kept per connection; past it, the cache starts again.
 const MAX_STATEMENTS: usize = 256;
+/// A connection that answered this recently is handed out without a probe (a round trip
+/// per checkout); one idle for longer is probed first. A connection that broke since is
+/// found out by its next statement, which fails as if the database had gone at that moment,
+/// and the pool drops it.
+const TRUSTED_FOR: Duration = Duration::from_secs(1);
 
 /// A pooled connection and the statements prepared on it.
 pub(crate) struct Conn {
     pub(super) client: Client,
     statements: Statements,
+    /// When a statement on it last succeeded.
+    answered: Instant,
 }
 
 #[derive(Default)]
 pub(super) struct Statements(HashMap<String, Statement>);
 
 impl Conn {
+    /// Notes that the connection answered: it is trusted for [`TRUSTED_FOR`].
+    pub(super) fn answered(&mut self) {
+        self.answered = Instant::now();
+    }
+
     /// The connection with its statement cache.
     pub(super) fn cached(&mut self) -> Cached<'_, Client> {
         Cached {
@@ -49,11 +62,17 @@ impl r2d2::ManageConnection for Manager {
         Ok(Conn {
             client: self.0.connect()?,
             statements: Statements::default(),
+            answered: Instant::now(),
         })
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
-        self.0.is_valid(&mut conn.client)
+        if conn.answered.elapsed() < TRUSTED_FOR {
+            return Ok(());
+        }
+        self.0.is_valid(&mut conn.client)?;
+        conn.answered();
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {

@@ -223,12 +223,15 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn lock_key(&mut self, id: &KeyId) -> Result<(), StoreError> {
-        self.0.execute(
-            "SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE",
-            &[&id.as_str()],
-        )?;
-        Ok(())
+    fn lock_key(&mut self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        // After waiting for the lock, READ COMMITTED reads the key's row as last committed;
+        // the joined rows are as the statement began, and what of them matters to the key's
+        // usability (its member's removal) also wrote the key's row.
+        let sql = format!("{KEY_SELECT} WHERE k.id = $1 FOR UPDATE OF k");
+        self.0
+            .query_opt(sql.as_str(), &[&id.as_str()])?
+            .map(|r| key_from_row(&r))
+            .transpose()
     }
 
     fn insert_invitation(&mut self, inv: &NewInvitation) -> Result<(), StoreError> {

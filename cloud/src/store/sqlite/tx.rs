@@ -191,9 +191,9 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn lock_key(&mut self, _id: &KeyId) -> Result<(), StoreError> {
+    fn lock_key(&mut self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         // One writer: the transaction holds the whole database.
-        Ok(())
+        self.key(id)
     }
 
     fn insert_invitation(&mut self, inv: &NewInvitation) -> Result<(), StoreError> {
