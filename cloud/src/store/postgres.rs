@@ -144,7 +144,12 @@ impl PgStore {
         drop(first);
         let manager = conn::Manager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
-            .max_size(POOL_SIZE)
+            .max_size(
+                std::env::var("XPOOL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(POOL_SIZE),
+            )
             .min_idle(Some(2))
             .connection_timeout(CONNECT_TIMEOUT)
             .build(manager)?;
@@ -245,7 +250,10 @@ fn run_transaction(
                 .build_transaction()
                 .isolation_level(isolation)
                 .start()?;
-            op(&mut tx::PgTx(conn::Cached::new(&mut tx, statements)))?;
+            let mut held = tx::PgTx::new(conn::Cached::new(&mut tx, statements));
+            op(&mut held)?;
+            held.flush()?;
+            drop(held);
             tx.commit()?;
             Ok(())
         })();

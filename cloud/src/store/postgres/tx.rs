@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use heex_proto::api::{Facts, Role};
 use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
+use postgres::types::ToSql;
 use postgres::{GenericClient, Row, Transaction};
 use time::OffsetDateTime;
 
@@ -21,8 +22,26 @@ use crate::store::{
     StoreError,
 };
 
-/// One transaction.
-pub(super) struct PgTx<'a, 'b>(pub(super) Cached<'a, Transaction<'b>>);
+/// One transaction. Writes whose outcome nothing waits for (inserts, a key's use count) are
+/// held back and sent together, as one statement, before the next read or other write and
+/// before the commit: an enrollment's key use, device, labels and audit event cost one round
+/// trip instead of four. An error in one of them surfaces at that statement, in the same
+/// transaction, which then rolls back as it would have.
+pub(super) struct PgTx<'a, 'b> {
+    c: Cached<'a, Transaction<'b>>,
+    held: Vec<Held>,
+}
+
+/// A write held back: its SQL (placeholders from `$1`) and its parameters.
+struct Held {
+    sql: &'static str,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    /// An UPDATE: one statement may not change the same row twice, so a batch holds one.
+    update: bool,
+}
+
+/// Most writes sent as one statement.
+const MAX_HELD: usize = 8;
 
 pub(super) fn highest(
     c: &mut Cached<'_, impl GenericClient>,
@@ -67,14 +86,105 @@ fn invitation_from_row(r: &Row) -> Result<StoredInvitation, StoreError> {
     })
 }
 
-impl PgTx<'_, '_> {
+impl<'a, 'b> PgTx<'a, 'b> {
+    pub(super) fn new(c: Cached<'a, Transaction<'b>>) -> Self {
+        PgTx {
+            c,
+            held: Vec::new(),
+        }
+    }
+
+    /// The transaction, once the writes held back are sent.
+    fn c(&mut self) -> Result<&mut Cached<'a, Transaction<'b>>, StoreError> {
+        self.flush()?;
+        Ok(&mut self.c)
+    }
+
     fn exec(
         &mut self,
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        Ok(self.0.execute(sql, params)?)
+        Ok(self.c()?.execute(sql, params)?)
     }
+
+    /// Holds back a write until the next statement that needs it sent.
+    fn hold(
+        &mut self,
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Sync + Send>>,
+        update: bool,
+    ) -> Result<(), StoreError> {
+        if self.held.len() >= MAX_HELD || (update && self.held.iter().any(|h| h.update)) {
+            self.flush()?;
+        }
+        self.held.push(Held {
+            sql,
+            params,
+            update,
+        });
+        Ok(())
+    }
+
+    /// Sends the writes held back, as one statement.
+    pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.held);
+        let sql = combined(held.iter().map(|h| h.sql));
+        let params: Vec<&(dyn ToSql + Sync)> = held
+            .iter()
+            .flat_map(|h| h.params.iter().map(|p| &**p as &(dyn ToSql + Sync)))
+            .collect();
+        self.c.execute(&sql, &params)?;
+        Ok(())
+    }
+}
+
+/// One statement running `statements` in order: all but the last as data-modifying `WITH`
+/// parts (each runs exactly once), their placeholders numbered on from the one before.
+fn combined<'s>(statements: impl Iterator<Item = &'s str>) -> String {
+    let statements: Vec<&str> = statements.collect();
+    let mut out = String::new();
+    let mut offset = 0;
+    let last = statements.len().saturating_sub(1);
+    for (i, sql) in statements.iter().enumerate() {
+        let (renumbered, used) = renumber(sql, offset);
+        offset += used;
+        if i < last {
+            out.push_str(if i == 0 { "WITH " } else { ", " });
+            out.push_str(&format!("w{i} AS ({renumbered})"));
+        } else {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(&renumbered);
+        }
+    }
+    out
+}
+
+/// `sql` with each placeholder `$n` made `$(n + offset)`, and the highest `n` it uses.
+fn renumber(sql: &str, offset: usize) -> (String, usize) {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut highest = 0;
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits].parse::<usize>() {
+            Ok(n) => {
+                highest = highest.max(n);
+                out.push_str(&format!("${}", n + offset));
+            }
+            Err(_) => out.push('$'),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    (out, highest)
 }
 
 impl Tx for PgTx<'_, '_> {
@@ -107,14 +217,14 @@ impl Tx for PgTx<'_, '_> {
         id: &MemberId,
     ) -> Result<Option<MemberRecord>, StoreError> {
         let sql = format!("{MEMBER_SELECT} WHERE m.workspace_id = $1 AND m.id = $2");
-        self.0
+        self.c()?
             .query_opt(sql.as_str(), &[&ws.as_str(), &id.as_str()])?
             .map(|r| member_from_row(&r))
             .transpose()
     }
 
     fn current_owners(&mut self, ws: &WorkspaceId) -> Result<Vec<MemberId>, StoreError> {
-        self.0
+        self.c()?
             .query(
                 "SELECT id FROM members
                  WHERE workspace_id = $1 AND role = 'owner' AND removed_at IS NULL",
@@ -130,7 +240,7 @@ impl Tx for PgTx<'_, '_> {
         ws: &WorkspaceId,
         email: &str,
     ) -> Result<Option<MemberId>, StoreError> {
-        self.0
+        self.c()?
             .query_opt(
                 "SELECT id FROM members
                  WHERE workspace_id = $1 AND removed_at IS NULL AND lower(email) = lower($2)",
@@ -141,7 +251,7 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn workspace_named(&mut self, name: &str) -> Result<Option<WorkspaceId>, StoreError> {
-        self.0
+        self.c()?
             .query_opt("SELECT id FROM workspaces WHERE name = $1", &[&name])?
             .map(|r| parse("workspace id", r.try_get(0)?))
             .transpose()
@@ -157,7 +267,7 @@ impl Tx for PgTx<'_, '_> {
 
     fn key(&mut self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let sql = format!("{KEY_SELECT} WHERE k.id = $1");
-        self.0
+        self.c()?
             .query_opt(sql.as_str(), &[&id.as_str()])?
             .map(|r| key_from_row(&r))
             .transpose()
@@ -165,7 +275,7 @@ impl Tx for PgTx<'_, '_> {
 
     fn member_keys(&mut self, member: &MemberId) -> Result<Vec<KeyRecord>, StoreError> {
         let sql = format!("{KEY_SELECT} WHERE k.member_id = $1");
-        self.0
+        self.c()?
             .query(sql.as_str(), &[&member.as_str()])?
             .iter()
             .map(key_from_row)
@@ -216,11 +326,11 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn add_key_use(&mut self, id: &KeyId) -> Result<(), StoreError> {
-        self.exec(
+        self.hold(
             "UPDATE api_keys SET uses = uses + 1 WHERE id = $1",
-            &[&id.as_str()],
-        )?;
-        Ok(())
+            vec![Box::new(id.as_str().to_owned())],
+            true,
+        )
     }
 
     fn lock_key(&mut self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
@@ -228,7 +338,7 @@ impl Tx for PgTx<'_, '_> {
         // the joined rows are as the statement began, and what of them matters to the key's
         // usability (its member's removal) also wrote the key's row.
         let sql = format!("{KEY_SELECT} WHERE k.id = $1 FOR UPDATE OF k");
-        self.0
+        self.c()?
             .query_opt(sql.as_str(), &[&id.as_str()])?
             .map(|r| key_from_row(&r))
             .transpose()
@@ -255,7 +365,7 @@ impl Tx for PgTx<'_, '_> {
 
     fn invitation_by_token(&mut self, hash: &str) -> Result<Option<StoredInvitation>, StoreError> {
         let sql = format!("{INVITATION_SELECT} WHERE i.token_hash = $1");
-        self.0
+        self.c()?
             .query_opt(sql.as_str(), &[&hash])?
             .map(|r| invitation_from_row(&r))
             .transpose()
@@ -267,7 +377,7 @@ impl Tx for PgTx<'_, '_> {
         id: &str,
     ) -> Result<Option<StoredInvitation>, StoreError> {
         let sql = format!("{INVITATION_SELECT} WHERE i.id = $1 AND i.workspace_id = $2");
-        self.0
+        self.c()?
             .query_opt(sql.as_str(), &[&id, &ws.as_str()])?
             .map(|r| invitation_from_row(&r))
             .transpose()
@@ -277,11 +387,11 @@ impl Tx for PgTx<'_, '_> {
         const PENDING: &str =
             "SELECT id FROM invitations WHERE accepted_at IS NULL AND cancelled_at IS NULL";
         let found = match which {
-            InvitationsOf::InvitedBy(member) => self.0.query(
+            InvitationsOf::InvitedBy(member) => self.c()?.query(
                 format!("{PENDING} AND invited_by = $1").as_str(),
                 &[&member.as_str()],
             )?,
-            InvitationsOf::Invitee(ws, email) => self.0.query(
+            InvitationsOf::Invitee(ws, email) => self.c()?.query(
                 format!("{PENDING} AND workspace_id = $1 AND lower(email) = lower($2)").as_str(),
                 &[&ws.as_str(), &email],
             )?,
@@ -319,47 +429,48 @@ impl Tx for PgTx<'_, '_> {
 
     fn insert_audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
         let details = encode("audit details", &e.details)?;
-        self.exec(
+        self.hold(
             "INSERT INTO audit_events (workspace_id, at, actor, action, target, details)
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &e.workspace_id.as_str(),
-                &to_unix(e.at),
-                &e.actor,
-                &e.action.as_str(),
-                &e.target,
-                &details,
+            vec![
+                Box::new(e.workspace_id.as_str().to_owned()),
+                Box::new(to_unix(e.at)),
+                Box::new(e.actor.clone()),
+                Box::new(e.action.as_str().to_owned()),
+                Box::new(e.target.clone()),
+                Box::new(details),
             ],
-        )?;
-        Ok(())
+            false,
+        )
     }
 
     fn insert_device(&mut self, d: &NewDevice) -> Result<(), StoreError> {
         let labels = encode("labels", &d.labels)?;
         let facts = d.facts.as_ref().map(|f| encode("facts", f)).transpose()?;
-        self.exec(
+        self.hold(
             "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id,
                  enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &d.id.as_str(),
-                &d.workspace_id.as_str(),
-                &d.name,
-                &labels,
-                &facts,
-                &d.spiffe_id.to_string(),
-                &to_unix(d.enrolled_at),
-                &d.enrolled_by_key.as_str(),
-                &d.enrolled_by_member.as_str(),
-                &d.cert_serial,
-                &to_unix(d.cert_expires_at),
+            vec![
+                Box::new(d.id.as_str().to_owned()),
+                Box::new(d.workspace_id.as_str().to_owned()),
+                Box::new(d.name.clone()),
+                Box::new(labels),
+                Box::new(facts),
+                Box::new(d.spiffe_id.to_string()),
+                Box::new(to_unix(d.enrolled_at)),
+                Box::new(d.enrolled_by_key.as_str().to_owned()),
+                Box::new(d.enrolled_by_member.as_str().to_owned()),
+                Box::new(d.cert_serial.clone()),
+                Box::new(to_unix(d.cert_expires_at)),
             ],
+            false,
         )?;
-        insert_labels(&mut self.0, &d.id, &d.labels)
+        insert_labels(self, &d.id, &d.workspace_id, d.enrolled_at, &d.labels)
     }
 
     fn device_state(&mut self, id: &DeviceId) -> Result<Option<DeviceState>, StoreError> {
-        let Some(r) = self.0.query_opt(
+        let Some(r) = self.c()?.query_opt(
             "SELECT workspace_id, enrolled_by_member, revoked_at, cert_serial
              FROM devices WHERE id = $1",
             &[&id.as_str()],
@@ -388,7 +499,7 @@ impl Tx for PgTx<'_, '_> {
             &[&name, &encoded, &id.as_str()],
         )?;
         if let Some(labels) = labels {
-            write_labels(&mut self.0, id, labels)?;
+            write_labels(self, id, labels)?;
         }
         Ok(())
     }
@@ -492,7 +603,7 @@ impl Tx for PgTx<'_, '_> {
 
     fn connection_marks(&mut self, ids: &[DeviceId]) -> Result<Vec<ConnectionMark>, StoreError> {
         let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
-        self.0
+        self.c()?
             .query(
                 "SELECT id, connection, revoked_at IS NOT NULL FROM devices
                  WHERE id = ANY($1)",
@@ -520,7 +631,7 @@ impl Tx for PgTx<'_, '_> {
             Some(c) => format!("{id} {c}"),
             None => id.to_string(),
         };
-        self.0.execute(
+        self.c()?.execute(
             "SELECT pg_notify($1, $2)",
             &[&super::CHANGES_CHANNEL, &payload],
         )?;
@@ -528,7 +639,7 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn deployment(&mut self) -> Result<Option<Deployment>, StoreError> {
-        self.0
+        self.c()?
             .query_opt(
                 "SELECT ca_fingerprint, secret_check, created_at FROM deployment WHERE id = 1",
                 &[],
@@ -580,7 +691,7 @@ impl Tx for PgTx<'_, '_> {
         now: OffsetDateTime,
         name: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
-        self.0
+        self.c()?
             .query(
                 "SELECT instance FROM replicas WHERE lease_until < $1 OR name = $2",
                 &[&to_unix(now), &name],
@@ -615,18 +726,19 @@ impl Tx for PgTx<'_, '_> {
         device: &DeviceId,
         seq: u64,
     ) -> Result<Option<String>, StoreError> {
+        let seq = seq_to_sql(seq)?;
         Ok(self
-            .0
+            .c()?
             .query_opt(
                 "SELECT payload FROM reports WHERE device_id = $1 AND seq = $2",
-                &[&device.as_str(), &seq_to_sql(seq)?],
+                &[&device.as_str(), &seq],
             )?
             .map(|r| r.try_get(0))
             .transpose()?)
     }
 
     fn highest_report_seq(&mut self, device: &DeviceId) -> Result<u64, StoreError> {
-        highest(&mut self.0, device)
+        highest(self.c()?, device)
     }
 
     fn delete_expired_console(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
@@ -685,7 +797,7 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn signin_token(&mut self, hash: &str) -> Result<Option<SigninToken>, StoreError> {
-        let Some(r) = self.0.query_opt(
+        let Some(r) = self.c()?.query_opt(
             "SELECT key_id, expires_at, used_at FROM console_signin_tokens WHERE token_hash = $1",
             &[&hash],
         )?
@@ -710,29 +822,20 @@ impl Tx for PgTx<'_, '_> {
 
 /// Replaces the label rows of device `id` with `labels`.
 fn write_labels(
-    c: &mut Cached<'_, Transaction<'_>>,
+    tx: &mut PgTx<'_, '_>,
     id: &DeviceId,
     labels: &BTreeMap<String, String>,
 ) -> Result<(), StoreError> {
-    c.execute(
+    tx.exec(
         "DELETE FROM device_labels WHERE device_id = $1",
         &[&id.as_str()],
     )?;
-    insert_labels(c, id, labels)
-}
-
-/// Adds the label rows of device `id`, in one statement.
-fn insert_labels(
-    c: &mut Cached<'_, Transaction<'_>>,
-    id: &DeviceId,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), StoreError> {
     if labels.is_empty() {
         return Ok(());
     }
     let (keys, values): (Vec<&str>, Vec<&str>) =
         labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).unzip();
-    c.execute(
+    tx.exec(
         "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
          SELECT d.id, d.workspace_id, d.enrolled_at, l.key, l.value
          FROM devices d, unnest($2::text[], $3::text[]) AS l (key, value)
@@ -740,4 +843,60 @@ fn insert_labels(
         &[&id.as_str(), &keys, &values],
     )?;
     Ok(())
+}
+
+/// Adds the label rows of device `id` (held back with the device's own row: the values are
+/// given, not read from it).
+fn insert_labels(
+    tx: &mut PgTx<'_, '_>,
+    id: &DeviceId,
+    workspace: &WorkspaceId,
+    enrolled_at: OffsetDateTime,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let (keys, values): (Vec<String>, Vec<String>) =
+        labels.iter().map(|(k, v)| (k.clone(), v.clone())).unzip();
+    tx.hold(
+        "INSERT INTO device_labels (device_id, workspace_id, enrolled_at, key, value)
+         SELECT $1, $2, $3, l.key, l.value FROM unnest($4::text[], $5::text[]) AS l (key, value)",
+        vec![
+            Box::new(id.as_str().to_owned()),
+            Box::new(workspace.as_str().to_owned()),
+            Box::new(to_unix(enrolled_at)),
+            Box::new(keys),
+            Box::new(values),
+        ],
+        false,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{combined, renumber};
+
+    #[test]
+    fn placeholders_are_numbered_on() {
+        assert_eq!(
+            renumber("a = $1 AND b = $12 OR c = $2", 3),
+            ("a = $4 AND b = $15 OR c = $5".to_owned(), 12)
+        );
+        assert_eq!(renumber("x = $ y", 2), ("x = $ y".to_owned(), 0));
+        assert_eq!(
+            combined(
+                [
+                    "UPDATE k SET u = u + 1 WHERE id = $1",
+                    "INSERT INTO d VALUES ($1, $2)"
+                ]
+                .into_iter()
+            ),
+            "WITH w0 AS (UPDATE k SET u = u + 1 WHERE id = $1) INSERT INTO d VALUES ($2, $3)"
+        );
+        assert_eq!(
+            combined(["INSERT INTO a VALUES ($1)"].into_iter()),
+            "INSERT INTO a VALUES ($1)"
+        );
+    }
 }

@@ -302,6 +302,60 @@ async fn enrollment_needs_a_usable_key_and_counts_uses() {
 }
 
 #[tokio::test]
+async fn an_enrollment_that_fails_at_its_last_write_leaves_nothing() {
+    // The device id is taken, which only the device's insert finds out: the key's use, the
+    // labels and the audit event written with it must all go with the failed enrollment.
+    let f = fixture().await;
+    let d = device(&f, &f.key);
+    f.store
+        .insert_device(d.clone(), audit(&f, AuditAction::DeviceEnroll, "first"))
+        .await
+        .unwrap();
+    let mut again = device(&f, &f.key);
+    again.id = d.id.clone();
+    again.labels = [("site".to_owned(), "elsewhere".to_owned())].into();
+    let err = f
+        .store
+        .insert_device(again, audit(&f, AuditAction::DeviceEnroll, "second"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(f.store.find_key(&f.key).await.unwrap().unwrap().uses, 1);
+    let listed = f
+        .store
+        .query_devices(&f.ws, DeviceQuery::all(10))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].labels, d.labels);
+    let events = f
+        .store
+        .audit_events(
+            &f.ws,
+            AuditFilter {
+                page: PageRequest::first(100),
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap()
+        .items;
+    assert!(events.iter().any(|e| e.target == "first"));
+    assert!(!events.iter().any(|e| e.target == "second"), "{events:?}");
+
+    // The store goes on: the next enrollment goes in whole.
+    f.store
+        .insert_device(
+            device(&f, &f.key),
+            audit(&f, AuditAction::DeviceEnroll, "third"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.store.find_key(&f.key).await.unwrap().unwrap().uses, 2);
+}
+
+#[tokio::test]
 async fn expired_key_cannot_enroll() {
     let f = fixture().await;
     let old = KeyId::generate();
