@@ -163,7 +163,7 @@ impl PgStore {
                     stopped.recv_timeout(FLUSH_INTERVAL),
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                 );
-                flush(&writer_pool, &writer_touches);
+                flush(&writer_pool, &writer_touches, last);
                 if last {
                     return;
                 }
@@ -200,40 +200,57 @@ impl PgStore {
     }
 }
 
-/// Writes the noted key-use times (each only moves forward).
-fn flush(pool: &Pool, touches: &Mutex<HashMap<KeyId, i64>>) {
-    let pending: Vec<(KeyId, i64)> = {
+/// Writes the noted key-use times (each only moves forward), in one statement. A key whose
+/// row another transaction holds (an enrollment counting a use, a revocation) is left for the
+/// next round rather than waited for, so this writer never holds up enrollments nor
+/// deadlocks with the writer of another replica; the `last` round, at close, waits.
+fn flush(pool: &Pool, touches: &Mutex<HashMap<KeyId, i64>>, last: bool) {
+    let (ids, times): (Vec<String>, Vec<i64>) = {
         let map = touches.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        map.iter().map(|(k, v)| (k.as_str().to_owned(), *v)).unzip()
     };
-    if pending.is_empty() {
+    if ids.is_empty() {
         return;
     }
-    let written = (|| -> Result<(), StoreError> {
+    let sql = if last {
+        FLUSH_KEY_USE.replace("SKIP LOCKED", "")
+    } else {
+        FLUSH_KEY_USE.to_owned()
+    };
+    let written = (|| -> Result<Vec<String>, StoreError> {
         let mut c = pool.get()?;
-        let mut tx = c.client.transaction()?;
-        for (id, at) in &pending {
-            tx.execute(
-                "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $2)
-                 WHERE id = $1",
-                &[&id.as_str(), at],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        let rows = c.cached().query(&sql, &[&ids, &times])?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<_, String>(0)?))
+            .collect()
     })();
     match written {
-        Ok(()) => {
+        Ok(done) => {
+            let at: HashMap<&str, i64> = ids.iter().map(String::as_str).zip(times).collect();
             let mut map = touches.lock().unwrap_or_else(|e| e.into_inner());
-            for (id, at) in pending {
-                if map.get(&id) == Some(&at) {
-                    map.remove(&id);
+            for id in done {
+                let Ok(key) = id.parse::<KeyId>() else {
+                    continue;
+                };
+                if map.get(&key) == at.get(id.as_str()) {
+                    map.remove(&key);
                 }
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot write key use times yet; retrying"),
     }
 }
+
+/// Key-use times: the rows locked in id order (two writers cannot deadlock), busy ones
+/// skipped; answers the ids written.
+const FLUSH_KEY_USE: &str = "
+    WITH free AS (
+        SELECT id FROM api_keys WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE SKIP LOCKED
+    )
+    UPDATE api_keys k SET last_used_at = GREATEST(COALESCE(k.last_used_at, 0), t.at)
+    FROM free JOIN unnest($1::text[], $2::int8[]) AS t (id, at) ON t.id = free.id
+    WHERE k.id = free.id
+    RETURNING k.id";
 
 /// Runs `op` in one SERIALIZABLE transaction, retried on serialization failures.
 fn run_transaction(

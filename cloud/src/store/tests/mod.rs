@@ -472,6 +472,103 @@ async fn key_use_is_visible_at_once_and_persisted_in_the_background() {
 }
 
 #[tokio::test]
+async fn key_use_times_wait_for_no_other_transaction() {
+    // On PostgreSQL the writer of key-use times skips a key row another transaction holds
+    // (an enrollment counting a use on it) instead of waiting behind it, and writes it once
+    // it is free.
+    let f = fixture().await;
+    let Some(pg) = &f._pg else {
+        eprintln!("SQLite has one writer: no other transaction can hold a key's row");
+        return;
+    };
+    let free = KeyId::generate();
+    f.store
+        .create_key(
+            new_key(&free, &f.ws, &f.owner, f.now, None),
+            audit(&f, AuditAction::KeyCreate, "k"),
+        )
+        .await
+        .unwrap();
+    let url = pg.conninfo();
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let busy = f.key.clone();
+    let holder = std::thread::spawn({
+        let url = url.clone();
+        move || {
+            let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+            let mut tx = c.transaction().unwrap();
+            tx.execute(
+                "SELECT id FROM api_keys WHERE id = $1 FOR UPDATE",
+                &[&busy.as_str()],
+            )
+            .unwrap();
+            held_tx.send(()).unwrap();
+            released.recv().unwrap();
+            tx.commit().unwrap();
+        }
+    });
+    held.recv().unwrap();
+    let used = f.now + time::Duration::seconds(7);
+    f.store.touch_key_used(&f.key, used);
+    f.store.touch_key_used(&free, used);
+    let stored = |id: KeyId| {
+        let url = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+                c.query_one(
+                    "SELECT last_used_at FROM api_keys WHERE id = $1",
+                    &[&id.as_str()],
+                )
+                .unwrap()
+                .get::<_, Option<i64>>(0)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let until = |id: KeyId| {
+        let stored = &stored;
+        async move {
+            for _ in 0..50 {
+                if stored(id.clone()).await.is_some() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        until(free.clone()).await,
+        "the free key's use was not written"
+    );
+    assert_eq!(
+        stored(f.key.clone()).await,
+        None,
+        "written through a held row"
+    );
+    // Still visible at once through the store.
+    assert_eq!(
+        f.store
+            .find_key(&f.key)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(used)
+    );
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(
+        until(f.key.clone()).await,
+        "the held key's use was never written"
+    );
+    assert_eq!(stored(f.key.clone()).await, Some(used.unix_timestamp()));
+}
+
+#[tokio::test]
 async fn reopening_keeps_data_and_schema() {
     let f = fixture().await;
     if f.sqlite_only() {
