@@ -95,9 +95,10 @@ pub struct HoldArgs {
     /// Directory written by `enroll --out`.
     #[arg(long, value_name = "DIR")]
     pub creds: PathBuf,
-    /// Gateway (or peer) address; by default the gateway recorded by `enroll --out`.
-    #[arg(long, value_name = "IP:PORT")]
-    pub gateway: Option<SocketAddr>,
+    /// Gateway (or peer) address; by default the gateway recorded by `enroll --out`. Given
+    /// several times (replicas sharing one store), session `i` goes to the `i mod n`-th.
+    #[arg(long = "gateway", value_name = "IP:PORT")]
+    pub gateways: Vec<SocketAddr>,
     /// Sessions to hold (one enrolled device each).
     #[arg(short = 'n', long, default_value_t = 1000)]
     pub count: usize,
@@ -129,9 +130,10 @@ pub struct HoldArgs {
     #[arg(long, value_enum, default_value_t = Peer::Heex)]
     pub peer: Peer,
     /// Server process to measure: its RSS (with all its descendants') is read before the
-    /// sessions connect, once they are established and at the end of the hold.
-    #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    /// sessions connect, once they are established and at the end of the hold. Given once per
+    /// gateway (same order) when there are several: each is reported, and their sum.
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub server_pids: Vec<u32>,
     /// Name of the server in the output, e.g. "heex-cloud" or "nginx".
     #[arg(long, default_value = "server")]
     pub label: String,
@@ -331,7 +333,7 @@ mod tests {
         assert_eq!(h.source_ips.0.len(), 64);
         assert_eq!(h.peer, Peer::Heex);
         assert_eq!(h.procs, None);
-        assert_eq!(h.gateway, None);
+        assert!(h.gateways.is_empty());
 
         let cli = parse(&[
             "hold",
@@ -361,13 +363,13 @@ mod tests {
             panic!("not hold")
         };
         assert_eq!(h.count, 19000);
-        assert_eq!(h.gateway, Some("127.0.0.1:8444".parse().unwrap()));
+        assert_eq!(h.gateways, ["127.0.0.1:8444".parse().unwrap()]);
         assert_eq!(h.interval, Duration::from_secs(5));
         assert_eq!(h.source_ips.0.len(), 199);
         assert_eq!(h.connect_rate, 2500.0);
         assert_eq!(h.procs, Some(3));
         assert_eq!(h.peer, Peer::Http);
-        assert_eq!(h.server_pid, Some(42));
+        assert_eq!(h.server_pids, [42]);
     }
 
     #[test]

@@ -42,6 +42,19 @@ impl ServerRss {
     }
 }
 
+/// One of several servers in the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PerServer {
+    /// Its process id.
+    pub pid: u32,
+    /// Its memory.
+    pub rss: ServerRss,
+    /// Sessions sent to it (session `i` to server `i mod n`).
+    pub sessions: u64,
+    /// Its memory per session, bytes.
+    pub bytes_per_session: f64,
+}
+
 /// Reconnect storm figures of the summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StormSummary {
@@ -96,10 +109,14 @@ pub struct Summary {
     pub heartbeat_failures: Reasons,
     /// Heartbeat round trips.
     pub ack_latency: Percentiles,
-    /// Server memory, when `--server-pid` was given.
+    /// Server memory, when `--server-pid` was given (the sum over the servers when several).
     pub server_rss: Option<ServerRss>,
     /// Server memory per session, bytes.
     pub bytes_per_session: Option<f64>,
+    /// Each server's memory and memory per session (of the sessions sent to it), when
+    /// several were given.
+    #[serde(default)]
+    pub per_server: Vec<PerServer>,
     /// The storm, for `storm`.
     pub storm: Option<StormSummary>,
 }
@@ -171,15 +188,22 @@ fn coordinate(args: &HoldArgs, storm: Option<StormJob>) -> anyhow::Result<()> {
             args.count
         );
     }
-    let gateway: SocketAddr = match args.gateway {
-        Some(g) => g,
-        None => {
-            let meta = creds::load_meta(&args.creds)?;
-            meta.gateway.parse().with_context(|| {
-                format!("gateway {} is not IP:PORT; pass --gateway", meta.gateway)
-            })?
-        }
+    let gateways: Vec<SocketAddr> = if args.gateways.is_empty() {
+        let meta = creds::load_meta(&args.creds)?;
+        vec![meta
+            .gateway
+            .parse()
+            .with_context(|| format!("gateway {} is not IP:PORT; pass --gateway", meta.gateway))?]
+    } else {
+        args.gateways.clone()
     };
+    if args.server_pids.len() > 1 && args.server_pids.len() != gateways.len() {
+        bail!(
+            "{} --server-pid for {} --gateway: give one server process per gateway, in the same order",
+            args.server_pids.len(),
+            gateways.len()
+        );
+    }
     let procs = args
         .procs
         .unwrap_or_else(|| default_procs(args.count))
@@ -188,11 +212,20 @@ fn coordinate(args: &HoldArgs, storm: Option<StormJob>) -> anyhow::Result<()> {
     let procs = slots.len();
     let exe = std::env::current_exe().context("cannot find my own executable")?;
 
-    let before = args
-        .server_pid
-        .map(|pid| rss::tree_rss_kib(pid).unwrap_or(0));
+    let sample = || -> Vec<u64> {
+        args.server_pids
+            .iter()
+            .map(|&pid| rss::tree_rss_kib(pid).unwrap_or(0))
+            .collect()
+    };
+    let before = sample();
+    let to = gateways
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
-        "{}: {} sessions ({:?}) to {gateway} from {} source addresses, {procs} processes, heartbeat every {}",
+        "{}: {} sessions ({:?}) to {to} from {} source addresses, {procs} processes, heartbeat every {}",
         args.label,
         args.count,
         args.peer,
@@ -207,7 +240,7 @@ fn coordinate(args: &HoldArgs, storm: Option<StormJob>) -> anyhow::Result<()> {
             creds: args.creds.clone(),
             offset,
             count,
-            gateway,
+            gateways: gateways.clone(),
             peer: args.peer,
             source_ips: args.source_ips.0.clone(),
             interval_ms: millis(args.interval),
@@ -252,7 +285,7 @@ fn coordinate(args: &HoldArgs, storm: Option<StormJob>) -> anyhow::Result<()> {
             Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(m) => m,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    end_rss = args.server_pid.and_then(rss::tree_rss_kib);
+                    end_rss = Some(sample());
                     sample_at = None;
                     continue;
                 }
@@ -269,7 +302,7 @@ fn coordinate(args: &HoldArgs, storm: Option<StormJob>) -> anyhow::Result<()> {
                 Ok(Event::Ready { .. }) => {
                     ready += 1;
                     if ready == procs {
-                        established_rss = args.server_pid.and_then(rss::tree_rss_kib);
+                        established_rss = Some(sample());
                         println!(
                             "all workers connected; holding for up to {}",
                             humantime::format_duration(args.duration)
@@ -294,12 +327,19 @@ fn coordinate(args: &HoldArgs, storm: Option<StormJob>) -> anyhow::Result<()> {
             None => bail!("worker {k} ended without a report (see its errors above)"),
         }
     }
-    let server_rss = before.map(|before_kib| ServerRss {
-        before_kib,
-        established_kib: established_rss.unwrap_or(0),
-        end_kib: end_rss.unwrap_or(0),
-    });
-    let summary = summarize(args, procs, &all, server_rss);
+    let servers: Vec<ServerRss> = before
+        .iter()
+        .enumerate()
+        .map(|(i, &before_kib)| {
+            let at = |s: &Option<Vec<u64>>| s.as_ref().and_then(|v| v.get(i).copied());
+            ServerRss {
+                before_kib,
+                established_kib: at(&established_rss).unwrap_or(0),
+                end_kib: at(&end_rss).unwrap_or(0),
+            }
+        })
+        .collect();
+    let summary = summarize(args, procs, &all, &servers);
     print_report(&summary);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
@@ -309,12 +349,32 @@ fn coordinate(args: &HoldArgs, storm: Option<StormJob>) -> anyhow::Result<()> {
 }
 
 /// The summary of merged measurements.
-pub fn summarize(
-    args: &HoldArgs,
-    procs: usize,
-    all: &RunStats,
-    server_rss: Option<ServerRss>,
-) -> Summary {
+pub fn summarize(args: &HoldArgs, procs: usize, all: &RunStats, servers: &[ServerRss]) -> Summary {
+    let server_rss = (!servers.is_empty()).then(|| ServerRss {
+        before_kib: servers.iter().map(|s| s.before_kib).sum(),
+        established_kib: servers.iter().map(|s| s.established_kib).sum(),
+        end_kib: servers.iter().map(|s| s.end_kib).sum(),
+    });
+    let n = servers.len() as u64;
+    let per_server = if servers.len() > 1 {
+        servers
+            .iter()
+            .zip(&args.server_pids)
+            .enumerate()
+            .map(|(i, (rss, &pid))| {
+                // Sessions i, i + n, i + 2n, … of those established.
+                let sessions = all.established / n + u64::from((i as u64) < all.established % n);
+                PerServer {
+                    pid,
+                    rss: *rss,
+                    sessions,
+                    bytes_per_session: rss.per_session_bytes(sessions),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let storm = all.storm.as_ref().map(|s| StormSummary {
         dropped: s.dropped,
         back: s.back,
@@ -343,6 +403,7 @@ pub fn summarize(
         ack_latency: all.ack_latency.sorted().percentiles(),
         bytes_per_session: server_rss.map(|r| r.per_session_bytes(all.established)),
         server_rss,
+        per_server,
         storm,
     }
 }
@@ -379,6 +440,19 @@ fn print_report(s: &Summary) {
             b / 1024.0
         );
     }
+    for (i, p) in s.per_server.iter().enumerate() {
+        println!(
+            "  server {} (pid {}):   {} KiB before, {} KiB established, {} KiB at end, {} sessions → {:.0} bytes ({:.2} KiB) per session",
+            i + 1,
+            p.pid,
+            p.rss.before_kib,
+            p.rss.established_kib,
+            p.rss.end_kib,
+            p.sessions,
+            p.bytes_per_session,
+            p.bytes_per_session / 1024.0
+        );
+    }
     if let Some(st) = &s.storm {
         if st.back == st.dropped {
             println!(
@@ -410,6 +484,65 @@ fn print_report(s: &Summary) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn several_servers_are_each_measured_and_summed() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "heex-loadgen",
+            "hold",
+            "--creds",
+            "c",
+            "-n",
+            "10",
+            "--gateway",
+            "127.0.0.1:1",
+            "--gateway",
+            "127.0.0.1:2",
+            "--gateway",
+            "127.0.0.1:3",
+            "--server-pid",
+            "11",
+            "--server-pid",
+            "12",
+            "--server-pid",
+            "13",
+        ])
+        .unwrap();
+        let crate::cli::Cmd::Hold(args) = cli.command else {
+            panic!("not hold")
+        };
+        let all = RunStats {
+            sessions: 10,
+            established: 10,
+            ..RunStats::default()
+        };
+        let rss = |before_kib, established_kib| ServerRss {
+            before_kib,
+            established_kib,
+            end_kib: 0,
+        };
+        let servers = [rss(100, 140), rss(100, 130), rss(200, 230)];
+        let s = summarize(&args, 1, &all, &servers);
+        assert_eq!(s.server_rss, Some(rss(400, 500)));
+        assert_eq!(s.bytes_per_session, Some(100.0 * 1024.0 / 10.0));
+        let per: Vec<(u32, u64, f64)> = s
+            .per_server
+            .iter()
+            .map(|p| (p.pid, p.sessions, p.bytes_per_session))
+            .collect();
+        assert_eq!(
+            per,
+            [
+                (11, 4, 40.0 * 1024.0 / 4.0),
+                (12, 3, 30.0 * 1024.0 / 3.0),
+                (13, 3, 30.0 * 1024.0 / 3.0)
+            ]
+        );
+        // One server: no per-server lines.
+        let s = summarize(&args, 1, &all, &servers[..1]);
+        assert!(s.per_server.is_empty());
+    }
 
     #[test]
     fn split_is_balanced_and_covers_everything() {

@@ -200,6 +200,7 @@ mod tests {
                 end_kib: 2100,
             }),
             bytes_per_session: Some(per_session),
+            per_server: Vec::new(),
             storm: None,
         }
     }

@@ -195,7 +195,7 @@ fn job(f: &Fixture, gateway: SocketAddr, peer: Peer, count: usize) -> Job {
         creds: f.dir.path().to_owned(),
         offset: 0,
         count,
-        gateway,
+        gateways: vec![gateway],
         peer,
         source_ips: vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)],
         interval_ms: 40,

@@ -30,8 +30,8 @@ pub struct Job {
     pub offset: usize,
     /// Sessions of this worker.
     pub count: usize,
-    /// Server address.
-    pub gateway: SocketAddr,
+    /// Server addresses; session `i` (global) goes to `gateways[i % len]`.
+    pub gateways: Vec<SocketAddr>,
     /// Protocol.
     pub peer: Peer,
     /// Source addresses of the whole run; session `i` (global) uses `source_ips[i % len]`.
@@ -212,9 +212,13 @@ pub async fn work(
             .get(global % job.source_ips.len().max(1))
             .copied()
             .unwrap_or(Ipv4Addr::LOCALHOST);
+        let Some(&gateway) = job.gateways.get(global % job.gateways.len().max(1)) else {
+            anyhow::bail!("no gateway to connect to");
+        };
         tasks.spawn(device(
             shared.clone(),
             IpAddr::V4(ip),
+            gateway,
             device_id,
             tls,
             permit,
@@ -274,6 +278,7 @@ pub async fn work(
 async fn device(
     shared: Arc<Shared>,
     source: IpAddr,
+    gateway: SocketAddr,
     device_id: String,
     tls: Arc<rustls::ClientConfig>,
     permit: OwnedSemaphorePermit,
@@ -282,7 +287,7 @@ async fn device(
     let t0 = Instant::now();
     let first = tokio::select! {
         _ = shared.cancel.cancelled() => Err("cancelled".to_owned()),
-        r = session::connect(source, job.gateway, tls.clone(), job.peer, &device_id) => r,
+        r = session::connect(source, gateway, tls.clone(), job.peer, &device_id) => r,
     };
     drop(permit);
     let mut conn = {
@@ -346,7 +351,7 @@ async fn device(
             }
             let attempt = tokio::select! {
                 _ = shared.cancel.cancelled() => return,
-                r = session::connect(source, job.gateway, tls.clone(), job.peer, &device_id) => r,
+                r = session::connect(source, gateway, tls.clone(), job.peer, &device_id) => r,
             };
             let mut t = shared.tally();
             let Some(s) = t.stats.storm.as_mut() else {
