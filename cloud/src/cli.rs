@@ -198,6 +198,10 @@ pub struct ServeArgs {
     /// Default: 1/32 of the open-files limit, 64 to 1024.
     #[arg(long)]
     pub api_max_connections: Option<usize>,
+    /// Serve Prometheus metrics (OpenMetrics text at `/metrics`, plain HTTP) on this address,
+    /// e.g. 127.0.0.1:9464; off by default, and never on the API's port.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Exit 78 when the data directory is not initialized instead of initializing it: for a
     /// service whose data directory `heex-cloud init` prepared, which must never start a new
     /// workspace on an empty or missing directory.

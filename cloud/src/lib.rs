@@ -19,6 +19,7 @@ pub mod csr;
 pub mod datadir;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod notify;
 pub mod operator;
 pub mod replica;
@@ -107,6 +108,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
 
     let api_listener = bind(args.listen)?;
     let gateway_listener = bind(args.gateway_listen)?;
+    let metrics_listener = args.metrics_listen.map(bind).transpose()?;
+    let metrics_addr = match (&metrics_listener, args.metrics_listen) {
+        (Some(l), Some(requested)) => Some(local_addr(l, requested)?),
+        _ => None,
+    };
     let api_addr = local_addr(&api_listener, args.listen)?;
     let gateway_addr = local_addr(&gateway_listener, args.gateway_listen)?;
     let gateway_address = match gateway_address {
@@ -180,6 +186,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "API listening on https://{api_addr}")
             .and_then(|()| writeln!(out, "Gateway listening on {gateway_addr}"))
+            .and_then(|()| match metrics_addr {
+                Some(a) => writeln!(out, "Metrics listening on {}", metrics::describe(a)),
+                None => Ok(()),
+            })
             .and_then(|()| out.flush())
             .map_err(|e| Error::file("<stdout>", e))?;
     }
@@ -194,6 +204,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, shutdown.clone()));
+    }
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {

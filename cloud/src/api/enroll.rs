@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::uri::Authority;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
-use heex_proto::api::{EnrollRequest, EnrollResponse, ErrorBody, Scope};
+use heex_proto::api::{EnrollRequest, EnrollResponse, ErrorBody, ErrorCode, Scope};
 use heex_proto::{DeviceId, SpiffeId};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -46,10 +46,39 @@ pub const MAX_LABEL_VALUE: usize = 256;
 )]
 pub(super) async fn enroll(
     State(state): State<AppState>,
-    caller: Caller,
+    // Taken as a result so that a refused key counts as an enrollment refused.
+    caller: Result<Caller, ApiError>,
     uri: Uri,
     headers: HeaderMap,
     ApiJson(req): ApiJson<EnrollRequest>,
+) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
+    let result = match caller {
+        Ok(caller) => enroll_with(state, caller, uri, headers, req).await,
+        Err(refused) => Err(refused),
+    };
+    crate::metrics::get().enrollment(match &result {
+        Ok(_) => "ok",
+        Err(e) => match e.body().error {
+            ErrorCode::KeyRevoked => "key_revoked",
+            ErrorCode::KeyExpired => "key_expired",
+            // A key that may not enroll (any more): its uses are spent, or its scope.
+            ErrorCode::Forbidden => "uses_spent",
+            ErrorCode::BadCsr => "bad_csr",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unavailable => "unavailable",
+            _ => "error",
+        },
+    });
+    result
+}
+
+async fn enroll_with(
+    state: AppState,
+    caller: Caller,
+    uri: Uri,
+    headers: HeaderMap,
+    req: EnrollRequest,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
     caller.require_scope(&[Scope::Enroll, Scope::Admin], "enrolling a device")?;
     let now = OffsetDateTime::now_utc();

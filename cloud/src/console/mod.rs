@@ -62,7 +62,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// What the API listener serves: the JSON API ([`crate::api::router`]) and the console.
 pub fn app(state: AppState) -> Router {
-    crate::api::router(state.clone()).merge(routes().with_state(state))
+    crate::api::router(state.clone())
+        .merge(routes().with_state(state))
+        // Route templates only: a request's ids never become a label.
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
 }
 
 /// The console's routes.

@@ -111,6 +111,32 @@ pub(crate) async fn renew<D: DeviceDirectory>(
     from_serial: &str,
     csr_pem: &str,
 ) -> Result<Renewed, (CloseReason, String)> {
+    let result = Box::pin(renew_once(
+        directory,
+        signer,
+        identity,
+        from_serial,
+        csr_pem,
+    ))
+    .await;
+    crate::metrics::get().renewal(match &result {
+        Ok(_) => "ok",
+        Err((CloseReason::DeviceRevoked, _)) => "device_revoked",
+        Err((CloseReason::DeviceUnknown, _)) => "device_unknown",
+        Err((CloseReason::CertificateSuperseded, _)) => "certificate_superseded",
+        Err((CloseReason::Shutdown, _)) => "unavailable",
+        Err(_) => "refused",
+    });
+    result
+}
+
+async fn renew_once<D: DeviceDirectory>(
+    directory: &D,
+    signer: Option<&DeviceSigner>,
+    identity: &SpiffeId,
+    from_serial: &str,
+    csr_pem: &str,
+) -> Result<Renewed, (CloseReason, String)> {
     let device = identity.device();
     let unavailable = |e: anyhow::Error| {
         tracing::error!(%device, error = %e, "renewal failed");

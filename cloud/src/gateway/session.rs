@@ -130,10 +130,12 @@ async fn handshake<D: DeviceDirectory>(
         Ok(Ok(s)) => Some(Box::new(s)),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            crate::metrics::get().handshake_failed(crate::metrics::handshake_error(&e));
             None
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timed out");
+            crate::metrics::get().handshake_failed("timeout");
             None
         }
     }
@@ -220,8 +222,10 @@ impl<D: DeviceDirectory> Session<'_, D> {
         stream: &mut Stream,
     ) -> Option<(DeviceId, OffsetDateTime, Registration)> {
         let peer = self.peer;
+        let metrics = crate::metrics::get();
         if stream.alpn_protocol() != Some(heex_proto::ALPN) {
             tracing::info!(%peer, "refused: client did not negotiate ALPN heex/1");
+            metrics.handshake_failed("alpn");
             return None;
         }
         let identity = stream
@@ -233,6 +237,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "refused: certificate does not name a device");
+                metrics.handshake_failed("bad_identity");
                 let _ = self
                     .close(stream, CloseReason::DeviceUnknown, &e.to_string())
                     .await;
@@ -250,17 +255,25 @@ impl<D: DeviceDirectory> Session<'_, D> {
                     "device {device} already has {n} connections waiting to send hello, the most allowed"
                 );
                 tracing::info!(%peer, %device, "refused: {msg}");
+                metrics.handshake_failed("too_many_pending");
                 let _ = self.close(stream, CloseReason::ProtocolError, &msg).await;
                 return None;
             }
         };
         if let Some((reason, message)) = self.check_device(&identity, &serial).await {
             tracing::info!(%peer, %device, ?reason, "refused: {message}");
+            metrics.handshake_failed(match reason {
+                CloseReason::DeviceRevoked => "revoked",
+                CloseReason::DeviceUnknown => "unknown_device",
+                CloseReason::CertificateSuperseded => "certificate_superseded",
+                _ => "unavailable",
+            });
             let _ = self.close(stream, reason, &message).await;
             return None;
         }
         if let Some(message) = self.check_expiry(stream) {
             tracing::info!(%peer, %device, "refused: {message}");
+            metrics.handshake_failed("expired");
             let _ = self
                 .close(stream, CloseReason::CertificateExpired, &message)
                 .await;
@@ -347,6 +360,11 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 .try_recv()
                 .unwrap_or(CloseReason::DeviceRevoked);
             tracing::info!(%peer, %device, ?reason, "refused at hello");
+            crate::metrics::get().handshake_failed(if reason == CloseReason::Replaced {
+                "replaced"
+            } else {
+                "revoked"
+            });
             let _ = self.close(stream, reason, close_message(reason)).await;
             return None;
         }
@@ -381,10 +399,18 @@ impl<D: DeviceDirectory> Session<'_, D> {
         let end = match welcomed {
             Err(e) => End::Lost(e.to_string()),
             Ok(()) => {
+                // Counted live until it drops, however the session ends.
+                let _live = crate::metrics::get().session_opened();
                 self.frame_loop(stream, &device, &mut registration, &mut last_recorded)
                     .await
             }
         };
+        crate::metrics::get().session_closed(match &end {
+            End::Sent(reason) => crate::metrics::close_reason(*reason),
+            End::Received(_) => "closed_by_agent",
+            End::Lost(_) => "connection_lost",
+        });
+
         let connection = std::mem::take(&mut registration.connection);
         drop(registration);
         // After leaving the registry, so the API never sees the mark gone while this

@@ -165,11 +165,14 @@ impl Store {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
             Ok(())
         });
-        if locking {
-            self.backend.transact_locking(op).await?;
+        let started = std::time::Instant::now();
+        let result = if locking {
+            self.backend.transact_locking(op).await
         } else {
-            self.backend.transact(op).await?;
-        }
+            self.backend.transact(op).await
+        };
+        crate::metrics::get().store_operation(operation::<F>(), started.elapsed().as_secs_f64());
+        result?;
         let value = out.lock().unwrap_or_else(|e| e.into_inner()).take();
         value.ok_or_else(|| StoreError::Database("a committed transaction left no result".into()))
     }
@@ -616,8 +619,11 @@ impl Store {
         at: OffsetDateTime,
     ) -> Result<StoredReports, StoreError> {
         let (device, reports) = (device.clone(), reports.into());
-        self.transact(move |tx| ops::store_reports(tx, &device, &reports, at))
-            .await
+        let (stored, (new, again)) = self
+            .transact(move |tx| ops::store_reports(tx, &device, &reports, at))
+            .await?;
+        crate::metrics::get().reports(new, again);
+        Ok(stored)
     }
 
     /// The highest stored report sequence number of a device (0 when none).
@@ -799,6 +805,28 @@ pub(crate) fn like_escaped(s: &str) -> String {
         out.push(ch);
     }
     out
+}
+
+/// The name of the [`Store`] method a transaction's closure `F` was written in (its type's
+/// path names it): the `operation` label of the store's latency metric, one per method.
+fn operation<F>() -> &'static str {
+    let name = std::any::type_name::<F>();
+    let name = name.split("::{{closure}}").next().unwrap_or(name);
+    name.rsplit("::").next().unwrap_or(name)
+}
+
+#[cfg(test)]
+mod operation_names {
+    #[test]
+    fn a_closure_is_named_by_its_method() {
+        fn name_of<F: FnOnce()>(_: F) -> &'static str {
+            super::operation::<F>()
+        }
+        fn insert_device() -> &'static str {
+            name_of(|| {})
+        }
+        assert_eq!(insert_device(), "insert_device");
+    }
 }
 
 #[cfg(test)]

@@ -659,20 +659,23 @@ fn same_report(stored: &str, new: &str) -> bool {
 /// redelivery (a lost acknowledgement) and left alone; with other content it is a conflict:
 /// the stored report stays, and the number is returned among the conflicts with the next
 /// free number. [`StoreError::DeviceNotLive`] when the device is revoked or gone: decided in
-/// the write itself, so a revocation committed before this batch wins.
+/// the write itself, so a revocation committed before this batch wins. Also answers how many
+/// reports it stored and how many were redelivered.
 pub fn store_reports(
     tx: &mut dyn Tx,
     device: &DeviceId,
     reports: &[(u64, String)],
     at: OffsetDateTime,
-) -> Result<StoredReports, StoreError> {
+) -> Result<(StoredReports, (u64, u64)), StoreError> {
     if live_device(tx, device)?.is_none() {
         return Err(StoreError::DeviceNotLive(device.clone()));
     }
-    let mut redelivered = 0;
+    let mut redelivered: u64 = 0;
+    let mut stored: u64 = 0;
     let mut conflicts = Vec::new();
     for (seq, payload) in reports {
         if tx.insert_report(device, *seq, at, payload)? {
+            stored += 1;
             continue;
         }
         match tx.report_payload(device, *seq)? {
@@ -697,11 +700,14 @@ pub fn store_reports(
              rewound); it is told to queue them again under fresh numbers"
         );
     }
-    Ok(StoredReports {
-        highest: reports.iter().map(|r| r.0).max().unwrap_or(0),
-        conflicts,
-        next_seq,
-    })
+    Ok((
+        StoredReports {
+            highest: reports.iter().map(|r| r.0).max().unwrap_or(0),
+            conflicts,
+            next_seq,
+        },
+        (stored, redelivered),
+    ))
 }
 
 /// Records a renewed certificate; false (nothing changed) when the device is revoked or

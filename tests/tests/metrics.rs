@@ -1,0 +1,281 @@
+//! The cloud's Prometheus metrics (`serve --metrics-listen`), scraped while a real agent
+//! enrolls, connects, reports and is revoked: the numbers move as the scenario does, and no
+//! scrape ever shows a key, a token or a device id.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use heex_tests::{bin, wait_for, Cloud, Machine};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The metrics address the cloud printed at start-up.
+fn metrics_addr(cloud: &Cloud) -> SocketAddr {
+    wait_for(TIMEOUT, "the metrics address", || {
+        cloud
+            .proc()
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("Metrics listening on http://"))
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .and_then(|a| a.parse().ok())
+    })
+}
+
+/// `GET path` over plain HTTP: (status line, content type, body).
+fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or("")
+        .to_owned();
+    (status, content_type, body.to_owned())
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let (status, content_type, body) = get(addr, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body
+}
+
+/// The value of the sample `name` whose labels include every `labels` pair (0 if none).
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, want)| rest.contains(&format!("{k}=\"{want}\""))))
+            .then(|| v.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+fn heex(cloud: &Cloud, args: &[&str]) -> std::process::Output {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin("heex"));
+    cmd.args(args)
+        .env("HEEX_SERVER", &cloud.api_url)
+        .env("HEEX_CA_FINGERPRINT", &cloud.fingerprint)
+        .env("HEEX_API_KEY", &cloud.owner_key)
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("HOME", home.path());
+    cloud.logs.run("heex", &mut cmd, TIMEOUT)
+}
+
+/// No scrape shows a secret or a per-entity value.
+fn assert_no_ids(text: &str, secrets: &[&str]) {
+    for s in secrets {
+        assert!(!text.contains(s), "the scrape shows {s:?}:\n{text}");
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !["dev_", "ws_", "mem_", "spiffe:"]
+                .iter()
+                .any(|id| line.contains(id)),
+            "a label looks like an id: {line}"
+        );
+    }
+}
+
+#[test]
+fn metrics_follow_enrollment_sessions_reports_and_revocation() {
+    let cloud = Cloud::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let addr = metrics_addr(&cloud);
+
+    // Only /metrics, and the API port does not serve them.
+    let (status, _, _) = get(addr, "/");
+    assert!(status.contains(" 404 "), "{status}");
+    let (code, v) = cloud.get("/metrics", &cloud.owner_key);
+    assert_eq!(code, 404, "{v}");
+
+    let before = scrape(addr);
+    assert_eq!(value(&before, "heex_gateway_sessions", &[]), 0.0);
+    assert_eq!(
+        value(&before, "heex_enrollments_total", &[("outcome", "ok")]),
+        0.0
+    );
+
+    // A refused enrollment (revoked key) and a good one.
+    let (revoked_key, revoked_id) = cloud.create_key("revoked", "enroll", None);
+    cloud.revoke_key(&revoked_id);
+    let refused = Machine::new();
+    let out = refused
+        .installer(&cloud, &revoked_key)
+        .arg("--name")
+        .arg("refused")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let (key, key_id) = cloud.create_key("fleet", "enroll", None);
+    let machine = Machine::new();
+    let device = machine.enroll(&cloud, &key, "robot-1");
+    machine.configure("heartbeat_interval = \"1s\"");
+    machine.configure("backoff_initial = \"250ms\"");
+    machine.configure("backoff_max = \"1s\"");
+    let enrolled = scrape(addr);
+    assert_eq!(
+        value(&enrolled, "heex_enrollments_total", &[("outcome", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &enrolled,
+            "heex_enrollments_total",
+            &[("outcome", "key_revoked")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &enrolled,
+            "heex_api_requests_total",
+            &[
+                ("route", "/v1/enroll"),
+                ("method", "POST"),
+                ("status", "201")
+            ]
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &enrolled,
+            "heex_api_request_duration_seconds_count",
+            &[("route", "/v1/enroll")]
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            &enrolled,
+            "heex_store_operation_duration_seconds_count",
+            &[("operation", "insert_device")]
+        ) >= 1.0,
+        "{enrolled}"
+    );
+
+    // The agent connects: one live session.
+    let mut agent = machine.agent(&cloud.logs);
+    let connected = wait_for(TIMEOUT, "the session in the metrics", || {
+        let t = scrape(addr);
+        (value(&t, "heex_gateway_sessions", &[]) == 1.0).then_some(t)
+    });
+    assert!(value(&connected, "heex_gateway_sessions_opened_total", &[]) >= 1.0);
+
+    // A report is stored once.
+    let out = Command::new(bin("heex-agent"))
+        .arg("report")
+        .arg("--config")
+        .arg(machine.agent_config())
+        .arg("--data")
+        .arg(r#"{"battery": 97}"#)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_for(TIMEOUT, "the report counted", || {
+        (value(&scrape(addr), "heex_reports_stored_total", &[]) == 1.0).then_some(())
+    });
+
+    // A connection without a client certificate is a handshake failure.
+    let gw = cloud.gateway.to_string();
+    let s_client = Command::new("openssl")
+        .args(["s_client", "-connect", &gw, "-alpn", "heex/1", "-tls1_3"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    drop(s_client);
+    wait_for(TIMEOUT, "the certificate-less handshake counted", || {
+        let t = scrape(addr);
+        (value(
+            &t,
+            "heex_gateway_handshake_failures_total",
+            &[("reason", "no_client_cert")],
+        ) >= 1.0)
+            .then_some(())
+    });
+
+    // Revoked: the session ends for that reason, and the agent's next attempts are refused.
+    let out = heex(&cloud, &["devices", "revoke", &device]);
+    assert!(out.status.success(), "{out:?}");
+    // The agent stops on its revocation; its credentials, presented again, are refused.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut tried = false;
+    let revoked = loop {
+        let t = scrape(addr);
+        if value(&t, "heex_gateway_sessions", &[]) == 0.0
+            && value(
+                &t,
+                "heex_gateway_sessions_closed_total",
+                &[("reason", "device_revoked")],
+            ) == 1.0
+            && value(
+                &t,
+                "heex_gateway_handshake_failures_total",
+                &[("reason", "revoked")],
+            ) >= 1.0
+        {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the revocation in the metrics:\n{t}"
+        );
+        if !tried && value(&t, "heex_gateway_sessions", &[]) == 0.0 {
+            tried = true;
+            let state = machine.state_dir();
+            let cert = state.join("device.crt");
+            let key = state.join("device.key");
+            let out = Command::new("openssl")
+                .args(["s_client", "-connect", &gw, "-alpn", "heex/1", "-tls1_3"])
+                .arg("-cert")
+                .arg(&cert)
+                .arg("-key")
+                .arg(&key)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            drop(out);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    for text in [&before, &enrolled, &connected, &revoked] {
+        assert_no_ids(
+            text,
+            &[
+                &cloud.owner_key,
+                &key,
+                &key_id,
+                &revoked_key,
+                &revoked_id,
+                &device,
+            ],
+        );
+    }
+    agent.signal("TERM");
+    agent.wait_timeout(Duration::from_secs(10));
+}
