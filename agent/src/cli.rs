@@ -14,6 +14,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text`, or `json` (one JSON object per event, for a collector).
+    #[arg(long, global = true, env = "HEEX_LOG_FORMAT", default_value = "text")]
+    pub log_format: heex_proto::LogFormat,
 }
 
 /// The agent's subcommands.

@@ -126,7 +126,7 @@ pub fn status(config_path: &Path, json: bool) -> Result<String, AgentError> {
 ///
 /// `Targets` rather than `EnvFilter`: it needs no regular-expression engine, which keeps the
 /// binary and its resident memory small.
-pub fn init_logging() {
+pub fn init_logging(format: heex_proto::LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
@@ -137,11 +137,21 @@ pub fn init_logging() {
         }
         _ => default(),
     };
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(filter)
-        .try_init();
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let _ = match format {
+        heex_proto::LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_ansi(std::io::stderr().is_terminal()))
+            .with(filter)
+            .try_init(),
+        heex_proto::LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            )
+            .with(filter)
+            .try_init(),
+    };
 }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run { config } => {
-            heex_agent::init_logging();
+            heex_agent::init_logging(cli.log_format);
             heex_agent::run(&config)
         }
         Command::Report {

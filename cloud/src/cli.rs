@@ -15,6 +15,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text`, or `json` (one JSON object per event, for a collector).
+    #[arg(long, global = true, env = "HEEX_LOG_FORMAT", default_value = "text")]
+    pub log_format: heex_proto::LogFormat,
 }
 
 /// `heex-cloud` subcommands.

@@ -15,6 +15,7 @@ pub mod fingerprint;
 pub mod frame;
 pub mod gateway_addr;
 pub mod identity;
+pub mod log_format;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 
@@ -22,6 +23,7 @@ pub use apikey::{ApiKey, KeyId, KeyParseError};
 pub use fingerprint::Fingerprint;
 pub use gateway_addr::GatewayAddr;
 pub use identity::{DeviceId, MemberId, SpiffeId, WorkspaceId};
+pub use log_format::LogFormat;
 
 /// ALPN protocol identifier spoken on the gateway.
 pub const ALPN: &[u8] = b"heex/1";

@@ -156,6 +156,26 @@ impl Logs {
         out
     }
 
+    /// Every secret-looking token (an API key, an invitation or sign-in token) in what the
+    /// processes wrote to stderr, their logs: (file, token). Their stdout may hold secrets
+    /// (`init` and `heex keys create` print the key they made), their logs never.
+    pub fn secrets_in_logs(&self) -> Vec<(PathBuf, String)> {
+        let mut found = Vec::new();
+        let Ok(entries) = fs::read_dir(self.dir.path()) else {
+            return found;
+        };
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().is_none_or(|x| x != "err") {
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            for token in secret_tokens(&text) {
+                found.push((path.clone(), token));
+            }
+        }
+        found
+    }
+
     /// Runs `cmd` to completion (at most `timeout`), capturing its output into the log dir.
     pub fn run(&self, name: &str, cmd: &mut Command, timeout: Duration) -> Output {
         let mut p = self.spawn(name, cmd);
@@ -189,6 +209,49 @@ impl Logs {
             err,
         }
     }
+}
+
+impl Drop for Logs {
+    /// Fails the test when any process logged a secret (unless it failed already).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let found = self.secrets_in_logs();
+        assert!(
+            found.is_empty(),
+            "a process logged a secret: {:?}",
+            found
+                .iter()
+                .map(|(p, t)| format!("{} in {}", &t[..t.len().min(12)], p.display()))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Prefixes of the secrets the cloud hands out: API keys, invitation and sign-in tokens.
+const SECRET_PREFIXES: &[&str] = &["heex_", "heexinv_", "heexsig_"];
+
+/// Tokens in `text` made of a secret's prefix and at least 20 letters or digits (a module
+/// path such as `heex_cloud::…` is not one).
+pub fn secret_tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for prefix in SECRET_PREFIXES {
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let after = &rest[at + prefix.len()..];
+            let n = after.bytes().take_while(u8::is_ascii_alphanumeric).count();
+            let preceded = rest[..at]
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if n >= 20 && !preceded {
+                out.push(format!("{prefix}{}", &after[..n]));
+            }
+            rest = &after[n..];
+        }
+    }
+    out
 }
 
 /// A child process whose output goes to log files; SIGKILLed when dropped.
@@ -820,3 +883,36 @@ pub fn stored_reports(cloud: &Cloud, device: &str) -> Vec<(u64, Value)> {
 
 pub mod faults;
 pub mod pg;
+
+#[cfg(test)]
+mod tests {
+    use super::{secret_tokens, Logs};
+
+    #[test]
+    fn a_test_whose_process_logs_a_secret_fails() {
+        let logs = Logs::new();
+        let key = format!("heex_{}", "k".repeat(50));
+        let out = logs.run(
+            "leaky",
+            std::process::Command::new("sh")
+                .args(["-c", &format!("echo 'key {key}' >&2; echo {key}")]),
+            std::time::Duration::from_secs(10),
+        );
+        assert!(out.status.success());
+        assert_eq!(logs.secrets_in_logs().len(), 1, "stderr only, once");
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(logs)));
+        assert!(dropped.is_err(), "dropping the logs must fail the test");
+    }
+
+    #[test]
+    fn secret_tokens_are_found_and_module_paths_are_not() {
+        let key = format!("heex_{}", "a1".repeat(25));
+        let inv = format!("heexinv_{}", "Z9".repeat(16));
+        let text = format!(
+            "INFO heex_cloud::store: ok\nkey={key} x\n\"token\":\"{inv}\"\nmy_heex_{}",
+            "b".repeat(30)
+        );
+        assert_eq!(secret_tokens(&text), [key, inv]);
+        assert!(secret_tokens("heex_agent=debug heex_short1").is_empty());
+    }
+}

@@ -1,6 +1,7 @@
-//! The cloud's Prometheus metrics (`serve --metrics-listen`), scraped while a real agent
-//! enrolls, connects, reports and is revoked: the numbers move as the scenario does, and no
-//! scrape ever shows a key, a token or a device id.
+//! Observing the cloud and the agent: the cloud's Prometheus metrics (`serve
+//! --metrics-listen`), scraped while a real agent enrolls, connects, reports and is revoked
+//! (the numbers move as the scenario does, and no scrape ever shows a key, a token or a
+//! device id), and both daemons' JSON logs (`--log-format json`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -278,4 +279,50 @@ fn metrics_follow_enrollment_sessions_reports_and_revocation() {
     }
     agent.signal("TERM");
     agent.wait_timeout(Duration::from_secs(10));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_from_cloud_and_agent() {
+    let cloud = Cloud::start_with(&["--log-format", "json"]);
+    let (key, _) = cloud.create_key("fleet", "enroll", None);
+    let machine = Machine::new();
+    let device = machine.enroll(&cloud, &key, "robot-json");
+    machine.configure("heartbeat_interval = \"1s\"");
+    let mut agent = machine.agent_with(&cloud.logs, |cmd| {
+        cmd.env("HEEX_LOG_FORMAT", "json");
+    });
+    wait_for(TIMEOUT, "the agent's session", || {
+        cloud
+            .proc()
+            .stderr()
+            .contains("session accepted")
+            .then_some(())
+    });
+    agent.signal("TERM");
+    agent.wait_timeout(Duration::from_secs(10));
+
+    let events = |name: &str, text: &str| -> Vec<serde_json::Value> {
+        assert!(!text.trim().is_empty(), "{name} logged nothing");
+        text.lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{name}: not one JSON object ({e}): {line}"));
+                for field in ["timestamp", "level", "target"] {
+                    assert!(v[field].is_string(), "{name}: no {field} in {line}");
+                }
+                v
+            })
+            .collect()
+    };
+    let cloud_events = events("heex-cloud", &cloud.proc().stderr());
+    let accepted = cloud_events
+        .iter()
+        .find(|e| e["message"] == "session accepted")
+        .expect("the cloud logs the session");
+    assert_eq!(accepted["device"], device.as_str(), "{accepted}");
+    let agent_events = events("heex-agent", &agent.stderr());
+    assert!(
+        agent_events.iter().any(|e| e["level"] == "INFO"),
+        "{agent_events:?}"
+    );
 }
