@@ -39,6 +39,34 @@ pub enum Command {
     /// List a workspace's members, as the host's operator.
     #[command(subcommand)]
     Members(MembersCommand),
+    /// Write a consistent copy of a SQLite data directory (records and secrets) to one file,
+    /// while `serve` runs.
+    Backup(BackupArgs),
+    /// Make a new data directory from a backup file.
+    Restore(RestoreArgs),
+}
+
+/// `heex-cloud backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Data directory (and store).
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// The backup file to write (a new file: written 0600, complete or not at all). It holds
+    /// the CA key and the server secret: keep it as safe as the data directory.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `heex-cloud restore`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The data directory to create (new, or empty).
+    #[arg(long, env = "HEEX_DATA_DIR")]
+    pub data_dir: PathBuf,
 }
 
 /// `heex-cloud keys` subcommands.

@@ -489,6 +489,11 @@ impl DataDir {
     }
 
     /// The settings of an initialized directory.
+    /// `cloud.toml`, checked.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        self.read_settings()
+    }
+
     fn read_settings(&self) -> Result<Settings, Error> {
         if !self.is_initialized() {
             return Err(Error::corrupt(

@@ -12,6 +12,7 @@ pub mod access;
 pub mod api;
 pub mod atomic_file;
 pub mod auth;
+pub mod backup;
 pub mod ca;
 pub mod cli;
 pub mod console;
@@ -55,6 +56,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Workspaces(WorkspacesCommand::Create(args)) => create_workspace(args).await,
             Command::Keys(KeysCommand::Create(args)) => operator::create_key(args).await,
             Command::Members(MembersCommand::List(args)) => operator::list_members(args).await,
+            Command::Backup(args) => backup::backup(&args),
+            Command::Restore(args) => backup::restore(&args),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
