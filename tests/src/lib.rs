@@ -684,6 +684,20 @@ impl Cloud {
         }
     }
 
+    /// `heex ARGS` (the team's CLI) against this cloud with the owner's key, in a home of
+    /// its own, output captured in the logs.
+    pub fn heex(&self, args: &[&str]) -> Output {
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin("heex"));
+        cmd.args(args)
+            .env("HEEX_SERVER", &self.api_url)
+            .env("HEEX_CA_FINGERPRINT", &self.fingerprint)
+            .env("HEEX_API_KEY", &self.owner_key)
+            .env("XDG_CONFIG_HOME", home.path())
+            .env("HOME", home.path());
+        self.logs.run("heex", &mut cmd, Duration::from_secs(30))
+    }
+
     /// Every device (`GET /v1/devices`, all pages) with the owner's key.
     pub fn devices(&self) -> Vec<Value> {
         self.list_all("/v1/devices", &self.owner_key, "devices")

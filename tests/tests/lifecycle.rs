@@ -9,12 +9,11 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heex_proto::frame::{self, CloseReason, Message};
-use heex_tests::{bin, wait_for, Cloud, Logs, Machine, Proc};
+use heex_tests::{wait_for, Cloud, Logs, Machine, Proc};
 use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -99,15 +98,7 @@ fn stop_agent(agent: &mut Proc) {
 
 /// `heex ARGS` with the owner's key in the environment.
 fn heex(cloud: &Cloud, args: &[&str]) -> std::process::Output {
-    let home = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(bin("heex"));
-    cmd.args(args)
-        .env("HEEX_SERVER", &cloud.api_url)
-        .env("HEEX_CA_FINGERPRINT", &cloud.fingerprint)
-        .env("HEEX_API_KEY", &cloud.owner_key)
-        .env("XDG_CONFIG_HOME", home.path())
-        .env("HOME", home.path());
-    cloud.logs.run("heex", &mut cmd, TIMEOUT)
+    cloud.heex(args)
 }
 
 fn request(

@@ -75,18 +75,6 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn heex(cloud: &Cloud, args: &[&str]) -> std::process::Output {
-    let home = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(bin("heex"));
-    cmd.args(args)
-        .env("HEEX_SERVER", &cloud.api_url)
-        .env("HEEX_CA_FINGERPRINT", &cloud.fingerprint)
-        .env("HEEX_API_KEY", &cloud.owner_key)
-        .env("XDG_CONFIG_HOME", home.path())
-        .env("HOME", home.path());
-    cloud.logs.run("heex", &mut cmd, TIMEOUT)
-}
-
 /// No scrape shows a secret or a per-entity value.
 fn assert_no_ids(text: &str, secrets: &[&str]) {
     for s in secrets {
@@ -220,7 +208,7 @@ fn metrics_follow_enrollment_sessions_reports_and_revocation() {
     });
 
     // Revoked: the session ends for that reason, and the agent's next attempts are refused.
-    let out = heex(&cloud, &["devices", "revoke", &device]);
+    let out = cloud.heex(&["devices", "revoke", &device]);
     assert!(out.status.success(), "{out:?}");
     // The agent stops on its revocation; its credentials, presented again, are refused.
     let deadline = std::time::Instant::now() + TIMEOUT;
