@@ -138,6 +138,7 @@ impl Ca {
         &self,
         hostnames: &[String],
         now: OffsetDateTime,
+        lifetime: Duration,
     ) -> Result<IssuedKeyPair, CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
@@ -150,7 +151,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(random_serial().0);
         params.not_before = now - CLOCK_SKEW;
-        params.not_after = now + SERVER_CERT_LIFETIME;
+        params.not_after = now + lifetime;
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedKeyPair {
@@ -255,6 +256,12 @@ pub fn server_cert_fits(
         have.iter()
             .any(|n| n == &h || (ip.is_some() && n.parse::<std::net::IpAddr>().ok() == ip))
     })
+}
+
+/// The notAfter of the certificate `der`.
+pub fn not_after(der: &CertificateDer<'_>) -> Option<OffsetDateTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.to_datetime())
 }
 
 /// The DNS names and IP addresses a certificate's SAN lists.

@@ -229,6 +229,11 @@ pub struct ServeArgs {
     /// Default: 1/32 of the open-files limit, 64 to 1024.
     #[arg(long)]
     pub api_max_connections: Option<usize>,
+    /// Lifetime of the API's and the gateway's server certificate, which the cloud issues
+    /// itself from its CA: re-issued while serving, 30 days (or a third of it, if shorter)
+    /// before it expires, without agents or clients noticing (they trust the CA).
+    #[arg(long, default_value = "730d", value_parser = parse_server_cert_lifetime)]
+    pub server_cert_lifetime: Duration,
     /// Serve Prometheus metrics (OpenMetrics text at `/metrics`, plain HTTP) on this address,
     /// e.g. 127.0.0.1:9464; off by default, and never on the API's port.
     #[arg(long, value_name = "IP:PORT")]
@@ -255,6 +260,14 @@ pub struct ServeArgs {
     /// Options used only when the data directory must be initialized first.
     #[command(flatten)]
     pub init: InitOptions,
+}
+
+fn parse_server_cert_lifetime(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 730d, 90d)"))?;
+    if d < Duration::from_secs(3) || d > Duration::from_secs(10 * 365 * 24 * 3600) {
+        return Err("must be between 3 seconds and 10 years".to_owned());
+    }
+    Ok(d)
 }
 
 fn parse_grace(s: &str) -> Result<Duration, String> {

@@ -58,8 +58,15 @@ pub const SETTINGS: &str = "cloud.toml";
 pub const FORMAT: u32 = 1;
 /// Lifetime of the owner's first API key.
 pub const OWNER_KEY_LIFETIME: time::Duration = time::Duration::days(90);
-/// The server certificate is re-issued at startup when it expires sooner than this.
+/// The server certificate is re-issued (at startup, and while serving) when it expires
+/// sooner than this, or a third of its lifetime when that is shorter.
 const SERVER_CERT_RENEW_BEFORE: time::Duration = time::Duration::days(30);
+
+/// How long before its expiry a server certificate of `lifetime` is re-issued.
+pub fn server_cert_renew_before(lifetime: std::time::Duration) -> time::Duration {
+    let third = time::Duration::try_from(lifetime / 3).unwrap_or(SERVER_CERT_RENEW_BEFORE);
+    third.min(SERVER_CERT_RENEW_BEFORE)
+}
 
 /// Files `init` may find from an earlier, interrupted `init`.
 const OWN_FILES: &[&str] = &[
@@ -386,7 +393,7 @@ impl DataDir {
         let (ca, ca_key_pem) = Ca::generate(now).map_err(|e| Error::Internal(e.to_string()))?;
         write_atomic(&self.path(CA_KEY), ca_key_pem.as_bytes(), 0o600)?;
         write_atomic(&self.path(CA_CERT), ca.cert_pem().as_bytes(), 0o644)?;
-        self.write_server_cert(&ca, &opts.hostnames, now)?;
+        self.write_server_cert(&ca, &opts.hostnames, now, crate::ca::SERVER_CERT_LIFETIME)?;
 
         let kind = self.store_kind();
         let store = self.open_store(kind).await?;
@@ -522,6 +529,17 @@ impl DataDir {
     /// directory's secrets. Re-issues the server certificate when it expires within 30 days
     /// or does not cover every name in `hostnames`.
     pub async fn load(&self, hostnames: &[String]) -> Result<Loaded, Error> {
+        self.load_with(hostnames, crate::ca::SERVER_CERT_LIFETIME)
+            .await
+    }
+
+    /// Like [`DataDir::load`], for a server certificate of `lifetime`: one that expires
+    /// within [`server_cert_renew_before`] of it, or outlives it, is re-issued.
+    pub async fn load_with(
+        &self,
+        hostnames: &[String],
+        lifetime: std::time::Duration,
+    ) -> Result<Loaded, Error> {
         let settings = self.read_settings()?;
         let secret = self.read_secret()?;
 
@@ -534,9 +552,13 @@ impl DataDir {
         let cert_path = self.path(SERVER_CERT);
         let leaf = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
             .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
-        if !server_cert_fits(&leaf, hostnames, now + SERVER_CERT_RENEW_BEFORE) {
+        let outlives = crate::ca::not_after(&leaf).is_some_and(|t| {
+            t > now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::MAX)
+        });
+        if outlives || !server_cert_fits(&leaf, hostnames, now + server_cert_renew_before(lifetime))
+        {
             tracing::info!("re-issuing the server certificate");
-            self.write_server_cert(&ca, hostnames, now)?;
+            self.write_server_cert(&ca, hostnames, now, lifetime)?;
         }
         let leaf = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
             .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
@@ -564,6 +586,7 @@ impl DataDir {
         ca: &Ca,
         hostnames: &[String],
         now: OffsetDateTime,
+        lifetime: std::time::Duration,
     ) -> Result<(), Error> {
         let mut names = self.current_server_names();
         for h in hostnames {
@@ -572,10 +595,28 @@ impl DataDir {
             }
         }
         let issued = ca
-            .issue_server_cert(&names, now)
+            .issue_server_cert(&names, now, lifetime)
             .map_err(|e| Error::Usage(e.to_string()))?;
         write_atomic(&self.path(SERVER_KEY), issued.key_pem.as_bytes(), 0o600)?;
         write_atomic(&self.path(SERVER_CERT), issued.cert_pem.as_bytes(), 0o644)
+    }
+
+    /// Issues a new server certificate (the current one's names and `hostnames`) and writes
+    /// it, key first: the chain (leaf, CA) and key to serve from now on.
+    pub fn reissue_server_cert(
+        &self,
+        ca: &Ca,
+        hostnames: &[String],
+        lifetime: std::time::Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+        self.write_server_cert(ca, hostnames, OffsetDateTime::now_utc(), lifetime)?;
+        let cert_path = self.path(SERVER_CERT);
+        let leaf = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
+            .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
+        let key_path = self.path(SERVER_KEY);
+        let key = PrivateKeyDer::from_pem_slice(read_text(&key_path)?.as_bytes())
+            .map_err(|e| Error::corrupt(&key_path, e.to_string()))?;
+        Ok((vec![leaf, ca.cert_der().clone()], key))
     }
 
     /// The DNS names and IP addresses of the current server certificate, if any.

@@ -25,6 +25,7 @@ pub mod notify;
 pub mod operator;
 pub mod replica;
 pub mod server;
+pub mod server_cert;
 pub mod store;
 
 use std::io::Write;
@@ -100,13 +101,19 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             .print(&mut std::io::stdout().lock())
             .map_err(|e| Error::file("<stdout>", e))?;
     }
-    let loaded = dir.load(&args.init.hostnames).await?;
-    let api_tls = server::tls_config(loaded.server_chain.clone(), loaded.server_key.clone_key())
+    let loaded = dir
+        .load_with(&args.init.hostnames, args.server_cert_lifetime)
+        .await?;
+    let server_cert =
+        server_cert::ServerCert::new(loaded.server_chain.clone(), loaded.server_key.clone_key())
+            .map_err(|e| Error::corrupt(dir.path(datadir::SERVER_KEY), e.to_string()))?;
+    let api_tls = server::tls_config_with(Arc::clone(&server_cert))
         .map_err(|e| Error::corrupt(dir.path(datadir::SERVER_KEY), e.to_string()))?;
     let gateway_tls = GatewayTls {
         ca_der: loaded.ca.cert_der().clone(),
         server_chain: loaded.server_chain.clone(),
         server_key: loaded.server_key.clone_key(),
+        server_cert: Some(Arc::clone(&server_cert)),
     };
 
     let api_listener = bind(args.listen)?;
@@ -165,6 +172,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         tracing::info!(stale, "cleared the connection marks of sessions that ended");
     }
     let ca = Arc::new(loaded.ca);
+    let reissuing_ca = Arc::clone(&ca);
     let gateway_options = gateway::GatewayOptions {
         renewal_grace: args.renewal_grace,
         cert_overlap: args.cert_overlap,
@@ -210,6 +218,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     if let Some(listener) = metrics_listener {
         tokio::spawn(metrics::serve(listener, shutdown.clone()));
     }
+    tokio::spawn(server_cert::keep_fresh(
+        dir.clone(),
+        reissuing_ca,
+        args.init.hostnames.clone(),
+        args.server_cert_lifetime,
+        server_cert,
+        shutdown.clone(),
+    ));
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {

@@ -104,11 +104,18 @@ pub fn tls_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    tls_config_with(crate::server_cert::ServerCert::new(chain, key)?)
+}
+
+/// Like [`tls_config`], presenting whatever `cert` holds at each handshake.
+pub fn tls_config_with(
+    cert: Arc<crate::server_cert::ServerCert>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

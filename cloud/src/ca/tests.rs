@@ -176,7 +176,11 @@ fn server_certificate_verifies_for_every_name() {
     let now = OffsetDateTime::now_utc();
     let (ca, _key) = Ca::generate(now).unwrap();
     let issued = ca
-        .issue_server_cert(&["cloud.example".to_owned(), "10.1.2.3".to_owned()], now)
+        .issue_server_cert(
+            &["cloud.example".to_owned(), "10.1.2.3".to_owned()],
+            now,
+            SERVER_CERT_LIFETIME,
+        )
         .unwrap();
     KeyPair::from_pem(&issued.key_pem).unwrap();
     let mut roots = RootCertStore::empty();

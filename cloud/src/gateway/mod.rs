@@ -162,6 +162,9 @@ pub struct GatewayTls {
     pub server_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// Server private key.
     pub server_key: rustls_pki_types::PrivateKeyDer<'static>,
+    /// When set, the certificate presented instead of `server_chain` and `server_key`
+    /// (replaceable while serving).
+    pub server_cert: Option<Arc<crate::server_cert::ServerCert>>,
 }
 
 /// Timeouts and limits of the gateway. The defaults suit agents with the default

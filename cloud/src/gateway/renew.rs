@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use heex_proto::frame::CloseReason;
 use heex_proto::SpiffeId;
-use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::DeviceDirectory;
@@ -54,11 +53,7 @@ pub(crate) enum Expiry {
     Beyond(OffsetDateTime),
 }
 
-/// The notAfter of the certificate `der`.
-pub(crate) fn not_after(der: &CertificateDer<'_>) -> Option<OffsetDateTime> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    Some(cert.validity().not_after.to_datetime())
-}
+pub(crate) use crate::ca::not_after;
 
 /// Where a certificate valid until `not_after` stands at `now` with `grace`.
 pub(crate) fn classify(not_after: OffsetDateTime, now: OffsetDateTime, grace: Duration) -> Expiry {

@@ -58,6 +58,7 @@ impl Pki {
         let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         GatewayTls {
+            server_cert: None,
             ca_der: self.ca_der.clone(),
             server_chain: vec![cert.der().clone(), self.ca_der.clone()],
             server_key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),

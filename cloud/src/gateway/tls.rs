@@ -45,12 +45,16 @@ pub fn server_config(tls: GatewayTls) -> Result<Arc<ServerConfig>, TlsSetupError
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsSetupError::ServerCert)?
-        .with_client_cert_verifier(Arc::new(super::expired::ExpiredTolerant::new(verifier)))
-        .with_single_cert(tls.server_chain, tls.server_key)
-        .map_err(TlsSetupError::ServerCert)?;
+        .with_client_cert_verifier(Arc::new(super::expired::ExpiredTolerant::new(verifier)));
+    let mut config = match tls.server_cert {
+        Some(cert) => builder.with_cert_resolver(cert),
+        None => builder
+            .with_single_cert(tls.server_chain, tls.server_key)
+            .map_err(TlsSetupError::ServerCert)?,
+    };
     config.alpn_protocols = vec![heex_proto::ALPN.to_vec()];
     config.ignore_client_order = true;
     // Agents hold one long session and do not resume; tickets would only cost bytes and
