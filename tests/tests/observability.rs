@@ -92,7 +92,13 @@ fn assert_no_ids(text: &str, secrets: &[&str]) {
 
 #[test]
 fn metrics_follow_enrollment_sessions_reports_and_revocation() {
-    let cloud = Cloud::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    // Device certificates short enough that the agent renews during the scenario.
+    let cloud = Cloud::start_with(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--device-cert-lifetime",
+        "6s",
+    ]);
     let addr = metrics_addr(&cloud);
 
     // Only /metrics, and the API port does not serve them.
@@ -189,6 +195,11 @@ fn metrics_follow_enrollment_sessions_reports_and_revocation() {
         (value(&scrape(addr), "heex_reports_stored_total", &[]) == 1.0).then_some(())
     });
 
+    // The agent renews its certificate over the session.
+    wait_for(TIMEOUT, "a renewal counted", || {
+        (value(&scrape(addr), "heex_renewals_total", &[("outcome", "ok")]) >= 1.0).then_some(())
+    });
+
     // A connection without a client certificate is a handshake failure.
     let gw = cloud.gateway.to_string();
     let s_client = Command::new("openssl")
@@ -263,6 +274,39 @@ fn metrics_follow_enrollment_sessions_reports_and_revocation() {
                 &revoked_id,
                 &device,
             ],
+        );
+    }
+    // Every series the packaged Grafana dashboard queries is one the cloud exports.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../packaging/grafana/heex-cloud.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("heex_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 8, "{queried:?}");
+    for name in &queried {
+        assert!(
+            revoked
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))),
+            "the dashboard queries {name}, which the cloud does not export:\n{revoked}"
         );
     }
     agent.signal("TERM");
