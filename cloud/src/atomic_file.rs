@@ -29,6 +29,11 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| Error::file(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::file(path, e.error))?;
+    sync_dir(dir)
+}
+
+/// Fsyncs directory `dir`, so the names created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::file(dir, e))

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::atomic_file::write_atomic;
+use crate::atomic_file::{sync_dir, write_atomic};
 use crate::cli::{BackupArgs, RestoreArgs};
 use crate::datadir::{self, DataDir, StoreKind};
 use crate::error::Error;
@@ -296,10 +296,4 @@ fn digest(conn: &Connection) -> Result<String, rusqlite::Error> {
         }
     }
     Ok(hex::encode(hash.finalize()))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), Error> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::file(dir, e))
 }
