@@ -191,7 +191,7 @@ impl Config {
     pub fn cert_path(&self) -> PathBuf {
         self.state_dir.join("device.crt")
     }
-    /// The pinned cloud CA.
+    /// The cloud CAs this device trusts (`ca.crt`: one, or several during a CA rotation).
     pub fn ca_path(&self) -> PathBuf {
         self.state_dir.join("ca.crt")
     }

@@ -1,5 +1,6 @@
-//! The device's credentials: its private key, its certificate and the pinned cloud CA,
-//! as written by heex-installer, and the TLS client configuration built from them.
+//! The device's credentials: its private key, its certificate and the cloud CAs it trusts
+//! (`ca.crt`, one CA or several during a CA rotation), as written by heex-installer (and
+//! updated by the cloud over the session), and the TLS client configuration built from them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -54,12 +55,12 @@ pub enum CredentialsError {
 
 /// The loaded credentials.
 pub struct Credentials {
-    /// The pinned cloud CA.
-    pub ca: CertificateDer<'static>,
+    /// The CA bundle this device trusts: every certificate of `ca.crt`, in file order.
+    pub ca: Vec<CertificateDer<'static>>,
     /// The device certificate's expiry.
     pub not_after: OffsetDateTime,
-    /// TLS client configuration: TLS 1.3 only, ALPN `heex/1`, trusting only the pinned CA,
-    /// presenting the device certificate (the private key lives only in here).
+    /// TLS client configuration: TLS 1.3 only, ALPN `heex/1`, trusting only the CAs of
+    /// `ca.crt`, presenting the device certificate (the private key lives only in here).
     pub tls: Arc<ClientConfig>,
 }
 
@@ -72,6 +73,11 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// The [`bundle_digest`] of the trusted CA bundle, as sent in Hello.
+    pub fn ca_bundle_digest(&self) -> String {
+        bundle_digest(&self.ca)
+    }
+
     /// Loads and checks `device.key`, `device.crt` and `ca.crt` from the state directory.
     pub fn load(config: &Config) -> Result<Credentials, CredentialsError> {
         let key_path = config.key_path();
@@ -92,12 +98,13 @@ impl Credentials {
         }
 
         let ca_path = config.ca_path();
-        let mut cas = read_certs("CA certificate", &ca_path)?;
-        let ca = cas.swap_remove(0);
+        let ca = read_certs("CA certificate", &ca_path)?;
         let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone())
-            .map_err(|e| corrupt("CA certificate", &ca_path, e.to_string()))?;
+        for cert in &ca {
+            roots
+                .add(cert.clone())
+                .map_err(|e| corrupt("CA certificate", &ca_path, e.to_string()))?;
+        }
 
         let provider = Arc::new(ring::default_provider());
         let mut tls = ClientConfig::builder_with_provider(provider)
@@ -122,6 +129,65 @@ impl Credentials {
             tls: Arc::new(tls),
         })
     }
+}
+
+/// The digest of a CA bundle ([`heex_proto::frame::bundle_digest`] over the DER of each
+/// certificate, in order), compared with the cloud's to know whether the bundle changed.
+pub fn bundle_digest(bundle: &[CertificateDer<'_>]) -> String {
+    heex_proto::frame::bundle_digest(bundle.iter().map(|c| c.as_ref()))
+}
+
+/// Parses a CA bundle sent by the cloud (PEM): at least one certificate, nothing but
+/// certificates, each a parsable X.509 CA certificate (basicConstraints CA:true) usable as a
+/// trust anchor. The error says what is wrong, in one line.
+pub fn parse_ca_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::SectionKind;
+    let sections = <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not valid PEM ({e:?})"))?;
+    if sections.is_empty() {
+        return Err("no PEM certificate found".to_owned());
+    }
+    let mut bundle = Vec::with_capacity(sections.len());
+    for (n, (kind, der)) in sections.into_iter().enumerate() {
+        let n = n + 1;
+        if kind != SectionKind::Certificate {
+            return Err(format!("PEM block {n} is not a certificate ({kind:?})"));
+        }
+        let (rest, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("certificate {n} is not an X.509 certificate ({e})"))?;
+        if !rest.is_empty() {
+            return Err(format!("certificate {n} has trailing data"));
+        }
+        match cert.basic_constraints() {
+            Ok(Some(bc)) if bc.value.ca => {}
+            Ok(_) => return Err(format!("certificate {n} is not a CA certificate")),
+            Err(e) => {
+                return Err(format!(
+                    "certificate {n} has invalid basic constraints ({e})"
+                ))
+            }
+        }
+        let der = CertificateDer::from(der);
+        RootCertStore::empty()
+            .add(der.clone())
+            .map_err(|e| format!("certificate {n} is not usable as a trust anchor ({e})"))?;
+        bundle.push(der);
+    }
+    Ok(bundle)
+}
+
+/// A CA bundle as PEM, one `CERTIFICATE` block per certificate, in order: the contents of
+/// `ca.crt`.
+pub fn bundle_pem(bundle: &[CertificateDer<'_>]) -> String {
+    let blocks: Vec<pem::Pem> = bundle
+        .iter()
+        .map(|cert| pem::Pem::new("CERTIFICATE", cert.as_ref()))
+        .collect();
+    pem::encode_many_config(
+        &blocks,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// What the agent needs from its certificate.
@@ -254,6 +320,70 @@ mod tests {
             assert!(msg.contains(file), "{file}: {msg}");
             assert!(msg.contains("heex-installer"), "{msg}");
             assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn every_certificate_of_ca_crt_is_trusted_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new();
+        let next = TestPki::new();
+        let device = DeviceId::generate();
+        pki.write_device(dir.path(), &device);
+        let one = Credentials::load(&config_in(dir.path(), &device)).unwrap();
+        assert_eq!(one.ca, vec![pki.ca_der.clone()]);
+        assert_eq!(
+            one.ca_bundle_digest(),
+            heex_proto::frame::bundle_digest([pki.ca_der.as_ref()])
+        );
+        std::fs::write(
+            dir.path().join("ca.crt"),
+            format!("{}{}", next.ca_pem, pki.ca_pem),
+        )
+        .unwrap();
+        let two = Credentials::load(&config_in(dir.path(), &device)).unwrap();
+        assert_eq!(two.ca, vec![next.ca_der.clone(), pki.ca_der.clone()]);
+        assert_eq!(
+            two.ca_bundle_digest(),
+            heex_proto::frame::bundle_digest([next.ca_der.as_ref(), pki.ca_der.as_ref()])
+        );
+        assert_ne!(two.ca_bundle_digest(), one.ca_bundle_digest());
+    }
+
+    #[test]
+    fn ca_bundles_from_the_cloud_are_checked() {
+        let a = TestPki::new();
+        let b = TestPki::new();
+        let bundle = parse_ca_bundle(&format!("{}{}", a.ca_pem, b.ca_pem)).unwrap();
+        assert_eq!(bundle, vec![a.ca_der.clone(), b.ca_der.clone()]);
+        // What is written to ca.crt reads back as the same bundle.
+        let pem = bundle_pem(&bundle);
+        assert_eq!(parse_ca_bundle(&pem).unwrap(), bundle);
+        assert_eq!(
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            bundle
+        );
+        let (leaf, key) = a.device(&DeviceId::generate());
+        let cases = [
+            ("", "no PEM certificate"),
+            ("garbage", "no PEM certificate"),
+            (
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "not an X.509 certificate",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                "not valid PEM",
+            ),
+            (leaf.as_str(), "not a CA certificate"),
+            (&format!("{}{key}", a.ca_pem), "not a certificate"),
+        ];
+        for (pem, expected) in cases {
+            let err = parse_ca_bundle(pem).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+            assert!(!err.contains('\n'), "{err}");
         }
     }
 

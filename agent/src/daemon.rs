@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use heex_proto::frame::CloseReason;
+use heex_proto::Fingerprint;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +103,8 @@ pub async fn run(
         port: config.gateway_port(),
         device_id: config.device_id.clone(),
         tls: creds.tls.clone(),
+        ca_path: config.ca_path(),
+        ca_bundle: Some(creds.ca_bundle_digest()),
         heartbeat_interval: config.heartbeat_interval,
         facts_interval: config.facts_interval,
         ack_timeout: session::ack_timeout_for(config.heartbeat_interval),
@@ -144,6 +147,7 @@ pub async fn run(
         config,
         renewal,
         tls: creds.tls.clone(),
+        ca_digest: creds.ca_bundle_digest(),
     };
     notifier.ready(&format!("connecting to {}", config.gateway));
     let watchdog = notifier.watchdog_period().map(|period| {
@@ -175,8 +179,9 @@ pub async fn run(
         attempt += 1;
         tracker.enter(State::Connecting, None);
         tracing::info!(gateway = %config.gateway, attempt, "connecting to gateway");
-        // The latest renewed certificate, if any.
+        // The latest renewed certificate and CA bundle, if any.
         params.tls = tracker.tls.clone();
+        params.ca_bundle = Some(tracker.ca_digest.clone());
         let outcome = session::run(&params, &mut tracker, &cancel).await;
         if outcome.up_for.is_some() {
             attempt = 0;
@@ -219,7 +224,14 @@ pub async fn run(
                 } else {
                     e.to_string()
                 };
-                tracing::warn!("{line}");
+                match e {
+                    // The credentials need an operator, not just a retry.
+                    session::SessionError::UntrustedGateway { .. }
+                    | session::SessionError::CertificateRefused { .. } => {
+                        tracing::error!("{line}")
+                    }
+                    _ => tracing::warn!("{line}"),
+                }
                 line
             }
         };
@@ -291,8 +303,10 @@ struct Tracker<'a> {
     gateway: &'a str,
     config: &'a Config,
     renewal: Option<Renewal>,
-    /// TLS configuration with the newest certificate, for the next connection.
+    /// TLS configuration with the newest certificate and CA bundle, for the next connection.
     tls: std::sync::Arc<rustls::ClientConfig>,
+    /// Digest of the CA bundle `tls` trusts, sent in the next Hello.
+    ca_digest: String,
 }
 
 impl Tracker<'_> {
@@ -315,6 +329,85 @@ impl Tracker<'_> {
                 .status(&format!("connecting to {}", self.gateway));
         }
     }
+}
+
+impl Tracker<'_> {
+    /// Installs a CA bundle sent by the cloud (see [`Observer::trust_bundle`]): `ca.crt`
+    /// written durably, the credentials reloaded for the next connection, and an early
+    /// renewal scheduled when the device certificate is not from the bundle's first CA. The
+    /// error is one line; on error `ca.crt` and the credentials in use stay as they were.
+    fn install_bundle(
+        &mut self,
+        ca_pem: &str,
+        renew_within: Duration,
+    ) -> Result<BundleChange, String> {
+        let bundle = crate::credentials::parse_ca_bundle(ca_pem)?;
+        let digest = crate::credentials::bundle_digest(&bundle);
+        if digest == self.ca_digest {
+            return Ok(BundleChange::Same);
+        }
+        let path = self.config.ca_path();
+        let previous = std::fs::read(&path).ok();
+        let pem = crate::credentials::bundle_pem(&bundle);
+        crate::durable::replace(&path, pem.as_bytes(), 0o644)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let creds = match Credentials::load(self.config) {
+            Ok(creds) => creds,
+            Err(e) => {
+                // Never leave a ca.crt behind that the next start cannot load.
+                if let Some(old) = previous {
+                    if let Err(e) = crate::durable::replace(&path, &old, 0o644) {
+                        tracing::error!("cannot restore {}: {e}", path.display());
+                    }
+                }
+                return Err(format!("the new credentials cannot be loaded: {e}"));
+            }
+        };
+        self.ca_digest = creds.ca_bundle_digest();
+        self.tls = creds.tls;
+        let renewal = match (self.renewal.as_mut(), creds.ca.first()) {
+            (Some(renewal), Some(issuing)) => {
+                renewal.set_bundle(creds.ca.clone());
+                if renewal.issued_by(issuing) {
+                    BundleRenewal::NotNeeded
+                } else {
+                    let now = OffsetDateTime::now_utc();
+                    renewal.bring_forward(crate::renew::random_point_within(now, renew_within));
+                    BundleRenewal::Scheduled(renewal.due())
+                }
+            }
+            _ => BundleRenewal::Disabled,
+        };
+        Ok(BundleChange::Installed {
+            fingerprints: creds.ca.iter().map(|c| Fingerprint::of_der(c)).collect(),
+            renewal,
+        })
+    }
+}
+
+/// What [`Tracker::install_bundle`] did.
+#[derive(Debug)]
+enum BundleChange {
+    /// The bundle is the one already trusted: nothing was written.
+    Same,
+    /// `ca.crt` now holds the bundle and the credentials were reloaded.
+    Installed {
+        /// The bundle's CAs, in order.
+        fingerprints: Vec<Fingerprint>,
+        /// What it means for the device certificate.
+        renewal: BundleRenewal,
+    },
+}
+
+/// What a new CA bundle means for the device certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BundleRenewal {
+    /// It is from the bundle's first CA.
+    NotNeeded,
+    /// It is not: the next renewal is due by then.
+    Scheduled(OffsetDateTime),
+    /// Renewal is off (the certificate could not be read at start).
+    Disabled,
 }
 
 impl Observer for Tracker<'_> {
@@ -364,6 +457,46 @@ impl Observer for Tracker<'_> {
         }
     }
 
+    fn trust_bundle(&mut self, ca_pem: String, renew_within: Duration) {
+        match self.install_bundle(&ca_pem, renew_within) {
+            Ok(BundleChange::Same) => {
+                tracing::debug!("the cloud's CA bundle is the one this device trusts")
+            }
+            Ok(BundleChange::Installed {
+                fingerprints,
+                renewal,
+            }) => {
+                let cas = fingerprints
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let renewal_scheduled = matches!(renewal, BundleRenewal::Scheduled(_));
+                let renewal = match renewal {
+                    BundleRenewal::Scheduled(at) => format!(
+                        "the device certificate is not from the first CA, renewing by {}",
+                        at.format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                    ),
+                    BundleRenewal::NotNeeded => {
+                        "the device certificate is from the first CA".to_owned()
+                    }
+                    BundleRenewal::Disabled => "certificate renewal is disabled".to_owned(),
+                };
+                tracing::info!(
+                    cas = %cas,
+                    renewal_scheduled,
+                    renewal = %renewal,
+                    "trusting a new CA bundle from the cloud"
+                );
+            }
+            Err(e) => tracing::error!(
+                "ignoring the CA bundle the gateway sent, keeping {}: {e}",
+                self.config.ca_path().display()
+            ),
+        }
+    }
+
     fn renewed(&mut self, certificate_pem: String) {
         let Some(renewal) = self.renewal.as_mut() else {
             return;
@@ -391,3 +524,6 @@ impl Observer for Tracker<'_> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,12 +13,13 @@
 //! [`reconcile`] runs before the credentials are loaded and finishes or discards an
 //! interrupted swap: after step 1 the old pair matches (the `.new` files are dropped); after
 //! step 2 `device.key.new` matches `device.crt` (step 3 is completed). The new pair is only
-//! written after it has been checked against the pinned CA, the new key and this device's
-//! identity, so the old pair is never given up for a bad one.
+//! written after it has been checked against the trusted CA bundle (`ca.crt`), the new key
+//! and this device's identity, so the old pair is never given up for a bad one.
+//!
+//! During a CA rotation the cloud sends a new bundle (see [`Renewal::set_bundle`]); a device
+//! whose certificate is not from the bundle's first CA renews early
+//! ([`Renewal::bring_forward`], [`random_point_within`]).
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -99,6 +100,15 @@ pub fn lifetime_start(
 /// How long from `now` until `at` (zero when it has passed).
 pub fn delay_until(at: OffsetDateTime, now: OffsetDateTime) -> Duration {
     Duration::try_from(at - now).unwrap_or(Duration::ZERO)
+}
+
+/// A random point between `now` and `now + within` (both included), to spread a fleet's
+/// early renewals. Never panics: a window beyond the representable time saturates.
+pub fn random_point_within(now: OffsetDateTime, within: Duration) -> OffsetDateTime {
+    let secs = rand::thread_rng().gen_range(0..=within.as_secs());
+    let offset = time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX));
+    now.checked_add(offset)
+        .unwrap_or_else(|| time::PrimitiveDateTime::MAX.assume_utc())
 }
 
 /// How long to wait before retrying an unanswered or failed renewal: a twentieth of the
@@ -182,19 +192,32 @@ fn identity_of(cert: &X509Certificate<'_>) -> CertIdentity {
 
 /// The identity in a PEM certificate file's first certificate.
 pub fn read_identity(path: &Path) -> Result<CertIdentity, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let der = CertificateDer::from_pem_slice(&pem)
-        .map_err(|e| format!("{} holds no PEM certificate ({e:?})", path.display()))?;
+    let der = read_first_certificate(path)?;
     Ok(identity_of(&parse(der.as_ref())?))
 }
 
-/// Checks a renewed certificate before anything is written: it parses, is signed by the
-/// pinned CA, certifies `key`, names the same device (CN and SPIFFE ID) as `current`, and
-/// has not expired at `now`. (Its notBefore is not compared with the local clock, which
-/// may lag.) Returns the certificate's identity.
+fn read_first_certificate(path: &Path) -> Result<CertificateDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{} holds no PEM certificate ({e:?})", path.display()))
+}
+
+/// True when `cert` is signed by the key of `ca` (both DER; false when either does not
+/// parse).
+pub fn signed_by(cert: &CertificateDer<'_>, ca: &CertificateDer<'_>) -> bool {
+    let (Ok(cert), Ok(ca)) = (parse(cert.as_ref()), parse(ca.as_ref())) else {
+        return false;
+    };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+/// Checks a renewed certificate before anything is written: it parses, is signed by one of
+/// the CAs of `bundle` (the CAs this device trusts, `ca.crt`), certifies `key`, names the
+/// same device (CN and SPIFFE ID) as `current`, and has not expired at `now`. (Its notBefore
+/// is not compared with the local clock, which may lag.) Returns the certificate's identity.
 pub fn check_renewed(
     certificate_pem: &str,
-    ca: &CertificateDer<'_>,
+    bundle: &[CertificateDer<'_>],
     key: &KeyPair,
     current: &CertIdentity,
     now: OffsetDateTime,
@@ -203,9 +226,14 @@ pub fn check_renewed(
     let der = CertificateDer::from_pem_slice(certificate_pem.as_bytes())
         .map_err(|e| bad(format!("not a PEM certificate ({e:?})")))?;
     let cert = parse(der.as_ref()).map_err(bad)?;
-    let ca_cert = parse(ca.as_ref()).map_err(|e| bad(format!("pinned CA: {e}")))?;
-    cert.verify_signature(Some(ca_cert.public_key()))
-        .map_err(|_| bad("not signed by the pinned cloud CA".to_owned()))?;
+    let signed = bundle.iter().any(|ca| {
+        parse(ca.as_ref()).is_ok_and(|ca| cert.verify_signature(Some(ca.public_key())).is_ok())
+    });
+    if !signed {
+        return Err(bad(
+            "not signed by a CA this device trusts (ca.crt)".to_owned()
+        ));
+    }
     if cert.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
         return Err(bad("it does not certify the new key".to_owned()));
     }
@@ -248,7 +276,7 @@ impl CredentialFiles {
     }
 
     fn dir(&self) -> &Path {
-        self.key.parent().unwrap_or(Path::new("."))
+        crate::durable::parent(&self.key)
     }
 
     /// Installs a checked key and certificate (see the module docs for the order).
@@ -274,12 +302,10 @@ impl CredentialFiles {
     }
 
     fn sync_dir(&self) -> Result<(), RenewError> {
-        File::open(self.dir())
-            .and_then(|d| d.sync_all())
-            .map_err(|source| RenewError::Io {
-                path: self.dir().to_owned(),
-                source,
-            })
+        crate::durable::sync_dir(self.dir()).map_err(|source| RenewError::Io {
+            path: self.dir().to_owned(),
+            source,
+        })
     }
 }
 
@@ -289,23 +315,12 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes `path` through a temp file in the same directory (fsynced, then renamed), so it
-/// holds the whole content or does not exist.
+/// [`crate::durable::write_file`]: `path` holds the whole content or does not exist.
 fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RenewError> {
-    let err = |source| RenewError::Io {
+    crate::durable::write_file(path, bytes, mode).map_err(|source| RenewError::Io {
         path: path.to_owned(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".renew.")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(err)?;
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    })
 }
 
 /// True when `key` (PEM private key) and `cert` (PEM certificate) both parse and the
@@ -394,25 +409,28 @@ pub fn reconcile(files: &CredentialFiles) -> Reconciled {
 /// identity, then installs both files. Returns the new certificate's identity.
 pub fn complete(
     files: &CredentialFiles,
-    ca: &CertificateDer<'_>,
+    bundle: &[CertificateDer<'_>],
     pending: Pending,
     current: &CertIdentity,
     certificate_pem: &str,
     now: OffsetDateTime,
 ) -> Result<CertIdentity, RenewError> {
-    let identity = check_renewed(certificate_pem, ca, &pending.key, current, now)?;
+    let identity = check_renewed(certificate_pem, bundle, &pending.key, current, now)?;
     files.install(&pending.key.serialize_pem(), certificate_pem)?;
     Ok(identity)
 }
 
 /// The renewal state the daemon keeps across sessions: the current certificate's identity,
-/// when to renew next, and the key of a request in flight.
+/// the CAs a renewed certificate may come from, when to renew next, and the key of a request
+/// in flight.
 #[derive(Debug)]
 pub struct Renewal {
     files: CredentialFiles,
-    ca: CertificateDer<'static>,
+    /// The CA bundle this device trusts (`ca.crt`), in file order.
+    bundle: Vec<CertificateDer<'static>>,
     device: DeviceId,
     current: CertIdentity,
+    current_der: CertificateDer<'static>,
     /// Start of the current certificate's renewal window (see [`lifetime_start`]).
     start: OffsetDateTime,
     due: OffsetDateTime,
@@ -420,13 +438,15 @@ pub struct Renewal {
 }
 
 impl Renewal {
-    /// Starts with the certificate in `files`, renewing at a random point of its lifetime.
+    /// Starts with the certificate in `files`, renewing at a random point of its lifetime;
+    /// a renewed certificate must come from a CA of `bundle`.
     pub fn new(
         files: CredentialFiles,
-        ca: CertificateDer<'static>,
+        bundle: Vec<CertificateDer<'static>>,
         device: DeviceId,
     ) -> Result<Renewal, String> {
-        let current = read_identity(&files.cert)?;
+        let current_der = read_first_certificate(&files.cert)?;
+        let current = identity_of(&parse(current_der.as_ref())?);
         // The file was written when the certificate arrived (by the installer or a renewal).
         let received = std::fs::metadata(&files.cert)
             .and_then(|m| m.modified())
@@ -436,9 +456,10 @@ impl Renewal {
         let due = random_renewal_time(start, current.not_after);
         Ok(Renewal {
             files,
-            ca,
+            bundle,
             device,
             current,
+            current_der,
             start,
             due,
             pending: None,
@@ -453,6 +474,32 @@ impl Renewal {
     /// The current certificate.
     pub fn current(&self) -> &CertIdentity {
         &self.current
+    }
+
+    /// True when the current certificate is signed by `ca`.
+    pub fn issued_by(&self, ca: &CertificateDer<'_>) -> bool {
+        signed_by(&self.current_der, ca)
+    }
+
+    /// The CAs a renewed certificate may come from.
+    pub fn bundle(&self) -> &[CertificateDer<'static>] {
+        &self.bundle
+    }
+
+    /// Replaces the CAs a renewed certificate may come from (a new `ca.crt`).
+    pub fn set_bundle(&mut self, bundle: Vec<CertificateDer<'static>>) {
+        self.bundle = bundle;
+    }
+
+    /// Moves the next renewal to `at` if that is earlier than the one scheduled, never later.
+    /// Returns true when it moved.
+    pub fn bring_forward(&mut self, at: OffsetDateTime) -> bool {
+        if at < self.due {
+            self.due = at;
+            true
+        } else {
+            false
+        }
     }
 
     /// Makes a fresh key and CSR for a RenewRequest. The next attempt is scheduled a
@@ -474,12 +521,16 @@ impl Renewal {
         let pending = self.pending.take().ok_or(RenewError::NotRequested)?;
         let renewed = complete(
             &self.files,
-            &self.ca,
+            &self.bundle,
             pending,
             &self.current,
             certificate_pem,
             now,
         )?;
+        if let Ok(der) = CertificateDer::from_pem_slice(certificate_pem.as_bytes()) {
+            // Parsed by the check above; this cannot fail.
+            self.current_der = der.into_owned();
+        }
         self.start = lifetime_start(renewed.not_before, renewed.not_after, Some(now));
         self.due = random_renewal_time(self.start, renewed.not_after);
         self.current = renewed;

@@ -2,12 +2,13 @@
 //! certificate, Hello → Welcome, then heartbeats and periodic facts until something ends it.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use heex_proto::frame::{CloseReason, Message};
 use heex_proto::DeviceId;
-use rustls::ClientConfig;
+use rustls::{AlertDescription, CertificateError, ClientConfig};
 use rustls_pki_types::ServerName;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
@@ -38,6 +39,12 @@ pub struct SessionParams {
     pub device_id: DeviceId,
     /// TLS client configuration built from the credentials.
     pub tls: Arc<ClientConfig>,
+    /// The file the CAs that `tls` trusts come from (`ca.crt`), for error messages.
+    pub ca_path: PathBuf,
+    /// The digest of the CA bundle `tls` trusts (`Credentials::ca_bundle_digest`), sent in
+    /// Hello so that the gateway sends a TrustBundle when the cloud's differs; `None` to
+    /// announce none (the gateway then never sends one).
+    pub ca_bundle: Option<String>,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
     /// Facts period.
@@ -71,6 +78,11 @@ pub trait Observer {
     }
     /// The gateway answered a RenewRequest with this certificate, PEM.
     fn renewed(&mut self, _certificate_pem: String) {}
+    /// The gateway sent the CA bundle the cloud trusts now (PEM, the CA that issues device
+    /// certificates first): trust exactly these CAs from the next connection on, and renew
+    /// within `renew_within` when the device certificate is not from the first. The session
+    /// goes on.
+    fn trust_bundle(&mut self, _ca_pem: String, _renew_within: Duration) {}
 }
 
 /// Why a session could not be established or was lost.
@@ -93,9 +105,32 @@ pub enum SessionError {
         /// The error.
         source: std::io::Error,
     },
-    /// The TLS handshake failed (e.g. the gateway is not signed by the pinned CA).
+    /// The TLS handshake failed.
     #[error("TLS handshake with gateway failed: {0}")]
     Tls(std::io::Error),
+    /// The gateway's certificate does not verify against the CAs of `ca.crt`.
+    #[error(
+        "the gateway's certificate is not signed by a CA this device trusts ({}): if the \
+         cloud rotated its CA while this machine was offline, reinstall with heex-installer \
+         --force and a new API key",
+        ca_path.display()
+    )]
+    UntrustedGateway {
+        /// The trusted CAs' file.
+        ca_path: PathBuf,
+        /// The TLS error.
+        source: std::io::Error,
+    },
+    /// The gateway refused the device certificate with a TLS alert.
+    #[error(
+        "the gateway refused this device's certificate (TLS alert {}): reinstall with \
+         heex-installer --force and a new API key if it persists",
+        alert_name(*alert)
+    )]
+    CertificateRefused {
+        /// The alert the gateway sent.
+        alert: AlertDescription,
+    },
     /// The gateway does not speak `heex/1`.
     #[error("the gateway did not agree on protocol heex/1")]
     Alpn,
@@ -220,11 +255,75 @@ async fn connect(params: &SessionParams) -> Result<TlsStream<TcpStream>, Session
     )
     .await
     .map_err(|_| SessionError::Timeout("during the TLS handshake"))?
-    .map_err(SessionError::Tls)?;
+    .map_err(|e| tls_error(e, &params.ca_path))?;
     if tls.get_ref().1.alpn_protocol() != Some(heex_proto::ALPN) {
         return Err(SessionError::Alpn);
     }
     Ok(tls)
+}
+
+/// What a TLS error says about the credentials, when it is something the user must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRefusal {
+    /// The gateway's certificate does not verify against the trusted CAs: rustls
+    /// `InvalidCertificate(UnknownIssuer | BadSignature)`.
+    UntrustedGateway,
+    /// The gateway answered the device certificate with this alert (`unknown_ca`,
+    /// `bad_certificate` or `certificate_unknown`).
+    CertificateRefused(AlertDescription),
+}
+
+/// Classifies the rustls error inside an I/O error of a TLS stream (the handshake, or the
+/// first read of a TLS 1.3 session, when a refusal of the client certificate arrives).
+pub fn tls_refusal(e: &std::io::Error) -> Option<TlsRefusal> {
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match inner {
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => Some(TlsRefusal::UntrustedGateway),
+        rustls::Error::AlertReceived(
+            alert @ (AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            // What rustls answers a certificate from a same-named CA it does not trust.
+            | AlertDescription::DecryptError),
+        ) => Some(TlsRefusal::CertificateRefused(*alert)),
+        _ => None,
+    }
+}
+
+/// The session error for a failed TLS handshake.
+fn tls_error(e: std::io::Error, ca_path: &Path) -> SessionError {
+    match tls_refusal(&e) {
+        Some(TlsRefusal::UntrustedGateway) => SessionError::UntrustedGateway {
+            ca_path: ca_path.to_owned(),
+            source: e,
+        },
+        Some(TlsRefusal::CertificateRefused(alert)) => SessionError::CertificateRefused { alert },
+        None => SessionError::Tls(e),
+    }
+}
+
+/// The session error for a failed frame read or write before Welcome: a refusal of the
+/// device certificate may only show then.
+fn early_error(e: FrameIoError, ca_path: &Path) -> SessionError {
+    match e {
+        FrameIoError::Io(io) if tls_refusal(&io).is_some() => tls_error(io, ca_path),
+        other => SessionError::Frame(other),
+    }
+}
+
+/// The RFC 8446 name of a TLS alert, for messages.
+fn alert_name(alert: AlertDescription) -> String {
+    match alert {
+        AlertDescription::UnknownCA => "unknown_ca".to_owned(),
+        AlertDescription::BadCertificate => "bad_certificate".to_owned(),
+        AlertDescription::CertificateUnknown => "certificate_unknown".to_owned(),
+        AlertDescription::CertificateExpired => "certificate_expired".to_owned(),
+        AlertDescription::CertificateRevoked => "certificate_revoked".to_owned(),
+        AlertDescription::DecryptError => "decrypt_error".to_owned(),
+        other => format!("{other:?}"),
+    }
 }
 
 async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, SessionError> {
@@ -280,8 +379,13 @@ impl Session<'_> {
             agent_version: heex_proto::VERSION.to_owned(),
             facts: facts::gather(),
             next_report_seq: self.params.reports.as_ref().map_or(0, |r| r.next_seq()),
+            ca_bundle: self.params.ca_bundle.clone(),
         };
-        self.send(stream, &hello).await?;
+        let ca_path = &self.params.ca_path;
+        tokio::time::timeout(WRITE_TIMEOUT, frames::write(stream, &hello, &mut self.buf))
+            .await
+            .map_err(|_| SessionError::Timeout("while sending to the gateway"))?
+            .map_err(|e| early_error(e, ca_path))?;
 
         let first = tokio::select! {
             _ = cancel.cancelled() => {
@@ -289,7 +393,8 @@ impl Session<'_> {
                 return Ok(SessionEnd::Shutdown);
             }
             r = tokio::time::timeout(STEP_TIMEOUT, self.reader.read(stream)) => {
-                r.map_err(|_| SessionError::Timeout("while waiting for Welcome"))??
+                r.map_err(|_| SessionError::Timeout("while waiting for Welcome"))?
+                    .map_err(|e| early_error(e, ca_path))?
             }
         };
         match first {
@@ -346,6 +451,9 @@ impl Session<'_> {
                 msg = self.reader.read(stream) => match msg? {
                     Message::RenewResponse { certificate_pem } => {
                         observer.renewed(certificate_pem);
+                    }
+                    Message::TrustBundle { ca_pem, renew_within_secs } => {
+                        observer.trust_bundle(ca_pem, Duration::from_secs(renew_within_secs));
                     }
                     Message::HeartbeatAck { seq: acked } => {
                         if unacked.is_some_and(|(s, _)| acked >= s) {
@@ -457,6 +565,7 @@ pub fn kind(msg: &Message) -> &'static str {
         Message::ReportConflict { .. } => "report_conflict",
         Message::RenewRequest { .. } => "renew_request",
         Message::RenewResponse { .. } => "renew_response",
+        Message::TrustBundle { .. } => "trust_bundle",
         Message::Close { .. } => "close",
         _ => "unknown",
     }

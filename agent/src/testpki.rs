@@ -17,13 +17,17 @@ pub struct TestPki {
 }
 
 impl TestPki {
+    /// A CA named "Test CA" (every such CA has the same name, like a rotated one may).
     pub fn new() -> TestPki {
+        TestPki::named("Test CA")
+    }
+
+    /// A CA with the common name `cn`.
+    pub fn named(cn: &str) -> TestPki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Test CA");
+        params.distinguished_name.push(DnType::CommonName, cn);
         let cert = params.self_signed(&key).unwrap();
         TestPki {
             ca_pem: cert.pem(),

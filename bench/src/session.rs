@@ -92,6 +92,7 @@ pub async fn connect(
                 agent_version: format!("loadgen-{}", heex_proto::VERSION),
                 facts: heex_proto::api::Facts::default(),
                 next_report_seq: 0,
+                ca_bundle: None,
             };
             conn.send(&hello).await?;
             match conn.first_reply().await? {
@@ -218,6 +219,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
         ),
         Message::ReportAck { .. } => Reply::Other("report_ack"),
         Message::RenewResponse { .. } => Reply::Other("renew_response"),
+        Message::TrustBundle { .. } => Reply::Other("trust_bundle"),
         _ => Reply::Other("unexpected"),
     };
     Ok(Some((reply, used)))

@@ -35,6 +35,11 @@ const FILES: &[(&str, u32)] = &[
     (datadir::SERVER_CERT, 0o644),
     (datadir::SETTINGS, 0o644),
 ];
+/// Files a backup carries when they exist: the new CA during a CA rotation.
+const OPTIONAL_FILES: &[(&str, u32)] = &[
+    (crate::authority::CA_NEXT_KEY, 0o600),
+    (crate::authority::CA_NEXT_CERT, 0o644),
+];
 
 /// `heex-cloud backup`.
 pub fn backup(args: &BackupArgs) -> Result<(), Error> {
@@ -88,7 +93,11 @@ pub fn backup(args: &BackupArgs) -> Result<(), Error> {
         "CREATE TABLE {FILES_TABLE} (name TEXT PRIMARY KEY, mode INTEGER NOT NULL, content BLOB NOT NULL)"
     ))
     .map_err(sql)?;
-    for (name, mode) in FILES {
+    for (name, mode) in FILES.iter().chain(
+        OPTIONAL_FILES
+            .iter()
+            .filter(|(name, _)| fs::symlink_metadata(dir.path(name)).is_ok()),
+    ) {
         let path = dir.path(name);
         let content = fs::read(&path).map_err(|e| Error::file(&path, e))?;
         copy.execute(
@@ -215,7 +224,7 @@ pub fn restore(args: &RestoreArgs) -> Result<(), Error> {
     fs::set_permissions(staging.path(), Permissions::from_mode(0o700))
         .map_err(|e| Error::file(staging.path(), e))?;
     for (name, mode, content) in &files {
-        if !FILES.iter().any(|(n, _)| n == name) {
+        if !FILES.iter().chain(OPTIONAL_FILES).any(|(n, _)| n == name) {
             return Err(damaged(format!("it holds an unexpected file {name:?}")));
         }
         write_atomic(&staging.path().join(name), content, *mode)?;

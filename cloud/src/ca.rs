@@ -36,6 +36,9 @@ pub enum CaError {
     /// The CA certificate PEM does not parse.
     #[error("CA certificate is not a PEM certificate")]
     BadCertificate,
+    /// The CA key is not the key of the CA certificate.
+    #[error("the CA key does not belong to the CA certificate")]
+    KeyMismatch,
     /// A host name is neither a DNS name nor an IP address.
     #[error("{0:?} is not a valid DNS name or IP address")]
     BadHostname(String),
@@ -104,11 +107,17 @@ impl Ca {
         Ok((ca, key_pem))
     }
 
-    /// Loads the CA from its certificate and key, PEM.
+    /// Loads the CA from its certificate and key, PEM; the key must be the certificate's.
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, CaError> {
+        use rcgen::PublicKeyData;
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|_| CaError::BadCertificate)?;
         let key = KeyPair::from_pem(key_pem)?;
+        let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
+            .map_err(|_| CaError::BadCertificate)?;
+        if x509.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
+            return Err(CaError::KeyMismatch);
+        }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
         Ok(Ca {
             issuer,
@@ -130,6 +139,17 @@ impl Ca {
     /// The CA fingerprint clients pin.
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of_der(&self.cert_der)
+    }
+
+    /// True when this CA signed the certificate `der`.
+    pub fn signed(&self, der: &CertificateDer<'_>) -> bool {
+        let (Ok((_, cert)), Ok((_, ca))) = (
+            x509_parser::parse_x509_certificate(der.as_ref()),
+            x509_parser::parse_x509_certificate(self.cert_der.as_ref()),
+        ) else {
+            return false;
+        };
+        cert.verify_signature(Some(ca.public_key())).is_ok()
     }
 
     /// Issues the API/gateway server certificate (fresh P-256 key) for localhost, 127.0.0.1,

@@ -44,6 +44,44 @@ pub enum Command {
     Backup(BackupArgs),
     /// Make a new data directory from a backup file.
     Restore(RestoreArgs),
+    /// Rotate the cloud CA without re-enrolling devices: `rotate`, wait until `status`
+    /// shows every device on the new CA, then `retire` (each works while `serve` runs).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `heex-cloud ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Introduce a new CA: device certificates come from it from now on, both CAs are
+    /// trusted, and connected agents are sent both and renew onto the new one.
+    Rotate(CaArgs),
+    /// Where a rotation stands: the CAs, and how many devices still hold a certificate from
+    /// the current one.
+    Status(CaArgs),
+    /// End a rotation: the new CA becomes the only one (the server certificate is
+    /// re-issued from it, the old CA's key deleted and the old CA no longer trusted).
+    Retire(CaRetireArgs),
+}
+
+/// `heex-cloud ca rotate` and `ca status`.
+#[derive(Debug, Clone, Args)]
+pub struct CaArgs {
+    /// Data directory (and store).
+    #[command(flatten)]
+    pub dir: DataDirArg,
+}
+
+/// `heex-cloud ca retire`.
+#[derive(Debug, Clone, Args)]
+pub struct CaRetireArgs {
+    /// Data directory (and store).
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Retire even though some devices still hold a certificate from the old CA: they can
+    /// no longer connect and must be enrolled again.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `heex-cloud backup`.
@@ -234,6 +272,14 @@ pub struct ServeArgs {
     /// before it expires, without agents or clients noticing (they trust the CA).
     #[arg(long, default_value = "730d", value_parser = parse_server_cert_lifetime)]
     pub server_cert_lifetime: Duration,
+    /// How often the data directory's CAs are read again, to pick up `heex-cloud ca rotate`
+    /// and `ca retire`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub ca_reload_interval: Duration,
+    /// During a CA rotation, agents renew onto the new CA at a random point within this
+    /// spread after they hear of it, so a fleet does not renew all at once.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ca_renew_spread: Duration,
     /// Serve Prometheus metrics (OpenMetrics text at `/metrics`, plain HTTP) on this address,
     /// e.g. 127.0.0.1:9464; off by default, and never on the API's port.
     #[arg(long, value_name = "IP:PORT")]

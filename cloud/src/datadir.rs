@@ -225,8 +225,8 @@ pub struct Loaded {
     pub settings: Settings,
     /// Server secret.
     pub secret: ServerSecret,
-    /// The CA.
-    pub ca: Ca,
+    /// The CAs: one, or two during a CA rotation (see [`crate::authority`]).
+    pub authority: crate::authority::Authority,
     /// Server certificate chain: leaf, then the CA.
     pub server_chain: Vec<CertificateDer<'static>>,
     /// Server private key.
@@ -295,7 +295,8 @@ impl DataDir {
     }
 
     /// The store, for messages (a PostgreSQL URL without its password).
-    fn store_display(&self) -> String {
+    /// The store, for messages: the PostgreSQL URL (without password) or the SQLite file.
+    pub fn store_display(&self) -> String {
         match &self.store {
             Some(url) => url.to_string(),
             None => self.path(DATABASE).display().to_string(),
@@ -343,7 +344,11 @@ impl DataDir {
         let Some(recorded) = recorded else {
             return Ok(());
         };
-        if recorded.ca_fingerprint != mine.ca_fingerprint {
+        // During a CA rotation's `retire` the store moves to the new CA before the files do.
+        let next = crate::authority::next_fingerprint(self).map(|f| f.to_string());
+        if recorded.ca_fingerprint != mine.ca_fingerprint
+            && Some(&recorded.ca_fingerprint) != next.as_ref()
+        {
             return Err(Error::Mismatch(format!(
                 "the secrets in {} do not belong to the database {}: its CA is {}, the database's is {}; give every replica a copy of the same data directory",
                 self.root.display(),
@@ -545,8 +550,9 @@ impl DataDir {
 
         let ca_key_path = self.path(CA_KEY);
         warn_if_exposed(&ca_key_path);
-        let ca = Ca::load(&read_text(&self.path(CA_CERT))?, &read_text(&ca_key_path)?)
-            .map_err(|e| Error::corrupt(&ca_key_path, e.to_string()))?;
+        crate::authority::complete_interrupted_retire(self)?;
+        let authority = crate::authority::read(self)?;
+        let ca = authority.server();
 
         let now = OffsetDateTime::now_utc();
         let cert_path = self.path(SERVER_CERT);
@@ -555,10 +561,13 @@ impl DataDir {
         let outlives = crate::ca::not_after(&leaf).is_some_and(|t| {
             t > now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::MAX)
         });
-        if outlives || !server_cert_fits(&leaf, hostnames, now + server_cert_renew_before(lifetime))
+        // A CA rotation's `retire` leaves the certificate of the retired CA behind.
+        if outlives
+            || !ca.signed(&leaf)
+            || !server_cert_fits(&leaf, hostnames, now + server_cert_renew_before(lifetime))
         {
             tracing::info!("re-issuing the server certificate");
-            self.write_server_cert(&ca, hostnames, now, lifetime)?;
+            self.write_server_cert(ca, hostnames, now, lifetime)?;
         }
         let leaf = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes())
             .map_err(|e| Error::corrupt(&cert_path, e.to_string()))?;
@@ -573,9 +582,9 @@ impl DataDir {
             settings,
             secret,
             server_chain: vec![leaf, ca.cert_der().clone()],
-            ca,
             server_key,
             store,
+            authority,
         })
     }
 

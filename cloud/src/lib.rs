@@ -12,6 +12,7 @@ pub mod access;
 pub mod api;
 pub mod atomic_file;
 pub mod auth;
+pub mod authority;
 pub mod backup;
 pub mod ca;
 pub mod cli;
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Members(MembersCommand::List(args)) => operator::list_members(args).await,
             Command::Backup(args) => backup::backup(&args),
             Command::Restore(args) => backup::restore(&args),
+            Command::Ca(command) => ca_command(command).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -72,6 +74,65 @@ pub async fn init(args: InitArgs) -> Result<(), Error> {
     report
         .print(&mut std::io::stdout().lock())
         .map_err(|e| Error::file("<stdout>", e))
+}
+
+/// `heex-cloud ca rotate | status | retire`.
+pub async fn ca_command(command: cli::CaCommand) -> Result<(), Error> {
+    let stdout = |e| Error::file("<stdout>", e);
+    let mut out = std::io::stdout().lock();
+    match command {
+        cli::CaCommand::Rotate(args) => {
+            let dir = DataDir::of(&args.dir);
+            let rotated = authority::rotate(&dir, time::OffsetDateTime::now_utc())?;
+            writeln!(
+                out,
+                "New CA {} written to {}.\n\
+                 Device certificates come from it once `heex-cloud serve` has read it (within \
+                 --ca-reload-interval); connected agents are sent both CAs and renew onto the new \
+                 one within --ca-renew-spread. The current CA {} still signs the server \
+                 certificate: installers keep pinning it until the rotation is retired.\n\
+                 With several replicas, copy {} and {} into every replica's data directory.\n\
+                 Follow with `heex-cloud ca status --data-dir {}`; once no device is left on \
+                 the current CA, run `heex-cloud ca retire --data-dir {}`.",
+                rotated.next,
+                dir.path(authority::CA_NEXT_CERT).display(),
+                rotated.current,
+                authority::CA_NEXT_CERT,
+                authority::CA_NEXT_KEY,
+                dir.root().display(),
+                dir.root().display(),
+            )
+            .map_err(stdout)
+        }
+        cli::CaCommand::Status(args) => {
+            let dir = DataDir::of(&args.dir);
+            authority::status(&dir)
+                .await?
+                .print(&dir, &mut out)
+                .map_err(stdout)
+        }
+        cli::CaCommand::Retire(args) => {
+            let dir = DataDir::of(&args.dir);
+            let retired = authority::retire(&dir, args.force).await?;
+            if retired.stranded > 0 {
+                writeln!(
+                    out,
+                    "{} device(s) still held a certificate from the retired CA: they must be enrolled again.",
+                    retired.stranded
+                )
+                .map_err(stdout)?;
+            }
+            writeln!(
+                out,
+                "CA {} retired; {} is now the cloud's only CA (ca.crt). `heex-cloud serve` \
+                 re-issues its server certificate from it within --ca-reload-interval.\n\
+                 Installers pin {} from now on. With several replicas, run this command on \
+                 every replica's data directory.",
+                retired.old, retired.new, retired.new
+            )
+            .map_err(stdout)
+        }
+    }
 }
 
 /// `heex-cloud workspaces create`.
@@ -109,8 +170,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             .map_err(|e| Error::corrupt(dir.path(datadir::SERVER_KEY), e.to_string()))?;
     let api_tls = server::tls_config_with(Arc::clone(&server_cert))
         .map_err(|e| Error::corrupt(dir.path(datadir::SERVER_KEY), e.to_string()))?;
+    let cas = authority::Authorities::new(loaded.authority);
     let gateway_tls = GatewayTls {
-        ca_der: loaded.ca.cert_der().clone(),
+        ca_der: cas.current().server().cert_der().clone(),
         server_chain: loaded.server_chain.clone(),
         server_key: loaded.server_key.clone_key(),
         server_cert: Some(Arc::clone(&server_cert)),
@@ -171,21 +233,21 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     if stale > 0 {
         tracing::info!(stale, "cleared the connection marks of sessions that ended");
     }
-    let ca = Arc::new(loaded.ca);
-    let reissuing_ca = Arc::clone(&ca);
     let gateway_options = gateway::GatewayOptions {
         renewal_grace: args.renewal_grace,
         cert_overlap: args.cert_overlap,
         max_connections: gateway_max_connections,
-        signer: Some(gateway::DeviceSigner::new(
-            Arc::clone(&ca),
+        signer: Some(gateway::DeviceSigner::following(
+            cas.clone(),
             args.device_cert_lifetime,
         )),
+        trust: Some(cas.clone()),
+        ca_renew_spread: args.ca_renew_spread,
         ..gateway::GatewayOptions::default()
     };
     let state = AppState::new(ApiContext {
         store: Arc::clone(&store),
-        ca,
+        cas: cas.clone(),
         secret: loaded.secret,
         registry: registry.clone(),
         trust_domain: loaded.settings.trust_domain,
@@ -218,9 +280,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     if let Some(listener) = metrics_listener {
         tokio::spawn(metrics::serve(listener, shutdown.clone()));
     }
+    tokio::spawn(authority::follow(
+        dir.clone(),
+        cas.clone(),
+        args.ca_reload_interval,
+        shutdown.clone(),
+    ));
     tokio::spawn(server_cert::keep_fresh(
         dir.clone(),
-        reissuing_ca,
+        cas,
         args.init.hostnames.clone(),
         args.server_cert_lifetime,
         server_cert,

@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::Ca;
+use crate::authority::Authorities;
 use crate::datadir::{server_cert_renew_before, DataDir};
 
 /// The certificate both listeners present, replaceable while they run.
@@ -80,17 +80,20 @@ impl ResolvesServerCert for ServerCert {
 }
 
 /// Re-issues the server certificate [`server_cert_renew_before`] its expiry (the names it
-/// has and `hostnames`, for `lifetime`), writes it to the data directory and presents it,
-/// until `shutdown`. A failure is logged and tried again a minute later.
+/// has and `hostnames`, for `lifetime`), and at once when the CA that signs it changes (a
+/// CA rotation retired), writes it to the data directory and presents it, until
+/// `shutdown`. A failure is logged and tried again a minute later.
 pub async fn keep_fresh(
     dir: DataDir,
-    ca: Arc<Ca>,
+    cas: Authorities,
     hostnames: Vec<String>,
     lifetime: Duration,
     cert: Arc<ServerCert>,
     shutdown: CancellationToken,
 ) {
     let before = server_cert_renew_before(lifetime);
+    let mut changes = cas.subscribe();
+    let mut signer = changes.borrow_and_update().server().fingerprint();
     loop {
         let now = OffsetDateTime::now_utc();
         let due = cert.not_after().map_or(now, |t| t - before).max(now);
@@ -98,7 +101,20 @@ pub async fn keep_fresh(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    // The CAs no longer change: expiry alone decides from now on.
+                    changes = cas.subscribe();
+                }
+                let now_signer = changes.borrow_and_update().server().fingerprint();
+                if now_signer == signer {
+                    continue;
+                }
+                signer = now_signer;
+                tracing::info!(ca = %signer, "the server certificate's CA changed; re-issuing it");
+            }
         }
+        let ca = Arc::clone(cas.current().server());
         let issued = {
             let (dir, ca, hostnames) = (dir.clone(), Arc::clone(&ca), hostnames.clone());
             tokio::task::spawn_blocking(move || dir.reissue_server_cert(&ca, &hostnames, lifetime))
@@ -128,6 +144,7 @@ pub async fn keep_fresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::Ca;
     use rustls_pki_types::pem::PemObject;
 
     fn issued(

@@ -87,6 +87,21 @@ pub fn certificate_pem(der: &[u8]) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
 }
 
+/// Checks that `der` parses as an X.509 CA certificate (basicConstraints CA:true); the error
+/// says what is wrong.
+pub fn check_ca_cert(der: &[u8]) -> Result<(), String> {
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("does not parse: {e}"))?;
+    if !rest.is_empty() {
+        return Err("has trailing data".to_owned());
+    }
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => Ok(()),
+        Ok(_) => Err("is not a CA certificate".to_owned()),
+        Err(e) => Err(format!("has invalid basic constraints: {e}")),
+    }
+}
+
 /// Checks that `cert_der` is signed by `ca_der` and certifies the public key `spki`; returns
 /// its subject, URIs and expiry. The error says what is wrong.
 pub fn check_device_cert(
@@ -94,12 +109,33 @@ pub fn check_device_cert(
     ca_der: &[u8],
     spki: &[u8],
 ) -> Result<DeviceCert, String> {
+    check_device_cert_by_any(cert_der, &[ca_der], spki)
+}
+
+/// [`check_device_cert`] against a CA bundle (`ca.crt` during a CA rotation holds several):
+/// `cert_der` must be signed by one of `cas`.
+pub fn check_device_cert_by_any(
+    cert_der: &[u8],
+    cas: &[&[u8]],
+    spki: &[u8],
+) -> Result<DeviceCert, String> {
     let (_, cert) = X509Certificate::from_der(cert_der)
         .map_err(|e| format!("certificate does not parse: {e}"))?;
-    let (_, ca) = X509Certificate::from_der(ca_der)
-        .map_err(|e| format!("CA certificate does not parse: {e}"))?;
-    cert.verify_signature(Some(ca.public_key()))
-        .map_err(|_| "certificate is not signed by the CA".to_owned())?;
+    let mut signed = false;
+    for ca_der in cas {
+        let (_, ca) = X509Certificate::from_der(ca_der)
+            .map_err(|e| format!("CA certificate does not parse: {e}"))?;
+        if cert.verify_signature(Some(ca.public_key())).is_ok() {
+            signed = true;
+            break;
+        }
+    }
+    if !signed {
+        return Err(match cas.len() {
+            1 => "certificate is not signed by the CA".to_owned(),
+            n => format!("certificate is not signed by any of the {n} CA certificates"),
+        });
+    }
     if cert.public_key().raw != spki {
         return Err("certificate is for another key than device.key".to_owned());
     }
@@ -140,7 +176,11 @@ pub struct Issued {
     pub spiffe_id: SpiffeId,
     /// `device.crt` contents.
     pub certificate_pem: String,
-    /// `ca.crt` contents: only the anchor the installer trusted.
+    /// `ca.crt` contents: every CA certificate the cloud returned, in its order. Usually
+    /// just the anchor the installer trusted; during a CA rotation also the cloud's other
+    /// CA (the new one, which may be the one that signed the device certificate). The
+    /// answer is only accepted when the anchor is among them, so the anchor vouched for
+    /// the others (they came over the connection it verified).
     pub ca_pem: String,
     /// `host:port` of the gateway.
     pub gateway: String,
@@ -148,7 +188,9 @@ pub struct Issued {
     pub not_after: OffsetDateTime,
 }
 
-/// Checks the enrollment response against the key we generated and the CA we trusted.
+/// Checks the enrollment response against the key we generated and the CA we trusted: the
+/// anchor must be among the returned CA certificates, each of them a CA certificate, and
+/// the device certificate signed by one of them.
 pub fn check_response(
     resp: &EnrollResponse,
     key: &DeviceKey,
@@ -157,22 +199,24 @@ pub fn check_response(
     let unexpected = |what: String| {
         InstallError::Unexpected(format!("the server returned unusable credentials: {what}"))
     };
-    let ca_der = pem_certificates(resp.ca_pem.as_bytes())
-        .map_err(|e| unexpected(format!("CA certificate: {e}")))?
-        .into_iter()
-        .find(|der| anchor.is_anchor(der))
-        .ok_or_else(|| {
-            InstallError::Untrusted(format!(
-                "the CA certificate the server returned does not match {}; refusing to store it",
-                anchor.describe()
-            ))
-        })?;
+    let cas = pem_certificates(resp.ca_pem.as_bytes())
+        .map_err(|e| unexpected(format!("CA certificate: {e}")))?;
+    if !cas.iter().any(|der| anchor.is_anchor(der)) {
+        return Err(InstallError::Untrusted(format!(
+            "the CA certificate the server returned does not match {}; refusing to store it",
+            anchor.describe()
+        )));
+    }
+    for (n, der) in cas.iter().enumerate() {
+        check_ca_cert(der).map_err(|e| unexpected(format!("CA certificate {} {e}", n + 1)))?;
+    }
     let cert_der = pem_certificates(resp.certificate_pem.as_bytes())
         .map_err(|e| unexpected(format!("device certificate: {e}")))?
         .into_iter()
         .next()
         .ok_or_else(|| unexpected("no device certificate".to_owned()))?;
-    let cert = check_device_cert(&cert_der, &ca_der, &key.spki()).map_err(unexpected)?;
+    let ca_refs: Vec<&[u8]> = cas.iter().map(Vec::as_slice).collect();
+    let cert = check_device_cert_by_any(&cert_der, &ca_refs, &key.spki()).map_err(unexpected)?;
     if cert.common_name != resp.device_id.as_str() {
         return Err(unexpected(format!(
             "certificate is for {:?}, not {}",
@@ -191,7 +235,7 @@ pub fn check_response(
         device_id: resp.device_id.clone(),
         spiffe_id: resp.spiffe_id.clone(),
         certificate_pem: certificate_pem(&cert_der),
-        ca_pem: certificate_pem(&ca_der),
+        ca_pem: cas.iter().map(|der| certificate_pem(der)).collect(),
         gateway: resp.gateway.clone(),
         not_after: cert.not_after,
     })

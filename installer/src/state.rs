@@ -8,7 +8,7 @@ use heex_proto::DeviceId;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::device::{check_device_cert, pem_certificates, DeviceKey};
+use crate::device::{check_device_cert_by_any, pem_certificates, DeviceKey};
 use crate::error::InstallError;
 
 /// Name of the agent configuration file in the config directory.
@@ -17,7 +17,8 @@ pub const AGENT_TOML: &str = "agent.toml";
 pub const DEVICE_KEY: &str = "device.key";
 /// Name of the device certificate in the state directory.
 pub const DEVICE_CRT: &str = "device.crt";
-/// Name of the cloud CA certificate in the state directory.
+/// Name of the cloud CA bundle in the state directory: the CA certificates the device trusts
+/// (several during a CA rotation).
 pub const CA_CRT: &str = "ca.crt";
 
 /// The keys of `agent.toml` the installer owns; any other key (intervals) is the
@@ -108,12 +109,14 @@ pub fn inspect(config_dir: &Path, now: OffsetDateTime) -> Result<Existing, Insta
             dir.join(DEVICE_CRT).display()
         ));
     };
-    let Some(ca_der) = first(ca_pem) else {
+    // Every CA of the bundle: after a rotation the device certificate may be from any.
+    let cas = pem_certificates(ca_pem.as_bytes()).unwrap_or_default();
+    if cas.is_empty() {
         return unusable(format!(
             "{} holds no certificate",
             dir.join(CA_CRT).display()
         ));
-    };
+    }
     let key = match DeviceKey::from_pem(key_pem) {
         Ok(k) => k,
         Err(e) => {
@@ -123,7 +126,8 @@ pub fn inspect(config_dir: &Path, now: OffsetDateTime) -> Result<Existing, Insta
             ))
         }
     };
-    let cert = match check_device_cert(&cert_der, &ca_der, &key.spki()) {
+    let ca_refs: Vec<&[u8]> = cas.iter().map(Vec::as_slice).collect();
+    let cert = match check_device_cert_by_any(&cert_der, &ca_refs, &key.spki()) {
         Ok(c) => c,
         Err(e) => return unusable(format!("{}: {e}", dir.join(DEVICE_CRT).display())),
     };

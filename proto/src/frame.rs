@@ -67,6 +67,11 @@ pub enum Message {
         /// the gateway compares it with what it stored to notice a rewound outbox.
         #[serde(default)]
         next_report_seq: u64,
+        /// [`bundle_digest`] of the CA certificates the agent trusts (its `ca.crt`), from an
+        /// agent that understands [`Message::TrustBundle`]; the gateway sends one when the
+        /// cloud's bundle differs. `None` from older agents, which are never sent one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_bundle: Option<String>,
     },
     /// Gateway → agent, answer to Hello: the session is accepted.
     Welcome {
@@ -128,6 +133,18 @@ pub enum Message {
         /// Certificate, PEM.
         certificate_pem: String,
     },
+    /// Gateway → agent: the CAs the cloud trusts now, during and after a CA rotation. Sent
+    /// after Welcome when the agent's [`bundle_digest`] differs from the cloud's, and to
+    /// every session when the bundle changes; only to agents whose Hello carried a digest.
+    /// The agent trusts exactly these CAs for the gateway's and the API's certificate from
+    /// then on (its `ca.crt`), and renews its own certificate when it is not from the first.
+    TrustBundle {
+        /// The CA certificates, PEM, the one that issues device certificates now first.
+        ca_pem: String,
+        /// An agent whose certificate is not from the first CA renews at a random point
+        /// within this many seconds (spreading a fleet's renewals).
+        renew_within_secs: u64,
+    },
     /// Either side: the session ends.
     Close {
         /// Why.
@@ -136,6 +153,18 @@ pub enum Message {
         #[serde(default)]
         message: String,
     },
+}
+
+/// The digest of a CA bundle, compared by the gateway and the agent: lowercase hex SHA-256
+/// over each certificate's DER, in order, each preceded by its length (u32 big-endian).
+pub fn bundle_digest<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for der in ders {
+        hash.update((der.len() as u32).to_be_bytes());
+        hash.update(der);
+    }
+    hex::encode(hash.finalize())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -256,6 +285,7 @@ mod tests {
                     ..Facts::default()
                 },
                 next_report_seq: 3,
+                ca_bundle: Some("ab12".into()),
             },
             Message::Welcome {
                 device_id: DeviceId::generate(),
@@ -278,6 +308,10 @@ mod tests {
             },
             Message::RenewResponse {
                 certificate_pem: "crt".into(),
+            },
+            Message::TrustBundle {
+                ca_pem: "ca".into(),
+                renew_within_secs: 60,
             },
             Message::Close {
                 reason: CloseReason::DeviceRevoked,

@@ -213,6 +213,7 @@ fn hello(facts: Value) -> Message {
         agent_version: "e2e".into(),
         facts: serde_json::from_value(facts).unwrap(),
         next_report_seq: 0,
+        ca_bundle: None,
     }
 }
 

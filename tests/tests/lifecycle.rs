@@ -177,6 +177,7 @@ fn hello() -> Message {
         agent_version: "e2e".into(),
         facts: Default::default(),
         next_report_seq: 0,
+        ca_bundle: None,
     }
 }
 

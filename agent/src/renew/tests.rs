@@ -1,3 +1,4 @@
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use rcgen::{
@@ -150,7 +151,7 @@ fn delays_and_retries() {
 #[tokio::test(start_paused = true)]
 async fn renewal_is_requested_when_due_and_retried_later() {
     let f = fixture();
-    let mut r = Renewal::new(f.files.clone(), f.ca.der.clone(), f.device.clone()).unwrap();
+    let mut r = Renewal::new(f.files.clone(), vec![f.ca.der.clone()], f.device.clone()).unwrap();
     let cur = r.current().clone();
     // The window runs from when the certificate file was written.
     let written = OffsetDateTime::from(
@@ -185,7 +186,7 @@ fn renewal_installs_a_fresh_key_and_certificate() {
     let f = fixture();
     let old_key = read(&f.files.key);
     let old_cert = read(&f.files.cert);
-    let mut r = Renewal::new(f.files.clone(), f.ca.der.clone(), f.device.clone()).unwrap();
+    let mut r = Renewal::new(f.files.clone(), vec![f.ca.der.clone()], f.device.clone()).unwrap();
     let csr = r.request(now()).unwrap();
     let cert =
         f.ca.sign_csr(&csr, f.device.as_str(), now() + TimeDuration::hours(2));
@@ -242,7 +243,8 @@ fn bad_renewed_certificates_are_refused_and_the_old_pair_stays() {
         ("garbage", Box::new(|_| "not a certificate".to_owned())),
     ];
     for (what, make) in cases {
-        let mut r = Renewal::new(f.files.clone(), f.ca.der.clone(), f.device.clone()).unwrap();
+        let mut r =
+            Renewal::new(f.files.clone(), vec![f.ca.der.clone()], f.device.clone()).unwrap();
         let csr = r.request(now()).unwrap();
         let err = r.complete(&make(&csr), now()).unwrap_err();
         assert!(matches!(err, RenewError::Certificate(_)), "{what}: {err}");
@@ -252,9 +254,108 @@ fn bad_renewed_certificates_are_refused_and_the_old_pair_stays() {
 }
 
 #[test]
+fn a_renewed_certificate_from_any_ca_of_the_bundle_is_accepted() {
+    let f = fixture();
+    let next = Ca::new();
+    let later = now() + TimeDuration::hours(2);
+    // During a rotation: the new CA first, the old one (which issued the current one) next.
+    let bundle = vec![next.der.clone(), f.ca.der.clone()];
+    let mut r = Renewal::new(f.files.clone(), bundle.clone(), f.device.clone()).unwrap();
+    assert!(r.issued_by(&f.ca.der));
+    assert!(!r.issued_by(&next.der));
+    for ca in [&next, &f.ca] {
+        let csr = r.request(now()).unwrap();
+        r.complete(&ca.sign_csr(&csr, f.device.as_str(), later), now())
+            .unwrap();
+        assert!(pair_matches(&f.files.key, &f.files.cert));
+        // The current certificate is now the one from `ca`.
+        assert!(r.issued_by(&ca.der));
+    }
+    assert_eq!(r.bundle(), &bundle[..]);
+}
+
+#[test]
+fn a_renewed_certificate_from_a_ca_outside_the_bundle_is_refused() {
+    let f = fixture();
+    let next = Ca::new();
+    let stranger = Ca::new();
+    let later = now() + TimeDuration::hours(2);
+    let mut r = Renewal::new(f.files.clone(), vec![f.ca.der.clone()], f.device.clone()).unwrap();
+    let old = (read(&f.files.key), read(&f.files.cert));
+
+    // Not yet in the bundle: refused with the wording naming ca.crt.
+    let csr = r.request(now()).unwrap();
+    let err = r
+        .complete(&next.sign_csr(&csr, f.device.as_str(), later), now())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not signed by a CA this device trusts (ca.crt)"),
+        "{err}"
+    );
+    assert_eq!((read(&f.files.key), read(&f.files.cert)), old);
+
+    // Trusted once the bundle holds it; a stranger still is not.
+    r.set_bundle(vec![next.der.clone(), f.ca.der.clone()]);
+    let csr = r.request(now()).unwrap();
+    let err = r
+        .complete(&stranger.sign_csr(&csr, f.device.as_str(), later), now())
+        .unwrap_err();
+    assert!(matches!(err, RenewError::Certificate(_)), "{err}");
+    assert_eq!((read(&f.files.key), read(&f.files.cert)), old);
+    let csr = r.request(now()).unwrap();
+    r.complete(&next.sign_csr(&csr, f.device.as_str(), later), now())
+        .unwrap();
+    assert!(r.issued_by(&next.der));
+
+    // An empty or unparsable bundle trusts nothing, without panicking.
+    r.set_bundle(vec![CertificateDer::from(b"junk".to_vec())]);
+    let csr = r.request(now()).unwrap();
+    let err = r
+        .complete(&next.sign_csr(&csr, f.device.as_str(), later), now())
+        .unwrap_err();
+    assert!(matches!(err, RenewError::Certificate(_)), "{err}");
+    r.set_bundle(Vec::new());
+    assert!(!r.issued_by(&CertificateDer::from(b"junk".to_vec())));
+}
+
+#[test]
+fn the_due_time_moves_forward_never_backward() {
+    let f = fixture();
+    let mut r = Renewal::new(f.files.clone(), vec![f.ca.der.clone()], f.device.clone()).unwrap();
+    let due = r.due();
+    assert!(!r.bring_forward(due + TimeDuration::minutes(5)));
+    assert_eq!(r.due(), due);
+    assert!(!r.bring_forward(due));
+    assert_eq!(r.due(), due);
+    let earlier = due - TimeDuration::minutes(5);
+    assert!(r.bring_forward(earlier));
+    assert_eq!(r.due(), earlier);
+    assert!(!r.bring_forward(due));
+    assert_eq!(r.due(), earlier);
+}
+
+#[test]
+fn a_random_point_within_a_window() {
+    let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    assert_eq!(random_point_within(t, Duration::ZERO), t);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..500 {
+        let at = random_point_within(t, Duration::from_secs(100));
+        assert!(at >= t && at <= t + TimeDuration::seconds(100), "{at}");
+        seen.insert((at - t).whole_seconds() / 10);
+    }
+    assert!(seen.len() >= 4, "{seen:?}");
+    // Absurd windows from a hostile gateway saturate instead of panicking.
+    for secs in [u64::MAX, i64::MAX as u64, 1 << 40] {
+        assert!(random_point_within(t, Duration::from_secs(secs)) >= t);
+    }
+}
+
+#[test]
 fn a_lagging_clock_accepts_a_certificate_not_yet_valid_locally() {
     let f = fixture();
-    let mut r = Renewal::new(f.files.clone(), f.ca.der.clone(), f.device.clone()).unwrap();
+    let mut r = Renewal::new(f.files.clone(), vec![f.ca.der.clone()], f.device.clone()).unwrap();
     let csr = r.request(now()).unwrap();
     let cert =
         f.ca.sign_csr(&csr, f.device.as_str(), now() + TimeDuration::hours(1));

@@ -20,10 +20,12 @@ use crate::frames::{self, FrameReader};
 use crate::testpki::TestPki;
 
 /// How the fake gateway behaves after reading Hello.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Behaviour {
     /// Welcome, then ack every heartbeat.
     Normal,
+    /// Welcome, then this message, then ack every heartbeat.
+    AfterWelcome(Box<Message>),
     /// Welcome, then never ack.
     Mute,
     /// Refuse with Close(DeviceRevoked).
@@ -52,6 +54,8 @@ fn fixture(pki: TestPki) -> Fixture {
         port: 0,
         device_id: device,
         tls: creds.tls.clone(),
+        ca_path: config.ca_path(),
+        ca_bundle: Some(creds.ca_bundle_digest()),
         heartbeat_interval: Duration::from_millis(50),
         facts_interval: Duration::from_millis(120),
         ack_timeout: Duration::from_millis(400),
@@ -106,30 +110,45 @@ async fn fake_gateway(
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let Ok(mut tls) = TlsAcceptor::from(config).accept(tcp).await else {
-            return;
+        let mut tls = match TlsAcceptor::from(config).accept(tcp).into_fallible().await {
+            Ok(tls) => tls,
+            Err((_, mut tcp)) => {
+                // Like a gateway that lingers: read what the client sent (its Hello) until
+                // it goes, so the client reads the alert instead of a reset.
+                let mut sink = Vec::new();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut sink),
+                )
+                .await;
+                return;
+            }
         };
         assert!(tls.get_ref().1.peer_certificates().is_some());
         let mut reader = FrameReader::new();
         let mut buf = Vec::new();
         while let Ok(msg) = reader.read(&mut tls).await {
-            let reply = match (&msg, behaviour) {
-                (Message::Hello { .. }, Behaviour::Revoked) => Some(Message::Close {
+            let welcome_msg = Message::Welcome {
+                device_id: welcome.clone(),
+                server_time: 0,
+                next_report_seq: 0,
+            };
+            let replies = match (&msg, &behaviour) {
+                (Message::Hello { .. }, Behaviour::Revoked) => vec![Message::Close {
                     reason: CloseReason::DeviceRevoked,
                     message: "device revoked".into(),
-                }),
-                (Message::Hello { .. }, _) => Some(Message::Welcome {
-                    device_id: welcome.clone(),
-                    server_time: 0,
-                    next_report_seq: 0,
-                }),
-                (Message::Heartbeat { seq }, Behaviour::Normal) => {
-                    Some(Message::HeartbeatAck { seq: *seq })
+                }],
+                (Message::Hello { .. }, Behaviour::AfterWelcome(then)) => {
+                    vec![welcome_msg, (**then).clone()]
                 }
-                _ => None,
+                (Message::Hello { .. }, _) => vec![welcome_msg],
+                (Message::Heartbeat { seq }, Behaviour::Normal | Behaviour::AfterWelcome(_)) => {
+                    vec![Message::HeartbeatAck { seq: *seq }]
+                }
+                _ => Vec::new(),
             };
             let _ = tx.send(msg);
-            if let Some(reply) = reply {
+            for reply in replies {
                 if frames::write(&mut tls, &reply, &mut buf).await.is_err() {
                     return;
                 }
@@ -143,6 +162,7 @@ async fn fake_gateway(
 struct Recorder {
     connected: u32,
     acks: Vec<u64>,
+    bundles: Vec<(String, Duration)>,
 }
 
 impl Observer for Recorder {
@@ -151,6 +171,9 @@ impl Observer for Recorder {
     }
     fn heartbeat_acked(&mut self, seq: u64) {
         self.acks.push(seq);
+    }
+    fn trust_bundle(&mut self, ca_pem: String, renew_within: Duration) {
+        self.bundles.push((ca_pem, renew_within));
     }
 }
 
@@ -210,10 +233,16 @@ async fn hello_welcome_heartbeats_facts_and_close_on_shutdown() {
         Message::Hello {
             facts,
             agent_version,
+            ca_bundle,
             ..
         } => {
             assert_eq!(agent_version, heex_proto::VERSION);
             assert!(facts.hostname.is_some());
+            // The digest of the bundle the session's TLS configuration trusts.
+            assert_eq!(
+                ca_bundle.as_deref(),
+                Some(heex_proto::frame::bundle_digest([f.pki.ca_der.as_ref()]).as_str())
+            );
         }
         other => panic!("first frame {other:?}"),
     }
@@ -275,12 +304,113 @@ async fn refusal_is_reported_with_its_reason() {
 
 #[tokio::test]
 async fn a_gateway_signed_by_another_ca_is_not_trusted() {
+    // A CA of the same name (as a rotated CA may be: rustls sees a bad signature) and one of
+    // another name (an unknown issuer).
+    for impostor in [TestPki::new(), TestPki::named("Impostor CA")] {
+        let f = fixture(TestPki::new());
+        let (port, _rx) = fake_gateway(
+            server_config(&impostor, true),
+            Behaviour::Normal,
+            DeviceId::generate(),
+        )
+        .await;
+        let params = SessionParams {
+            port,
+            ..f.params.clone()
+        };
+        let out = run(&params, &mut Recorder::default(), &CancellationToken::new()).await;
+        match out.end {
+            SessionEnd::Failed(e @ SessionError::UntrustedGateway { .. }) => {
+                let line = e.to_string();
+                let expected = format!(
+                    "the gateway's certificate is not signed by a CA this device trusts ({}): \
+                     if the cloud rotated its CA while this machine was offline, reinstall \
+                     with heex-installer --force and a new API key",
+                    params.ca_path.display()
+                );
+                assert_eq!(line, expected);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_from_any_ca_of_the_bundle_is_trusted() {
+    // ca.crt during a rotation: the new CA first, the old one after it. A gateway with a
+    // certificate from either is trusted.
     let f = fixture(TestPki::new());
-    let impostor = TestPki::new();
+    let next = TestPki::named("Next CA");
+    std::fs::write(
+        f.params.ca_path.clone(),
+        format!("{}{}", next.ca_pem, f.pki.ca_pem),
+    )
+    .unwrap();
+    let text = format!(
+        "server = \"https://127.0.0.1:1\"\ngateway = \"127.0.0.1:2\"\n\
+         device_id = \"{}\"\nstate_dir = \"{}\"\n",
+        f.params.device_id,
+        f._dir.path().display()
+    );
+    let config = Config::parse(&text, std::path::Path::new("agent.toml")).unwrap();
+    let creds = Credentials::load(&config).unwrap();
+    for gateway_ca in [&next, &f.pki] {
+        // The gateway accepts device certificates of the old CA.
+        let provider = Arc::new(ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(f.pki.ca_der.clone()).unwrap();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap();
+        let (chain, key) = gateway_ca.server();
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![heex_proto::ALPN.to_vec()];
+        let (port, _rx) = fake_gateway(
+            Arc::new(config),
+            Behaviour::Revoked,
+            f.params.device_id.clone(),
+        )
+        .await;
+        let params = SessionParams {
+            port,
+            tls: creds.tls.clone(),
+            ..f.params.clone()
+        };
+        let out = run(&params, &mut Recorder::default(), &CancellationToken::new()).await;
+        assert!(matches!(out.end, SessionEnd::Closed { .. }), "{out:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_that_refuses_the_device_certificate_says_so() {
+    // The gateway trusts another CA for device certificates: it answers with a TLS alert,
+    // which a TLS 1.3 client sees when it reads the Welcome.
+    let f = fixture(TestPki::new());
+    let other = TestPki::named("Other CA");
+    let provider = Arc::new(ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(other.ca_der.clone()).unwrap();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .unwrap();
+    let (chain, key) = f.pki.server();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![heex_proto::ALPN.to_vec()];
     let (port, _rx) = fake_gateway(
-        server_config(&impostor, true),
+        Arc::new(config),
         Behaviour::Normal,
-        DeviceId::generate(),
+        f.params.device_id.clone(),
     )
     .await;
     let params = SessionParams {
@@ -289,11 +419,136 @@ async fn a_gateway_signed_by_another_ca_is_not_trusted() {
     };
     let out = run(&params, &mut Recorder::default(), &CancellationToken::new()).await;
     match out.end {
-        SessionEnd::Failed(SessionError::Tls(e)) => {
-            assert!(e.to_string().contains("certificate"), "{e}")
-        }
+        SessionEnd::Failed(
+            e @ SessionError::CertificateRefused {
+                alert: AlertDescription::UnknownCA,
+            },
+        ) => assert_eq!(
+            e.to_string(),
+            "the gateway refused this device's certificate (TLS alert unknown_ca): reinstall \
+             with heex-installer --force and a new API key if it persists"
+        ),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn tls_errors_are_classified() {
+    use std::io::{Error, ErrorKind};
+    let wrap = |e: rustls::Error| Error::new(ErrorKind::InvalidData, e);
+    let untrusted = [
+        CertificateError::UnknownIssuer,
+        CertificateError::BadSignature,
+    ];
+    for c in untrusted {
+        assert_eq!(
+            tls_refusal(&wrap(rustls::Error::InvalidCertificate(c))),
+            Some(TlsRefusal::UntrustedGateway)
+        );
+    }
+    for alert in [
+        AlertDescription::UnknownCA,
+        AlertDescription::BadCertificate,
+        AlertDescription::CertificateUnknown,
+    ] {
+        assert_eq!(
+            tls_refusal(&wrap(rustls::Error::AlertReceived(alert))),
+            Some(TlsRefusal::CertificateRefused(alert))
+        );
+    }
+    // Anything else stays a plain TLS error.
+    for other in [
+        wrap(rustls::Error::InvalidCertificate(CertificateError::Expired)),
+        wrap(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName,
+        )),
+        wrap(rustls::Error::AlertReceived(
+            AlertDescription::HandshakeFailure,
+        )),
+        wrap(rustls::Error::DecryptError),
+        Error::new(ErrorKind::ConnectionReset, "reset"),
+        Error::from(ErrorKind::UnexpectedEof),
+    ] {
+        assert_eq!(tls_refusal(&other), None, "{other}");
+    }
+    let path = std::path::Path::new("/var/lib/heex/ca.crt");
+    let e = tls_error(
+        wrap(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )),
+        path,
+    );
+    assert!(
+        e.to_string().starts_with(
+            "the gateway's certificate is not signed by a CA this device trusts \
+             (/var/lib/heex/ca.crt): "
+        ),
+        "{e}"
+    );
+    let e = tls_error(
+        wrap(rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate,
+        )),
+        path,
+    );
+    assert!(e.to_string().contains("(TLS alert bad_certificate)"), "{e}");
+    let e = tls_error(wrap(rustls::Error::DecryptError), path);
+    assert!(matches!(e, SessionError::Tls(_)), "{e}");
+    // After the handshake (reading the Welcome) the same classification applies.
+    let e = early_error(
+        FrameIoError::Io(wrap(rustls::Error::AlertReceived(
+            AlertDescription::CertificateUnknown,
+        ))),
+        path,
+    );
+    assert!(matches!(e, SessionError::CertificateRefused { .. }), "{e}");
+    assert!(matches!(
+        early_error(FrameIoError::Closed, path),
+        SessionError::Frame(FrameIoError::Closed)
+    ));
+    for e in [
+        SessionError::UntrustedGateway {
+            ca_path: path.to_owned(),
+            source: Error::from(ErrorKind::InvalidData),
+        },
+        SessionError::CertificateRefused {
+            alert: AlertDescription::UnknownCA,
+        },
+    ] {
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_trust_bundle_reaches_the_observer_and_the_session_goes_on() {
+    let f = fixture(TestPki::new());
+    let next = TestPki::new();
+    let ca_pem = format!("{}{}", next.ca_pem, f.pki.ca_pem);
+    let (port, _rx) = gateway_for(
+        &f,
+        Behaviour::AfterWelcome(Box::new(Message::TrustBundle {
+            ca_pem: ca_pem.clone(),
+            renew_within_secs: 3600,
+        })),
+    )
+    .await;
+    let params = SessionParams {
+        port,
+        ..f.params.clone()
+    };
+    let cancel = CancellationToken::new();
+    let stopper = cancel.clone();
+    let mut rec = Recorder::default();
+    let session = run(&params, &mut rec, &cancel);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stopper.cancel();
+    };
+    let (out, ()) = tokio::join!(session, stop);
+    assert!(matches!(out.end, SessionEnd::Shutdown), "{out:?}");
+    assert_eq!(rec.bundles, [(ca_pem, Duration::from_secs(3600))]);
+    // Heartbeats went on after the bundle.
+    assert!(rec.acks.len() >= 3, "acks: {:?}", rec.acks);
 }
 
 #[tokio::test]

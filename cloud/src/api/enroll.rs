@@ -102,8 +102,9 @@ async fn enroll_with(
         device_id.clone(),
     )
     .map_err(ApiError::internal)?;
-    let cert = state
-        .ca
+    let cas = state.cas.current();
+    let cert = cas
+        .issuing()
         .sign_device(
             &csr,
             &device_id,
@@ -134,6 +135,7 @@ async fn enroll_with(
         enrolled_by_member: key.member_id.clone(),
         cert_serial: cert.serial_hex,
         cert_expires_at: cert.not_after,
+        cert_ca: cas.issuing().fingerprint().to_string(),
     };
     match state.store.insert_device(device, audit).await {
         Ok(()) => {}
@@ -154,7 +156,7 @@ async fn enroll_with(
             device_id,
             spiffe_id,
             certificate_pem: cert.pem,
-            ca_pem: state.ca.cert_pem().to_owned(),
+            ca_pem: cas.bundle_pem().to_owned(),
             gateway: gateway_for(&state.gateway, &uri, &headers),
             expires_at: cert.not_after,
         }),

@@ -37,7 +37,6 @@ use utoipa_axum::routes;
 
 use crate::access::Need;
 use crate::auth::Caller;
-use crate::ca::Ca;
 use crate::datadir::ServerSecret;
 use crate::error::ApiError;
 use crate::gateway::SessionRegistry;
@@ -56,8 +55,8 @@ pub enum GatewayAddress {
 pub struct ApiContext {
     /// The store.
     pub store: Arc<Store>,
-    /// The CA that signs device certificates.
-    pub ca: Arc<Ca>,
+    /// The cloud's CAs: the one that signs device certificates, the one installers pin.
+    pub cas: crate::authority::Authorities,
     /// The server secret API keys derive from.
     pub secret: ServerSecret,
     /// Live gateway sessions.
@@ -177,18 +176,19 @@ async fn ready(state: axum::extract::State<AppState>) -> Result<&'static str, Ap
 /// How long a readiness check waits for the store.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The cloud CA certificate, PEM (no authentication): the only root agents trust.
+/// The cloud's CA certificates, PEM (no authentication): the roots agents trust. One,
+/// or two during a CA rotation (the new one first).
 #[utoipa::path(
     get,
     path = "/v1/ca",
     tag = "server",
-    responses((status = 200, description = "The CA certificate", body = String, content_type = "application/x-pem-file"))
+    responses((status = 200, description = "The CA certificates", body = String, content_type = "application/x-pem-file"))
 )]
 async fn ca_pem(state: axum::extract::State<AppState>) -> impl IntoResponse {
     (
         StatusCode::OK,
         [(CONTENT_TYPE, "application/x-pem-file")],
-        state.ca.cert_pem().to_owned(),
+        state.cas.current().bundle_pem().to_owned(),
     )
 }
 

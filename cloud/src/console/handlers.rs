@@ -755,7 +755,7 @@ pub(super) async fn add_device_page(
             &viewer(&caller),
             &enroll,
             &origin(&headers, &uri),
-            &state.ca.fingerprint().to_string(),
+            &state.cas.current().server().fingerprint().to_string(),
             OffsetDateTime::now_utc(),
         ),
     )

@@ -70,7 +70,7 @@ async fn console() -> Console {
     let store = Arc::new(loaded.store);
     let state = AppState::new(ApiContext {
         store: Arc::clone(&store),
-        ca: Arc::new(loaded.ca),
+        cas: crate::authority::Authorities::new(loaded.authority),
         secret: loaded.secret,
         registry: SessionRegistry::default(),
         trust_domain: loaded.settings.trust_domain,
@@ -587,6 +587,7 @@ async fn enroll_devices(c: &Console, names: &[String]) -> Vec<heex_proto::Device
             enrolled_by_member: owner.member_id.clone(),
             cert_serial: "40aa".into(),
             cert_expires_at: now + time::Duration::days(30),
+            cert_ca: "sha256:old".into(),
         };
         let audit = AuditEntry {
             workspace_id: owner.workspace_id.clone(),

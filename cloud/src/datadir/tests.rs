@@ -27,7 +27,10 @@ async fn init_creates_a_private_complete_directory() {
     assert_eq!(fs::read(dir.path(SECRET)).unwrap().len(), 32);
 
     let loaded = dir.load(&[]).await.unwrap();
-    assert_eq!(loaded.ca.fingerprint(), report.ca_fingerprint);
+    assert_eq!(
+        loaded.authority.server().fingerprint(),
+        report.ca_fingerprint
+    );
     assert_eq!(loaded.settings.trust_domain, "heex.local");
     assert_eq!(loaded.server_chain.len(), 2);
     assert!(report.owner_key.is_authentic(loaded.secret.as_bytes()));

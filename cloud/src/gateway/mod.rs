@@ -116,7 +116,8 @@ pub trait DeviceDirectory: Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Records the device's certificate renewed from the one with serial `from_serial`
-    /// (serials lowercase hex; the new one's expiry). False when the device does not exist,
+    /// (serials lowercase hex; the new one's expiry and the fingerprint of the CA that
+    /// signed it). False when the device does not exist,
     /// is revoked, or `from_serial` is no longer its current serial: decided in the write,
     /// and then nothing changes.
     fn record_renewal(
@@ -125,6 +126,7 @@ pub trait DeviceDirectory: Send + Sync + 'static {
         from_serial: &str,
         serial_hex: &str,
         not_after: OffsetDateTime,
+        ca: &str,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
 
     /// Stores the device's reports (sequence number, compact JSON), each (device, seq) at
@@ -210,7 +212,18 @@ pub struct GatewayOptions {
     pub renewal_grace: Duration,
     /// Signs renewed device certificates; without one, renewal requests are refused.
     pub signer: Option<DeviceSigner>,
+    /// The cloud's CAs, followed while serving (a CA rotation): device certificates are
+    /// verified against the current bundle, and agents that understand it are sent the
+    /// bundle when theirs differs. Without it, only [`GatewayTls::ca_der`] is trusted.
+    pub trust: Option<crate::authority::Authorities>,
+    /// An agent told of a new CA whose certificate is not from it renews at a random point
+    /// within this spread.
+    pub ca_renew_spread: Duration,
 }
+
+/// Default [`GatewayOptions::ca_renew_spread`]: a fleet's renewals onto a new CA spread
+/// over an hour.
+pub const DEFAULT_CA_RENEW_SPREAD: Duration = Duration::from_secs(3600);
 
 /// Default [`GatewayOptions::max_connections`]: the 19,000 sessions `docs/benchmarks.md`
 /// holds, leaving the rest of a 20,000-descriptor limit to the API.
@@ -234,6 +247,32 @@ impl Default for GatewayOptions {
             shutdown_grace: Duration::from_secs(5),
             renewal_grace: DEFAULT_RENEWAL_GRACE,
             signer: None,
+            trust: None,
+            ca_renew_spread: DEFAULT_CA_RENEW_SPREAD,
+        }
+    }
+}
+
+/// Trusts the CAs of each new authority for client certificates, until `shutdown`.
+async fn follow_trust(
+    mut changes: tokio::sync::watch::Receiver<Arc<crate::authority::Authority>>,
+    trusted: Arc<tls::TrustedCas>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let authority = Arc::clone(&changes.borrow_and_update());
+        match trusted.replace(authority.bundle()) {
+            Ok(()) => tracing::info!(
+                cas = authority.bundle().len(),
+                "the gateway accepts device certificates from the new CA bundle"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot trust the new CA bundle; keeping the current one")
+            }
         }
     }
 }
@@ -267,7 +306,11 @@ pub async fn serve_with<D: DeviceDirectory>(
     shutdown: CancellationToken,
     options: GatewayOptions,
 ) -> anyhow::Result<()> {
-    let config = server_config(tls)?;
+    let (config, trusted) = tls::server_config_with(tls)?;
+    if let Some(trust) = &options.trust {
+        trusted.replace(trust.current().bundle())?;
+        tokio::spawn(follow_trust(trust.subscribe(), trusted, shutdown.clone()));
+    }
     let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let sources = limits::Sources::new(options.max_unadmitted_per_source.max(1));
     let grace = options.shutdown_grace;

@@ -13,32 +13,30 @@ use heex_proto::SpiffeId;
 use time::OffsetDateTime;
 
 use super::DeviceDirectory;
+use crate::authority::{Authorities, Authority};
 use crate::ca::Ca;
 use crate::csr::DeviceCsr;
 
 /// Default renewal grace: how long after expiry a device may still renew.
 pub const DEFAULT_RENEWAL_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// What signs renewed device certificates: the cloud CA and the certificate lifetime.
-#[derive(Clone)]
+/// What signs renewed device certificates: the cloud's issuing CA and the certificate
+/// lifetime.
+#[derive(Clone, Debug)]
 pub struct DeviceSigner {
-    ca: Arc<Ca>,
+    cas: Authorities,
     lifetime: Duration,
-}
-
-impl std::fmt::Debug for DeviceSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceSigner")
-            .field("ca", &self.ca)
-            .field("lifetime", &self.lifetime)
-            .finish()
-    }
 }
 
 impl DeviceSigner {
     /// Signs with `ca`, issuing certificates valid for `lifetime`.
     pub fn new(ca: Arc<Ca>, lifetime: Duration) -> DeviceSigner {
-        DeviceSigner { ca, lifetime }
+        DeviceSigner::following(Authorities::new(Authority::single(ca)), lifetime)
+    }
+
+    /// Signs with the issuing CA of `cas` at the time of each renewal.
+    pub fn following(cas: Authorities, lifetime: Duration) -> DeviceSigner {
+        DeviceSigner { cas, lifetime }
     }
 }
 
@@ -169,8 +167,9 @@ async fn renew_once<D: DeviceDirectory>(
     };
     let csr = DeviceCsr::from_pem(csr_pem)
         .map_err(|e| (CloseReason::ProtocolError, format!("renewal refused: {e}")))?;
-    let cert = signer
-        .ca
+    let authority = signer.cas.current();
+    let ca = authority.issuing();
+    let cert = ca
         .sign_device(
             &csr,
             device,
@@ -180,7 +179,13 @@ async fn renew_once<D: DeviceDirectory>(
         )
         .map_err(|e| unavailable(e.into()))?;
     let recorded = directory
-        .record_renewal(device, from_serial, &cert.serial_hex, cert.not_after)
+        .record_renewal(
+            device,
+            from_serial,
+            &cert.serial_hex,
+            cert.not_after,
+            &ca.fingerprint().to_string(),
+        )
         .await
         .map_err(unavailable)?;
     if !recorded {

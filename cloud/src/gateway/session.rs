@@ -64,6 +64,7 @@ pub(crate) async fn run<D: DeviceDirectory>(
         hello_next_report: 0,
         serial: String::new(),
         source: Some(source),
+        trust: Trust::NotSent,
     };
     session.serve(&mut stream).await;
     drop(session);
@@ -158,6 +159,18 @@ struct Session<'a, D> {
     serial: String,
     /// The connection's place under its source address's cap, released once admitted.
     source: Option<SourceSlot>,
+    /// The cloud CA bundle the agent holds, as far as this session knows.
+    trust: Trust,
+}
+
+/// The CA bundle an agent holds, for sending it the cloud's when they differ.
+enum Trust {
+    /// The agent does not take bundles (an older agent), or the gateway has none to send.
+    NotSent,
+    /// The agent's bundle is not the cloud's, or not known to be.
+    Unknown,
+    /// The agent holds this one.
+    Holds(Arc<crate::authority::Authority>),
 }
 
 /// How the frame loop ended, for the log line.
@@ -181,6 +194,63 @@ impl<D: DeviceDirectory> Session<'_, D> {
             Ok(r) => r,
             Err(_) => Err(FrameIoError::Io(std::io::ErrorKind::TimedOut.into())),
         }
+    }
+
+    /// Sends Welcome (with where the agent's report numbering resumes), then the cloud's CA
+    /// bundle if the agent needs it.
+    async fn welcome(
+        &mut self,
+        stream: &mut Stream,
+        device: &DeviceId,
+        admitted: OffsetDateTime,
+        session: u64,
+    ) -> Result<(), FrameIoError> {
+        let next_report_seq = Box::pin(super::reports::resume_point(
+            &*self.shared.directory,
+            device,
+            self.hello_next_report,
+        ))
+        .await;
+        let welcome = Message::Welcome {
+            device_id: device.clone(),
+            server_time: admitted.unix_timestamp(),
+            next_report_seq,
+        };
+        let peer = self.peer;
+        tracing::info!(session, %device, %peer, "session accepted");
+        self.send(stream, &welcome).await?;
+        self.sync_trust(stream, device).await
+    }
+
+    /// Sends the cloud's current CA bundle when the agent takes bundles and does not hold
+    /// it: after Welcome, and then with the answer to the agent's next frame (a heartbeat
+    /// interval at most after the cloud's CAs changed).
+    async fn sync_trust(
+        &mut self,
+        stream: &mut Stream,
+        device: &DeviceId,
+    ) -> Result<(), FrameIoError> {
+        let Some(cas) = &self.shared.options.trust else {
+            return Ok(());
+        };
+        let authority = cas.current();
+        match &self.trust {
+            Trust::NotSent => return Ok(()),
+            Trust::Holds(held) if Arc::ptr_eq(held, &authority) => return Ok(()),
+            Trust::Holds(held) if held.digest() == authority.digest() => {
+                self.trust = Trust::Holds(authority);
+                return Ok(());
+            }
+            _ => {}
+        }
+        tracing::info!(%device, cas = authority.bundle().len(), "sending the cloud's CA bundle");
+        let msg = Message::TrustBundle {
+            ca_pem: authority.bundle_pem().to_owned(),
+            renew_within_secs: self.shared.options.ca_renew_spread.as_secs(),
+        };
+        self.send(stream, &msg).await?;
+        self.trust = Trust::Holds(authority);
+        Ok(())
     }
 
     /// Tells the agent about stored reports: conflicts, then the cumulative ack.
@@ -301,9 +371,18 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 facts,
                 agent_version,
                 next_report_seq,
+                ca_bundle,
             })) => {
                 tracing::debug!(%device, agent_version = %agent_version.escape_debug(), "hello");
                 self.hello_next_report = next_report_seq;
+                if let (Some(digest), Some(trust)) = (ca_bundle, &self.shared.options.trust) {
+                    let current = trust.current();
+                    self.trust = if current.digest() == digest {
+                        Trust::Holds(current)
+                    } else {
+                        Trust::Unknown
+                    };
+                }
                 (facts, agent_version)
             }
             Ok(Ok(other)) => {
@@ -374,28 +453,13 @@ impl<D: DeviceDirectory> Session<'_, D> {
     }
 
     async fn serve(&mut self, stream: &mut Stream) {
-        let peer = self.peer;
         let Some((device, admitted, mut registration)) = Box::pin(self.admit(stream)).await else {
             return;
         };
         let session = registration.session;
         let mut last_recorded = Instant::now();
-        // Scoped so that the Welcome takes no room in the idle session.
-        let welcomed = {
-            let next_report_seq = Box::pin(super::reports::resume_point(
-                &*self.shared.directory,
-                &device,
-                self.hello_next_report,
-            ))
-            .await;
-            let welcome = Message::Welcome {
-                device_id: device.clone(),
-                server_time: admitted.unix_timestamp(),
-                next_report_seq,
-            };
-            tracing::info!(session, %device, %peer, "session accepted");
-            self.send(stream, &welcome).await
-        };
+        // Boxed so that the Welcome takes no room in the idle session.
+        let welcomed = Box::pin(self.welcome(stream, &device, admitted, session)).await;
         let end = match welcomed {
             Err(e) => End::Lost(e.to_string()),
             Ok(()) => {
@@ -679,6 +743,9 @@ impl<D: DeviceDirectory> Session<'_, D> {
             }
             Err(e) => return Some(End::Lost(e.to_string())),
         };
+        if let Err(e) = self.sync_trust(stream, device).await {
+            return Some(End::Lost(e.to_string()));
+        }
         if let Some(end) = self.expiry_gate(stream, &msg).await {
             return Some(end);
         }
@@ -790,6 +857,7 @@ fn kind(msg: &Message) -> &'static str {
         Message::ReportConflict { .. } => "report_conflict",
         Message::RenewRequest { .. } => "renew_request",
         Message::RenewResponse { .. } => "renew_response",
+        Message::TrustBundle { .. } => "trust_bundle",
         Message::Close { .. } => "close",
         _ => "unknown",
     }

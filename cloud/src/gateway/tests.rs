@@ -229,6 +229,7 @@ impl DeviceDirectory for Directory {
         from_serial: &str,
         _serial_hex: &str,
         _not_after: OffsetDateTime,
+        _ca: &str,
     ) -> anyhow::Result<bool> {
         Ok(self
             .devices
@@ -350,6 +351,7 @@ impl Client {
                 ..Facts::default()
             },
             next_report_seq: 0,
+            ca_bundle: None,
         })
         .await;
         self.recv().await.expect("an answer to hello")
@@ -639,6 +641,7 @@ async fn a_hello_with_a_hostile_or_long_agent_version_is_refused() {
             agent_version: version,
             facts: Facts::default(),
             next_report_seq: 0,
+            ca_bundle: None,
         })
         .await;
         assert!(is_close(&c.recv().await, CloseReason::ProtocolError));
@@ -1041,6 +1044,7 @@ async fn revocation_reaches_a_connection_waiting_for_hello() {
         agent_version: "test".into(),
         facts: Facts::default(),
         next_report_seq: 0,
+        ca_bundle: None,
     })
     .unwrap();
     let _ = spare.tls.write_all(&hello).await;

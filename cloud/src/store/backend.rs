@@ -236,15 +236,20 @@ pub trait Tx {
     fn set_device_revoked(&mut self, id: &DeviceId, at: OffsetDateTime) -> Result<(), StoreError>;
     /// Deletes a device and its reports.
     fn delete_device(&mut self, id: &DeviceId) -> Result<(), StoreError>;
-    /// Replaces a device's certificate; the current one becomes the previous, superseded at
-    /// `at`.
+    /// Replaces a device's certificate (signed by the CA with fingerprint `ca`); the current
+    /// one becomes the previous, superseded at `at`.
     fn set_device_certificate(
         &mut self,
         id: &DeviceId,
         serial_hex: &str,
         not_after: OffsetDateTime,
+        ca: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError>;
+    /// How many devices that are not revoked hold a certificate not signed by the CA with
+    /// fingerprint `ca` (certificates issued before the store recorded their CA count as
+    /// not signed by it).
+    fn devices_not_on_ca(&mut self, ca: &str) -> Result<u64, StoreError>;
     /// Records that a device was heard from at `at` (the last-seen time never goes back),
     /// with fresh facts and agent version when given, connected by `connection`. With
     /// `claim` the mark becomes `connection`'s whoever held it; without, nothing is written
@@ -284,6 +289,8 @@ pub trait Tx {
     fn deployment(&mut self) -> Result<Option<Deployment>, StoreError>;
     /// Records the store's owner.
     fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError>;
+    /// Replaces the recorded owner's CA fingerprint (after a CA rotation).
+    fn set_deployment_ca(&mut self, ca_fingerprint: &str) -> Result<(), StoreError>;
 
     /// Extends the lease of replica `instance` to `until`; false when it holds none.
     fn renew_replica(&mut self, instance: &str, until: OffsetDateTime) -> Result<bool, StoreError>;

@@ -20,19 +20,37 @@ pub enum DeleteDeviceOutcome {
 }
 
 impl Store {
-    /// Records a certificate (serial, expiry) renewed at `at` from the certificate with
-    /// serial `from_serial`, which becomes the previous one. False when the device does not
-    /// exist, is revoked, or `from_serial` is not its current serial (then nothing changes).
+    /// Records a certificate (serial, expiry, the fingerprint of the CA that signed it)
+    /// renewed at `at` from the certificate with serial `from_serial`, which becomes the
+    /// previous one. False when the device does not exist, is revoked, or `from_serial` is
+    /// not its current serial (then nothing changes).
     pub async fn record_renewal(
         &self,
         id: &DeviceId,
         from_serial: &str,
         serial_hex: &str,
         not_after: OffsetDateTime,
+        ca: &str,
         at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let (id, from, serial) = (id.clone(), from_serial.to_owned(), serial_hex.to_owned());
-        self.transact(move |tx| ops::record_renewal(tx, &id, &from, &serial, not_after, at))
+        let ca = ca.to_owned();
+        self.transact(move |tx| ops::record_renewal(tx, &id, &from, &serial, not_after, &ca, at))
+            .await
+    }
+
+    /// How many devices that are not revoked hold a certificate from another CA than the
+    /// one with fingerprint `ca` (`sha256:…`).
+    pub async fn devices_not_on_ca(&self, ca: &str) -> Result<u64, StoreError> {
+        let ca = ca.to_owned();
+        self.transact(move |tx| tx.devices_not_on_ca(&ca)).await
+    }
+
+    /// Moves the recorded owner's CA fingerprint from `from` to `to` at the end of a CA
+    /// rotation; false when the store records neither.
+    pub async fn move_deployment_ca(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.transact(move |tx| ops::move_deployment_ca(tx, &from, &to))
             .await
     }
 

@@ -364,6 +364,15 @@ CREATE TABLE replicas (
 CREATE INDEX devices_connection ON devices(connection) WHERE connection IS NOT NULL;
 "#,
     },
+    Migration {
+        version: 11,
+        description: "the CA that signed each device's certificate",
+        sql: r#"
+-- Fingerprint of the CA that signed the device's current certificate, so a CA rotation
+-- knows who still holds a certificate from the old CA. NULL: issued before it was recorded.
+ALTER TABLE devices ADD COLUMN cert_ca TEXT;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -749,9 +749,10 @@ impl DeviceDirectory for Store {
         from_serial: &str,
         serial_hex: &str,
         not_after: OffsetDateTime,
+        ca: &str,
     ) -> anyhow::Result<bool> {
         let now = OffsetDateTime::now_utc();
-        Ok(Store::record_renewal(self, id, from_serial, serial_hex, not_after, now).await?)
+        Ok(Store::record_renewal(self, id, from_serial, serial_hex, not_after, ca, now).await?)
     }
 
     async fn store_reports(

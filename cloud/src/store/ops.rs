@@ -625,6 +625,22 @@ pub fn claim_deployment(
     Ok(None)
 }
 
+/// Moves the recorded owner's CA from `from` to `to` (CA fingerprints), at the end of a CA
+/// rotation. True when it was moved or had been already; false when the store records
+/// neither (it belongs to another directory).
+pub fn move_deployment_ca(tx: &mut dyn Tx, from: &str, to: &str) -> Result<bool, StoreError> {
+    match tx.deployment()? {
+        Some(d) if d.ca_fingerprint == to => Ok(true),
+        Some(d) if d.ca_fingerprint == from => {
+            tx.set_deployment_ca(to)?;
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+        // A SQLite store from before owners were recorded: the next start claims it.
+        None => Ok(true),
+    }
+}
+
 /// Creates the first workspace of a new store with its owner, and records who the store
 /// belongs to, in one transaction; the recorded owner (and nothing written) when the store
 /// already has one.
@@ -720,11 +736,12 @@ pub fn record_renewal(
     from_serial: &str,
     serial_hex: &str,
     not_after: OffsetDateTime,
+    ca: &str,
     at: OffsetDateTime,
 ) -> Result<bool, StoreError> {
     match live_device(tx, id)? {
         Some(d) if d.cert_serial == from_serial => {
-            tx.set_device_certificate(id, serial_hex, not_after, at)?;
+            tx.set_device_certificate(id, serial_hex, not_after, ca, at)?;
             Ok(true)
         }
         _ => Ok(false),

@@ -568,6 +568,8 @@ pub struct NewDevice {
     pub cert_serial: String,
     /// Expiry of the issued certificate.
     pub cert_expires_at: OffsetDateTime,
+    /// Fingerprint (`sha256:…`) of the CA that signed it.
+    pub cert_ca: String,
 }
 
 /// A device as stored.

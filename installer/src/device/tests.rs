@@ -128,6 +128,97 @@ fn refuses_a_certificate_signed_by_another_ca() {
     assert!(err.to_string().contains("not signed by the CA"), "{err}");
 }
 
+/// Both CAs' PEM, in this order.
+fn bundle(cas: &[&TestCa]) -> String {
+    cas.iter().map(|ca| certificate_pem(&ca.der)).collect()
+}
+
+#[test]
+fn during_a_rotation_the_device_certificate_may_come_from_the_new_ca() {
+    // The anchor the user pinned is the old CA (the API's server certificate chains to it);
+    // the new CA signed the device certificate. Either order of the two is accepted.
+    let old = ca();
+    let new = self::ca();
+    let key = DeviceKey::generate().unwrap();
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&old.der));
+    for order in [[&new, &old], [&old, &new]] {
+        let mut resp = response(&new, &key.0, None);
+        resp.ca_pem = bundle(&order);
+        let issued = check_response(&resp, &key, &anchor).unwrap();
+        // ca.crt holds both, in the order returned.
+        assert_eq!(
+            pem_certificates(issued.ca_pem.as_bytes()).unwrap(),
+            vec![order[0].der.clone(), order[1].der.clone()]
+        );
+    }
+    // And from the anchor itself, with the new CA returned as well.
+    let mut resp = response(&old, &key.0, None);
+    resp.ca_pem = bundle(&[&new, &old]);
+    let issued = check_response(&resp, &key, &anchor).unwrap();
+    assert_eq!(
+        pem_certificates(issued.ca_pem.as_bytes()).unwrap(),
+        vec![new.der.clone(), old.der.clone()]
+    );
+}
+
+#[test]
+fn a_device_certificate_from_a_ca_not_returned_is_refused() {
+    let old = ca();
+    let new = self::ca();
+    let stranger = self::ca();
+    let key = DeviceKey::generate().unwrap();
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&old.der));
+    let mut resp = response(&stranger, &key.0, None);
+    resp.ca_pem = bundle(&[&new, &old]);
+    let err = check_response(&resp, &key, &anchor).unwrap_err();
+    assert_eq!(err.exit_code(), 70);
+    assert!(
+        err.to_string().contains("not signed by any of the 2 CA"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_rotation_answer_without_the_anchor_is_refused() {
+    let pinned = ca();
+    let new = self::ca();
+    let other = self::ca();
+    let key = DeviceKey::generate().unwrap();
+    let mut resp = response(&new, &key.0, None);
+    resp.ca_pem = bundle(&[&new, &other]);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&pinned.der));
+    let err = check_response(&resp, &key, &anchor).unwrap_err();
+    assert_eq!(err.exit_code(), 69);
+    assert!(err.to_string().contains("does not match"), "{err}");
+}
+
+#[test]
+fn every_returned_ca_certificate_must_be_a_ca() {
+    let ca = ca();
+    let key = DeviceKey::generate().unwrap();
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.der));
+    // A leaf certificate (the device's own) among the CA certificates.
+    let mut resp = response(&ca, &key.0, None);
+    resp.ca_pem = format!("{}{}", certificate_pem(&ca.der), resp.certificate_pem);
+    let err = check_response(&resp, &key, &anchor).unwrap_err();
+    assert_eq!(err.exit_code(), 70);
+    assert!(
+        err.to_string()
+            .contains("unusable credentials: CA certificate 2 is not a CA certificate"),
+        "{err}"
+    );
+    // A block that is not X.509 at all.
+    let junk = pem::encode(&pem::Pem::new("CERTIFICATE", b"junk".to_vec()));
+    let mut resp = response(&ca, &key.0, None);
+    resp.ca_pem = format!("{junk}{}", certificate_pem(&ca.der));
+    let err = check_response(&resp, &key, &anchor).unwrap_err();
+    assert_eq!(err.exit_code(), 70);
+    assert!(
+        err.to_string().contains("CA certificate 1 does not parse"),
+        "{err}"
+    );
+}
+
 #[test]
 fn gateway_addresses() {
     assert!(check_gateway("127.0.0.1:8444").is_ok());

@@ -60,6 +60,30 @@ fn recognises_a_complete_enrollment() {
 }
 
 #[test]
+fn an_enrollment_with_several_cas_in_ca_crt_is_recognised() {
+    // After a CA rotation ca.crt holds the new CA first; the device certificate may still be
+    // from the old one (second).
+    let dir = tempfile::tempdir().unwrap();
+    let (device_id, config_dir, state_dir) = enrolled(dir.path());
+    let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let new_ca = p.self_signed(&k).unwrap().pem();
+    let old_ca = std::fs::read_to_string(state_dir.join(CA_CRT)).unwrap();
+    std::fs::write(state_dir.join(CA_CRT), format!("{new_ca}{old_ca}")).unwrap();
+    let Existing::Enrolled(e) = inspect(&config_dir, now()).unwrap() else {
+        panic!("not enrolled");
+    };
+    assert_eq!(e.device_id, device_id);
+    // Without the CA that signed the device certificate, it is not.
+    std::fs::write(state_dir.join(CA_CRT), &new_ca).unwrap();
+    let Existing::Unusable(why) = inspect(&config_dir, now()).unwrap() else {
+        panic!("expected unusable");
+    };
+    assert!(why.contains("not signed by the CA"), "{why}");
+}
+
+#[test]
 fn expired_certificate_is_unusable() {
     let dir = tempfile::tempdir().unwrap();
     let (_, config_dir, _) = enrolled(dir.path());

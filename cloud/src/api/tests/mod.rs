@@ -48,7 +48,7 @@ async fn api() -> Api {
     let store = Arc::new(loaded.store);
     let state = AppState::new(ApiContext {
         store: Arc::clone(&store),
-        ca: Arc::new(loaded.ca),
+        cas: crate::authority::Authorities::new(loaded.authority),
         secret: loaded.secret,
         registry: SessionRegistry::default(),
         trust_domain: loaded.settings.trust_domain,

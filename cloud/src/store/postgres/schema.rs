@@ -207,6 +207,15 @@ $$;
 CREATE INDEX devices_revoked ON devices(workspace_id) WHERE revoked_at IS NOT NULL;
 "#,
     ),
+    (
+        4,
+        "the CA that signed each device's certificate",
+        r#"
+-- Fingerprint of the CA that signed the device's current certificate, so a CA rotation
+-- knows who still holds a certificate from the old CA. NULL: issued before it was recorded.
+ALTER TABLE devices ADD COLUMN cert_ca TEXT;
+"#,
+    ),
 ];
 
 /// Brings the schema up to date, once across replicas: under an advisory lock, each

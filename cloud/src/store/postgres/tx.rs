@@ -449,8 +449,9 @@ impl Tx for PgTx<'_, '_> {
         let facts = d.facts.as_ref().map(|f| encode("facts", f)).transpose()?;
         self.hold(
             "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id,
-                 enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at,
+                 cert_ca)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             vec![
                 Box::new(d.id.as_str().to_owned()),
                 Box::new(d.workspace_id.as_str().to_owned()),
@@ -463,6 +464,7 @@ impl Tx for PgTx<'_, '_> {
                 Box::new(d.enrolled_by_member.as_str().to_owned()),
                 Box::new(d.cert_serial.clone()),
                 Box::new(to_unix(d.cert_expires_at)),
+                Box::new(d.cert_ca.clone()),
             ],
             false,
         )?;
@@ -524,16 +526,35 @@ impl Tx for PgTx<'_, '_> {
         id: &DeviceId,
         serial_hex: &str,
         not_after: OffsetDateTime,
+        ca: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
         self.exec(
             "UPDATE devices
              SET previous_cert_serial = cert_serial, cert_superseded_at = $1,
-                 cert_serial = $2, cert_expires_at = $3
+                 cert_serial = $2, cert_expires_at = $3, cert_ca = $5
              WHERE id = $4",
-            &[&to_unix(at), &serial_hex, &to_unix(not_after), &id.as_str()],
+            &[
+                &to_unix(at),
+                &serial_hex,
+                &to_unix(not_after),
+                &id.as_str(),
+                &ca,
+            ],
         )?;
         Ok(())
+    }
+
+    fn devices_not_on_ca(&mut self, ca: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .c()?
+            .query_one(
+                "SELECT COUNT(*) FROM devices
+                 WHERE revoked_at IS NULL AND (cert_ca IS NULL OR cert_ca <> $1)",
+                &[&ca],
+            )?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     fn set_device_seen(
@@ -652,6 +673,14 @@ impl Tx for PgTx<'_, '_> {
                 })
             })
             .transpose()
+    }
+
+    fn set_deployment_ca(&mut self, ca_fingerprint: &str) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE deployment SET ca_fingerprint = $1 WHERE id = 1",
+            &[&ca_fingerprint],
+        )?;
+        Ok(())
     }
 
     fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError> {

@@ -298,8 +298,9 @@ impl Tx for SqliteTx<'_> {
         self.0
             .prepare_cached(
                 "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id,
-                     enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at,
+                     cert_ca)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 d.id.as_str(),
@@ -312,7 +313,8 @@ impl Tx for SqliteTx<'_> {
                 d.enrolled_by_key.as_str(),
                 d.enrolled_by_member.as_str(),
                 d.cert_serial,
-                to_unix(d.cert_expires_at)
+                to_unix(d.cert_expires_at),
+                d.cert_ca
             ])?;
         write_labels(self.0, &d.id, &d.labels)
     }
@@ -380,22 +382,35 @@ impl Tx for SqliteTx<'_> {
         id: &DeviceId,
         serial_hex: &str,
         not_after: OffsetDateTime,
+        ca: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
                 "UPDATE devices
                  SET previous_cert_serial = cert_serial, cert_superseded_at = ?1,
-                     cert_serial = ?2, cert_expires_at = ?3
+                     cert_serial = ?2, cert_expires_at = ?3, cert_ca = ?5
                  WHERE id = ?4",
             )?
             .execute(params![
                 to_unix(at),
                 serial_hex,
                 to_unix(not_after),
-                id.as_str()
+                id.as_str(),
+                ca
             ])?;
         Ok(())
+    }
+
+    fn devices_not_on_ca(&mut self, ca: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .0
+            .prepare_cached(
+                "SELECT COUNT(*) FROM devices
+                 WHERE revoked_at IS NULL AND (cert_ca IS NULL OR cert_ca <> ?1)",
+            )?
+            .query_row([ca], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     fn set_device_seen(
@@ -513,6 +528,13 @@ impl Tx for SqliteTx<'_> {
                 })
             })
             .optional()?)
+    }
+
+    fn set_deployment_ca(&mut self, ca_fingerprint: &str) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached("UPDATE deployment SET ca_fingerprint = ?1 WHERE id = 1")?
+            .execute([ca_fingerprint])?;
+        Ok(())
     }
 
     fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError> {

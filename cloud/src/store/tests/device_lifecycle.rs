@@ -24,7 +24,7 @@ async fn renewal_updates_serial_and_expiry_until_revoked() {
     let later = f.now + time::Duration::days(60);
     assert!(f
         .store
-        .record_renewal(&id, "40aa", "41bb", later, f.now)
+        .record_renewal(&id, "40aa", "41bb", later, "sha256:new", f.now)
         .await
         .unwrap());
     let d = record(&f, &id).await;
@@ -49,13 +49,27 @@ async fn renewal_updates_serial_and_expiry_until_revoked() {
     // Renewal of a revoked device changes nothing.
     assert!(!f
         .store
-        .record_renewal(&id, "41bb", "42cc", later + time::Duration::days(1), f.now)
+        .record_renewal(
+            &id,
+            "41bb",
+            "42cc",
+            later + time::Duration::days(1),
+            "sha256:new",
+            f.now
+        )
         .await
         .unwrap());
     assert_eq!(record(&f, &id).await.cert_serial, "41bb");
     assert!(!f
         .store
-        .record_renewal(&DeviceId::generate(), "40aa", "43dd", later, f.now)
+        .record_renewal(
+            &DeviceId::generate(),
+            "40aa",
+            "43dd",
+            later,
+            "sha256:new",
+            f.now
+        )
         .await
         .unwrap());
     let revokes = f
@@ -143,7 +157,7 @@ async fn renewal_is_a_compare_and_set_on_the_current_serial() {
     let at = f.now + time::Duration::seconds(7);
     assert!(f
         .store
-        .record_renewal(&id, "40aa", "41bb", later, at)
+        .record_renewal(&id, "40aa", "41bb", later, "sha256:new", at)
         .await
         .unwrap());
     let status = f.store.device_status(&id).await.unwrap().unwrap();
@@ -152,12 +166,12 @@ async fn renewal_is_a_compare_and_set_on_the_current_serial() {
     // The old certificate renews again (a copy of it, or a race): refused.
     assert!(!f
         .store
-        .record_renewal(&id, "40aa", "42cc", later, at)
+        .record_renewal(&id, "40aa", "42cc", later, "sha256:new", at)
         .await
         .unwrap());
     assert!(!f
         .store
-        .record_renewal(&id, "ffff", "42cc", later, at)
+        .record_renewal(&id, "ffff", "42cc", later, "sha256:new", at)
         .await
         .unwrap());
     let status = f.store.device_status(&id).await.unwrap().unwrap();
@@ -221,4 +235,55 @@ async fn a_revoked_device_stores_nothing_more() {
             .await,
         Err(StoreError::DeviceNotLive(_))
     ));
+}
+
+#[tokio::test]
+async fn devices_are_counted_by_the_ca_of_their_certificate_and_the_owner_moves_to_a_new_ca() {
+    let f = fixture().await;
+    let a = enrolled(&f).await;
+    let b = enrolled(&f).await;
+    assert_eq!(f.store.devices_not_on_ca("sha256:new").await.unwrap(), 2);
+    assert_eq!(f.store.devices_not_on_ca("sha256:old").await.unwrap(), 0);
+    let later = f.now + time::Duration::days(60);
+    assert!(f
+        .store
+        .record_renewal(&a, "40aa", "41bb", later, "sha256:new", f.now)
+        .await
+        .unwrap());
+    assert_eq!(f.store.devices_not_on_ca("sha256:new").await.unwrap(), 1);
+    // A revoked device no longer counts.
+    assert!(f
+        .store
+        .revoke_device(
+            &f.ws,
+            &b,
+            f.now,
+            audit(&f, AuditAction::DeviceRevoke, b.as_str())
+        )
+        .await
+        .unwrap());
+    assert_eq!(f.store.devices_not_on_ca("sha256:new").await.unwrap(), 0);
+
+    let recorded = f.store.recorded_deployment().await.unwrap();
+    if let Some(d) = recorded {
+        let old = d.ca_fingerprint.clone();
+        assert!(!f
+            .store
+            .move_deployment_ca("sha256:other", "sha256:x")
+            .await
+            .unwrap());
+        assert!(f
+            .store
+            .move_deployment_ca(&old, "sha256:new")
+            .await
+            .unwrap());
+        // Again (a second replica's directory): already moved.
+        assert!(f
+            .store
+            .move_deployment_ca(&old, "sha256:new")
+            .await
+            .unwrap());
+        let now = f.store.recorded_deployment().await.unwrap().unwrap();
+        assert_eq!(now.ca_fingerprint, "sha256:new");
+    }
 }

@@ -161,6 +161,7 @@ pub(crate) fn device(f: &Fixture, key: &KeyId) -> NewDevice {
         enrolled_by_member: f.owner.clone(),
         cert_serial: "40aa".into(),
         cert_expires_at: f.now + time::Duration::days(30),
+        cert_ca: "sha256:old".into(),
     }
 }
 
