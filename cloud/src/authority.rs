@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::atomic_file::{sync_dir, write_atomic};
 use crate::ca::Ca;
-use crate::datadir::{DataDir, CA_CERT, CA_KEY};
+use crate::datadir::{read_text, DataDir, CA_CERT, CA_KEY};
 use crate::error::Error;
 
 /// The new CA's certificate during a rotation (PEM).
@@ -224,10 +224,6 @@ pub async fn follow(
             Err(e) => tracing::warn!(error = %e, "reading the data directory's CAs failed"),
         }
     }
-}
-
-fn read_text(path: &Path) -> Result<String, Error> {
-    fs::read_to_string(path).map_err(|e| Error::file(path, e))
 }
 
 fn load_ca(dir: &DataDir, cert: &str, key: &str) -> Result<Ca, Error> {

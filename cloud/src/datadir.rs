@@ -735,7 +735,8 @@ fn check_email(owner: &str, what: &str) -> Result<(), Error> {
     heex_proto::text::check_email(what, owner).map_err(|e| Error::Usage(e.to_string()))
 }
 
-fn read_text(path: &Path) -> Result<String, Error> {
+/// A text file of the data directory; a read failure names the file.
+pub(crate) fn read_text(path: &Path) -> Result<String, Error> {
     fs::read_to_string(path).map_err(|e| Error::file(path, e))
 }
 
