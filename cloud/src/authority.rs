@@ -41,6 +41,7 @@ use crate::atomic_file::{sync_dir, write_atomic};
 use crate::ca::Ca;
 use crate::datadir::{read_text, DataDir, CA_CERT, CA_KEY};
 use crate::error::Error;
+use crate::store::ops::CaRetirement;
 
 /// The new CA's certificate during a rotation (PEM).
 pub const CA_NEXT_CERT: &str = "ca-next.crt";
@@ -431,27 +432,29 @@ pub async fn retire(dir: &DataDir, force: bool) -> Result<Retired, Error> {
         authority.issuing().fingerprint(),
     );
     let (store, _) = dir.open_checked().await?;
-    let result = async {
-        let stranded = store.devices_not_on_ca(&new.to_string()).await?;
-        if stranded > 0 && !force {
+    let result = store
+        .retire_ca(
+            &old.to_string(),
+            &new.to_string(),
+            force,
+            OffsetDateTime::now_utc(),
+        )
+        .await;
+    store.close().await;
+    let stranded = match result? {
+        CaRetirement::Retired { stranded } => stranded,
+        CaRetirement::Refused { remaining } => {
             return Err(Error::Usage(format!(
-                "{stranded} device(s) that are not revoked still hold a certificate from the current CA {old}: they move to the new CA when they connect (see `heex-cloud ca status`); retiring now cuts them off until they are enrolled again; wait, or pass --force"
-            )));
+                "{remaining} device(s) that are not revoked still hold a certificate from the current CA {old}: they move to the new CA when they connect (see `heex-cloud ca status`); retiring now cuts them off until they are enrolled again; wait, or pass --force"
+            )))
         }
-        if !store
-            .move_deployment_ca(&old.to_string(), &new.to_string())
-            .await?
-        {
+        CaRetirement::NotOurs => {
             return Err(Error::Mismatch(format!(
                 "the store {} records neither {old} nor {new} as its CA; it belongs to another data directory",
                 dir.store_display()
-            )));
+            )))
         }
-        Ok(stranded)
-    }
-    .await;
-    store.close().await;
-    let stranded = result?;
+    };
     let (next_key, next_cert) = (dir.path(CA_NEXT_KEY), dir.path(CA_NEXT_CERT));
     let (ca_key, ca_cert) = (dir.path(CA_KEY), dir.path(CA_CERT));
     fs::rename(&next_key, &ca_key).map_err(|e| Error::file(&ca_key, e))?;

@@ -271,6 +271,12 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Refused(refusal) => refusal.into(),
             StoreError::BadPosition => ApiError::bad_request(crate::api::paging::BAD_CURSOR),
+            StoreError::CaRetired(ca) => {
+                tracing::error!(%ca, "signed with a retired CA: this process has not reread its CA files yet");
+                ApiError::unavailable(
+                    "the server is moving to a new CA; retry after the Retry-After delay",
+                )
+            }
             e => ApiError::internal(e),
         }
     }

@@ -291,6 +291,14 @@ pub trait Tx {
     fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError>;
     /// Replaces the recorded owner's CA fingerprint (after a CA rotation).
     fn set_deployment_ca(&mut self, ca_fingerprint: &str) -> Result<(), StoreError>;
+    /// Records that the CA with this fingerprint was retired at `at` (once).
+    fn insert_retired_ca(
+        &mut self,
+        fingerprint: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// True when the CA with this fingerprint was retired: nothing it signs may be recorded.
+    fn ca_retired(&mut self, fingerprint: &str) -> Result<bool, StoreError>;
 
     /// Extends the lease of replica `instance` to `until`; false when it holds none.
     fn renew_replica(&mut self, instance: &str, until: OffsetDateTime) -> Result<bool, StoreError>;

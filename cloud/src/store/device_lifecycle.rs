@@ -46,11 +46,16 @@ impl Store {
         self.transact(move |tx| tx.devices_not_on_ca(&ca)).await
     }
 
-    /// Moves the recorded owner's CA fingerprint from `from` to `to` at the end of a CA
-    /// rotation; false when the store records neither.
-    pub async fn move_deployment_ca(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+    /// Ends a CA rotation from CA `from` to `to` (fingerprints): see [`ops::retire_ca`].
+    pub async fn retire_ca(
+        &self,
+        from: &str,
+        to: &str,
+        force: bool,
+        at: OffsetDateTime,
+    ) -> Result<ops::CaRetirement, StoreError> {
         let (from, to) = (from.to_owned(), to.to_owned());
-        self.transact(move |tx| ops::move_deployment_ca(tx, &from, &to))
+        self.transact(move |tx| ops::retire_ca(tx, &from, &to, force, at))
             .await
     }
 

@@ -373,6 +373,18 @@ CREATE INDEX devices_connection ON devices(connection) WHERE connection IS NOT N
 ALTER TABLE devices ADD COLUMN cert_ca TEXT;
 "#,
     },
+    Migration {
+        version: 12,
+        description: "the CAs a rotation retired",
+        sql: r#"
+-- A CA `heex-cloud ca retire` retired: a certificate it signs is never recorded again, so a
+-- process that has not yet reread its CA files cannot put a device back on it.
+CREATE TABLE retired_cas (
+    fingerprint  TEXT PRIMARY KEY,
+    retired_at   INTEGER NOT NULL
+);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

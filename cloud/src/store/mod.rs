@@ -106,6 +106,10 @@ pub enum StoreError {
     /// A page position does not fit the list it was used on.
     #[error("the page position does not fit this list")]
     BadPosition,
+    /// The certificate was signed by a CA that `heex-cloud ca retire` retired (this process
+    /// has not reread its CA files yet): nothing was written.
+    #[error("the certificate was signed by the retired CA {0}; this process rereads its CA files within --ca-reload-interval")]
+    CaRetired(String),
 }
 
 /// The store. Cheap to share behind an `Arc`; every method may be called concurrently.

@@ -401,6 +401,7 @@ pub fn insert_device(tx: &mut dyn Tx, d: &NewDevice, audit: &AuditEntry) -> Resu
     if !usable {
         return Err(StoreError::KeyUnusable(d.enrolled_by_key.clone()));
     }
+    refuse_retired_ca(tx, &d.cert_ca)?;
     tx.add_key_use(&d.enrolled_by_key)?;
     tx.insert_device(d)?;
     tx.insert_audit(audit)
@@ -625,20 +626,62 @@ pub fn claim_deployment(
     Ok(None)
 }
 
-/// Moves the recorded owner's CA from `from` to `to` (CA fingerprints), at the end of a CA
-/// rotation. True when it was moved or had been already; false when the store records
-/// neither (it belongs to another directory).
-pub fn move_deployment_ca(tx: &mut dyn Tx, from: &str, to: &str) -> Result<bool, StoreError> {
-    match tx.deployment()? {
-        Some(d) if d.ca_fingerprint == to => Ok(true),
-        Some(d) if d.ca_fingerprint == from => {
-            tx.set_deployment_ca(to)?;
-            Ok(true)
-        }
-        Some(_) => Ok(false),
-        // A SQLite store from before owners were recorded: the next start claims it.
-        None => Ok(true),
+/// [`StoreError::CaRetired`] when `ca` (a CA fingerprint) was retired: decided inside the
+/// transaction that records a certificate it signed, so a process that has not yet reread
+/// its CA files after `heex-cloud ca retire` cannot put a device back on the retired CA.
+fn refuse_retired_ca(tx: &mut dyn Tx, ca: &str) -> Result<(), StoreError> {
+    if tx.ca_retired(ca)? {
+        return Err(StoreError::CaRetired(ca.to_owned()));
     }
+    Ok(())
+}
+
+/// What [`retire_ca`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaRetirement {
+    /// `from` is retired and `to` is the recorded CA; this many devices that are not revoked
+    /// still held a certificate from another CA than `to` (only with `force`).
+    Retired {
+        /// Devices cut off.
+        stranded: u64,
+    },
+    /// Not retired: this many devices that are not revoked hold a certificate from another
+    /// CA than `to`, and `force` was not given.
+    Refused {
+        /// Devices still on another CA.
+        remaining: u64,
+    },
+    /// The store records neither CA: it belongs to another data directory.
+    NotOurs,
+}
+
+/// Ends a CA rotation in one transaction: counts the devices not on `to`, and unless some
+/// are (and not `force`), records `from` as retired and moves the recorded owner's CA from
+/// `from` to `to` (CA fingerprints). Counting and retiring together, against renewals that
+/// refuse a retired CA ([`refuse_retired_ca`]), leaves no moment in which a renewal from
+/// the old CA could be recorded after the count.
+pub fn retire_ca(
+    tx: &mut dyn Tx,
+    from: &str,
+    to: &str,
+    force: bool,
+    at: OffsetDateTime,
+) -> Result<CaRetirement, StoreError> {
+    let remaining = tx.devices_not_on_ca(to)?;
+    if remaining > 0 && !force {
+        return Ok(CaRetirement::Refused { remaining });
+    }
+    match tx.deployment()? {
+        Some(d) if d.ca_fingerprint == to => {}
+        Some(d) if d.ca_fingerprint == from => tx.set_deployment_ca(to)?,
+        Some(_) => return Ok(CaRetirement::NotOurs),
+        // A SQLite store from before owners were recorded: the next start claims it.
+        None => {}
+    }
+    tx.insert_retired_ca(from, at)?;
+    Ok(CaRetirement::Retired {
+        stranded: remaining,
+    })
 }
 
 /// Creates the first workspace of a new store with its owner, and records who the store
@@ -739,6 +782,7 @@ pub fn record_renewal(
     ca: &str,
     at: OffsetDateTime,
 ) -> Result<bool, StoreError> {
+    refuse_retired_ca(tx, ca)?;
     match live_device(tx, id)? {
         Some(d) if d.cert_serial == from_serial => {
             tx.set_device_certificate(id, serial_hex, not_after, ca, at)?;

@@ -216,6 +216,18 @@ CREATE INDEX devices_revoked ON devices(workspace_id) WHERE revoked_at IS NOT NU
 ALTER TABLE devices ADD COLUMN cert_ca TEXT;
 "#,
     ),
+    (
+        5,
+        "the CAs a rotation retired",
+        r#"
+-- A CA `heex-cloud ca retire` retired: a certificate it signs is never recorded again, so a
+-- replica that has not yet reread its CA files cannot put a device back on it.
+CREATE TABLE retired_cas (
+    fingerprint  TEXT PRIMARY KEY,
+    retired_at   BIGINT NOT NULL
+);
+"#,
+    ),
 ];
 
 /// Brings the schema up to date, once across replicas: under an advisory lock, each

@@ -683,6 +683,29 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
+    fn insert_retired_ca(
+        &mut self,
+        fingerprint: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO retired_cas (fingerprint, retired_at) VALUES ($1, $2)
+             ON CONFLICT (fingerprint) DO NOTHING",
+            &[&fingerprint, &to_unix(at)],
+        )?;
+        Ok(())
+    }
+
+    fn ca_retired(&mut self, fingerprint: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .c()?
+            .query_opt(
+                "SELECT 1 FROM retired_cas WHERE fingerprint = $1",
+                &[&fingerprint],
+            )?
+            .is_some())
+    }
+
     fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO deployment (id, ca_fingerprint, secret_check, created_at)

@@ -537,6 +537,27 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn insert_retired_ca(
+        &mut self,
+        fingerprint: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO retired_cas (fingerprint, retired_at) VALUES (?1, ?2)
+                 ON CONFLICT (fingerprint) DO NOTHING",
+            )?
+            .execute(rusqlite::params![fingerprint, to_unix(at)])?;
+        Ok(())
+    }
+
+    fn ca_retired(&mut self, fingerprint: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT 1 FROM retired_cas WHERE fingerprint = ?1")?
+            .exists([fingerprint])?)
+    }
+
     fn insert_deployment(&mut self, d: &Deployment) -> Result<(), StoreError> {
         self.0
             .prepare_cached(

@@ -1,6 +1,9 @@
 //! Device renewal bookkeeping, revocation, rename/labels and deletion.
 
 use super::*;
+use std::sync::Arc;
+
+use crate::store::ops::CaRetirement;
 use crate::store::PageRequest;
 
 async fn enrolled(f: &Fixture) -> DeviceId {
@@ -267,23 +270,127 @@ async fn devices_are_counted_by_the_ca_of_their_certificate_and_the_owner_moves_
     let recorded = f.store.recorded_deployment().await.unwrap();
     if let Some(d) = recorded {
         let old = d.ca_fingerprint.clone();
-        assert!(!f
-            .store
-            .move_deployment_ca("sha256:other", "sha256:x")
-            .await
-            .unwrap());
-        assert!(f
-            .store
-            .move_deployment_ca(&old, "sha256:new")
-            .await
-            .unwrap());
+        assert_eq!(
+            f.store
+                .retire_ca("sha256:other", "sha256:x", true, f.now)
+                .await
+                .unwrap(),
+            CaRetirement::NotOurs
+        );
+        assert_eq!(
+            f.store
+                .retire_ca(&old, "sha256:new", false, f.now)
+                .await
+                .unwrap(),
+            CaRetirement::Retired { stranded: 0 }
+        );
         // Again (a second replica's directory): already moved.
-        assert!(f
-            .store
-            .move_deployment_ca(&old, "sha256:new")
-            .await
-            .unwrap());
+        assert_eq!(
+            f.store
+                .retire_ca(&old, "sha256:new", false, f.now)
+                .await
+                .unwrap(),
+            CaRetirement::Retired { stranded: 0 }
+        );
         let now = f.store.recorded_deployment().await.unwrap().unwrap();
         assert_eq!(now.ca_fingerprint, "sha256:new");
+    }
+}
+
+#[tokio::test]
+async fn a_retired_ca_is_refused_inside_the_transaction_that_would_record_its_certificate() {
+    let f = fixture().await;
+    let a = enrolled(&f).await;
+    let later = f.now + time::Duration::days(60);
+    // Refused while a device is on another CA, unless forced; nothing is retired then.
+    assert_eq!(
+        f.store
+            .retire_ca("sha256:old", "sha256:new", false, f.now)
+            .await
+            .unwrap(),
+        CaRetirement::Refused { remaining: 1 }
+    );
+    assert!(f
+        .store
+        .record_renewal(&a, "40aa", "41bb", later, "sha256:old", f.now)
+        .await
+        .unwrap());
+    assert_eq!(
+        f.store
+            .retire_ca("sha256:old", "sha256:new", true, f.now)
+            .await
+            .unwrap(),
+        CaRetirement::Retired { stranded: 1 }
+    );
+    // A process still signing with the old CA can neither renew nor enroll onto it.
+    assert!(matches!(
+        f.store
+            .record_renewal(&a, "41bb", "42cc", later, "sha256:old", f.now)
+            .await,
+        Err(StoreError::CaRetired(ca)) if ca == "sha256:old"
+    ));
+    assert_eq!(record(&f, &a).await.cert_serial, "41bb");
+    let mut d = device(&f, &f.key);
+    d.cert_ca = "sha256:old".into();
+    let id = d.id.clone();
+    assert!(matches!(
+        f.store
+            .insert_device(d, audit(&f, AuditAction::DeviceEnroll, id.as_str()))
+            .await,
+        Err(StoreError::CaRetired(_))
+    ));
+    assert!(f.store.find_device(&f.ws, &id).await.unwrap().is_none());
+    // The new CA's certificates are recorded as before.
+    assert!(f
+        .store
+        .record_renewal(&a, "41bb", "43dd", later, "sha256:new", f.now)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn a_renewal_onto_the_old_ca_racing_retire_never_ends_on_a_retired_ca() {
+    let f = fixture().await;
+    let later = f.now + time::Duration::days(60);
+    let f = Arc::new(f);
+    for round in 0..20u32 {
+        // One device on the new CA, whose renewal by a process that never read the new CA
+        // (it signs with the old one) races the retirement of the old CA.
+        let id = enrolled(&f).await;
+        let (old, new) = (format!("sha256:old-{round}"), format!("sha256:new-{round}"));
+        let moved = format!("{round:04x}aa");
+        assert!(f
+            .store
+            .record_renewal(&id, "40aa", &moved, later, &new, f.now)
+            .await
+            .unwrap());
+        let renewal = {
+            let (f, id, old, moved) = (Arc::clone(&f), id.clone(), old.clone(), moved.clone());
+            tokio::spawn(async move {
+                f.store
+                    .record_renewal(&id, &moved, "ffff", later, &old, f.now)
+                    .await
+            })
+        };
+        let retire = {
+            let (f, old, new) = (Arc::clone(&f), old.clone(), new.clone());
+            tokio::spawn(async move { f.store.retire_ca(&old, &new, false, f.now).await })
+        };
+        let (renewal, retire) = (renewal.await.unwrap(), retire.await.unwrap().unwrap());
+        match (renewal, retire) {
+            (Ok(true), CaRetirement::Refused { remaining: 1 }) => {}
+            (Err(StoreError::CaRetired(_)), CaRetirement::Retired { stranded: 0 }) => {}
+            other => panic!("round {round}: a renewal and a retirement both won: {other:?}"),
+        }
+        // Revoked, so the next round counts only its own device.
+        f.store
+            .revoke_device(
+                &f.ws,
+                &id,
+                f.now,
+                audit(&f, AuditAction::DeviceRevoke, id.as_str()),
+            )
+            .await
+            .unwrap();
     }
 }

@@ -541,6 +541,7 @@ async fn labels_and_counts_written_before_their_tables_are_found() {
              DROP TABLE device_search_rows;
              DROP TABLE deployment;
              DROP TABLE replicas;
+             DROP TABLE retired_cas;
              DELETE FROM schema_version WHERE version >= 6;",
         )
         .unwrap();
