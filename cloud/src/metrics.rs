@@ -78,6 +78,7 @@ pub struct Metrics {
     api_requests: Family<ApiRequest, Counter>,
     api_duration: Histograms<Route>,
     store_duration: Histograms<Operation>,
+    revocation_propagation: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -102,6 +103,8 @@ impl Metrics {
             api_requests: Family::default(),
             api_duration: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
             store_duration: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            // 1 ms to about 16 s.
+            revocation_propagation: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             registry: Registry::default(),
         };
         registry.register(
@@ -161,6 +164,13 @@ impl Metrics {
             Unit::Seconds,
             m.store_duration.clone(),
         );
+        registry.register_with_unit(
+            "heex_revocation_propagation",
+            "Time from a revocation or deletion committed through another replica to the close \
+             of the device's session here (by the two replicas' clocks)",
+            Unit::Seconds,
+            m.revocation_propagation.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -206,6 +216,12 @@ impl Metrics {
     pub fn reports(&self, stored: u64, duplicates: u64) {
         self.reports_stored.inc_by(stored);
         self.reports_duplicate.inc_by(duplicates);
+    }
+
+    /// A session was closed `secs` after its device's revocation (or deletion) was committed
+    /// through another replica.
+    pub fn revocation_propagated(&self, secs: f64) {
+        self.revocation_propagation.observe(secs);
     }
 
     /// A store operation took `secs`.

@@ -153,6 +153,8 @@ async fn watch_sessions(
     let mut poll = tokio::time::interval(options.check_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // When the change being followed was committed, for a revocation or a deletion.
+        let mut ended_at = None;
         let ids = tokio::select! {
             () = shutdown.cancelled() => return,
             change = changes.recv() => match change {
@@ -167,13 +169,23 @@ async fn watch_sessions(
                     continue;
                 }
                 Some(Change::Device(id, _)) => vec![id],
+                Some(Change::Ended(id, at)) => {
+                    ended_at = at;
+                    vec![id]
+                }
                 Some(Change::Resync) => all_held(registry),
                 None => return,
             },
             _ = poll.tick() => all_held(registry),
         };
-        if let Err(e) = check(store, registry, ids).await {
-            tracing::warn!(error = %e, "cannot check the sessions against the store");
+        match check(store, registry, ids).await {
+            Ok(ended) => {
+                if let (Some(at), true) = (ended_at, ended > 0) {
+                    let delay = time::OffsetDateTime::now_utc() - at;
+                    crate::metrics::get().revocation_propagated(delay.as_seconds_f64().max(0.0));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the sessions against the store"),
         }
     }
 }
@@ -187,12 +199,14 @@ fn all_held(registry: &SessionRegistry) -> Vec<DeviceId> {
 }
 
 /// Closes the sessions of `ids` the store says must end: the device revoked or gone, or its
-/// connection mark held by another session (a newer one, on another replica).
+/// connection mark held by another session (a newer one, on another replica). How many
+/// sessions it closed because their device was revoked or deleted.
 pub async fn check(
     store: &Store,
     registry: &SessionRegistry,
     ids: Vec<DeviceId>,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
+    let mut ended = 0;
     let ids: Vec<DeviceId> = ids.into_iter().filter(|id| registry.holds(id)).collect();
     for batch in ids.chunks(CHECK_BATCH) {
         // Sessions as they were before the read: one that took the mark after it cannot be
@@ -207,11 +221,13 @@ pub async fn check(
             match mark {
                 None => {
                     if registry.close(&id, CloseReason::DeviceRevoked) {
+                        ended += 1;
                         tracing::info!(device = %id, "session closed: the device was deleted");
                     }
                 }
                 Some(m) if m.revoked => {
                     if registry.close(&id, CloseReason::DeviceRevoked) {
+                        ended += 1;
                         tracing::info!(device = %id, "session closed: the device was revoked");
                     }
                 }
@@ -233,5 +249,5 @@ pub async fn check(
             }
         }
     }
-    Ok(())
+    Ok(ended)
 }

@@ -896,6 +896,7 @@ pub fn stored_reports(cloud: &Cloud, device: &str) -> Vec<(u64, Value)> {
 }
 
 pub mod faults;
+pub mod metrics;
 pub mod pg;
 
 #[cfg(test)]

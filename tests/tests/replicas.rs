@@ -8,6 +8,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use heex_tests::metrics::{metrics_addr, scrape, value};
 use heex_tests::{wait_for, Cloud, Logs, Machine, Proc};
 use serde_json::{json, Value};
 
@@ -44,7 +45,15 @@ fn connected(replica: &Cloud, id: &str) -> bool {
 fn revocation_through_one_replica_closes_the_session_another_holds() {
     let r1 = Cloud::start_on_postgres(&[]);
     let r2 = r1.replica(&[]);
-    let r3 = r1.replica(&["--session-check-interval", "1h"]);
+    let r3 = r1.replica(&[
+        "--session-check-interval",
+        "1h",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = metrics_addr(&r3);
+    let propagated = |what| value(&scrape(metrics), what, &[]);
+    assert_eq!(propagated("heex_revocation_propagation_seconds_count"), 0.0);
     let (key, _) = r1.create_key("fleet", "enroll", None);
     // Enrolled through replica 3's API: its agent uses replica 3's gateway.
     let (machine, id) = enrolled(&r3, &key, "robot-1");
@@ -67,6 +76,13 @@ fn revocation_through_one_replica_closes_the_session_another_holds() {
     });
     let closed_after = revoked.elapsed();
     assert!(closed_after < Duration::from_secs(1), "{closed_after:?}");
+    // Replica 3 measured how long the revocation took to reach the session it held.
+    assert_eq!(propagated("heex_revocation_propagation_seconds_count"), 1.0);
+    let delay = propagated("heex_revocation_propagation_seconds_sum");
+    assert!(
+        (0.0..closed_after.as_secs_f64()).contains(&delay),
+        "propagation {delay} s, closed after {closed_after:?}"
+    );
     wait_for(TIMEOUT, "the agent to report the revocation", || {
         agent
             .stderr()

@@ -125,6 +125,9 @@ pub enum Change {
     /// This device's record changed: connected by the named session, or revoked or deleted
     /// (`None`).
     Device(DeviceId, Option<String>),
+    /// This device was revoked or deleted, by a transaction the writer committed at about
+    /// this time (its clock; `None` from a writer that does not say).
+    Ended(DeviceId, Option<OffsetDateTime>),
     /// Changes may have been missed (the feed was down): check every session again.
     Resync,
 }

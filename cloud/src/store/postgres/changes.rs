@@ -105,15 +105,11 @@ async fn listen_once(
             () = out.closed() => return Ok(()),
             message = messages.recv() => match message {
                 Some(Ok(payload)) => {
-                    let (id, connection) = match payload.split_once(' ') {
-                        Some((id, c)) => (id, Some(c.to_owned())),
-                        None => (payload.as_str(), None),
-                    };
-                    let Ok(id) = id.parse::<DeviceId>() else {
+                    let Some(change) = parse(&payload) else {
                         tracing::debug!("ignoring a change notification that names no device");
                         continue;
                     };
-                    if out.send(Change::Device(id, connection)).await.is_err() {
+                    if out.send(change).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -129,6 +125,28 @@ async fn listen_once(
     }
 }
 
+/// The change a notification's payload names (see `notify_device_changed`): `<device>`,
+/// `<device> <session>` or `<device> @<unix ms>`.
+fn parse(payload: &str) -> Option<Change> {
+    let (id, rest) = match payload.split_once(' ') {
+        Some((id, rest)) => (id, Some(rest)),
+        None => (payload, None),
+    };
+    let id = id.parse::<DeviceId>().ok()?;
+    Some(match rest {
+        None => Change::Ended(id, None),
+        Some(rest) => match rest.strip_prefix('@') {
+            Some(millis) => Change::Ended(
+                id,
+                millis.parse::<i128>().ok().and_then(|ms| {
+                    time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).ok()
+                }),
+            ),
+            None => Change::Device(id, Some(rest.to_owned())),
+        },
+    })
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -136,3 +154,30 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_a_session_or_when_a_device_ended() {
+        let id = DeviceId::generate();
+        assert!(matches!(
+            parse(&format!("{id} i1-7")),
+            Some(Change::Device(d, Some(c))) if d == id && c == "i1-7"
+        ));
+        let at = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        assert!(matches!(
+            parse(&format!("{id} @1800000000000")),
+            Some(Change::Ended(d, Some(t))) if d == id && t == at
+        ));
+        assert!(matches!(parse(&id.to_string()), Some(Change::Ended(d, None)) if d == id));
+        assert!(matches!(
+            parse(&format!("{id} @soon")),
+            Some(Change::Ended(_, None))
+        ));
+        assert!(parse("not-a-device i1-7").is_none());
+        assert!(parse("").is_none());
+    }
+}
+

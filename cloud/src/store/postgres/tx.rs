@@ -647,10 +647,15 @@ impl Tx for PgTx<'_, '_> {
         connection: Option<&str>,
     ) -> Result<(), StoreError> {
         // Delivered to every listener when the transaction commits, never if it rolls back.
-        // The payload: the device id, then the connecting session's name if any.
+        // The payload: the device id, then the connecting session's name, or for a
+        // revocation or a deletion `@` and the writer's clock in Unix milliseconds (how long
+        // it took to reach the sessions, for the metric).
         let payload = match connection {
             Some(c) => format!("{id} {c}"),
-            None => id.to_string(),
+            None => {
+                let millis = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                format!("{id} @{millis}")
+            }
         };
         self.c()?.execute(
             "SELECT pg_notify($1, $2)",
