@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::atomic_file::{sync_dir, write_atomic};
-use crate::ca::Ca;
+use crate::ca::{Ca, CaError};
 use crate::datadir::{read_text, DataDir, CA_CERT, CA_KEY};
 use crate::error::Error;
 use crate::store::ops::CaRetirement;
@@ -227,10 +227,31 @@ pub async fn follow(
     }
 }
 
+/// The CA in files `cert` and `key` of the directory; a damaged file is named.
 fn load_ca(dir: &DataDir, cert: &str, key: &str) -> Result<Ca, Error> {
-    let key_path = dir.path(key);
-    Ca::load(&read_text(&dir.path(cert))?, &read_text(&key_path)?)
-        .map_err(|e| Error::corrupt(&key_path, e.to_string()))
+    let (cert_path, key_path) = (dir.path(cert), dir.path(key));
+    let loaded = Ca::load(&read_text(&cert_path)?, &read_text(&key_path)?);
+    let (path, reason) = match loaded {
+        Ok(ca) => return Ok(ca),
+        Err(e @ CaError::BadCertificate) => (cert_path, e.to_string()),
+        Err(CaError::KeyMismatch) => (
+            key_path,
+            format!(
+                "this key does not belong to the CA certificate {}",
+                cert_path.display()
+            ),
+        ),
+        Err(e) => (key_path, format!("not a usable CA key: {e}")),
+    };
+    if cert != CA_NEXT_CERT {
+        return Err(Error::corrupt(path, reason));
+    }
+    Err(Error::Mismatch(format!(
+        "{}: {reason}; the new CA of the rotation in progress is unusable: restore {} and {} from a backup, or, if `heex-cloud serve` never read them (no device holds a certificate from that CA), remove both and run `heex-cloud ca rotate` again",
+        path.display(),
+        CA_NEXT_CERT,
+        CA_NEXT_KEY,
+    )))
 }
 
 fn exists(path: &Path) -> bool {
@@ -240,19 +261,21 @@ fn exists(path: &Path) -> bool {
 /// The directory's CAs: `ca.crt`/`ca.key`, and `ca-next.crt`/`ca-next.key` during a
 /// rotation. Fails on a directory in the middle of `retire` (see the module docs).
 pub fn read(dir: &DataDir) -> Result<Authority, Error> {
-    let current = Arc::new(load_ca(dir, CA_CERT, CA_KEY)?);
     let (next_cert, next_key) = (dir.path(CA_NEXT_CERT), dir.path(CA_NEXT_KEY));
-    match (exists(&next_cert), exists(&next_key)) {
-        (true, true) => {
-            let next = Arc::new(load_ca(dir, CA_NEXT_CERT, CA_NEXT_KEY)?);
-            Ok(Authority::rotating(current, next))
-        }
-        (true, false) => Err(Error::Mismatch(format!(
+    // Before ca.crt is read: in the middle of a `retire`, ca.key is already the new CA's.
+    if exists(&next_cert) && !exists(&next_key) {
+        return Err(Error::Mismatch(format!(
             "{} has no key beside it: a `heex-cloud ca retire` was interrupted; run it again",
             next_cert.display()
-        ))),
+        )));
+    }
+    let current = Arc::new(load_ca(dir, CA_CERT, CA_KEY)?);
+    if exists(&next_cert) {
+        let next = Arc::new(load_ca(dir, CA_NEXT_CERT, CA_NEXT_KEY)?);
+        Ok(Authority::rotating(current, next))
+    } else {
         // A key alone: an interrupted `rotate`, ignored.
-        (false, _) => Ok(Authority::single(current)),
+        Ok(Authority::single(current))
     }
 }
 
@@ -499,5 +522,131 @@ mod tests {
         assert!(authorities.replace(Authority::rotating(old, new)));
         assert!(changes.has_changed().unwrap());
         assert!(authorities.current().is_rotating());
+    }
+
+    async fn initialized() -> (tempfile::TempDir, DataDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        dir.init(&crate::cli::InitOptions {
+            workspace: "default".to_owned(),
+            owner: "owner@localhost".to_owned(),
+            hostnames: vec!["cloud.example".to_owned()],
+            trust_domain: "heex.local".to_owned(),
+        })
+        .await
+        .unwrap();
+        (tmp, dir)
+    }
+
+    fn text(dir: &DataDir, name: &str) -> String {
+        fs::read_to_string(dir.path(name)).unwrap()
+    }
+
+    /// A `retire` killed between its two renames (ca.key is the new CA's, ca.crt still the
+    /// old one) is named as such, not as a damaged key, and the next start or `ca` command
+    /// completes it: one CA, the new one, whose key matches, and a store that accepts it.
+    #[tokio::test]
+    async fn a_retire_killed_between_its_renames_is_completed_by_the_next_start() {
+        let (_tmp, dir) = initialized().await;
+        let rotated = rotate(&dir, OffsetDateTime::now_utc()).unwrap();
+        let (new_cert, new_key) = (text(&dir, CA_NEXT_CERT), text(&dir, CA_NEXT_KEY));
+        // What `retire` does before the kill: the store moves, then the first rename.
+        let (store, _) = dir.open_checked().await.unwrap();
+        let retired = store
+            .retire_ca(
+                &rotated.current.to_string(),
+                &rotated.next.to_string(),
+                false,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(retired, CaRetirement::Retired { stranded: 0 });
+        store.close().await;
+        fs::rename(dir.path(CA_NEXT_KEY), dir.path(CA_KEY)).unwrap();
+
+        let err = read(&dir).unwrap_err().to_string();
+        assert!(err.contains("was interrupted; run it again"), "{err}");
+        let loaded = dir.load(&[]).await.unwrap();
+        loaded.store.close().await;
+        assert!(!loaded.authority.is_rotating());
+        assert_eq!(loaded.authority.server().fingerprint(), rotated.next);
+        assert_eq!(text(&dir, CA_CERT), new_cert);
+        assert_eq!(text(&dir, CA_KEY), new_key);
+        assert!(!dir.path(CA_NEXT_CERT).exists() && !dir.path(CA_NEXT_KEY).exists());
+        // The server certificate was re-issued from the new CA.
+        assert!(loaded.authority.server().signed(&loaded.server_chain[0]));
+        // And `retire` run again by the operator says the rotation is over.
+        let again = retire(&dir, false).await.unwrap_err().to_string();
+        assert!(again.contains("no CA rotation is in progress"), "{again}");
+    }
+
+    /// A flipped byte in the new CA's files: every command names the file and the way out,
+    /// nothing moves, and a running cloud keeps the CAs it has until the files are good.
+    #[tokio::test]
+    async fn a_damaged_new_ca_is_named_and_a_running_cloud_keeps_its_cas() {
+        let (_tmp, dir) = initialized().await;
+        let before = read(&dir).unwrap();
+        rotate(&dir, OffsetDateTime::now_utc()).unwrap();
+        let good_key = text(&dir, CA_NEXT_KEY);
+        let good_cert = text(&dir, CA_NEXT_CERT);
+        // One character in the middle of the base64 body.
+        let flip = |pem: &str| {
+            let mut bytes = pem.as_bytes().to_vec();
+            let i = bytes.len() / 2;
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            String::from_utf8(bytes).unwrap()
+        };
+        for (name, damaged) in [
+            (CA_NEXT_KEY, flip(&good_key)),
+            (CA_NEXT_CERT, flip(&good_cert)),
+        ] {
+            fs::write(dir.path(name), &damaged).unwrap();
+            let err = read(&dir).unwrap_err();
+            assert_eq!(err.exit_code(), 78, "{err}");
+            let err = err.to_string();
+            assert!(
+                err.contains("ca-next.") && err.contains("heex-cloud ca rotate"),
+                "{name}: {err}"
+            );
+            let status = status(&dir).await.unwrap_err().to_string();
+            assert!(status.contains("ca-next."), "{status}");
+            let retired = retire(&dir, true).await.unwrap_err().to_string();
+            assert!(retired.contains("ca-next."), "{retired}");
+            assert_eq!(text(&dir, name), damaged, "{name} was touched");
+            assert_eq!(
+                read_text(&dir.path(CA_CERT)).unwrap(),
+                before.server().cert_pem()
+            );
+
+            let authorities = Authorities::new(Authority::single(Arc::clone(before.server())));
+            let shutdown = CancellationToken::new();
+            let following = tokio::spawn(follow(
+                dir.clone(),
+                authorities.clone(),
+                Duration::from_millis(10),
+                shutdown.clone(),
+            ));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!authorities.current().is_rotating(), "{name}");
+            // Repaired: picked up at the next read.
+            let mut changes = authorities.subscribe();
+            fs::write(
+                dir.path(name),
+                if name == CA_NEXT_KEY {
+                    &good_key
+                } else {
+                    &good_cert
+                },
+            )
+            .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), changes.changed())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(authorities.current().is_rotating());
+            shutdown.cancel();
+            following.await.unwrap();
+        }
     }
 }

@@ -180,4 +180,3 @@ mod tests {
         assert!(parse("").is_none());
     }
 }
-
