@@ -3,7 +3,11 @@
 //!
 //! The agent renews at a random point between 70% and 90% of its certificate's lifetime,
 //! over its mTLS session (RenewRequest → RenewResponse); no API key is involved. Each renewal
-//! uses a fresh ECDSA P-256 key. The swap:
+//! uses a fresh ECDSA P-256 key, written to `device.key.pending` (0600, fsynced) before its
+//! CSR is sent: an agent killed after the cloud recorded the renewal and before the answer
+//! reached its disk asks again, from the certificate it still has, for that same key, and
+//! the cloud answers such a repeat (and nothing else from a superseded certificate). The
+//! swap:
 //!
 //! 1. write `device.key.new` (0600) and `device.crt.new`, each fsynced, then fsync the
 //!    directory — `device.key`/`device.crt` are untouched;
@@ -133,7 +137,24 @@ impl Pending {
     /// Generates a fresh P-256 key and a CSR for it, PEM. The CSR's subject is informative
     /// only; the cloud certifies the identity of the current certificate.
     pub fn generate(device: &DeviceId) -> Result<(Pending, String), RenewError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        Pending::for_key(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?, device)
+    }
+
+    /// The key of an earlier request that may have been answered (see the module docs),
+    /// when `files` keeps one that is not the current certificate's key.
+    fn kept(files: &CredentialFiles, current: &CertificateDer<'_>) -> Option<KeyPair> {
+        let pem = std::fs::read_to_string(files.key_pending()).ok()?;
+        let key = KeyPair::from_pem(&pem).ok()?;
+        let current_key = parse(current.as_ref())
+            .ok()?
+            .tbs_certificate
+            .subject_pki
+            .raw;
+        (current_key != key.subject_public_key_info().as_slice()).then_some(key)
+    }
+
+    /// A CSR for `key`, PEM.
+    fn for_key(key: KeyPair, device: &DeviceId) -> Result<(Pending, String), RenewError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -273,6 +294,11 @@ impl CredentialFiles {
     /// `device.crt.new`.
     pub fn cert_new(&self) -> PathBuf {
         with_suffix(&self.cert, ".new")
+    }
+
+    /// `device.key.pending`: the key of the renewal request in flight.
+    pub fn key_pending(&self) -> PathBuf {
+        with_suffix(&self.key, ".pending")
     }
 
     fn dir(&self) -> &Path {
@@ -453,7 +479,13 @@ impl Renewal {
             .ok()
             .map(OffsetDateTime::from);
         let start = lifetime_start(current.not_before, current.not_after, received);
-        let due = random_renewal_time(start, current.not_after);
+        let mut due = random_renewal_time(start, current.not_after);
+        if Pending::kept(&files, &current_der).is_some() {
+            // A request may have been answered and the answer lost: the cloud admits the
+            // certificate it superseded only for a while, so ask again at once.
+            tracing::warn!("a certificate renewal was interrupted; requesting it again");
+            due = OffsetDateTime::now_utc();
+        }
         Ok(Renewal {
             files,
             bundle,
@@ -502,11 +534,25 @@ impl Renewal {
         }
     }
 
-    /// Makes a fresh key and CSR for a RenewRequest. The next attempt is scheduled a
-    /// [`retry_delay`] later, in case no answer comes.
+    /// Makes the key and CSR of a RenewRequest: the key of an earlier request whose answer
+    /// may have been lost (kept in `device.key.pending`), or a fresh one, written there
+    /// durably before the CSR is returned. The next attempt is scheduled a [`retry_delay`]
+    /// later, in case no answer comes.
     pub fn request(&mut self, now: OffsetDateTime) -> Result<String, RenewError> {
         self.due = now + retry_delay(self.start, self.current.not_after);
-        let (pending, csr) = Pending::generate(&self.device)?;
+        let (pending, csr) = match Pending::kept(&self.files, &self.current_der) {
+            Some(key) => Pending::for_key(key, &self.device)?,
+            None => {
+                let (pending, csr) = Pending::generate(&self.device)?;
+                write_durable(
+                    &self.files.key_pending(),
+                    pending.key.serialize_pem().as_bytes(),
+                    0o600,
+                )?;
+                self.files.sync_dir()?;
+                (pending, csr)
+            }
+        };
         self.pending = Some(pending);
         Ok(csr)
     }
@@ -527,6 +573,9 @@ impl Renewal {
             certificate_pem,
             now,
         )?;
+        // Installed: the kept key is the current one now (left behind, it is recognised as
+        // such and replaced at the next request).
+        let _ = std::fs::remove_file(self.files.key_pending());
         if let Ok(der) = CertificateDer::from_pem_slice(certificate_pem.as_bytes()) {
             // Parsed by the check above; this cannot fail.
             self.current_der = der.into_owned();

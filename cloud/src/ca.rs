@@ -77,6 +77,8 @@ pub struct DeviceCert {
     pub serial_hex: String,
     /// Its notAfter.
     pub not_after: OffsetDateTime,
+    /// SHA-256 (hex) of its public key (SubjectPublicKeyInfo, DER), as the store records it.
+    pub key_sha256: String,
 }
 
 impl Ca {
@@ -212,6 +214,7 @@ impl Ca {
             pem: cert.pem(),
             serial_hex,
             not_after: params.not_after,
+            key_sha256: csr.key_sha256(),
         })
     }
 }

@@ -43,6 +43,7 @@ pub enum KeyType {
 pub struct DeviceCsr {
     public_key: SubjectPublicKeyInfo,
     key_type: KeyType,
+    key_sha256: String,
 }
 
 impl DeviceCsr {
@@ -102,7 +103,13 @@ impl DeviceCsr {
         Ok(DeviceCsr {
             public_key,
             key_type,
+            key_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(spki.raw)),
         })
+    }
+
+    /// SHA-256 (hex) of the device's public key (SubjectPublicKeyInfo, DER).
+    pub fn key_sha256(&self) -> String {
+        self.key_sha256.clone()
     }
 
     /// The device's key type.

@@ -568,6 +568,62 @@ fn kill_9_during_renewals_always_leaves_a_usable_pair() {
     );
 }
 
+/// The window a kill -9 can hit in a renewal, made exact: the cloud recorded the renewed
+/// certificate and the agent died before installing it. After a real renewal, the machine's
+/// disk is put back to the certificate it renewed from, with the renewed certificate's key
+/// kept as the request's (`device.key.pending`, as the agent writes it before sending its
+/// CSR). The restarted agent connects on the old certificate (within the overlap), asks
+/// again at once for the kept key, and the cloud answers that repeat: the machine ends on
+/// the cloud's current certificate, for the kept key.
+#[test]
+fn an_agent_killed_before_installing_a_recorded_renewal_renews_again_for_the_same_key() {
+    let cloud = Cloud::start_with(&["--device-cert-lifetime", "8s", "--renewal-grace", "60s"]);
+    let (machine, id) = enrolled(&cloud, &cloud.owner_key.clone(), "interrupted-robot");
+    let state = machine.state_dir();
+    let (old_cert, old_key) = (
+        fs::read(state.join("device.crt")).unwrap(),
+        fs::read(state.join("device.key")).unwrap(),
+    );
+    let old_serial = serial_in(&state);
+    let logs = Logs::new();
+    let mut agent = machine.agent(&logs);
+    wait_connected(&machine, agent.pid(), "the agent to connect");
+    wait_for(TIMEOUT, "the agent to renew", || {
+        (cert_of(&machine).is_some() && serial_in(&state) != old_serial).then_some(())
+    });
+    // The next renewal is seconds away: stopped now, the files are the first renewal's.
+    stop_agent(&mut agent);
+    let recorded = serial_in(&state);
+    assert_eq!(cloud.device(&id).unwrap()["certificate_serial"], recorded);
+    let kept_key = fs::read(state.join("device.key")).unwrap();
+    fs::write(state.join("device.key.pending"), &kept_key).unwrap();
+    fs::write(state.join("device.crt"), &old_cert).unwrap();
+    fs::write(state.join("device.key"), &old_key).unwrap();
+
+    let mut agent = machine.agent(&logs);
+    let renewed = wait_for(TIMEOUT, "the agent to renew again for the kept key", || {
+        let serial = serial_in(&state);
+        (serial != old_serial && serial != recorded).then_some(serial)
+    });
+    wait_connected(&machine, agent.pid(), "the agent to stay connected");
+    let log = agent.stderr();
+    assert!(log.contains("renewal was interrupted"), "{log}");
+    assert!(
+        cloud
+            .proc()
+            .stderr()
+            .contains("renewal repeated from the superseded certificate for the same key"),
+        "{}",
+        cloud.proc().stderr()
+    );
+    assert_eq!(fs::read(state.join("device.key")).unwrap(), kept_key);
+    assert!(pair_matches(&state));
+    assert!(!state.join("device.key.pending").exists());
+    let listed = cloud.device(&id).unwrap();
+    assert_eq!(listed["certificate_serial"], renewed, "{listed}");
+    stop_agent(&mut agent);
+}
+
 // ---------------------------------------------------------------- superseded certificates
 
 /// Lowercase hex serial of the certificate in `dir`, as the cloud records it.

@@ -445,3 +445,54 @@ fn reconcile_leaves_unrelated_files_alone() {
     assert_eq!(reconcile(&f.files), Reconciled::NoMatch);
     assert_eq!(read(&f.files.cert), "torn");
 }
+
+/// The public key a CSR (PEM) asks to certify, DER.
+fn csr_key(csr_pem: &str) -> Vec<u8> {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .unwrap()
+        .public_key
+        .der_bytes()
+        .to_vec()
+}
+
+/// Killed after sending a request (its answer may have been recorded by the cloud and never
+/// installed here): the key is on disk, 0600, before the CSR leaves; the restarted agent
+/// renews at once and asks for that same key; once an answer is installed the kept key is
+/// gone, and the next renewal has a fresh key.
+#[test]
+fn a_request_s_key_is_kept_on_disk_until_its_answer_is_installed() {
+    let f = fixture();
+    let bundle = vec![f.ca.der.clone()];
+    let mut first = Renewal::new(f.files.clone(), bundle.clone(), f.device.clone()).unwrap();
+    assert!(first.due() > now(), "a fresh certificate renews later");
+    let csr = first.request(now()).unwrap();
+    let pending = f.files.key_pending();
+    assert_eq!(
+        std::fs::metadata(&pending).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(first);
+
+    // The restarted agent: due now, and the same key asked for, as often as it takes.
+    let mut again = Renewal::new(f.files.clone(), bundle.clone(), f.device.clone()).unwrap();
+    assert!(again.due() <= now() + TimeDuration::seconds(1));
+    let repeated = again.request(now()).unwrap();
+    assert_eq!(csr_key(&repeated), csr_key(&csr));
+    assert_eq!(csr_key(&again.request(now()).unwrap()), csr_key(&csr));
+
+    let cert =
+        f.ca.sign_csr(&repeated, f.device.as_str(), now() + TimeDuration::hours(2));
+    again.complete(&cert, now()).unwrap();
+    assert!(pair_matches(&f.files.key, &f.files.cert));
+    assert!(!pending.exists(), "the kept key outlived its renewal");
+    let installed = KeyPair::from_pem(&read(&f.files.key)).unwrap();
+    assert_eq!(installed.der_bytes(), csr_key(&csr));
+
+    // A kept key left behind after its answer was installed (a crash just then) is the
+    // current key: not asked for again, and no early renewal.
+    std::fs::write(&pending, read(&f.files.key)).unwrap();
+    let mut later = Renewal::new(f.files.clone(), bundle, f.device.clone()).unwrap();
+    assert!(later.due() > now());
+    let fresh = later.request(now()).unwrap();
+    assert_ne!(csr_key(&fresh), csr_key(&csr));
+}

@@ -136,6 +136,7 @@ async fn enroll_with(
         cert_serial: cert.serial_hex,
         cert_expires_at: cert.not_after,
         cert_ca: cas.issuing().fingerprint().to_string(),
+        cert_key: cert.key_sha256,
     };
     match state.store.insert_device(device, audit).await {
         Ok(()) => {}

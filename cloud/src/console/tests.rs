@@ -588,6 +588,7 @@ async fn enroll_devices(c: &Console, names: &[String]) -> Vec<heex_proto::Device
             cert_serial: "40aa".into(),
             cert_expires_at: now + time::Duration::days(30),
             cert_ca: "sha256:old".into(),
+            cert_key: "key".into(),
         };
         let audit = AuditEntry {
             workspace_id: owner.workspace_id.clone(),

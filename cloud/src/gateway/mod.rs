@@ -43,6 +43,8 @@ use std::time::Duration;
 use heex_proto::api::Facts;
 use heex_proto::{DeviceId, WorkspaceId};
 use time::OffsetDateTime;
+
+use crate::store::IssuedCert;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,9 @@ pub struct DeviceStatus {
     pub cert_serial: String,
     /// The certificate that one superseded at renewal, and when.
     pub previous_cert: Option<(String, OffsetDateTime)>,
+    /// SHA-256 (hex) of the current certificate's public key (`None`: issued before it was
+    /// recorded).
+    pub cert_key: Option<String>,
 }
 
 /// What recording a session's sign of life found.
@@ -115,18 +120,16 @@ pub trait DeviceDirectory: Send + Sync + 'static {
         connection: &str,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
-    /// Records the device's certificate renewed from the one with serial `from_serial`
-    /// (serials lowercase hex; the new one's expiry and the fingerprint of the CA that
-    /// signed it). False when the device does not exist,
-    /// is revoked, or `from_serial` is no longer its current serial: decided in the write,
-    /// and then nothing changes.
+    /// Records the device's certificate `cert` renewed from the one with serial
+    /// `from_serial` (lowercase hex). False when the device does not exist, is revoked, or
+    /// `from_serial` is no longer its current serial — unless the renewal that superseded
+    /// it is repeated for the same key (its answer never reached the agent's disk): decided
+    /// in the write, and then nothing changes.
     fn record_renewal(
         &self,
         id: &DeviceId,
         from_serial: &str,
-        serial_hex: &str,
-        not_after: OffsetDateTime,
-        ca: &str,
+        cert: IssuedCert,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
 
     /// Stores the device's reports (sequence number, compact JSON), each (device, seq) at

@@ -16,6 +16,7 @@ use super::DeviceDirectory;
 use crate::authority::{Authorities, Authority};
 use crate::ca::Ca;
 use crate::csr::DeviceCsr;
+use crate::store::IssuedCert;
 
 /// Default renewal grace: how long after expiry a device may still renew.
 pub const DEFAULT_RENEWAL_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -138,7 +139,15 @@ async fn renew_once<D: DeviceDirectory>(
             "gateway temporarily unavailable".to_owned(),
         )
     };
-    match directory.device_status(device).await.map_err(unavailable)? {
+    let superseded = || {
+        Err((
+            CloseReason::CertificateSuperseded,
+            superseded_message(from_serial),
+        ))
+    };
+    // The renewal that superseded the session's certificate, repeated for the same key (the
+    // agent kept it, and the answer was lost to a crash): `Some(key)`.
+    let repeat_for = match directory.device_status(device).await.map_err(unavailable)? {
         None => {
             return Err((CloseReason::DeviceUnknown, "no such device".to_owned()));
         }
@@ -151,13 +160,20 @@ async fn renew_once<D: DeviceDirectory>(
                 "certificate names another workspace".to_owned(),
             ));
         }
-        Some(s) if s.cert_serial != from_serial => {
-            return Err((
-                CloseReason::CertificateSuperseded,
-                superseded_message(from_serial),
-            ));
+        Some(s) if s.cert_serial == from_serial => None,
+        Some(s) => match (s.previous_cert, s.cert_key) {
+            (Some((previous, _)), Some(key)) if previous == from_serial => Some(key),
+            _ => return superseded(),
+        },
+    };
+    let csr = DeviceCsr::from_pem(csr_pem);
+    if let Some(key) = repeat_for {
+        // Anything but a request for that very key is what it would be from any other
+        // superseded certificate.
+        if csr.as_ref().map_or(true, |c| c.key_sha256() != key) {
+            return superseded();
         }
-        Some(_) => {}
+        tracing::info!(%device, from = %from_serial, "renewal repeated from the superseded certificate for the same key");
     }
     let Some(signer) = signer else {
         return Err((
@@ -165,8 +181,7 @@ async fn renew_once<D: DeviceDirectory>(
             "this gateway does not renew certificates".to_owned(),
         ));
     };
-    let csr = DeviceCsr::from_pem(csr_pem)
-        .map_err(|e| (CloseReason::ProtocolError, format!("renewal refused: {e}")))?;
+    let csr = csr.map_err(|e| (CloseReason::ProtocolError, format!("renewal refused: {e}")))?;
     let authority = signer.cas.current();
     let ca = authority.issuing();
     let cert = ca
@@ -182,9 +197,12 @@ async fn renew_once<D: DeviceDirectory>(
         .record_renewal(
             device,
             from_serial,
-            &cert.serial_hex,
-            cert.not_after,
-            &ca.fingerprint().to_string(),
+            IssuedCert {
+                serial_hex: cert.serial_hex.clone(),
+                not_after: cert.not_after,
+                ca: ca.fingerprint().to_string(),
+                key: cert.key_sha256.clone(),
+            },
         )
         .await
         .map_err(unavailable)?;

@@ -114,6 +114,7 @@ impl Directory {
                 revoked_at: revoked.then(OffsetDateTime::now_utc),
                 cert_serial: serial.to_owned(),
                 previous_cert: None,
+                cert_key: None,
             },
         );
     }
@@ -227,9 +228,7 @@ impl DeviceDirectory for Directory {
         &self,
         id: &DeviceId,
         from_serial: &str,
-        _serial_hex: &str,
-        _not_after: OffsetDateTime,
-        _ca: &str,
+        _cert: crate::store::IssuedCert,
     ) -> anyhow::Result<bool> {
         Ok(self
             .devices

@@ -21,8 +21,9 @@ use time::OffsetDateTime;
 
 use super::{
     AuditEntry, AuditFilter, ConsoleSession, DeviceCounts, DeviceQuery, DeviceRecord,
-    InvitationCancel, InvitationRecord, KeyRecord, MemberRecord, NewDevice, NewInvitation, NewKey,
-    NewMember, NewWorkspace, PageOf, PageRequest, Revocation, Role, StoreError,
+    InvitationCancel, InvitationRecord, IssuedCert, KeyRecord, MemberRecord, NewDevice,
+    NewInvitation, NewKey, NewMember, NewWorkspace, PageOf, PageRequest, Revocation, Role,
+    StoreError,
 };
 use crate::gateway::DeviceStatus;
 
@@ -94,6 +95,11 @@ pub struct DeviceState {
     pub revoked_at: Option<OffsetDateTime>,
     /// Its current certificate's serial.
     pub cert_serial: String,
+    /// The serial of the certificate its last renewal superseded.
+    pub previous_serial: Option<String>,
+    /// SHA-256 (hex) of its current certificate's public key (`None`: issued before it was
+    /// recorded).
+    pub cert_key: Option<String>,
 }
 
 /// Who a store belongs to: the CA and the server secret of the data directory that
@@ -239,15 +245,14 @@ pub trait Tx {
     fn set_device_revoked(&mut self, id: &DeviceId, at: OffsetDateTime) -> Result<(), StoreError>;
     /// Deletes a device and its reports.
     fn delete_device(&mut self, id: &DeviceId) -> Result<(), StoreError>;
-    /// Replaces a device's certificate (signed by the CA with fingerprint `ca`); the current
-    /// one becomes the previous, superseded at `at`.
+    /// Replaces a device's certificate; with `supersede` the current one becomes the
+    /// previous, superseded at `at` (without, the previous one stays).
     fn set_device_certificate(
         &mut self,
         id: &DeviceId,
-        serial_hex: &str,
-        not_after: OffsetDateTime,
-        ca: &str,
+        cert: &IssuedCert,
         at: OffsetDateTime,
+        supersede: bool,
     ) -> Result<(), StoreError>;
     /// How many devices that are not revoked hold a certificate not signed by the CA with
     /// fingerprint `ca` (certificates issued before the store recorded their CA count as

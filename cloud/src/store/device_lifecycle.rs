@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use heex_proto::{DeviceId, WorkspaceId};
 use time::OffsetDateTime;
 
-use super::{ops, AuditEntry, Store, StoreError};
+use super::{ops, AuditEntry, IssuedCert, Store, StoreError};
 
 /// What deleting a device did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,22 +20,19 @@ pub enum DeleteDeviceOutcome {
 }
 
 impl Store {
-    /// Records a certificate (serial, expiry, the fingerprint of the CA that signed it)
-    /// renewed at `at` from the certificate with serial `from_serial`, which becomes the
-    /// previous one. False when the device does not exist, is revoked, or `from_serial` is
-    /// not its current serial (then nothing changes).
+    /// Records a certificate renewed at `at` from the certificate with serial `from_serial`,
+    /// which becomes the previous one (see [`ops::record_renewal`], which also takes a
+    /// renewal repeated for the same key). False when the device does not exist, is revoked,
+    /// or `from_serial` is not its current serial (then nothing changes).
     pub async fn record_renewal(
         &self,
         id: &DeviceId,
         from_serial: &str,
-        serial_hex: &str,
-        not_after: OffsetDateTime,
-        ca: &str,
+        cert: IssuedCert,
         at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let (id, from, serial) = (id.clone(), from_serial.to_owned(), serial_hex.to_owned());
-        let ca = ca.to_owned();
-        self.transact(move |tx| ops::record_renewal(tx, &id, &from, &serial, not_after, &ca, at))
+        let (id, from) = (id.clone(), from_serial.to_owned());
+        self.transact(move |tx| ops::record_renewal(tx, &id, &from, &cert, at))
             .await
     }
 

@@ -385,6 +385,16 @@ CREATE TABLE retired_cas (
 );
 "#,
     },
+    Migration {
+        version: 13,
+        description: "the public key of each device's certificate",
+        sql: r#"
+-- SHA-256 (hex) of the device certificate's public key: a renewal repeated from the
+-- certificate it superseded (the agent crashed before installing the answer) is answered
+-- only for this same key. NULL: issued before it was recorded.
+ALTER TABLE devices ADD COLUMN cert_key TEXT;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -23,9 +23,9 @@ pub use ops::SYSTEM_ACTOR;
 pub use paging::{PageOf, PageRequest, SortValue};
 pub use records::{
     AcceptOutcome, Acceptance, AuditAction, AuditEntry, AuditFilter, CallerCheck, CancelOutcome,
-    DeviceRecord, InvitationCancel, InvitationRecord, KeyRecord, KeyUsability, MemberRecord,
-    NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome, Revocation, Role,
-    Rotation,
+    DeviceRecord, InvitationCancel, InvitationRecord, IssuedCert, KeyRecord, KeyUsability,
+    MemberRecord, NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome,
+    Revocation, Role, Rotation,
 };
 
 use std::path::Path;
@@ -751,12 +751,10 @@ impl DeviceDirectory for Store {
         &self,
         id: &DeviceId,
         from_serial: &str,
-        serial_hex: &str,
-        not_after: OffsetDateTime,
-        ca: &str,
+        cert: IssuedCert,
     ) -> anyhow::Result<bool> {
         let now = OffsetDateTime::now_utc();
-        Ok(Store::record_renewal(self, id, from_serial, serial_hex, not_after, ca, now).await?)
+        Ok(Store::record_renewal(self, id, from_serial, cert, now).await?)
     }
 
     async fn store_reports(

@@ -13,9 +13,9 @@ use time::OffsetDateTime;
 use super::backend::{Deployment, DeviceState, InvitationsOf, Tx};
 use super::{
     AcceptOutcome, Acceptance, AuditAction, AuditEntry, CancelOutcome, ConsoleSession,
-    DeleteDeviceOutcome, InvitationCancel, KeyRecord, KeyUsability, MemberRecord, NewDevice,
-    NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome, Revocation, Role, Rotation,
-    StoreError,
+    DeleteDeviceOutcome, InvitationCancel, IssuedCert, KeyRecord, KeyUsability, MemberRecord,
+    NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome, Revocation, Role,
+    Rotation, StoreError,
 };
 use crate::access::{self, DeviceAction, Refusal};
 use crate::gateway::{Seen, StoredReports};
@@ -777,15 +777,24 @@ pub fn record_renewal(
     tx: &mut dyn Tx,
     id: &DeviceId,
     from_serial: &str,
-    serial_hex: &str,
-    not_after: OffsetDateTime,
-    ca: &str,
+    cert: &IssuedCert,
     at: OffsetDateTime,
 ) -> Result<bool, StoreError> {
-    refuse_retired_ca(tx, ca)?;
+    refuse_retired_ca(tx, &cert.ca)?;
     match live_device(tx, id)? {
         Some(d) if d.cert_serial == from_serial => {
-            tx.set_device_certificate(id, serial_hex, not_after, ca, at)?;
+            tx.set_device_certificate(id, cert, at, true)?;
+            Ok(true)
+        }
+        // The renewal that superseded `from_serial` repeated for the same key: its answer
+        // never reached the agent's disk (a crash). The new certificate replaces the one
+        // that answer carried, which nobody installed; `from_serial` stays the previous
+        // one, so a second crash can repeat again. A request for another key stays refused.
+        Some(d)
+            if d.previous_serial.as_deref() == Some(from_serial)
+                && d.cert_key.as_deref() == Some(cert.key.as_str()) =>
+        {
+            tx.set_device_certificate(id, cert, at, false)?;
             Ok(true)
         }
         _ => Ok(false),

@@ -805,7 +805,7 @@ impl Backend for PgStore {
         Box::pin(self.with_client(move |c| {
             let Some(r) = c.cached().query_opt(
                 "SELECT workspace_id, revoked_at, cert_serial, previous_cert_serial,
-                        cert_superseded_at
+                        cert_superseded_at, cert_key
                  FROM devices WHERE id = $1",
                 &[&id.as_str()],
             )?
@@ -819,6 +819,7 @@ impl Backend for PgStore {
                 revoked_at: opt_time(r.try_get(1)?)?,
                 cert_serial: r.try_get(2)?,
                 previous_cert: previous.zip(superseded_at),
+                cert_key: r.try_get(5)?,
             }))
         }))
     }

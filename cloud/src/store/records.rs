@@ -570,6 +570,21 @@ pub struct NewDevice {
     pub cert_expires_at: OffsetDateTime,
     /// Fingerprint (`sha256:…`) of the CA that signed it.
     pub cert_ca: String,
+    /// SHA-256 (hex) of its public key (SubjectPublicKeyInfo, DER).
+    pub cert_key: String,
+}
+
+/// A device certificate issued by a renewal, as the store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCert {
+    /// Serial number, lowercase hex.
+    pub serial_hex: String,
+    /// notAfter.
+    pub not_after: OffsetDateTime,
+    /// Fingerprint (`sha256:…`) of the CA that signed it.
+    pub ca: String,
+    /// SHA-256 (hex) of its public key (SubjectPublicKeyInfo, DER).
+    pub key: String,
 }
 
 /// A device as stored.

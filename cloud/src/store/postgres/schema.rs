@@ -228,6 +228,16 @@ CREATE TABLE retired_cas (
 );
 "#,
     ),
+    (
+        6,
+        "the public key of each device's certificate",
+        r#"
+-- SHA-256 (hex) of the device certificate's public key: a renewal repeated from the
+-- certificate it superseded (the agent crashed before installing the answer) is answered
+-- only for this same key. NULL: issued before it was recorded.
+ALTER TABLE devices ADD COLUMN cert_key TEXT;
+"#,
+    ),
 ];
 
 /// Brings the schema up to date, once across replicas: under an advisory lock, each

@@ -9,6 +9,8 @@ use postgres::types::ToSql;
 use postgres::{GenericClient, Row, Transaction};
 use time::OffsetDateTime;
 
+use crate::store::IssuedCert;
+
 use super::conn::Cached;
 use super::{
     count, key_from_row, member_from_row, opt_time, parse, time, KEY_SELECT, MEMBER_SELECT,
@@ -450,8 +452,8 @@ impl Tx for PgTx<'_, '_> {
         self.hold(
             "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id,
                  enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at,
-                 cert_ca)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 cert_ca, cert_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             vec![
                 Box::new(d.id.as_str().to_owned()),
                 Box::new(d.workspace_id.as_str().to_owned()),
@@ -465,6 +467,7 @@ impl Tx for PgTx<'_, '_> {
                 Box::new(d.cert_serial.clone()),
                 Box::new(to_unix(d.cert_expires_at)),
                 Box::new(d.cert_ca.clone()),
+                Box::new(d.cert_key.clone()),
             ],
             false,
         )?;
@@ -473,7 +476,8 @@ impl Tx for PgTx<'_, '_> {
 
     fn device_state(&mut self, id: &DeviceId) -> Result<Option<DeviceState>, StoreError> {
         let Some(r) = self.c()?.query_opt(
-            "SELECT workspace_id, enrolled_by_member, revoked_at, cert_serial
+            "SELECT workspace_id, enrolled_by_member, revoked_at, cert_serial,
+                    previous_cert_serial, cert_key
              FROM devices WHERE id = $1",
             &[&id.as_str()],
         )?
@@ -485,6 +489,8 @@ impl Tx for PgTx<'_, '_> {
             enrolled_by_member: parse("member id", r.try_get(1)?)?,
             revoked_at: opt_time(r.try_get(2)?)?,
             cert_serial: r.try_get(3)?,
+            previous_serial: r.try_get(4)?,
+            cert_key: r.try_get(5)?,
         }))
     }
 
@@ -524,22 +530,25 @@ impl Tx for PgTx<'_, '_> {
     fn set_device_certificate(
         &mut self,
         id: &DeviceId,
-        serial_hex: &str,
-        not_after: OffsetDateTime,
-        ca: &str,
+        cert: &IssuedCert,
         at: OffsetDateTime,
+        supersede: bool,
     ) -> Result<(), StoreError> {
         self.exec(
             "UPDATE devices
-             SET previous_cert_serial = cert_serial, cert_superseded_at = $1,
-                 cert_serial = $2, cert_expires_at = $3, cert_ca = $5
+             SET previous_cert_serial =
+                     CASE WHEN $7 THEN cert_serial ELSE previous_cert_serial END,
+                 cert_superseded_at = CASE WHEN $7 THEN $1 ELSE cert_superseded_at END,
+                 cert_serial = $2, cert_expires_at = $3, cert_ca = $5, cert_key = $6
              WHERE id = $4",
             &[
                 &to_unix(at),
-                &serial_hex,
-                &to_unix(not_after),
+                &cert.serial_hex,
+                &to_unix(cert.not_after),
                 &id.as_str(),
-                &ca,
+                &cert.ca,
+                &cert.key,
+                &supersede,
             ],
         )?;
         Ok(())

@@ -245,7 +245,7 @@ impl SqliteStore {
             let status = c
                 .prepare_cached(
                     "SELECT workspace_id, revoked_at, cert_serial, previous_cert_serial,
-                            cert_superseded_at
+                            cert_superseded_at, cert_key
                      FROM devices WHERE id = ?1",
                 )?
                 .query_row([id.as_str()], |row| {
@@ -256,6 +256,7 @@ impl SqliteStore {
                         revoked_at: opt_time(row, 1)?,
                         cert_serial: row.get(2)?,
                         previous_cert: previous.zip(superseded_at),
+                        cert_key: row.get(5)?,
                     })
                 })
                 .optional()?;

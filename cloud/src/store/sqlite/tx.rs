@@ -10,6 +10,8 @@ use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
+use crate::store::IssuedCert;
+
 use super::{audit, conversion, opt_time, parsed, time_at};
 use crate::store::backend::{
     ConnectionMark, Deployment, DeviceState, InvitationsOf, SigninToken, StoredInvitation, Tx,
@@ -299,8 +301,8 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached(
                 "INSERT INTO devices (id, workspace_id, name, labels, facts, spiffe_id,
                      enrolled_at, enrolled_by_key, enrolled_by_member, cert_serial, cert_expires_at,
-                     cert_ca)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     cert_ca, cert_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 d.id.as_str(),
@@ -314,7 +316,8 @@ impl Tx for SqliteTx<'_> {
                 d.enrolled_by_member.as_str(),
                 d.cert_serial,
                 to_unix(d.cert_expires_at),
-                d.cert_ca
+                d.cert_ca,
+                d.cert_key
             ])?;
         write_labels(self.0, &d.id, &d.labels)
     }
@@ -323,7 +326,8 @@ impl Tx for SqliteTx<'_> {
         Ok(self
             .0
             .prepare_cached(
-                "SELECT workspace_id, enrolled_by_member, revoked_at, cert_serial
+                "SELECT workspace_id, enrolled_by_member, revoked_at, cert_serial,
+                        previous_cert_serial, cert_key
                  FROM devices WHERE id = ?1",
             )?
             .query_row([id.as_str()], |r| {
@@ -332,6 +336,8 @@ impl Tx for SqliteTx<'_> {
                     enrolled_by_member: parsed(r, 1)?,
                     revoked_at: opt_time(r, 2)?,
                     cert_serial: r.get(3)?,
+                    previous_serial: r.get(4)?,
+                    cert_key: r.get(5)?,
                 })
             })
             .optional()?)
@@ -380,24 +386,27 @@ impl Tx for SqliteTx<'_> {
     fn set_device_certificate(
         &mut self,
         id: &DeviceId,
-        serial_hex: &str,
-        not_after: OffsetDateTime,
-        ca: &str,
+        cert: &IssuedCert,
         at: OffsetDateTime,
+        supersede: bool,
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
                 "UPDATE devices
-                 SET previous_cert_serial = cert_serial, cert_superseded_at = ?1,
-                     cert_serial = ?2, cert_expires_at = ?3, cert_ca = ?5
+                 SET previous_cert_serial =
+                         CASE WHEN ?7 THEN cert_serial ELSE previous_cert_serial END,
+                     cert_superseded_at = CASE WHEN ?7 THEN ?1 ELSE cert_superseded_at END,
+                     cert_serial = ?2, cert_expires_at = ?3, cert_ca = ?5, cert_key = ?6
                  WHERE id = ?4",
             )?
             .execute(params![
                 to_unix(at),
-                serial_hex,
-                to_unix(not_after),
+                cert.serial_hex,
+                to_unix(cert.not_after),
                 id.as_str(),
-                ca
+                cert.ca,
+                cert.key,
+                supersede
             ])?;
         Ok(())
     }

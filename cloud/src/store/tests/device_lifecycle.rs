@@ -4,7 +4,7 @@ use super::*;
 use std::sync::Arc;
 
 use crate::store::ops::CaRetirement;
-use crate::store::PageRequest;
+use crate::store::{IssuedCert, PageRequest};
 
 async fn enrolled(f: &Fixture) -> DeviceId {
     let d = device(f, &f.key);
@@ -14,6 +14,16 @@ async fn enrolled(f: &Fixture) -> DeviceId {
         .await
         .unwrap();
     id
+}
+
+/// A renewed certificate with serial `serial`, for a key named after it.
+fn issued(serial: &str, not_after: OffsetDateTime, ca: &str) -> IssuedCert {
+    IssuedCert {
+        serial_hex: serial.to_owned(),
+        not_after,
+        ca: ca.to_owned(),
+        key: format!("key-of-{serial}"),
+    }
 }
 
 async fn record(f: &Fixture, id: &DeviceId) -> DeviceRecord {
@@ -27,7 +37,7 @@ async fn renewal_updates_serial_and_expiry_until_revoked() {
     let later = f.now + time::Duration::days(60);
     assert!(f
         .store
-        .record_renewal(&id, "40aa", "41bb", later, "sha256:new", f.now)
+        .record_renewal(&id, "40aa", issued("41bb", later, "sha256:new"), f.now)
         .await
         .unwrap());
     let d = record(&f, &id).await;
@@ -55,9 +65,7 @@ async fn renewal_updates_serial_and_expiry_until_revoked() {
         .record_renewal(
             &id,
             "41bb",
-            "42cc",
-            later + time::Duration::days(1),
-            "sha256:new",
+            issued("42cc", later + time::Duration::days(1), "sha256:new"),
             f.now
         )
         .await
@@ -68,9 +76,7 @@ async fn renewal_updates_serial_and_expiry_until_revoked() {
         .record_renewal(
             &DeviceId::generate(),
             "40aa",
-            "43dd",
-            later,
-            "sha256:new",
+            issued("43dd", later, "sha256:new"),
             f.now
         )
         .await
@@ -160,7 +166,7 @@ async fn renewal_is_a_compare_and_set_on_the_current_serial() {
     let at = f.now + time::Duration::seconds(7);
     assert!(f
         .store
-        .record_renewal(&id, "40aa", "41bb", later, "sha256:new", at)
+        .record_renewal(&id, "40aa", issued("41bb", later, "sha256:new"), at)
         .await
         .unwrap());
     let status = f.store.device_status(&id).await.unwrap().unwrap();
@@ -169,12 +175,12 @@ async fn renewal_is_a_compare_and_set_on_the_current_serial() {
     // The old certificate renews again (a copy of it, or a race): refused.
     assert!(!f
         .store
-        .record_renewal(&id, "40aa", "42cc", later, "sha256:new", at)
+        .record_renewal(&id, "40aa", issued("42cc", later, "sha256:new"), at)
         .await
         .unwrap());
     assert!(!f
         .store
-        .record_renewal(&id, "ffff", "42cc", later, "sha256:new", at)
+        .record_renewal(&id, "ffff", issued("42cc", later, "sha256:new"), at)
         .await
         .unwrap());
     let status = f.store.device_status(&id).await.unwrap().unwrap();
@@ -250,7 +256,7 @@ async fn devices_are_counted_by_the_ca_of_their_certificate_and_the_owner_moves_
     let later = f.now + time::Duration::days(60);
     assert!(f
         .store
-        .record_renewal(&a, "40aa", "41bb", later, "sha256:new", f.now)
+        .record_renewal(&a, "40aa", issued("41bb", later, "sha256:new"), f.now)
         .await
         .unwrap());
     assert_eq!(f.store.devices_not_on_ca("sha256:new").await.unwrap(), 1);
@@ -312,7 +318,7 @@ async fn a_retired_ca_is_refused_inside_the_transaction_that_would_record_its_ce
     );
     assert!(f
         .store
-        .record_renewal(&a, "40aa", "41bb", later, "sha256:old", f.now)
+        .record_renewal(&a, "40aa", issued("41bb", later, "sha256:old"), f.now)
         .await
         .unwrap());
     assert_eq!(
@@ -325,7 +331,7 @@ async fn a_retired_ca_is_refused_inside_the_transaction_that_would_record_its_ce
     // A process still signing with the old CA can neither renew nor enroll onto it.
     assert!(matches!(
         f.store
-            .record_renewal(&a, "41bb", "42cc", later, "sha256:old", f.now)
+            .record_renewal(&a, "41bb", issued("42cc", later, "sha256:old"), f.now)
             .await,
         Err(StoreError::CaRetired(ca)) if ca == "sha256:old"
     ));
@@ -343,7 +349,7 @@ async fn a_retired_ca_is_refused_inside_the_transaction_that_would_record_its_ce
     // The new CA's certificates are recorded as before.
     assert!(f
         .store
-        .record_renewal(&a, "41bb", "43dd", later, "sha256:new", f.now)
+        .record_renewal(&a, "41bb", issued("43dd", later, "sha256:new"), f.now)
         .await
         .unwrap());
 }
@@ -361,14 +367,14 @@ async fn a_renewal_onto_the_old_ca_racing_retire_never_ends_on_a_retired_ca() {
         let moved = format!("{round:04x}aa");
         assert!(f
             .store
-            .record_renewal(&id, "40aa", &moved, later, &new, f.now)
+            .record_renewal(&id, "40aa", issued(&moved, later, &new), f.now)
             .await
             .unwrap());
         let renewal = {
             let (f, id, old, moved) = (Arc::clone(&f), id.clone(), old.clone(), moved.clone());
             tokio::spawn(async move {
                 f.store
-                    .record_renewal(&id, &moved, "ffff", later, &old, f.now)
+                    .record_renewal(&id, &moved, issued("ffff", later, &old), f.now)
                     .await
             })
         };
@@ -393,4 +399,59 @@ async fn a_renewal_onto_the_old_ca_racing_retire_never_ends_on_a_retired_ca() {
             .await
             .unwrap();
     }
+}
+
+/// An agent killed after the store recorded its renewal and before it installed the answer
+/// asks again from the superseded certificate with the key it kept: answered for that same
+/// key, as often as it takes, never for another key, and never once the device renewed
+/// onwards.
+#[tokio::test]
+async fn a_renewal_repeated_from_the_superseded_certificate_is_answered_for_the_same_key_only() {
+    let f = fixture().await;
+    let id = enrolled(&f).await;
+    let later = f.now + time::Duration::days(60);
+    assert!(f
+        .store
+        .record_renewal(&id, "40aa", issued("41bb", later, "sha256:old"), f.now)
+        .await
+        .unwrap());
+    let again = |serial: &str, key: &str| IssuedCert {
+        key: key.to_owned(),
+        ..issued(serial, later, "sha256:old")
+    };
+    // Another key from the superseded certificate: refused, nothing changes.
+    assert!(!f
+        .store
+        .record_renewal(&id, "40aa", again("42cc", "key-of-someone-else"), f.now)
+        .await
+        .unwrap());
+    assert_eq!(record(&f, &id).await.cert_serial, "41bb");
+    // The same key, twice (two crashes in a row): each answer replaces the one never
+    // installed, and the superseded certificate stays the previous one.
+    for serial in ["42cc", "43dd"] {
+        assert!(f
+            .store
+            .record_renewal(&id, "40aa", again(serial, "key-of-41bb"), f.now)
+            .await
+            .unwrap());
+        let d = record(&f, &id).await;
+        assert_eq!(d.cert_serial, serial);
+        let status = f.store.device_status(&id).await.unwrap().unwrap();
+        assert_eq!(
+            status.previous_cert.map(|(p, _)| p).as_deref(),
+            Some("40aa")
+        );
+    }
+    // Once the device renews onwards, the old certificate can repeat nothing.
+    assert!(f
+        .store
+        .record_renewal(&id, "43dd", issued("44ee", later, "sha256:old"), f.now)
+        .await
+        .unwrap());
+    assert!(!f
+        .store
+        .record_renewal(&id, "40aa", again("45ff", "key-of-44ee"), f.now)
+        .await
+        .unwrap());
+    assert_eq!(record(&f, &id).await.cert_serial, "44ee");
 }

@@ -563,6 +563,7 @@ async fn labels_and_counts_written_before_their_tables_are_found() {
         c.execute_batch(
             "ALTER TABLE devices DROP COLUMN agent_version;
              ALTER TABLE devices DROP COLUMN cert_ca;
+             ALTER TABLE devices DROP COLUMN cert_key;
              ALTER TABLE devices DROP COLUMN connection;
              ALTER TABLE devices DROP COLUMN connected_at;
              CREATE INDEX devices_workspace ON devices(workspace_id, enrolled_at);",

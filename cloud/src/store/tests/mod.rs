@@ -162,6 +162,7 @@ pub(crate) fn device(f: &Fixture, key: &KeyId) -> NewDevice {
         cert_serial: "40aa".into(),
         cert_expires_at: f.now + time::Duration::days(30),
         cert_ca: "sha256:old".into(),
+        cert_key: "key-of-40aa".into(),
     }
 }
 
