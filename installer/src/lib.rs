@@ -44,7 +44,7 @@ use device::{DeviceKey, Issued};
 use enroll::Cloud;
 use progress::Progress;
 use service::Service;
-use state::{Enrollment, Existing, AGENT_TOML, CA_CRT, DEVICE_CRT, DEVICE_KEY};
+use state::{Enrollment, Existing, AGENT_TOML, CA_CRT, DEVICE_CRT, DEVICE_KEY, DEVICE_KEY_PENDING};
 use trust::TrustAnchor;
 
 /// Longest device name accepted.
@@ -335,5 +335,12 @@ fn write_credentials(
         )?,
         files::stage(&config_path, config.as_bytes(), files::PUBLIC)?,
     ];
+    // The previous enrollment's renewal in flight, if any: its key is not this one's.
+    let pending = state_dir.join(DEVICE_KEY_PENDING);
+    match std::fs::remove_file(&pending) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(InstallError::file("cannot remove", &pending, e)),
+    }
     files::commit_all(staged)
 }

@@ -15,6 +15,9 @@ use crate::error::InstallError;
 pub const AGENT_TOML: &str = "agent.toml";
 /// Name of the device private key in the state directory.
 pub const DEVICE_KEY: &str = "device.key";
+/// The key of a renewal the agent has in flight (see the agent's renewal); a new enrollment
+/// makes it meaningless.
+pub const DEVICE_KEY_PENDING: &str = "device.key.pending";
 /// Name of the device certificate in the state directory.
 pub const DEVICE_CRT: &str = "device.crt";
 /// Name of the cloud CA bundle in the state directory: the CA certificates the device trusts

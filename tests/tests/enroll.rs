@@ -857,8 +857,12 @@ fn a_failed_force_leaves_the_previous_credentials_intact() {
     // new key and certificate match.
     cloud.serve();
     machine.configure("heartbeat_interval = \"5s\"");
+    // A renewal the old enrollment had in flight: its key means nothing to the new one.
+    let pending = machine.state_dir().join("device.key.pending");
+    std::fs::write(&pending, before["state/device.key"].as_ref().unwrap()).unwrap();
     let out = run_installer(&cloud, machine.installer(&cloud, &key).arg("--force"));
     assert_exit(&out, 0);
+    assert!(!pending.exists(), "the old enrollment's pending key stayed");
     let second = machine.device_id();
     assert_ne!(first, second);
     let after = snapshot(&machine);
