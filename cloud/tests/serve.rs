@@ -175,7 +175,7 @@ async fn auto_init_serve_enroll_and_graceful_stop() {
         .unwrap();
     let resp = client
         .post(server.url("/v1/enroll"))
-        .bearer_auth(&enroller.key)
+        .bearer_auth(enroller.key.expose())
         .json(&json!({"csr_pem": csr(), "name": "robot-1"}))
         .send()
         .await
@@ -210,7 +210,7 @@ async fn auto_init_serve_enroll_and_graceful_stop() {
     assert_eq!(resp.status(), 200);
     let resp = client
         .post(server.url("/v1/enroll"))
-        .bearer_auth(&enroller.key)
+        .bearer_auth(enroller.key.expose())
         .json(&json!({"csr_pem": csr(), "name": "robot-2"}))
         .send()
         .await

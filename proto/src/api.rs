@@ -216,7 +216,8 @@ fn default_scope() -> Scope {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateKeyResponse {
     /// The full API key.
-    pub key: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub key: crate::Secret,
     /// Its metadata.
     #[serde(flatten)]
     pub info: KeyInfo,
@@ -329,7 +330,8 @@ pub struct KeyListEntry {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CopyKeyResponse {
     /// The full API key.
-    pub key: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub key: crate::Secret,
     /// Its metadata.
     #[serde(flatten)]
     pub info: KeyInfo,
@@ -429,7 +431,8 @@ fn default_role() -> Role {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InviteResponse {
     /// One-time invitation token.
-    pub token: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub token: crate::Secret,
     /// The invitation's id (for `GET /v1/invitations` and cancelling; not a secret).
     #[serde(default)]
     pub id: String,
@@ -448,7 +451,8 @@ pub struct InviteResponse {
 #[serde(deny_unknown_fields)]
 pub struct AcceptInvitationRequest {
     /// The invitation token.
-    pub token: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub token: crate::Secret,
     /// Name of the first key; "cli" when omitted.
     #[serde(default)]
     pub key_name: Option<String>,
@@ -562,7 +566,8 @@ pub struct InvitationInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsoleSignInLink {
     /// The one-time token (`heexsig_` and 32 letters or digits).
-    pub token: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub token: crate::Secret,
     /// The console page that spends it.
     pub path: String,
     /// When the token stops working.
@@ -660,4 +665,90 @@ pub struct DeviceSummary {
     pub revoked: u64,
     /// The window `expiring_soon` counts, in seconds.
     pub expiring_within_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Secret;
+
+    /// Every body that carries a key or a token shows neither in its `Debug` (a logged or
+    /// printed body), and carries it as a plain string on the wire.
+    #[test]
+    fn bodies_with_a_secret_never_show_it() {
+        let secret = "heex_SECRET_SHOULD_NOT_SHOW";
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let info = KeyInfo {
+            id: crate::KeyId::generate(),
+            name: "ci".into(),
+            scope: Scope::Admin,
+            owner: "owner@example.com".into(),
+            created_at: at,
+            expires_at: at,
+            last_used_at: None,
+            revoked_at: None,
+            revoked_by: None,
+        };
+        let created = CreateKeyResponse {
+            key: Secret::new(secret),
+            info: info.clone(),
+        };
+        let shown = [
+            format!("{created:?}"),
+            format!(
+                "{:?}",
+                CopyKeyResponse {
+                    key: Secret::new(secret),
+                    info,
+                }
+            ),
+            format!(
+                "{:?}",
+                InviteResponse {
+                    token: Secret::new(secret),
+                    id: "inv_1".into(),
+                    email: "new@example.com".into(),
+                    role: Role::Member,
+                    expires_at: at,
+                }
+            ),
+            format!(
+                "{:?}",
+                AcceptInvitationRequest {
+                    token: Secret::new(secret),
+                    key_name: None,
+                }
+            ),
+            format!(
+                "{:?}",
+                AcceptInvitationResponse {
+                    member: MemberInfo {
+                        id: "mem_1".into(),
+                        email: "new@example.com".into(),
+                        role: Role::Member,
+                        created_at: at,
+                        removed_at: None,
+                        active_keys: 1,
+                    },
+                    workspace_id: crate::WorkspaceId::generate(),
+                    workspace_name: "default".into(),
+                    key: created.clone(),
+                }
+            ),
+            format!(
+                "{:?}",
+                ConsoleSignInLink {
+                    token: Secret::new(secret),
+                    path: "/console/signin".into(),
+                    expires_at: at,
+                }
+            ),
+        ];
+        for text in shown {
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+        let wire = serde_json::to_value(&created).unwrap();
+        assert_eq!(wire["key"], secret);
+    }
 }

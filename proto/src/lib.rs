@@ -18,12 +18,14 @@ pub mod identity;
 pub mod log_format;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod secret;
 
 pub use apikey::{ApiKey, KeyId, KeyParseError};
 pub use fingerprint::Fingerprint;
 pub use gateway_addr::GatewayAddr;
 pub use identity::{DeviceId, MemberId, SpiffeId, WorkspaceId};
 pub use log_format::LogFormat;
+pub use secret::Secret;
 
 /// ALPN protocol identifier spoken on the gateway.
 pub const ALPN: &[u8] = b"heex/1";

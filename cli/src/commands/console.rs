@@ -17,7 +17,7 @@ pub fn console(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
         "{}{}#{}",
         client.server(),
         reply.value.path,
-        reply.value.token
+        reply.value.token.expose()
     );
     if ctx.json {
         return ctx.print_json(&json!({"url": link, "expires_at": reply.raw["expires_at"]}));

@@ -139,14 +139,14 @@ fn create(ctx: &mut Ctx<'_>, req: &CreateKeyRequest) -> Result<(), CliError> {
     let created = &reply.value;
     tracing::info!(key = %created.info.id, "API key created");
     let text = summary(&created.info, &ctx.clock);
-    ctx.deliver_key(&created.key, &text, &reply.raw, "/key")
+    ctx.deliver_key(created.key.expose(), &text, &reply.raw, "/key")
 }
 
 fn copy(ctx: &mut Ctx<'_>, id: &KeyId) -> Result<(), CliError> {
     let (_, client) = ctx.client()?;
     let reply = client.post::<_, CopyKeyResponse>(&format!("/v1/keys/{id}/copy"), &json!({}))?;
     let text = summary(&reply.value.info, &ctx.clock);
-    ctx.deliver_key(&reply.value.key, &text, &reply.raw, "/key")
+    ctx.deliver_key(reply.value.key.expose(), &text, &reply.raw, "/key")
 }
 
 fn revoke(ctx: &mut Ctx<'_>, id: &KeyId) -> Result<(), CliError> {
@@ -176,7 +176,7 @@ fn rotate(ctx: &mut Ctx<'_>, id: &KeyId, overlap_secs: Option<u64>) -> Result<()
     )?;
     let new = &reply.value;
     tracing::info!(old = %id, new = %new.info.id, "API key rotated");
-    let updated = update_stored_key(ctx, &profile, id, &new.key)?;
+    let updated = update_stored_key(ctx, &profile, id, new.key.expose())?;
     let old_fate = match overlap_secs {
         Some(s) => format!(
             "{id} stays valid until {}",
@@ -190,7 +190,7 @@ fn rotate(ctx: &mut Ctx<'_>, id: &KeyId, overlap_secs: Option<u64>) -> Result<()
     if updated {
         text.push_str("; stored credentials updated");
     }
-    ctx.deliver_key(&new.key, &text, &reply.raw, "/key")
+    ctx.deliver_key(new.key.expose(), &text, &reply.raw, "/key")
 }
 
 /// When the rotated key is the one stored by `heex login`, stores its replacement so heex keeps

@@ -102,12 +102,12 @@ fn accept(
     let reply = client.post::<_, AcceptInvitationResponse>(
         "/v1/invitations/accept",
         &AcceptInvitationRequest {
-            token: token.to_owned(),
+            token: token.to_owned().into(),
             key_name,
         },
     )?;
     let joined = &reply.value;
-    let key: ApiKey = joined.key.key.parse().map_err(|_| {
+    let key: ApiKey = joined.key.key.expose().parse().map_err(|_| {
         CliError::Unexpected(
             "the server sent a malformed API key; ask an admin for a new invitation".into(),
         )
@@ -116,7 +116,7 @@ fn accept(
     tracing::info!(key = %key.id(), path = %path.display(), "credentials stored");
     if ctx.json {
         let summary = format!("API key {}", key.id());
-        return ctx.deliver_key(&joined.key.key, &summary, &reply.raw, "/key/key");
+        return ctx.deliver_key(joined.key.key.expose(), &summary, &reply.raw, "/key/key");
     }
     let info = &joined.key.info;
     let line = format!(

@@ -77,14 +77,14 @@ fn invite(ctx: &mut Ctx<'_>, req: &InviteRequest) -> Result<(), CliError> {
     let inv = &reply.value;
     if !ctx.tty() {
         // A script asked: the token alone, like `keys create` prints the key alone.
-        return ctx.println(&inv.token);
+        return ctx.println(inv.token.expose());
     }
     let text = format!(
         "Invited {} as {}; the invitation works once and expires {}.\nSend them this command:\n  {}",
         inv.email,
         inv.role.as_str(),
         ctx.clock.expiry(inv.expires_at),
-        accept_command(&inv.token, &profile, &client)
+        accept_command(inv.token.expose(), &profile, &client)
     );
     ctx.println(&text)
 }

@@ -62,7 +62,7 @@ pub(crate) async fn create(
     Ok((
         StatusCode::CREATED,
         Json(ConsoleSignInLink {
-            token,
+            token: token.into(),
             path: SIGNIN_LINK_PATH.to_owned(),
             expires_at,
         }),

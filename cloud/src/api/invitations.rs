@@ -110,7 +110,7 @@ pub(crate) async fn invite(
     Ok((
         StatusCode::CREATED,
         Json(InviteResponse {
-            token,
+            token: token.into(),
             id,
             email,
             role: req.role,
@@ -136,7 +136,7 @@ pub(crate) async fn accept(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<AcceptInvitationRequest>,
 ) -> Result<(StatusCode, Json<AcceptInvitationResponse>), ApiError> {
-    let token = req.token.trim();
+    let token = req.token.expose().trim();
     if !is_token_shaped(token) {
         return Err(ApiError::bad_request(format!(
             "an invitation token is \"{TOKEN_PREFIX}\" followed by {TOKEN_RANDOM_LEN} letters \
@@ -215,7 +215,7 @@ pub(crate) async fn accept(
             workspace_id: key.workspace_id.clone(),
             workspace_name: key.workspace_name.clone(),
             key: CreateKeyResponse {
-                key: secret.expose(),
+                key: secret.expose().into(),
                 info: key.info(),
             },
         }),

@@ -96,7 +96,7 @@ pub(crate) async fn create(
     Ok((
         StatusCode::CREATED,
         Json(CreateKeyResponse {
-            key: key.expose(),
+            key: key.expose().into(),
             info,
         }),
     ))
@@ -264,7 +264,9 @@ pub(crate) async fn copy(
     state.store.record_audit(audit).await?;
     tracing::info!(key = %key.id, "API key copied");
     Ok(Json(CopyKeyResponse {
-        key: ApiKey::derive(state.secret.as_bytes(), key.id.clone()).expose(),
+        key: ApiKey::derive(state.secret.as_bytes(), key.id.clone())
+            .expose()
+            .into(),
         info: key.info(),
     }))
 }
@@ -412,7 +414,7 @@ pub(crate) async fn rotate(
     Ok((
         StatusCode::CREATED,
         Json(CreateKeyResponse {
-            key: key.expose(),
+            key: key.expose().into(),
             info: created.info(),
         }),
     ))

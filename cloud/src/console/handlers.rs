@@ -354,7 +354,7 @@ pub(super) async fn create_key(
             Some(&viewer(&caller)),
             "API key",
             &format!("New API key “{}”", created.info.name),
-            &created.key,
+            created.key.expose(),
             COPY_LATER,
         ),
         Err(e) => failure(&headers, e),
@@ -374,7 +374,7 @@ pub(super) async fn copy_key(
             Some(&viewer(&caller)),
             "API key",
             &format!("API key “{}”", copied.info.name),
-            &copied.key,
+            copied.key.expose(),
             "Copied again: the copy is recorded in the audit log.",
         ),
         Err(e) => failure(&headers, e),
@@ -427,7 +427,7 @@ pub(super) async fn rotate_key(
             Some(&viewer(&caller)),
             "API key",
             &format!("Rotated API key “{}”", created.info.name),
-            &created.key,
+            created.key.expose(),
             COPY_LATER,
         ),
         Err(e) => failure(&headers, e),
@@ -577,7 +577,11 @@ async fn invite_and_reveal(
 ) -> Response {
     match invitations::invite(State(state.clone()), caller.clone(), ApiJson(req)).await {
         Ok((_, Json(inv))) => {
-            let link = format!("{}/console/join#{}", origin(headers, uri), inv.token);
+            let link = format!(
+                "{}/console/join#{}",
+                origin(headers, uri),
+                inv.token.expose()
+            );
             reveal(
                 headers,
                 Some(&viewer(caller)),
@@ -641,7 +645,7 @@ pub(super) async fn join(
         Err(r) => return bad_form(&headers, &r),
     };
     let req = AcceptInvitationRequest {
-        token: form.token,
+        token: form.token.into(),
         key_name: form.key_name,
     };
     let joined = match invitations::accept(State(state.clone()), ApiJson(req)).await {
@@ -654,7 +658,7 @@ pub(super) async fn join(
         None,
         "API key",
         &format!("Welcome to {}: your first API key", joined.workspace_name),
-        &key.key,
+        key.key.expose(),
         "It was copied to your clipboard, and you are signed in. You can copy it again later \
          from the API Keys page.",
     );

@@ -35,7 +35,7 @@ impl Api {
                 StatusCode::CREATED,
             )
             .await;
-        (joined.member, joined.key.key)
+        (joined.member, joined.key.key.into_exposed())
     }
 
     async fn keys(&self, key: &str, all: bool) -> Vec<KeyListEntry> {
@@ -121,9 +121,18 @@ async fn authorization_matrix() {
     let mia_enroll = api
         .create_key(&mia_key, json!({"name": "fleet", "scope": "enroll"}))
         .await
-        .key;
-    let alice_spare = api.create_key(&alice, json!({"name": "spare"})).await.key;
-    let mia_spare = api.create_key(&mia_key, json!({"name": "spare"})).await.key;
+        .key
+        .into_exposed();
+    let alice_spare = api
+        .create_key(&alice, json!({"name": "spare"}))
+        .await
+        .key
+        .into_exposed();
+    let mia_spare = api
+        .create_key(&mia_key, json!({"name": "spare"}))
+        .await
+        .key
+        .into_exposed();
 
     use StatusCode as S;
     /// Who, with which key, calls what, expecting which status.
@@ -411,7 +420,8 @@ async fn authorization_matrix() {
     let fresh = api
         .create_key(&mia_key, json!({"name": "fleet2", "scope": "enroll"}))
         .await
-        .key;
+        .key
+        .into_exposed();
     api.enroll(&fresh, StatusCode::CREATED).await;
     // Keys listed to Mia are hers alone.
     let listed = api.keys(&mia_key, false).await;
@@ -423,7 +433,11 @@ async fn authorization_matrix() {
 async fn another_workspace_answers_404() {
     let api = api().await;
     let bea = api.other_workspace().await;
-    let bea_key = api.create_key(&bea, json!({"name": "b-ci"})).await.key;
+    let bea_key = api
+        .create_key(&bea, json!({"name": "b-ci"}))
+        .await
+        .key
+        .into_exposed();
     let bea_member = api.whoami(&bea).await.member_id;
     let device: EnrollResponse = api
         .json(
@@ -529,8 +543,8 @@ async fn rotation_keeps_the_old_key_for_the_overlap_only() {
         old_entry.info.revoked_by.as_deref(),
         Some("owner@example.com")
     );
-    api.enroll(&old.key, StatusCode::CREATED).await;
-    api.enroll(&rotated.key, StatusCode::CREATED).await;
+    api.enroll(old.key.expose(), StatusCode::CREATED).await;
+    api.enroll(rotated.key.expose(), StatusCode::CREATED).await;
     let listed = api.keys(&api.owner_key, false).await;
     let new_entry = listed.iter().find(|k| k.info.id == new.id).unwrap();
     assert_eq!((new_entry.uses, new_entry.max_uses), (1, Some(5)));
@@ -553,10 +567,10 @@ async fn rotation_keeps_the_old_key_for_the_overlap_only() {
 
     let wait = revoked_at - time::OffsetDateTime::now_utc() + time::Duration::milliseconds(100);
     tokio::time::sleep(wait.try_into().unwrap_or_default()).await;
-    let (_, body) = api.enroll(&old.key, StatusCode::UNAUTHORIZED).await;
+    let (_, body) = api.enroll(old.key.expose(), StatusCode::UNAUTHORIZED).await;
     let e: ErrorBody = serde_json::from_slice(&body).unwrap();
     assert_eq!(e.error, ErrorCode::KeyRevoked);
-    api.enroll(&rotated.key, StatusCode::CREATED).await;
+    api.enroll(rotated.key.expose(), StatusCode::CREATED).await;
     let listed = api.keys(&api.owner_key, false).await;
     let old_entry = listed.iter().find(|k| k.info.id == old.info.id).unwrap();
     assert_eq!(old_entry.status, KeyStatus::Revoked);
@@ -575,7 +589,7 @@ async fn rotation_keeps_the_old_key_for_the_overlap_only() {
         .error(
             Method::GET,
             "/v1/whoami",
-            Some(&rotated.key),
+            Some(rotated.key.expose()),
             None,
             StatusCode::UNAUTHORIZED,
         )
@@ -618,8 +632,12 @@ async fn removing_a_member_revokes_their_keys_and_keeps_their_devices() {
     let bob_enroll = api
         .create_key(&bob_cli, json!({"name": "robots", "scope": "enroll"}))
         .await;
-    let enrolled: EnrollResponse =
-        serde_json::from_slice(&api.enroll(&bob_enroll.key, StatusCode::CREATED).await.1).unwrap();
+    let enrolled: EnrollResponse = serde_json::from_slice(
+        &api.enroll(bob_enroll.key.expose(), StatusCode::CREATED)
+            .await
+            .1,
+    )
+    .unwrap();
 
     let removed: RemoveMemberResponse = api
         .json(
@@ -648,7 +666,9 @@ async fn removing_a_member_revokes_their_keys_and_keeps_their_devices() {
         .collect();
     assert_eq!(bobs.len(), 2);
     assert!(bobs.iter().all(|k| k.status == KeyStatus::Revoked));
-    let (_, body) = api.enroll(&bob_enroll.key, StatusCode::UNAUTHORIZED).await;
+    let (_, body) = api
+        .enroll(bob_enroll.key.expose(), StatusCode::UNAUTHORIZED)
+        .await;
     let e: ErrorBody = serde_json::from_slice(&body).unwrap();
     assert_eq!(e.error, ErrorCode::KeyRevoked);
     assert!(
@@ -725,7 +745,7 @@ async fn invitations_are_single_use_and_expire() {
             StatusCode::CREATED,
         )
         .await;
-    assert!(inv.token.starts_with("heexinv_") && inv.token.len() == 40);
+    assert!(inv.token.expose().starts_with("heexinv_") && inv.token.expose().len() == 40);
     assert_eq!(inv.email, "carol@example.com");
     assert_eq!(inv.role, heex_proto::api::Role::Member);
     let ttl = inv.expires_at - time::OffsetDateTime::now_utc();
@@ -750,7 +770,7 @@ async fn invitations_are_single_use_and_expire() {
         "a member's first key is their CLI key"
     );
     assert_eq!(joined.key.info.name, "carol-laptop");
-    assert_eq!(api.whoami(&joined.key.key).await.role, "member");
+    assert_eq!(api.whoami(joined.key.key.expose()).await.role, "member");
 
     let again = api
         .error(
@@ -844,7 +864,7 @@ async fn invitations_are_single_use_and_expire() {
         "{actions:?}"
     );
     let text = serde_json::to_string(&events).unwrap();
-    assert!(!text.contains(&inv.token[8..]));
+    assert!(!text.contains(&inv.token.expose()[8..]));
 }
 
 #[tokio::test]
@@ -868,7 +888,7 @@ async fn copy_re_derives_the_created_key_which_the_database_does_not_hold() {
     assert_eq!(copied.key, created.key);
     assert_eq!(copied.info.id, created.info.id);
     api.store.close().await;
-    let secret = &created.key[17..49];
+    let secret = &created.key.expose()[17..49];
     let hits = heex_tests_files_containing(api._dir.path(), secret);
     assert!(hits.is_empty(), "the key's secret is stored in {hits:?}");
 }
@@ -927,7 +947,7 @@ async fn audit_records_each_change_with_its_actor() {
         .create_key(&alice, json!({"name": "ci", "scope": "enroll"}))
         .await;
     let enrolled: EnrollResponse =
-        serde_json::from_slice(&api.enroll(&key.key, StatusCode::CREATED).await.1).unwrap();
+        serde_json::from_slice(&api.enroll(key.key.expose(), StatusCode::CREATED).await.1).unwrap();
     let _: KeyInfo = api
         .json(
             Method::POST,
@@ -1000,7 +1020,7 @@ async fn concurrent_enrollments_spend_a_limited_key_exactly() {
     let mut tasks = tokio::task::JoinSet::new();
     for csr in csrs {
         let api = Arc::clone(&api);
-        let key = limited.key.clone();
+        let key = limited.key.expose().to_owned();
         tasks.spawn(async move {
             let body = enroll_body(csr, "r").to_string();
             api.call(Method::POST, "/v1/enroll", Some(&key), Some(body))

@@ -230,7 +230,7 @@ async fn enroll_issues_a_server_built_certificate() {
         .json(
             Method::POST,
             "/v1/enroll",
-            Some(&enroller.key),
+            Some(enroller.key.expose()),
             Some(enroll_body(csr_pem(&PKCS_ECDSA_P256_SHA256), "robot-1")),
             StatusCode::CREATED,
         )
@@ -275,7 +275,7 @@ async fn enroll_issues_a_server_built_certificate() {
         .error(
             Method::GET,
             "/v1/devices",
-            Some(&enroller.key),
+            Some(enroller.key.expose()),
             None,
             StatusCode::FORBIDDEN,
         )
@@ -285,7 +285,7 @@ async fn enroll_issues_a_server_built_certificate() {
         .error(
             Method::POST,
             "/v1/keys",
-            Some(&enroller.key),
+            Some(enroller.key.expose()),
             Some(json!({"name": "x"})),
             StatusCode::FORBIDDEN,
         )
@@ -365,7 +365,7 @@ async fn revocation_rules_and_reasons() {
         .create_key(&api.owner_key, json!({"name": "ci", "scope": "enroll"}))
         .await;
     assert_eq!(own.info.owner, "owner@example.com");
-    assert!(own.key.starts_with("heex_"));
+    assert!(own.key.expose().starts_with("heex_"));
 
     // Not found: malformed id, unknown id.
     for id in ["nope", "AAAAAAAAAAAA"] {
@@ -387,7 +387,7 @@ async fn revocation_rules_and_reasons() {
         .json(
             Method::POST,
             &format!("/v1/keys/{}/revoke", own.info.id),
-            Some(&own.key),
+            Some(own.key.expose()),
             None,
             StatusCode::OK,
         )
@@ -399,7 +399,7 @@ async fn revocation_rules_and_reasons() {
         .error(
             Method::GET,
             "/v1/whoami",
-            Some(&own.key),
+            Some(own.key.expose()),
             None,
             StatusCode::UNAUTHORIZED,
         )
@@ -415,7 +415,7 @@ async fn revocation_rules_and_reasons() {
         .error(
             Method::POST,
             "/v1/enroll",
-            Some(&own.key),
+            Some(own.key.expose()),
             Some(enroll_body(csr_pem(&PKCS_ECDSA_P256_SHA256), "r")),
             StatusCode::UNAUTHORIZED,
         )
@@ -462,7 +462,7 @@ async fn key_creation_limits_and_expiry() {
         .error(
             Method::GET,
             "/v1/whoami",
-            Some(&short.key),
+            Some(short.key.expose()),
             None,
             StatusCode::UNAUTHORIZED,
         )
@@ -574,7 +574,7 @@ async fn limited_key_stops_at_its_limit() {
         .json(
             Method::POST,
             "/v1/enroll",
-            Some(&limited.key),
+            Some(limited.key.expose()),
             body(),
             StatusCode::CREATED,
         )
@@ -583,7 +583,7 @@ async fn limited_key_stops_at_its_limit() {
         .error(
             Method::POST,
             "/v1/enroll",
-            Some(&limited.key),
+            Some(limited.key.expose()),
             body(),
             StatusCode::FORBIDDEN,
         )

@@ -287,7 +287,7 @@ async fn every_answer_to_a_bad_request_has_a_documented_status() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let created: CreateKeyResponse = serde_json::from_slice(&body).unwrap();
-    let enroll_key = created.key;
+    let enroll_key = created.key.into_exposed();
     let forged = ApiKey::derive(b"not the server secret, not at all", KeyId::generate()).expose();
     let oversized = format!(
         "{{\"name\": \"{}\"}}",

@@ -55,7 +55,7 @@ impl Api {
                 StatusCode::CREATED,
             )
             .await;
-        (joined.member.id, joined.key.key)
+        (joined.member.id, joined.key.key.into_exposed())
     }
 
     async fn status_of(&self, method: Method, path: &str, key: &str) -> StatusCode {
@@ -90,7 +90,7 @@ async fn writes_racing_a_removal_leave_nothing_usable() {
                     .await;
                     if status == StatusCode::CREATED {
                         let k: CreateKeyResponse = serde_json::from_slice(&body).unwrap();
-                        created.push(k.key);
+                        created.push(k.key.into_exposed());
                     } else {
                         assert_eq!(
                             status,
@@ -304,7 +304,7 @@ async fn invitations_die_with_their_inviter_and_invitee() {
         .call(Method::GET, "/v1/invitations", Some(&api.owner_key), None)
         .await;
     for token in [&from_ada.token, &keep.token] {
-        assert!(!String::from_utf8_lossy(&raw).contains(token.as_str()));
+        assert!(!String::from_utf8_lossy(&raw).contains(token.expose()));
     }
 
     for id in [&ada_id, &dan_id] {
