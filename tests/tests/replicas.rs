@@ -83,6 +83,12 @@ fn revocation_through_one_replica_closes_the_session_another_holds() {
         (0.0..closed_after.as_secs_f64()).contains(&delay),
         "propagation {delay} s, closed after {closed_after:?}"
     );
+    eprintln!(
+        "revocation committed through replica 1 closed replica 3's session after {:.1} ms \
+         (heex_revocation_propagation_seconds); the agent saw it {:.1} ms after the API answered",
+        delay * 1000.0,
+        closed_after.as_secs_f64() * 1000.0
+    );
     wait_for(TIMEOUT, "the agent to report the revocation", || {
         agent
             .stderr()
