@@ -10,7 +10,7 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-pub struct TestPki {
+pub(crate) struct TestPki {
     pub ca_pem: String,
     pub ca_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
@@ -18,12 +18,12 @@ pub struct TestPki {
 
 impl TestPki {
     /// A CA named "Test CA" (every such CA has the same name, like a rotated one may).
-    pub fn new() -> TestPki {
+    pub(crate) fn new() -> TestPki {
         TestPki::named("Test CA")
     }
 
     /// A CA with the common name `cn`.
-    pub fn named(cn: &str) -> TestPki {
+    pub(crate) fn named(cn: &str) -> TestPki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -37,7 +37,7 @@ impl TestPki {
     }
 
     /// Server chain and key for 127.0.0.1.
-    pub fn server(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    pub(crate) fn server(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().unwrap();
         let params =
             CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
@@ -49,7 +49,7 @@ impl TestPki {
     }
 
     /// A device certificate and key in PEM.
-    pub fn device(&self, id: &DeviceId) -> (String, String) {
+    pub(crate) fn device(&self, id: &DeviceId) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params
@@ -66,7 +66,7 @@ impl TestPki {
     }
 
     /// Writes `device.key`, `device.crt` and `ca.crt` for `id` into `dir`.
-    pub fn write_device(&self, dir: &Path, id: &DeviceId) {
+    pub(crate) fn write_device(&self, dir: &Path, id: &DeviceId) {
         let (crt, key) = self.device(id);
         std::fs::write(dir.join("device.crt"), crt).unwrap();
         std::fs::write(dir.join("device.key"), key).unwrap();

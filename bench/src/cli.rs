@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// the real protocol and real mTLS.
 #[derive(Debug, Parser)]
 #[command(name = "heex-loadgen", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
@@ -19,7 +19,7 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Cmd {
+pub(crate) enum Cmd {
     /// N enrollments at a given concurrency; prints the rate and latency percentiles.
     Enroll(EnrollArgs),
     /// Hold N mTLS sessions with heartbeats; prints handshakes/s, latencies and failures.
@@ -42,7 +42,7 @@ pub enum Cmd {
 
 /// `heex-loadgen enroll`.
 #[derive(Debug, Args)]
-pub struct EnrollArgs {
+pub(crate) struct EnrollArgs {
     /// API base URL, e.g. https://127.0.0.1:8443. Repeat it for several replicas: the
     /// requests go to them in turn.
     #[arg(long, required = true)]
@@ -82,7 +82,7 @@ pub struct EnrollArgs {
 /// Which server the sessions talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Peer {
+pub(crate) enum Peer {
     /// The Heex gateway: ALPN heex/1, Hello → Welcome, Heartbeat → HeartbeatAck.
     Heex,
     /// An HTTP/1.1 server with keep-alive: ALPN http/1.1, `GET /hb` → 200 per heartbeat.
@@ -91,7 +91,7 @@ pub enum Peer {
 
 /// `heex-loadgen hold` (and the first part of `storm`).
 #[derive(Debug, Clone, Args)]
-pub struct HoldArgs {
+pub(crate) struct HoldArgs {
     /// Directory written by `enroll --out`.
     #[arg(long, value_name = "DIR")]
     pub creds: PathBuf,
@@ -144,7 +144,7 @@ pub struct HoldArgs {
 
 /// `heex-loadgen storm`.
 #[derive(Debug, Clone, Args)]
-pub struct StormArgs {
+pub(crate) struct StormArgs {
     /// Sessions, intervals and processes, as for `hold`; `--duration` bounds the wait for
     /// the storm (from the moment all sessions are established).
     #[command(flatten)]
@@ -162,7 +162,7 @@ pub struct StormArgs {
 
 /// `heex-loadgen revocations`.
 #[derive(Debug, Args)]
-pub struct RevocationsArgs {
+pub(crate) struct RevocationsArgs {
     /// Directory written by `enroll --out`; its first N devices are used (and revoked).
     #[arg(long, value_name = "DIR")]
     pub creds: PathBuf,
@@ -203,7 +203,7 @@ pub struct RevocationsArgs {
 
 /// `heex-loadgen table`.
 #[derive(Debug, Args)]
-pub struct TableArgs {
+pub(crate) struct TableArgs {
     /// `hold --json` summary of heex-cloud.
     #[arg(long, value_name = "FILE")]
     pub heex: PathBuf,
@@ -226,14 +226,14 @@ pub struct TableArgs {
 
 /// Source addresses for outgoing connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceIps(pub Vec<Ipv4Addr>);
+pub(crate) struct SourceIps(pub Vec<Ipv4Addr>);
 
 /// Most source addresses a run may use (a /8 minus a few).
 const MAX_SOURCE_IPS: u32 = 1 << 24;
 
 /// Parses `A-B` (inclusive IPv4 range), a single address, or a count of loopback addresses
 /// from 127.0.0.2 on.
-pub fn parse_source_ips(s: &str) -> Result<SourceIps, String> {
+pub(crate) fn parse_source_ips(s: &str) -> Result<SourceIps, String> {
     let s = s.trim();
     if let Ok(count) = s.parse::<u32>() {
         if count == 0 {
@@ -268,7 +268,7 @@ pub fn parse_source_ips(s: &str) -> Result<SourceIps, String> {
 }
 
 /// Parses a human duration ("30s", "5m", "250ms"); zero is refused.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 250ms)"))?;
     if d.is_zero() {
         return Err("must be greater than zero".to_owned());

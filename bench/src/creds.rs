@@ -19,13 +19,13 @@ use serde::{Deserialize, Serialize};
 use crate::cli::Peer;
 
 /// File of the device lines.
-pub const DEVICES: &str = "devices.jsonl";
+pub(crate) const DEVICES: &str = "devices.jsonl";
 /// File of the shared data.
-pub const META: &str = "meta.json";
+pub(crate) const META: &str = "meta.json";
 
 /// One enrolled device.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct Device {
+pub(crate) struct Device {
     /// Device id.
     pub device_id: String,
     /// Private key, PKCS#8 PEM.
@@ -44,7 +44,7 @@ impl fmt::Debug for Device {
 
 /// What all devices share.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// The cloud CA, PEM.
     pub ca_pem: String,
     /// `host:port` of the gateway, as the cloud announced it.
@@ -52,7 +52,7 @@ pub struct Meta {
 }
 
 /// Writes the credentials atomically (temp file, fsync, rename; 0600 from creation).
-pub fn save(dir: &Path, meta: &Meta, devices: &[Device]) -> anyhow::Result<()> {
+pub(crate) fn save(dir: &Path, meta: &Meta, devices: &[Device]) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let write = |name: &str, fill: &dyn Fn(&mut dyn Write) -> anyhow::Result<()>| {
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
@@ -83,7 +83,7 @@ pub fn save(dir: &Path, meta: &Meta, devices: &[Device]) -> anyhow::Result<()> {
 }
 
 /// Reads the shared data.
-pub fn load_meta(dir: &Path) -> anyhow::Result<Meta> {
+pub(crate) fn load_meta(dir: &Path) -> anyhow::Result<Meta> {
     let path = dir.join(META);
     let text = fs::read(&path).with_context(|| {
         format!(
@@ -96,7 +96,7 @@ pub fn load_meta(dir: &Path) -> anyhow::Result<Meta> {
 }
 
 /// Reads devices `offset..offset+count` (fewer if the file has fewer).
-pub fn load_devices(dir: &Path, offset: usize, count: usize) -> anyhow::Result<Vec<Device>> {
+pub(crate) fn load_devices(dir: &Path, offset: usize, count: usize) -> anyhow::Result<Vec<Device>> {
     let path = dir.join(DEVICES);
     let file = fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::with_capacity(count);
@@ -115,14 +115,14 @@ pub fn load_devices(dir: &Path, offset: usize, count: usize) -> anyhow::Result<V
 }
 
 /// Number of devices in the directory.
-pub fn count_devices(dir: &Path) -> anyhow::Result<usize> {
+pub(crate) fn count_devices(dir: &Path) -> anyhow::Result<usize> {
     let path = dir.join(DEVICES);
     let file = fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(BufReader::new(file).lines().count())
 }
 
 /// The pinned CA as a root store.
-pub fn roots(ca_pem: &str) -> anyhow::Result<Arc<RootCertStore>> {
+pub(crate) fn roots(ca_pem: &str) -> anyhow::Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.context("the CA in meta.json is not PEM")?)?;
@@ -136,7 +136,7 @@ pub fn roots(ca_pem: &str) -> anyhow::Result<Arc<RootCertStore>> {
 /// The agent's TLS client configuration for `device`: TLS 1.3 only, the pinned CA only, the
 /// device certificate, no resumption (every connection is a full handshake). ALPN `heex/1`
 /// for the gateway, `http/1.1` for an HTTP peer.
-pub fn client_config(
+pub(crate) fn client_config(
     roots: &Arc<RootCertStore>,
     device: &Device,
     peer: Peer,

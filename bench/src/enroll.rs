@@ -17,7 +17,7 @@ use crate::creds::{self, Device, Meta};
 use crate::stats::{Percentiles, Samples};
 
 /// Runs `enroll`.
-pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: EnrollArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()

@@ -18,11 +18,11 @@ use crate::stats::{Percentiles, Reasons, RunStats};
 use crate::worker::{Event, Job, StormJob};
 
 /// Most sessions one worker process holds by default.
-pub const SESSIONS_PER_PROC: usize = 9000;
+pub(crate) const SESSIONS_PER_PROC: usize = 9000;
 
 /// Server memory, KiB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServerRss {
+pub(crate) struct ServerRss {
     /// Before any session connected.
     pub before_kib: u64,
     /// Once all sessions were established.
@@ -33,7 +33,7 @@ pub struct ServerRss {
 
 impl ServerRss {
     /// Memory per established session, bytes: the larger of the two deltas, divided.
-    pub fn per_session_bytes(&self, sessions: u64) -> f64 {
+    pub(crate) fn per_session_bytes(&self, sessions: u64) -> f64 {
         if sessions == 0 {
             return 0.0;
         }
@@ -44,7 +44,7 @@ impl ServerRss {
 
 /// One of several servers in the summary.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PerServer {
+pub(crate) struct PerServer {
     /// Its process id.
     pub pid: u32,
     /// Its memory.
@@ -57,7 +57,7 @@ pub struct PerServer {
 
 /// Reconnect storm figures of the summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StormSummary {
+pub(crate) struct StormSummary {
     /// Sessions lost.
     pub dropped: u64,
     /// Of those, back.
@@ -80,7 +80,7 @@ pub struct StormSummary {
 
 /// The machine-readable summary of `hold`/`storm` (`--json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Server name.
     pub label: String,
     /// Protocol.
@@ -122,12 +122,12 @@ pub struct Summary {
 }
 
 /// Runs `hold`.
-pub fn hold(args: HoldArgs) -> anyhow::Result<()> {
+pub(crate) fn hold(args: HoldArgs) -> anyhow::Result<()> {
     coordinate(&args, None)
 }
 
 /// Runs `storm`.
-pub fn storm(args: StormArgs) -> anyhow::Result<()> {
+pub(crate) fn storm(args: StormArgs) -> anyhow::Result<()> {
     let job = StormJob {
         backoff_initial_ms: millis(args.backoff_initial),
         backoff_max_ms: millis(args.backoff_max),
@@ -142,7 +142,7 @@ fn millis(d: Duration) -> u64 {
 
 /// Splits `count` sessions over `procs` workers: (offset, count) each, sizes differing by at
 /// most one.
-pub fn split(count: usize, procs: usize) -> Vec<(usize, usize)> {
+pub(crate) fn split(count: usize, procs: usize) -> Vec<(usize, usize)> {
     let procs = procs.clamp(1, count.max(1));
     let (base, extra) = (count / procs, count % procs);
     let mut offset = 0;
@@ -157,7 +157,7 @@ pub fn split(count: usize, procs: usize) -> Vec<(usize, usize)> {
 }
 
 /// Worker processes for `count` sessions unless given.
-pub fn default_procs(count: usize) -> usize {
+pub(crate) fn default_procs(count: usize) -> usize {
     count.div_ceil(SESSIONS_PER_PROC).max(1)
 }
 
@@ -349,7 +349,12 @@ fn coordinate(args: &HoldArgs, storm: Option<StormJob>) -> anyhow::Result<()> {
 }
 
 /// The summary of merged measurements.
-pub fn summarize(args: &HoldArgs, procs: usize, all: &RunStats, servers: &[ServerRss]) -> Summary {
+pub(crate) fn summarize(
+    args: &HoldArgs,
+    procs: usize,
+    all: &RunStats,
+    servers: &[ServerRss],
+) -> Summary {
     let server_rss = (!servers.is_empty()).then(|| ServerRss {
         before_kib: servers.iter().map(|s| s.before_kib).sum(),
         established_kib: servers.iter().map(|s| s.established_kib).sum(),

@@ -43,7 +43,7 @@ struct Summary {
 type Ending = (Instant, Result<String, String>);
 
 /// Runs `revocations`.
-pub fn run(args: RevocationsArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: RevocationsArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()

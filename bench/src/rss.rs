@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs;
 
 /// `VmRSS` of a `/proc/PID/status` text, in KiB.
-pub fn parse_vm_rss(status: &str) -> Option<u64> {
+pub(crate) fn parse_vm_rss(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -13,14 +13,14 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
 }
 
 /// The parent PID in a `/proc/PID/stat` line (the command name may hold spaces and ')').
-pub fn parse_ppid(stat: &str) -> Option<u32> {
+pub(crate) fn parse_ppid(stat: &str) -> Option<u32> {
     let after = &stat[stat.rfind(')')? + 1..];
     // After the name: state, then ppid.
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `pid` and all its descendants, from a parent map.
-pub fn tree(pid: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
+pub(crate) fn tree(pid: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
     let mut out = vec![pid];
     let mut i = 0;
     while let Some(&p) = out.get(i) {
@@ -37,7 +37,7 @@ pub fn tree(pid: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
 }
 
 /// Parent of every process, from `/proc/*/stat`.
-pub fn parents() -> HashMap<u32, u32> {
+pub(crate) fn parents() -> HashMap<u32, u32> {
     let mut parents = HashMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for e in entries.flatten() {
@@ -57,7 +57,7 @@ pub fn parents() -> HashMap<u32, u32> {
 }
 
 /// Total RSS in KiB of `pid` and its descendants; `None` if `pid` is gone.
-pub fn tree_rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn tree_rss_kib(pid: u32) -> Option<u64> {
     let own = rss_kib(pid)?;
     Some(
         own + tree(pid, &parents())
@@ -69,7 +69,7 @@ pub fn tree_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// RSS of one process in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     parse_vm_rss(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 

@@ -18,18 +18,18 @@ use tokio_rustls::TlsConnector;
 use crate::cli::Peer;
 
 /// Bound on each connection step (TCP connect, TLS handshake, first answer).
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on writing one request.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest HTTP response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
 /// The heartbeat request sent to an HTTP peer.
-pub const HTTP_HEARTBEAT: &[u8] = b"GET /hb HTTP/1.1\r\nHost: heex-peer\r\n\r\n";
+pub(crate) const HTTP_HEARTBEAT: &[u8] = b"GET /hb HTTP/1.1\r\nHost: heex-peer\r\n\r\n";
 
 /// Something the server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Heex: HeartbeatAck with this sequence number.
     Ack(u64),
     /// HTTP: a complete response with this status.
@@ -43,7 +43,7 @@ pub enum Reply {
 }
 
 /// An established session.
-pub struct Conn {
+pub(crate) struct Conn {
     stream: TlsStream<TcpStream>,
     peer: Peer,
     /// Bytes received and not yet parsed.
@@ -54,7 +54,7 @@ pub struct Conn {
 /// Connects from `source`, handshakes and completes the first exchange (Hello → Welcome, or
 /// one `GET /hb` → 200). Errors are short, low-cardinality reasons ("tcp: connection
 /// refused", "tls: …", "timeout: tls").
-pub async fn connect(
+pub(crate) async fn connect(
     source: IpAddr,
     gateway: SocketAddr,
     tls: Arc<ClientConfig>,
@@ -146,7 +146,7 @@ impl Conn {
     }
 
     /// Sends heartbeat `seq` (a `GET /hb` for an HTTP peer).
-    pub async fn heartbeat(&mut self, seq: u64) -> Result<(), String> {
+    pub(crate) async fn heartbeat(&mut self, seq: u64) -> Result<(), String> {
         match self.peer {
             Peer::Heex => self.send(&Message::Heartbeat { seq }).await,
             Peer::Http => {
@@ -158,7 +158,7 @@ impl Conn {
     }
 
     /// The next thing the server says. Cancel-safe: bytes already read stay buffered.
-    pub async fn next_reply(&mut self) -> Result<Reply, String> {
+    pub(crate) async fn next_reply(&mut self) -> Result<Reply, String> {
         let mut chunk = [0u8; 2048];
         loop {
             let parsed = match self.peer {
@@ -186,7 +186,7 @@ impl Conn {
     }
 
     /// Says goodbye (Close for the gateway, close_notify for both), bounded.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             if self.peer == Peer::Heex {
                 let close = Message::Close {
@@ -202,7 +202,7 @@ impl Conn {
 }
 
 /// One gateway frame from the front of `buf`, or `None` if more bytes are needed.
-pub fn parse_frame(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+pub(crate) fn parse_frame(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
     let (msg, used) = match frame::decode(buf) {
         Ok(x) => x,
         Err(FrameError::Incomplete) => return Ok(None),
@@ -227,7 +227,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
 
 /// One HTTP/1.1 response (status line, headers, `Content-Length` body) from the front of
 /// `buf`, or `None` if more bytes are needed.
-pub fn parse_http(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+pub(crate) fn parse_http(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
     let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() > MAX_HEAD {
             return Err("http: response head too large".to_owned());

@@ -10,27 +10,27 @@ use serde::{Deserialize, Serialize};
 /// so that merged percentiles are exact.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Samples(pub Vec<u64>);
+pub(crate) struct Samples(pub Vec<u64>);
 
 impl Samples {
     /// Records one latency.
-    pub fn push(&mut self, d: Duration) {
+    pub(crate) fn push(&mut self, d: Duration) {
         self.0
             .push(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// Adds every sample of `other`.
-    pub fn merge(&mut self, other: Samples) {
+    pub(crate) fn merge(&mut self, other: Samples) {
         self.0.extend(other.0);
     }
 
     /// Number of samples.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Sorted copy, for several percentile queries.
-    pub fn sorted(&self) -> Sorted {
+    pub(crate) fn sorted(&self) -> Sorted {
         let mut v = self.0.clone();
         v.sort_unstable();
         Sorted(v)
@@ -39,11 +39,11 @@ impl Samples {
 
 /// Samples in ascending order.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sorted(Vec<u64>);
+pub(crate) struct Sorted(Vec<u64>);
 
 impl Sorted {
     /// The `p`th percentile (nearest rank, `p` in 0..=100) in milliseconds; 0 when empty.
-    pub fn pct_ms(&self, p: f64) -> f64 {
+    pub(crate) fn pct_ms(&self, p: f64) -> f64 {
         let Some(last) = self.0.len().checked_sub(1) else {
             return 0.0;
         };
@@ -55,7 +55,7 @@ impl Sorted {
     }
 
     /// The percentiles the JSON summary carries.
-    pub fn percentiles(&self) -> Percentiles {
+    pub(crate) fn percentiles(&self) -> Percentiles {
         Percentiles {
             count: self.0.len(),
             p50_ms: self.pct_ms(50.0),
@@ -68,7 +68,7 @@ impl Sorted {
 
 /// Percentiles of a latency distribution, for machine-readable summaries.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     /// Number of samples.
     pub count: usize,
     /// Median.
@@ -84,28 +84,28 @@ pub struct Percentiles {
 /// Counts by reason (e.g. failures: "connect: refused" → 3).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Reasons(pub BTreeMap<String, u64>);
+pub(crate) struct Reasons(pub BTreeMap<String, u64>);
 
 impl Reasons {
     /// Counts one occurrence of `reason`.
-    pub fn add(&mut self, reason: impl Into<String>) {
+    pub(crate) fn add(&mut self, reason: impl Into<String>) {
         *self.0.entry(reason.into()).or_default() += 1;
     }
 
     /// Adds every count of `other`.
-    pub fn merge(&mut self, other: Reasons) {
+    pub(crate) fn merge(&mut self, other: Reasons) {
         for (k, v) in other.0 {
             *self.0.entry(k).or_default() += v;
         }
     }
 
     /// Sum of all counts.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.0.values().sum()
     }
 
     /// "reason ×n, reason ×m" or "none".
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if self.0.is_empty() {
             return "none".to_owned();
         }
@@ -120,7 +120,7 @@ impl Reasons {
 /// A span of wall-clock time, in Unix milliseconds (workers are separate processes on the
 /// same machine, so wall-clock times are comparable between them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Span {
+pub(crate) struct Span {
     /// Start, Unix ms; 0 when nothing happened.
     pub start_ms: u64,
     /// End, Unix ms.
@@ -129,7 +129,7 @@ pub struct Span {
 
 impl Span {
     /// The smallest span covering both (an empty span is ignored).
-    pub fn union(self, other: Span) -> Span {
+    pub(crate) fn union(self, other: Span) -> Span {
         match (self.start_ms, other.start_ms) {
             (0, _) => other,
             (_, 0) => self,
@@ -141,13 +141,13 @@ impl Span {
     }
 
     /// Length in seconds.
-    pub fn secs(self) -> f64 {
+    pub(crate) fn secs(self) -> f64 {
         self.end_ms.saturating_sub(self.start_ms) as f64 / 1000.0
     }
 }
 
 /// The current wall-clock time in Unix milliseconds.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -155,7 +155,7 @@ pub fn now_ms() -> u64 {
 
 /// What happened during a reconnect storm (in one worker, or merged).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StormStats {
+pub(crate) struct StormStats {
     /// From the first session lost to the last one back.
     pub window: Span,
     /// Sessions that were lost.
@@ -178,7 +178,7 @@ pub struct StormStats {
 
 impl StormStats {
     /// Adds `other` (another worker's storm).
-    pub fn merge(&mut self, other: StormStats) {
+    pub(crate) fn merge(&mut self, other: StormStats) {
         self.window = self.window.union(other.window);
         self.dropped += other.dropped;
         self.back += other.back;
@@ -193,7 +193,7 @@ impl StormStats {
 
 /// Everything one worker (or, merged, the whole run) measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RunStats {
+pub(crate) struct RunStats {
     /// Sessions the run was asked for.
     pub sessions: u64,
     /// Sessions established in the connect phase.
@@ -220,7 +220,7 @@ pub struct RunStats {
 
 impl RunStats {
     /// Adds `other` (another worker's report).
-    pub fn merge(&mut self, other: RunStats) {
+    pub(crate) fn merge(&mut self, other: RunStats) {
         self.sessions += other.sessions;
         self.established += other.established;
         self.connect_window = self.connect_window.union(other.connect_window);
@@ -239,7 +239,7 @@ impl RunStats {
     }
 
     /// Full handshakes per second over the connect phase.
-    pub fn handshakes_per_sec(&self) -> f64 {
+    pub(crate) fn handshakes_per_sec(&self) -> f64 {
         let secs = self.connect_window.secs();
         if secs <= 0.0 {
             return 0.0;

@@ -11,7 +11,7 @@ use crate::cli::TableArgs;
 use crate::hold::Summary;
 
 /// Runs `table`.
-pub fn run(args: TableArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: TableArgs) -> anyhow::Result<()> {
     let heex: Summary = read(&args.heex)?;
     let peer: Summary = read(&args.peer)?;
     let enroll: Option<serde_json::Value> = args.enroll.as_deref().map(read).transpose()?;
@@ -44,7 +44,7 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 /// The Markdown report.
-pub fn render(
+pub(crate) fn render(
     heex: &Summary,
     peer: &Summary,
     enroll: Option<&serde_json::Value>,

@@ -23,7 +23,7 @@ use crate::stats::{now_ms, RunStats, StormStats};
 
 /// What a worker does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
+pub(crate) struct Job {
     /// Credentials directory.
     pub creds: PathBuf,
     /// First device (line) of this worker.
@@ -52,7 +52,7 @@ pub struct Job {
 
 /// Storm parameters of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StormJob {
+pub(crate) struct StormJob {
     /// First backoff ceiling, ms.
     pub backoff_initial_ms: u64,
     /// Largest backoff ceiling, ms.
@@ -64,7 +64,7 @@ pub struct StormJob {
 /// A line a worker prints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
+pub(crate) enum Event {
     /// The connect phase is over.
     Ready {
         /// Sessions established.
@@ -81,7 +81,7 @@ pub enum Event {
 
 /// Full-jitter exponential backoff, as the agent does it.
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     attempt: u32,
@@ -89,7 +89,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Starts at `initial`, never beyond `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff {
             initial,
             max: max.max(initial),
@@ -98,13 +98,13 @@ impl Backoff {
     }
 
     /// The current ceiling (doubles per attempt, capped).
-    pub fn ceiling(&self) -> Duration {
+    pub(crate) fn ceiling(&self) -> Duration {
         let factor = 1u32 << self.attempt.min(20);
         self.initial.saturating_mul(factor).min(self.max)
     }
 
     /// A uniform delay in `0..=ceiling`, then the ceiling grows.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+    pub(crate) fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         ceiling.mul_f64(rng.gen_range(0.0..=1.0))
@@ -136,7 +136,7 @@ impl Shared {
 }
 
 /// Runs a worker job to its end, printing its events to stdout.
-pub fn run(job: &str) -> anyhow::Result<()> {
+pub(crate) fn run(job: &str) -> anyhow::Result<()> {
     let job: Job = serde_json::from_str(job).context("malformed worker job")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -157,7 +157,7 @@ fn emit(event: &Event) -> anyhow::Result<()> {
 
 /// Connects, holds and (in storm mode) recovers the job's sessions; `ready` is called once
 /// the connect phase is over. Returns the measurements.
-pub async fn work(
+pub(crate) async fn work(
     job: Job,
     ready: &mut dyn FnMut(Event) -> anyhow::Result<()>,
 ) -> anyhow::Result<RunStats> {

@@ -17,13 +17,13 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// What every sign-in token starts with.
-pub const SIGNIN_TOKEN_PREFIX: &str = "heexsig_";
+pub(crate) const SIGNIN_TOKEN_PREFIX: &str = "heexsig_";
 /// Random base62 characters after the prefix.
-pub const SIGNIN_TOKEN_RANDOM_LEN: usize = 32;
+pub(crate) const SIGNIN_TOKEN_RANDOM_LEN: usize = 32;
 /// How long a sign-in link works.
-pub const SIGNIN_LINK_LIFETIME: time::Duration = time::Duration::minutes(5);
+pub(crate) const SIGNIN_LINK_LIFETIME: time::Duration = time::Duration::minutes(5);
 /// The console page that spends a sign-in token (from the link's fragment).
-pub const SIGNIN_LINK_PATH: &str = "/console/signin/link";
+pub(crate) const SIGNIN_LINK_PATH: &str = "/console/signin/link";
 
 /// Creates a one-time console sign-in link for the caller's key (admin scope: an enroll key
 /// cannot sign in to the console).
@@ -70,7 +70,7 @@ pub(crate) async fn create(
 }
 
 /// True when `token` has the shape of a sign-in token.
-pub fn is_signin_token(token: &str) -> bool {
+pub(crate) fn is_signin_token(token: &str) -> bool {
     token
         .strip_prefix(SIGNIN_TOKEN_PREFIX)
         .is_some_and(|rest| rest.len() == SIGNIN_TOKEN_RANDOM_LEN && base62::is_base62(rest))

@@ -29,7 +29,7 @@ use crate::store::{AuditAction, DeleteDeviceOutcome};
 /// `PATCH /v1/devices/{id}` body: the fields to change (absent fields stay).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateDeviceRequest {
+pub(crate) struct UpdateDeviceRequest {
     /// New name.
     #[serde(default)]
     pub name: Option<String>,

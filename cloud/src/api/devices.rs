@@ -159,7 +159,7 @@ pub(crate) struct SummaryQuery {
 }
 
 /// Days `expiring_soon` looks ahead by default.
-pub const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 7;
+pub(crate) const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 7;
 
 /// Counts of the caller's workspace's devices, for dashboards: computed by the store
 /// without listing devices.

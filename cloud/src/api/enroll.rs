@@ -19,13 +19,13 @@ use crate::error::ApiError;
 use crate::store::{AuditAction, NewDevice, StoreError};
 
 /// Longest device name, in characters.
-pub const MAX_DEVICE_NAME: usize = 128;
+pub(super) const MAX_DEVICE_NAME: usize = 128;
 /// Most labels a device may carry.
-pub const MAX_LABELS: usize = 64;
+pub(super) const MAX_LABELS: usize = 64;
 /// Longest label key, in characters.
-pub const MAX_LABEL_KEY: usize = 63;
+pub(super) const MAX_LABEL_KEY: usize = 63;
 /// Longest label value, in characters.
-pub const MAX_LABEL_VALUE: usize = 256;
+pub(super) const MAX_LABEL_VALUE: usize = 256;
 
 /// Spends one use of the key to obtain a device identity: verifies the CSR, signs a
 /// certificate built from the server's records, records the device (and the key's use, in
@@ -189,7 +189,7 @@ pub(super) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiE
 
 /// The gateway `host:port` for a request: the advertised address, or the host the client
 /// used (URI authority for HTTP/2, else the Host header) with the gateway's port.
-pub fn gateway_for(gateway: &GatewayAddress, uri: &Uri, headers: &HeaderMap) -> String {
+pub(super) fn gateway_for(gateway: &GatewayAddress, uri: &Uri, headers: &HeaderMap) -> String {
     match gateway {
         GatewayAddress::Advertised(addr) => addr.clone(),
         GatewayAddress::SameHost(port) => {

@@ -29,17 +29,17 @@ use crate::store::{
 };
 
 /// What every invitation token starts with.
-pub const TOKEN_PREFIX: &str = "heexinv_";
+pub(crate) const TOKEN_PREFIX: &str = "heexinv_";
 /// Random base62 characters after the prefix (about 190 bits).
-pub const TOKEN_RANDOM_LEN: usize = 32;
+pub(crate) const TOKEN_RANDOM_LEN: usize = 32;
 /// Lifetime of an invitation when the request names none.
-pub const DEFAULT_INVITATION_LIFETIME: time::Duration = time::Duration::days(7);
+pub(crate) const DEFAULT_INVITATION_LIFETIME: time::Duration = time::Duration::days(7);
 /// Longest lifetime an invitation may have.
-pub const MAX_INVITATION_LIFETIME: time::Duration = time::Duration::days(30);
+pub(crate) const MAX_INVITATION_LIFETIME: time::Duration = time::Duration::days(30);
 /// Name of a new member's first key when they name none.
-pub const FIRST_KEY_NAME: &str = "cli";
+pub(crate) const FIRST_KEY_NAME: &str = "cli";
 /// Longest invitee email, in characters.
-pub use heex_proto::text::MAX_EMAIL_LEN;
+pub(crate) use heex_proto::text::MAX_EMAIL_LEN;
 
 /// Invites someone (owner or admin role; inviting an owner needs the owner role). The
 /// answer carries the token, shown this once.
@@ -310,9 +310,9 @@ pub(crate) async fn cancel(
 }
 
 /// What every invitation id starts with.
-pub const INVITATION_ID_PREFIX: &str = "inv_";
+pub(crate) const INVITATION_ID_PREFIX: &str = "inv_";
 /// Letters or digits after the prefix.
-pub const INVITATION_ID_LEN: usize = 16;
+pub(crate) const INVITATION_ID_LEN: usize = 16;
 
 fn is_invitation_id(id: &str) -> bool {
     id.strip_prefix(INVITATION_ID_PREFIX)
@@ -320,7 +320,7 @@ fn is_invitation_id(id: &str) -> bool {
 }
 
 /// Hex SHA-256 of a token: what the store keeps.
-pub fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 

@@ -27,13 +27,13 @@ use crate::error::ApiError;
 use crate::store::{AuditAction, KeyRecord, NewKey, Rotation, StoreError};
 
 /// Lifetime of a key when the request names none.
-pub const DEFAULT_KEY_LIFETIME: time::Duration = time::Duration::days(90);
+pub(crate) const DEFAULT_KEY_LIFETIME: time::Duration = time::Duration::days(90);
 /// Longest lifetime a key may have.
-pub const MAX_KEY_LIFETIME: time::Duration = time::Duration::days(365);
+pub(crate) const MAX_KEY_LIFETIME: time::Duration = time::Duration::days(365);
 /// Longest key name, in characters.
-pub const MAX_KEY_NAME: usize = 64;
+pub(crate) const MAX_KEY_NAME: usize = 64;
 /// Longest overlap window of a rotation.
-pub const MAX_ROTATION_OVERLAP: time::Duration = time::Duration::days(30);
+pub(crate) const MAX_ROTATION_OVERLAP: time::Duration = time::Duration::days(30);
 
 /// Creates a key owned by the caller (admin scope). The response is the only time the full
 /// key is sent unasked.

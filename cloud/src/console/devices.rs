@@ -25,9 +25,9 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// Devices per page of the list.
-pub const PAGE_SIZE: u32 = 50;
+pub(super) const PAGE_SIZE: u32 = 50;
 /// Most devices one bulk action applies to (a page's worth, with room).
-pub const MAX_BULK: usize = 200;
+pub(super) const MAX_BULK: usize = 200;
 /// Recent reports a device's page shows.
 const RECENT_REPORTS: u32 = 20;
 
@@ -95,7 +95,7 @@ impl ListForm {
     }
 
     /// The query string of this list at `after` (empty: the first page), for links.
-    pub fn href(&self, after: Option<&str>, part: Option<&str>) -> String {
+    pub(super) fn href(&self, after: Option<&str>, part: Option<&str>) -> String {
         let mut q = form_urlencoded::Serializer::new(String::new());
         for (k, v) in [
             ("search", self.search.trim()),
@@ -454,7 +454,7 @@ pub(super) struct LabelsForm {
 
 /// Labels written one per line (or comma-separated) as `key=value`; a bare `key` has an
 /// empty value.
-pub fn parse_labels(text: &str) -> BTreeMap<String, String> {
+pub(super) fn parse_labels(text: &str) -> BTreeMap<String, String> {
     text.split(['\n', ','])
         .map(str::trim)
         .filter(|l| !l.is_empty())

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::store::DeviceQuery;
 
 /// Where a signed-in member lands.
-pub const HOME: &str = "/console/keys";
+pub(super) const HOME: &str = "/console/keys";
 
 const SCRIPT: &str = include_str!("console.js");
 const STYLE: &str = include_str!("console.css");

@@ -9,13 +9,13 @@ use time::OffsetDateTime;
 
 use crate::error::ApiError;
 
-pub mod devices;
+pub(super) mod devices;
 
 /// A key expiring within this long is highlighted and offers Rotate first.
-pub const NEAR_EXPIRY: time::Duration = time::Duration::days(14);
+pub(super) const NEAR_EXPIRY: time::Duration = time::Duration::days(14);
 
 /// Who is signed in, for the page header.
-pub struct Viewer<'a> {
+pub(super) struct Viewer<'a> {
     /// Their email.
     pub email: &'a str,
     /// Owner or admin: sees Workspace Settings' management and the audit log.
@@ -23,7 +23,7 @@ pub struct Viewer<'a> {
 }
 
 /// An HTML response.
-pub fn html_response(status: StatusCode, markup: Markup) -> Response {
+pub(super) fn html_response(status: StatusCode, markup: Markup) -> Response {
     let mut r = (status, markup.into_string()).into_response();
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -33,7 +33,7 @@ pub fn html_response(status: StatusCode, markup: Markup) -> Response {
 }
 
 /// The whole page around `body`.
-pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> Markup {
+pub(super) fn page(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -72,7 +72,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> Markup {
 }
 
 /// An error page with one message.
-pub fn error_page(status: StatusCode, message: &str) -> Response {
+pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
     html_response(
         status,
         page(
@@ -87,17 +87,17 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
 }
 
 /// The page for an error of the domain code.
-pub fn api_error(e: ApiError) -> Response {
+pub(super) fn api_error(e: ApiError) -> Response {
     error_page(e.status(), &e.body().message)
 }
 
 /// A time as RFC 3339 (UTC).
-pub fn when(t: OffsetDateTime) -> String {
+pub(super) fn when(t: OffsetDateTime) -> String {
     crate::access::rfc3339(t)
 }
 
 /// A time relative to `now`: "in 3 days", "5 minutes ago".
-pub fn relative(t: OffsetDateTime, now: OffsetDateTime) -> String {
+pub(super) fn relative(t: OffsetDateTime, now: OffsetDateTime) -> String {
     let d = t - now;
     let secs = d.whole_seconds().unsigned_abs();
     let (n, unit) = match secs {
@@ -125,7 +125,7 @@ fn time_cell(t: OffsetDateTime, now: OffsetDateTime) -> Markup {
 }
 
 /// The box a revealed secret (a new key, an invitation link) appears in; filled by the script.
-pub fn reveal_box() -> Markup {
+pub(super) fn reveal_box() -> Markup {
     html! {
         section #reveal .reveal hidden aria-live="polite" aria-labelledby="reveal-title" {
             h2 #reveal-title { "New API key" }
@@ -143,7 +143,7 @@ pub fn reveal_box() -> Markup {
 }
 
 /// The sign-in page.
-pub fn signin(message: Option<&str>) -> Markup {
+pub(super) fn signin(message: Option<&str>) -> Markup {
     page(
         "Sign in",
         None,
@@ -161,7 +161,7 @@ pub fn signin(message: Option<&str>) -> Markup {
 }
 
 /// The page a one-time sign-in link opens: the script posts the token from the fragment.
-pub fn signin_link() -> Markup {
+pub(super) fn signin_link() -> Markup {
     page(
         "Signing in…",
         None,
@@ -177,7 +177,7 @@ pub fn signin_link() -> Markup {
 }
 
 /// The API Keys page.
-pub fn keys(
+pub(super) fn keys(
     viewer: &Viewer<'_>,
     keys: &[KeyListEntry],
     all: bool,
@@ -302,7 +302,7 @@ fn key_row(viewer: &Viewer<'_>, k: &KeyListEntry, all: bool, now: OffsetDateTime
 }
 
 /// A member row of Workspace Settings.
-pub struct MemberRow {
+pub(super) struct MemberRow {
     /// Id.
     pub id: String,
     /// Email.
@@ -318,7 +318,7 @@ pub struct MemberRow {
 }
 
 /// Workspace Settings.
-pub fn settings(
+pub(super) fn settings(
     viewer: &Viewer<'_>,
     members: &[MemberRow],
     invitations: &[InvitationInfo],
@@ -397,7 +397,7 @@ pub fn settings(
 }
 
 /// The page an invitation link opens.
-pub fn join() -> Markup {
+pub(super) fn join() -> Markup {
     page(
         "Join a workspace",
         None,
@@ -415,7 +415,12 @@ pub fn join() -> Markup {
 }
 
 /// A secret revealed without the script (a plain form post): shown once, with its note.
-pub fn reveal_page(viewer: Option<&Viewer<'_>>, what: &str, secret: &str, note: &str) -> Markup {
+pub(super) fn reveal_page(
+    viewer: Option<&Viewer<'_>>,
+    what: &str,
+    secret: &str,
+    note: &str,
+) -> Markup {
     page(
         &format!("Your {what}"),
         viewer,
@@ -432,7 +437,7 @@ pub fn reveal_page(viewer: Option<&Viewer<'_>>, what: &str, secret: &str, note: 
 }
 
 /// The audit log with its filter form.
-pub fn audit(
+pub(super) fn audit(
     viewer: &Viewer<'_>,
     events: &[AuditEvent],
     actor: &str,
@@ -503,7 +508,7 @@ pub fn audit(
 }
 
 /// What the add-device page shows for one enroll key.
-pub struct EnrollKey {
+pub(super) struct EnrollKey {
     /// Id.
     pub id: String,
     /// Name.
@@ -517,7 +522,7 @@ pub struct EnrollKey {
 }
 
 /// The Add device page: pick an enroll key, then copy the commands.
-pub fn add_device(
+pub(super) fn add_device(
     viewer: &Viewer<'_>,
     keys: &[EnrollKey],
     server: &str,

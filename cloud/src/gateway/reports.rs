@@ -26,11 +26,11 @@ use heex_proto::frame::Message;
 use super::{DeviceDirectory, DeviceNotLive, StoredReports};
 
 /// Most reports queued for storage per session; an agent keeps far fewer in flight.
-pub const MAX_QUEUED: usize = 1024;
+pub(super) const MAX_QUEUED: usize = 1024;
 /// Most reports stored in one call.
-pub const MAX_BATCH: usize = 512;
+pub(super) const MAX_BATCH: usize = 512;
 /// The largest report sequence number (the store keeps them as signed 64-bit integers).
-pub const MAX_SEQ: u64 = i64::MAX as u64;
+pub(super) const MAX_SEQ: u64 = i64::MAX as u64;
 
 /// Why reports could not be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -94,7 +94,7 @@ fn rows(listed: &Listed, now: OffsetDateTime) -> Markup {
 }
 
 /// The part of the list the page's script refreshes: the counts and the rows.
-pub fn live_part(listed: &Listed, now: OffsetDateTime) -> Markup {
+pub(crate) fn live_part(listed: &Listed, now: OffsetDateTime) -> Markup {
     html! {
         div {
             p #device-counts { (counts(listed)) }
@@ -113,7 +113,7 @@ const SORTS: [(&str, &str); 6] = [
 ];
 
 /// The Devices page.
-pub fn list(
+pub(crate) fn list(
     viewer: &Viewer<'_>,
     listed: &Listed,
     form: &ListForm,
@@ -212,7 +212,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// The part of a device's page its script refreshes, as the refresh answers it.
-pub fn status_part(d: &DeviceInfo, now: OffsetDateTime) -> Markup {
+pub(crate) fn status_part(d: &DeviceInfo, now: OffsetDateTime) -> Markup {
     html! { dl { (status(d, now)) } }
 }
 
@@ -226,7 +226,7 @@ fn status(d: &DeviceInfo, now: OffsetDateTime) -> Markup {
 }
 
 /// One device's page.
-pub fn detail(
+pub(crate) fn detail(
     viewer: &Viewer<'_>,
     d: &DeviceInfo,
     reports: &[ReportInfo],
