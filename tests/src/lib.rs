@@ -791,6 +791,23 @@ impl Machine {
         self.device_id()
     }
 
+    /// A machine enrolled in `cloud` with `key` as `name`, its agent configured for tests:
+    /// 1 s heartbeats, reconnects after `backoff` (initial, max; e.g. `("250ms", "1s")`).
+    /// With its device id.
+    pub fn enrolled(
+        cloud: &Cloud,
+        key: &str,
+        name: &str,
+        backoff: (&str, &str),
+    ) -> (Machine, String) {
+        let machine = Machine::new();
+        let id = machine.enroll(cloud, key, name);
+        machine.configure("heartbeat_interval = \"1s\"");
+        machine.configure(&format!("backoff_initial = \"{}\"", backoff.0));
+        machine.configure(&format!("backoff_max = \"{}\"", backoff.1));
+        (machine, id)
+    }
+
     /// The device id recorded in agent.toml.
     pub fn device_id(&self) -> String {
         let text = fs::read_to_string(self.agent_config()).unwrap();

@@ -20,12 +20,7 @@ const AGENTS: usize = 50;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn enrolled(cloud: &Cloud, key: &str, name: &str) -> Machine {
-    let m = Machine::new();
-    m.enroll(cloud, key, name);
-    m.configure("heartbeat_interval = \"1s\"");
-    m.configure("backoff_initial = \"250ms\"");
-    m.configure("backoff_max = \"1s\"");
-    m
+    Machine::enrolled(cloud, key, name, ("250ms", "1s")).0
 }
 
 /// The certificates of a PEM file, DER.

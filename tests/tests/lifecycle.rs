@@ -26,12 +26,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An enrolled machine whose agent uses fast timings.
 fn enrolled(cloud: &Cloud, key: &str, name: &str) -> (Machine, String) {
-    let machine = Machine::new();
-    let id = machine.enroll(cloud, key, name);
-    machine.configure("heartbeat_interval = \"1s\"");
-    machine.configure("backoff_initial = \"250ms\"");
-    machine.configure("backoff_max = \"2s\"");
-    (machine, id)
+    Machine::enrolled(cloud, key, name, ("250ms", "2s"))
 }
 
 /// Waits until the daemon with `pid` is connected with an acknowledged heartbeat.

@@ -16,12 +16,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A machine enrolled with the owner's key, with fast agent timings.
 fn enrolled(cloud: &Cloud, name: &str) -> (Machine, String) {
-    let machine = Machine::new();
-    let id = machine.enroll(cloud, &cloud.owner_key, name);
-    machine.configure("heartbeat_interval = \"1s\"");
-    machine.configure("backoff_initial = \"100ms\"");
-    machine.configure("backoff_max = \"500ms\"");
-    (machine, id)
+    Machine::enrolled(cloud, &cloud.owner_key, name, ("100ms", "500ms"))
 }
 
 /// Waits until the cloud holds exactly the reports with these ids, each once; returns

@@ -15,12 +15,7 @@ use serde_json::{json, Value};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn enrolled(replica: &Cloud, key: &str, name: &str) -> (Machine, String) {
-    let machine = Machine::new();
-    let id = machine.enroll(replica, key, name);
-    machine.configure("heartbeat_interval = \"1s\"");
-    machine.configure("backoff_initial = \"250ms\"");
-    machine.configure("backoff_max = \"1s\"");
-    (machine, id)
+    Machine::enrolled(replica, key, name, ("250ms", "1s"))
 }
 
 fn wait_connected(machine: &Machine, agent: &Proc, what: &str) {
