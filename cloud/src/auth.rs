@@ -19,9 +19,9 @@ use heex_proto::api::Scope;
 use heex_proto::ApiKey;
 use time::OffsetDateTime;
 
-use crate::access::{self, Need};
-use crate::api::AppState;
+use crate::context::AppState;
 use crate::error::ApiError;
+use crate::store::access::{self, Need};
 use crate::store::{CallerCheck, KeyRecord, Store};
 #[cfg(test)]
 use crate::store::{Revocation, Role};
@@ -140,7 +140,7 @@ pub fn enroll_refusal(record: &KeyRecord, now: OffsetDateTime) -> Option<ApiErro
         .map(ApiError::from)
 }
 
-pub use crate::access::rfc3339;
+pub use crate::store::access::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -37,8 +37,8 @@ const FILES: &[(&str, u32)] = &[
 ];
 /// Files a backup carries when they exist: the new CA during a CA rotation.
 const OPTIONAL_FILES: &[(&str, u32)] = &[
-    (crate::authority::CA_NEXT_KEY, 0o600),
-    (crate::authority::CA_NEXT_CERT, 0o644),
+    (crate::datadir::authority::CA_NEXT_KEY, 0o600),
+    (crate::datadir::authority::CA_NEXT_CERT, 0o644),
 ];
 
 /// `heex-cloud backup`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::postgres::PostgresUrl;
+pub use crate::datadir::{DataDirArg, InitOptions, WorkspaceOptions};
 
 /// The Heex cloud server: HTTPS API, device CA and mTLS gateway.
 #[derive(Debug, Parser)]
@@ -171,53 +171,6 @@ pub struct WorkspaceCreateArgs {
     /// The new workspace.
     #[command(flatten)]
     pub options: WorkspaceOptions,
-}
-
-/// What a new workspace is created with.
-#[derive(Debug, Clone, Args)]
-pub struct WorkspaceOptions {
-    /// Unique name of the workspace.
-    pub name: String,
-    /// Email of the workspace owner, who receives the first API key.
-    #[arg(long)]
-    pub owner: String,
-}
-
-/// Where the data directory is.
-#[derive(Debug, Clone, Args)]
-pub struct DataDirArg {
-    /// Data directory (CA, server certificate, secret, database).
-    #[arg(long, env = "HEEX_DATA_DIR", default_value = "heex-data")]
-    pub data_dir: PathBuf,
-    /// PostgreSQL database of the records (`postgres://USER:PASSWORD@HOST:PORT/DB`), shared
-    /// by every replica; by default a SQLite database in the data directory. The data
-    /// directory still holds the secrets: every replica needs a copy of the same one.
-    #[arg(
-        long,
-        env = "HEEX_STORE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub store: Option<PostgresUrl>,
-}
-
-/// What a fresh data directory is initialized with.
-#[derive(Debug, Clone, Args)]
-pub struct InitOptions {
-    /// Name of the first workspace.
-    #[arg(long, default_value = "default")]
-    pub workspace: String,
-    /// Email of the workspace owner, who receives the first API key.
-    #[arg(long, default_value = "owner@localhost")]
-    pub owner: String,
-    /// Extra DNS name or IP address for the server certificate (repeatable); localhost,
-    /// 127.0.0.1 and ::1 are always included. `serve` re-issues the server certificate when
-    /// it lacks one of them or expires within 30 days.
-    #[arg(long = "hostname", value_name = "NAME")]
-    pub hostnames: Vec<String>,
-    /// SPIFFE trust domain of device identities.
-    #[arg(long, default_value = "heex.local")]
-    pub trust_domain: String,
 }
 
 /// `heex-cloud init`.

@@ -24,6 +24,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use clap::Args;
 use heex_proto::api::Scope;
 use heex_proto::identity::validate_trust_domain;
 use heex_proto::{ApiKey, Fingerprint, KeyId, MemberId, WorkspaceId};
@@ -33,9 +34,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub mod authority;
+
 use crate::atomic_file::{write_atomic, TEMP_PREFIX};
 use crate::ca::{certificate_names, san_for, server_cert_fits, Ca};
-use crate::cli::{DataDirArg, InitOptions, WorkspaceOptions};
 use crate::error::Error;
 use crate::store::postgres::PostgresUrl;
 use crate::store::{Deployment, NewKey, NewMember, NewWorkspace, Role, Store, StoreError};
@@ -225,8 +227,8 @@ pub struct Loaded {
     pub settings: Settings,
     /// Server secret.
     pub secret: ServerSecret,
-    /// The CAs: one, or two during a CA rotation (see [`crate::authority`]).
-    pub authority: crate::authority::Authority,
+    /// The CAs: one, or two during a CA rotation (see [`crate::datadir::authority`]).
+    pub authority: crate::datadir::authority::Authority,
     /// Server certificate chain: leaf, then the CA.
     pub server_chain: Vec<CertificateDer<'static>>,
     /// Server private key.
@@ -345,7 +347,7 @@ impl DataDir {
             return Ok(());
         };
         // During a CA rotation's `retire` the store moves to the new CA before the files do.
-        let next = crate::authority::next_fingerprint(self).map(|f| f.to_string());
+        let next = crate::datadir::authority::next_fingerprint(self).map(|f| f.to_string());
         if recorded.ca_fingerprint != mine.ca_fingerprint
             && Some(&recorded.ca_fingerprint) != next.as_ref()
         {
@@ -550,8 +552,8 @@ impl DataDir {
 
         let ca_key_path = self.path(CA_KEY);
         warn_if_exposed(&ca_key_path);
-        crate::authority::complete_interrupted_retire(self)?;
-        let authority = crate::authority::read(self)?;
+        crate::datadir::authority::complete_interrupted_retire(self)?;
+        let authority = crate::datadir::authority::read(self)?;
         let ca = authority.server();
 
         let now = OffsetDateTime::now_utc();
@@ -746,6 +748,53 @@ fn warn_if_exposed(path: &Path) {
             tracing::warn!(path = %path.display(), "private file is readable by others; chmod 600 it");
         }
     }
+}
+
+/// What a new workspace is created with.
+#[derive(Debug, Clone, Args)]
+pub struct WorkspaceOptions {
+    /// Unique name of the workspace.
+    pub name: String,
+    /// Email of the workspace owner, who receives the first API key.
+    #[arg(long)]
+    pub owner: String,
+}
+
+/// Where the data directory is.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArg {
+    /// Data directory (CA, server certificate, secret, database).
+    #[arg(long, env = "HEEX_DATA_DIR", default_value = "heex-data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL database of the records (`postgres://USER:PASSWORD@HOST:PORT/DB`), shared
+    /// by every replica; by default a SQLite database in the data directory. The data
+    /// directory still holds the secrets: every replica needs a copy of the same one.
+    #[arg(
+        long,
+        env = "HEEX_STORE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub store: Option<PostgresUrl>,
+}
+
+/// What a fresh data directory is initialized with.
+#[derive(Debug, Clone, Args)]
+pub struct InitOptions {
+    /// Name of the first workspace.
+    #[arg(long, default_value = "default")]
+    pub workspace: String,
+    /// Email of the workspace owner, who receives the first API key.
+    #[arg(long, default_value = "owner@localhost")]
+    pub owner: String,
+    /// Extra DNS name or IP address for the server certificate (repeatable); localhost,
+    /// 127.0.0.1 and ::1 are always included. `serve` re-issues the server certificate when
+    /// it lacks one of them or expires within 30 days.
+    #[arg(long = "hostname", value_name = "NAME")]
+    pub hostnames: Vec<String>,
+    /// SPIFFE trust domain of device identities.
+    #[arg(long, default_value = "heex.local")]
+    pub trust_domain: String,
 }
 
 #[cfg(test)]

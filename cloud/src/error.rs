@@ -11,7 +11,7 @@ use axum::Json;
 use heex_proto::api::{ErrorBody, ErrorCode};
 use heex_proto::exit;
 
-use crate::access::Refusal;
+use crate::store::access::Refusal;
 use crate::store::StoreError;
 
 /// Why `heex-cloud` stopped. Each variant maps to one exit code; the message is one line
@@ -238,6 +238,11 @@ impl ApiError {
     }
 }
 
+/// The message of a refused list cursor.
+pub const BAD_CURSOR: &str =
+    "after is not a cursor this list returned (made for another list or order?); \
+     start again without after";
+
 /// The statuses `From<StoreError>` can answer with, and why: the OpenAPI document declares
 /// them on every operation that reads or writes the store.
 pub const STORE_FAILURES: &[(StatusCode, &str)] = &[
@@ -270,7 +275,7 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Refused(refusal) => refusal.into(),
-            StoreError::BadPosition => ApiError::bad_request(crate::api::paging::BAD_CURSOR),
+            StoreError::BadPosition => ApiError::bad_request(BAD_CURSOR),
             StoreError::CaRetired(ca) => {
                 tracing::error!(%ca, "signed with a retired CA: this process has not reread its CA files yet");
                 ApiError::unavailable(

@@ -8,15 +8,14 @@
 //! `main.rs` only parses the command line and calls [`run`].
 #![forbid(unsafe_code)]
 
-pub mod access;
 pub mod api;
 pub mod atomic_file;
 pub mod auth;
-pub mod authority;
 pub mod backup;
 pub mod ca;
 pub mod cli;
 pub mod console;
+pub mod context;
 pub mod csr;
 pub mod datadir;
 pub mod error;
@@ -40,7 +39,7 @@ use crate::cli::{
     Cli, Command, InitArgs, KeysCommand, MembersCommand, ServeArgs, WorkspaceCreateArgs,
     WorkspacesCommand,
 };
-use crate::datadir::DataDir;
+use crate::datadir::{authority, DataDir};
 pub use crate::error::Error;
 use crate::gateway::{GatewayTls, SessionRegistry};
 

@@ -9,10 +9,10 @@ use std::io::Write;
 use heex_proto::{ApiKey, KeyId};
 use time::OffsetDateTime;
 
-use crate::access::rfc3339;
 use crate::cli::{KeyCreateArgs, MembersListArgs};
 use crate::datadir::DataDir;
 use crate::error::Error;
+use crate::store::access::rfc3339;
 use crate::store::ops::{OperatorKey, OperatorKeyOutcome};
 use crate::store::{PageRequest, Store};
 

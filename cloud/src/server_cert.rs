@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::authority::Authorities;
+use crate::datadir::authority::Authorities;
 use crate::datadir::{server_cert_renew_before, DataDir};
 
 /// The certificate both listeners present, replaceable while they run.

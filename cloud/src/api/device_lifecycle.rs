@@ -1,7 +1,7 @@
 //! `/v1/devices/{id}` lifecycle (admin scope): revoke, rename/relabel, delete.
 //!
 //! Owners and admins manage every device of the workspace; a member may rename, relabel and
-//! revoke only the devices they enrolled, and delete none (see [`crate::access`]). The store
+//! revoke only the devices they enrolled, and delete none (see [`crate::store::access`]). The store
 //! decides inside each change's transaction.
 //!
 //! Revoking a device is separate from revoking keys: it closes the device's live gateway
@@ -21,9 +21,9 @@ use time::OffsetDateTime;
 
 use super::enroll::{check_labels, MAX_DEVICE_NAME};
 use super::{audit_entry, check_name, not_in_workspace, whole_seconds, ApiJson, AppState};
-use crate::access::Need;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::store::access::Need;
 use crate::store::{AuditAction, DeleteDeviceOutcome};
 
 /// `PATCH /v1/devices/{id}` body: the fields to change (absent fields stay).

@@ -12,10 +12,10 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{audit_entry, check_name, ApiJson, AppState, GatewayAddress};
-use crate::access::Need;
 use crate::auth::{enroll_refusal, Caller};
 use crate::csr::DeviceCsr;
 use crate::error::ApiError;
+use crate::store::access::Need;
 use crate::store::{AuditAction, NewDevice, StoreError};
 
 /// Longest device name, in characters.

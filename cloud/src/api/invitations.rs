@@ -21,9 +21,9 @@ use super::paging::{self, PageQuery};
 use super::{
     audit_entry, check_name, not_in_workspace, whole_seconds, ApiJson, ApiQuery, AppState,
 };
-use crate::access::{self, Need};
 use crate::auth::{rfc3339, Caller};
 use crate::error::ApiError;
+use crate::store::access::{self, Need};
 use crate::store::{
     AcceptOutcome, Acceptance, AuditAction, CancelOutcome, InvitationCancel, NewInvitation,
 };

@@ -21,9 +21,9 @@ use super::{
     audit_entry, check_name, not_in_workspace, paging, whole_seconds, ApiJson, ApiQuery, AppState,
     OptionalJson,
 };
-use crate::access::{self, Need};
 use crate::auth::{rfc3339, Caller};
 use crate::error::ApiError;
+use crate::store::access::{self, Need};
 use crate::store::{AuditAction, KeyRecord, NewKey, Rotation, StoreError};
 
 /// Lifetime of a key when the request names none.

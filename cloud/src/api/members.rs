@@ -10,9 +10,9 @@ use time::OffsetDateTime;
 
 use super::paging::{self, PageQuery};
 use super::{audit_entry, not_in_workspace, whole_seconds, ApiQuery, AppState};
-use crate::access::{self, Need};
 use crate::auth::{rfc3339, Caller};
 use crate::error::ApiError;
+use crate::store::access::{self, Need};
 use crate::store::{AuditAction, RemoveOutcome};
 
 /// Lists the workspace's members, removed ones included, oldest first (any member, with an

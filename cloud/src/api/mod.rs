@@ -17,10 +17,6 @@ pub mod paging;
 pub(crate) mod reports;
 mod whoami;
 
-use std::ops::Deref;
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
@@ -35,57 +31,12 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::access::Need;
 use crate::auth::Caller;
-use crate::datadir::ServerSecret;
 use crate::error::ApiError;
-use crate::gateway::SessionRegistry;
-use crate::store::{AuditAction, AuditEntry, Store};
+use crate::store::access::Need;
+use crate::store::{AuditAction, AuditEntry};
 
-/// Where enrolled devices are told to connect.
-#[derive(Debug, Clone)]
-pub enum GatewayAddress {
-    /// A fixed `host:port` (`--gateway-advertise`).
-    Advertised(String),
-    /// The host the client used to reach the API, with this gateway port.
-    SameHost(u16),
-}
-
-/// What every handler shares.
-pub struct ApiContext {
-    /// The store.
-    pub store: Arc<Store>,
-    /// The cloud's CAs: the one that signs device certificates, the one installers pin.
-    pub cas: crate::authority::Authorities,
-    /// The server secret API keys derive from.
-    pub secret: ServerSecret,
-    /// Live gateway sessions.
-    pub registry: SessionRegistry,
-    /// SPIFFE trust domain of device identities.
-    pub trust_domain: String,
-    /// Lifetime of device certificates.
-    pub device_cert_lifetime: Duration,
-    /// The gateway address handed to enrolling devices.
-    pub gateway: GatewayAddress,
-}
-
-/// Shared handler state. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<ApiContext>);
-
-impl AppState {
-    /// Wraps the context.
-    pub fn new(ctx: ApiContext) -> Self {
-        AppState(Arc::new(ctx))
-    }
-}
-
-impl Deref for AppState {
-    type Target = ApiContext;
-    fn deref(&self) -> &ApiContext {
-        &self.0
-    }
-}
+pub use crate::context::{ApiContext, AppState, GatewayAddress};
 
 /// The API's routes, each registered with its OpenAPI operation.
 fn documented_routes() -> OpenApiRouter<AppState> {

@@ -11,10 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::store::{PageRequest, SortValue};
 
-/// The message of a refused cursor.
-pub const BAD_CURSOR: &str =
-    "after is not a cursor this list returned (made for another list or order?); \
-     start again without after";
+pub use crate::error::BAD_CURSOR;
 
 /// Longest cursor accepted, in characters.
 const MAX_CURSOR_LEN: usize = 1024;

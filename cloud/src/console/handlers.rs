@@ -157,9 +157,9 @@ pub(super) async fn signin_with_key(
         Ok(r) => r,
         Err(e) => return signin_refused(e.status(), &e.body().message),
     };
-    if let Err(refusal) = crate::access::check(
+    if let Err(refusal) = crate::store::access::check(
         &record,
-        crate::access::Need::Admin,
+        crate::store::access::Need::Admin,
         "signing in to the console",
         now,
     ) {

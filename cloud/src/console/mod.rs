@@ -7,7 +7,7 @@
 //!   its SHA-256, with an idle ([`IDLE_TIMEOUT`]) and an absolute ([`ABSOLUTE_TIMEOUT`])
 //!   timeout. An enroll-scope key cannot sign in.
 //! - **Every request** checks the session's key again through [`crate::auth`] and
-//!   [`crate::access`], like a bearer request: the session ends at once when the key is
+//!   [`crate::store::access`], like a bearer request: the session ends at once when the key is
 //!   revoked or expires or its member is removed.
 //! - **Every page action calls the JSON API's handler** for it (the handlers are plain
 //!   functions of their extractors), so no rule exists twice.
@@ -39,9 +39,9 @@ use heex_proto::base62;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::access::{self, Need};
 use crate::api::AppState;
 use crate::auth::Caller;
+use crate::store::access::{self, Need};
 use crate::store::{AuditAction, AuditEntry, ConsoleSession, KeyRecord};
 
 /// The session cookie's name (`__Host-`: Secure, path `/`, no domain).

@@ -93,7 +93,7 @@ pub(super) fn api_error(e: ApiError) -> Response {
 
 /// A time as RFC 3339 (UTC).
 pub(super) fn when(t: OffsetDateTime) -> String {
-    crate::access::rfc3339(t)
+    crate::store::access::rfc3339(t)
 }
 
 /// A time relative to `now`: "in 3 days", "5 minutes ago".

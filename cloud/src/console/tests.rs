@@ -70,7 +70,7 @@ async fn console() -> Console {
     let store = Arc::new(loaded.store);
     let state = AppState::new(ApiContext {
         store: Arc::clone(&store),
-        cas: crate::authority::Authorities::new(loaded.authority),
+        cas: crate::datadir::authority::Authorities::new(loaded.authority),
         secret: loaded.secret,
         registry: SessionRegistry::default(),
         trust_domain: loaded.settings.trust_domain,

@@ -23,6 +23,7 @@
 //! concurrent TLS handshakes, the rest waiting in a deep accept backlog.
 //! `docs/benchmarks.md` has the figures.
 
+mod directory;
 mod expired;
 mod frames;
 mod limits;
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use heex_proto::api::Facts;
-use heex_proto::{DeviceId, WorkspaceId};
+use heex_proto::DeviceId;
 use time::OffsetDateTime;
 
 use crate::store::IssuedCert;
@@ -55,33 +56,7 @@ pub use renew::{DeviceSigner, DEFAULT_RENEWAL_GRACE};
 pub use tls::peer_serial;
 pub use tls::{peer_identity, server_config, IdentityError, TlsSetupError};
 
-/// What the gateway needs to know about a device before accepting its frames.
-#[derive(Debug, Clone)]
-pub struct DeviceStatus {
-    /// The workspace the device belongs to.
-    pub workspace_id: WorkspaceId,
-    /// Set when the device was revoked.
-    pub revoked_at: Option<OffsetDateTime>,
-    /// Serial (lowercase hex) of the certificate the cloud issued last.
-    pub cert_serial: String,
-    /// The certificate that one superseded at renewal, and when.
-    pub previous_cert: Option<(String, OffsetDateTime)>,
-    /// SHA-256 (hex) of the current certificate's public key (`None`: issued before it was
-    /// recorded).
-    pub cert_key: Option<String>,
-}
-
-/// What recording a session's sign of life found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    /// Recorded: the session holds the device's connection mark.
-    Recorded,
-    /// The device is revoked or gone: the session ends with "device revoked".
-    NotLive,
-    /// A newer session of the device (on this or another process) holds the mark: this one
-    /// ends with "replaced".
-    Superseded,
-}
+pub use crate::store::{DeviceStatus, Seen, StoredReports};
 
 /// A store write refused because the device is revoked (or deleted): the session ends with
 /// [`CloseReason::DeviceRevoked`](heex_proto::frame::CloseReason::DeviceRevoked).
@@ -148,17 +123,6 @@ pub trait DeviceDirectory: Send + Sync + 'static {
         -> impl Future<Output = anyhow::Result<u64>> + Send;
 }
 
-/// What storing a batch of reports did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredReports {
-    /// The highest sequence number of the batch: every report up to it is settled.
-    pub highest: u64,
-    /// Sequence numbers already stored with a different content, in batch order.
-    pub conflicts: Vec<u64>,
-    /// The device's highest stored sequence number plus one, after the batch.
-    pub next_seq: u64,
-}
-
 /// TLS material for the gateway: the cloud CA (to verify clients) and the server identity.
 pub struct GatewayTls {
     /// Cloud CA certificate, DER.
@@ -218,7 +182,7 @@ pub struct GatewayOptions {
     /// The cloud's CAs, followed while serving (a CA rotation): device certificates are
     /// verified against the current bundle, and agents that understand it are sent the
     /// bundle when theirs differs. Without it, only [`GatewayTls::ca_der`] is trusted.
-    pub trust: Option<crate::authority::Authorities>,
+    pub trust: Option<crate::datadir::authority::Authorities>,
     /// An agent told of a new CA whose certificate is not from it renews at a random point
     /// within this spread.
     pub ca_renew_spread: Duration,
@@ -258,7 +222,7 @@ impl Default for GatewayOptions {
 
 /// Trusts the CAs of each new authority for client certificates, until `shutdown`.
 async fn follow_trust(
-    mut changes: tokio::sync::watch::Receiver<Arc<crate::authority::Authority>>,
+    mut changes: tokio::sync::watch::Receiver<Arc<crate::datadir::authority::Authority>>,
     trusted: Arc<tls::TrustedCas>,
     shutdown: CancellationToken,
 ) {

@@ -13,9 +13,9 @@ use heex_proto::SpiffeId;
 use time::OffsetDateTime;
 
 use super::DeviceDirectory;
-use crate::authority::{Authorities, Authority};
 use crate::ca::Ca;
 use crate::csr::DeviceCsr;
+use crate::datadir::authority::{Authorities, Authority};
 use crate::store::IssuedCert;
 
 /// Default renewal grace: how long after expiry a device may still renew.

@@ -170,7 +170,7 @@ enum Trust {
     /// The agent's bundle is not the cloud's, or not known to be.
     Unknown,
     /// The agent holds this one.
-    Holds(Arc<crate::authority::Authority>),
+    Holds(Arc<crate::datadir::authority::Authority>),
 }
 
 /// How the frame loop ended, for the log line.

@@ -25,7 +25,7 @@ use super::{
     NewInvitation, NewKey, NewMember, NewWorkspace, PageOf, PageRequest, Revocation, Role,
     StoreError,
 };
-use crate::gateway::DeviceStatus;
+use crate::store::DeviceStatus;
 
 /// A boxed future, as trait objects return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -7,9 +7,11 @@
 //! material is stored: API key secrets are derived from the server secret, which lives in
 //! the data directory.
 
+pub mod access;
 pub mod backend;
 mod device_lifecycle;
 pub mod device_list;
+mod device_view;
 pub mod migrations;
 pub mod ops;
 pub mod paging;
@@ -19,6 +21,7 @@ pub mod sqlite;
 
 pub use device_lifecycle::DeleteDeviceOutcome;
 pub use device_list::{DeviceCounts, DeviceQuery, DeviceSort, LabelSelector};
+pub use device_view::{DeviceStatus, Seen, StoredReports};
 pub use ops::SYSTEM_ACTOR;
 pub use paging::{PageOf, PageRequest, SortValue};
 pub use records::{
@@ -35,7 +38,6 @@ use heex_proto::api::{AuditEvent, Facts};
 use heex_proto::{DeviceId, KeyId, MemberId, WorkspaceId};
 use time::OffsetDateTime;
 
-use crate::gateway::{DeviceDirectory, DeviceStatus, Seen, StoredReports};
 use backend::{Backend, Tx};
 pub use backend::{Change, ConnectionMark, Deployment};
 
@@ -92,7 +94,7 @@ pub enum StoreError {
     /// The caller's key (see [`AuditEntry::caller`]) may not make this change, as decided
     /// inside its transaction; nothing was written.
     #[error("{0}")]
-    Refused(crate::access::Refusal),
+    Refused(crate::store::access::Refusal),
     /// The device is revoked or no longer exists: nothing was written for it.
     #[error("device {0} is revoked or deleted")]
     DeviceNotLive(DeviceId),
@@ -723,53 +725,6 @@ impl Store {
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
         self.backend.close().await;
-    }
-}
-
-impl DeviceDirectory for Store {
-    async fn device_status(&self, id: &DeviceId) -> anyhow::Result<Option<DeviceStatus>> {
-        Ok(Store::device_status(self, id).await?)
-    }
-
-    async fn record_seen(
-        &self,
-        id: &DeviceId,
-        facts: Option<&Facts>,
-        agent_version: Option<&str>,
-        at: OffsetDateTime,
-        connection: &str,
-        claim: bool,
-    ) -> anyhow::Result<Seen> {
-        Ok(Store::record_connected(self, id, facts, agent_version, at, connection, claim).await?)
-    }
-
-    async fn record_disconnected(&self, id: &DeviceId, connection: &str) -> anyhow::Result<()> {
-        Ok(Store::record_disconnected(self, id, connection).await?)
-    }
-
-    async fn record_renewal(
-        &self,
-        id: &DeviceId,
-        from_serial: &str,
-        cert: IssuedCert,
-    ) -> anyhow::Result<bool> {
-        let now = OffsetDateTime::now_utc();
-        Ok(Store::record_renewal(self, id, from_serial, cert, now).await?)
-    }
-
-    async fn store_reports(
-        &self,
-        id: &DeviceId,
-        reports: Arc<[(u64, String)]>,
-    ) -> anyhow::Result<StoredReports> {
-        match Store::store_reports(self, id, reports, OffsetDateTime::now_utc()).await {
-            Err(StoreError::DeviceNotLive(_)) => Err(crate::gateway::DeviceNotLive.into()),
-            r => Ok(r?),
-        }
-    }
-
-    async fn highest_report_seq(&self, id: &DeviceId) -> anyhow::Result<u64> {
-        Ok(Store::highest_report_seq(self, id).await?)
     }
 }
 

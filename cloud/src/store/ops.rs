@@ -17,8 +17,8 @@ use super::{
     NewDevice, NewInvitation, NewKey, NewMember, NewWorkspace, RemoveOutcome, Revocation, Role,
     Rotation, StoreError,
 };
-use crate::access::{self, DeviceAction, Refusal};
-use crate::gateway::{Seen, StoredReports};
+use crate::store::access::{self, DeviceAction, Refusal};
+use crate::store::{Seen, StoredReports};
 
 /// The actor of what the server does on its own (e.g. `init`).
 pub const SYSTEM_ACTOR: &str = "system";

@@ -34,7 +34,7 @@ use super::{
     DeviceRecord, DeviceSort, InvitationRecord, KeyRecord, MemberRecord, PageOf, PageRequest,
     Revocation, SortValue, StoreError,
 };
-use crate::gateway::DeviceStatus;
+use crate::store::DeviceStatus;
 
 type Pool = r2d2::Pool<conn::Manager>;
 

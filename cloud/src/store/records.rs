@@ -523,7 +523,7 @@ pub struct CallerCheck {
     /// The key.
     pub key: KeyId,
     /// What the change needs of it, besides being usable.
-    pub need: crate::access::Need,
+    pub need: crate::store::access::Need,
     /// The change, for refusals ("creating keys").
     pub action: &'static str,
 }
@@ -642,16 +642,6 @@ impl DeviceRecord {
             certificate_serial: self.cert_serial.clone(),
             session_serial: None,
             agent_version: self.agent_version.clone(),
-        }
-    }
-
-    /// [`Self::info`] with the store's connection mark and what this process's registry
-    /// knows of the device's live session.
-    pub fn live_info(&self, registry: &crate::gateway::SessionRegistry) -> DeviceInfo {
-        let session_serial = registry.session_serial(&self.id);
-        DeviceInfo {
-            session_serial,
-            ..self.info(self.connected)
         }
     }
 }

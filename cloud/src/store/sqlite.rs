@@ -31,7 +31,7 @@ use super::{
     from_unix, migrations, to_unix, AuditFilter, ConsoleSession, DeviceCounts, DeviceQuery,
     DeviceRecord, InvitationRecord, KeyRecord, MemberRecord, PageOf, PageRequest, StoreError,
 };
-use crate::gateway::DeviceStatus;
+use crate::store::DeviceStatus;
 use pool::ReadPool;
 use writer::{Writer, WriterStats};
 

@@ -7,6 +7,9 @@ use heex_proto::api::Scope;
 use heex_proto::api::{
     CreateKeyResponse, DeviceInfo, EnrollResponse, ErrorBody, ErrorCode, KeyInfo, WhoAmI,
 };
+use std::sync::Arc;
+use std::time::Duration;
+
 use heex_proto::{ApiKey, KeyId};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384};
 use rustls_pki_types::pem::PemObject;
@@ -16,7 +19,9 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::cli::InitOptions;
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, ServerSecret};
+use crate::gateway::SessionRegistry;
+use crate::store::Store;
 
 mod lifecycle;
 mod openapi;
@@ -48,7 +53,7 @@ async fn api() -> Api {
     let store = Arc::new(loaded.store);
     let state = AppState::new(ApiContext {
         store: Arc::clone(&store),
-        cas: crate::authority::Authorities::new(loaded.authority),
+        cas: crate::datadir::authority::Authorities::new(loaded.authority),
         secret: loaded.secret,
         registry: SessionRegistry::default(),
         trust_domain: loaded.settings.trust_domain,

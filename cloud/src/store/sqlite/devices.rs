@@ -8,9 +8,9 @@ use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use super::{conversion, opt_time, parsed, time_at, SqliteStore};
-use crate::gateway::DeviceStatus;
 use crate::store::device_list::{DeviceCounts, DeviceQuery, DeviceSort, LabelSelector};
 use crate::store::paging::PageOf;
+use crate::store::DeviceStatus;
 use crate::store::{like_escaped, to_unix, DeviceRecord, StoreError};
 
 /// The columns of a device (`d`) with its enrolling member's (`m`) email, in the order
