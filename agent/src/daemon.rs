@@ -22,13 +22,12 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::notify::Notifier;
+use crate::reconnect::{self, Ending};
 use crate::renew::{CredentialFiles, Renewal};
 use crate::session::{self, Observer, SessionEnd, SessionParams};
 use crate::status::{State, Status, StatusFile};
 
-/// Wait before reconnecting after the gateway refused this device's identity for good
-/// (revoked, or certificate expired beyond the renewal grace).
-pub const REFUSED_RETRY: Duration = Duration::from_secs(3600);
+pub use crate::reconnect::REFUSED_RETRY;
 
 /// Longest time between a stop signal and the daemon's return.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -186,37 +185,20 @@ pub async fn run(
         if outcome.up_for.is_some() {
             attempt = 0;
         }
-        let mut refused = false;
-        let error = match outcome.end {
+        let (ending, line) = match outcome.end {
             SessionEnd::Shutdown => break,
             SessionEnd::Closed { reason, message } => {
-                let line = describe_close(reason, &message);
                 let expired_here = tracker
                     .renewal
                     .as_ref()
                     .is_none_or(|r| r.current().not_after <= OffsetDateTime::now_utc());
-                match reason {
-                    // A new identity is needed: retry only rarely, in case an operator
-                    // undoes the revocation or extends the grace.
-                    CloseReason::DeviceRevoked => {
-                        refused = true;
-                        tracing::error!("{line}");
-                    }
-                    CloseReason::CertificateExpired if expired_here => {
-                        refused = true;
-                        tracing::error!("{line}");
-                    }
-                    CloseReason::DeviceUnknown
-                    | CloseReason::CertificateExpired
-                    | CloseReason::Replaced => {
-                        // Retrying soon will not help; keep trying slowly in case an operator
-                        // fixes it (or the other holder of this identity goes away).
-                        backoff.max_out();
-                        tracing::error!("{line}");
-                    }
-                    _ => tracing::warn!("{line}"),
-                }
-                line
+                (
+                    Ending::Closed {
+                        reason,
+                        expired_here,
+                    },
+                    describe_close(reason, &message),
+                )
             }
             SessionEnd::Failed(e) => {
                 let line = if outcome.up_for.is_some() {
@@ -224,27 +206,26 @@ pub async fn run(
                 } else {
                     e.to_string()
                 };
-                match e {
-                    // The credentials need an operator, not just a retry.
+                // The credentials need an operator, not just a retry.
+                let needs_operator = matches!(
+                    e,
                     session::SessionError::UntrustedGateway { .. }
-                    | session::SessionError::CertificateRefused { .. } => {
-                        tracing::error!("{line}")
-                    }
-                    _ => tracing::warn!("{line}"),
-                }
-                line
+                        | session::SessionError::CertificateRefused { .. }
+                );
+                (Ending::Failed { needs_operator }, line)
             }
         };
         if let Some(up) = outcome.up_for {
             backoff.session_ended(up);
         }
-        let ceiling = backoff.ceiling();
-        let delay = if refused {
-            REFUSED_RETRY.max(backoff.next_delay())
+        let decision = reconnect::after(ending, &mut backoff);
+        if decision.error {
+            tracing::error!("{line}");
         } else {
-            backoff.next_delay()
-        };
-        tracker.enter(State::Backoff, Some(error));
+            tracing::warn!("{line}");
+        }
+        let (delay, ceiling) = (decision.delay, decision.ceiling);
+        tracker.enter(State::Backoff, Some(line));
         tracker.notifier.status(&format!(
             "reconnecting in {}",
             humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))

@@ -22,6 +22,7 @@ pub mod frames;
 pub mod intake;
 pub mod notify;
 pub mod outbox;
+pub mod reconnect;
 pub mod renew;
 pub mod report;
 pub mod session;
