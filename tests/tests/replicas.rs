@@ -59,6 +59,7 @@ fn revocation_through_one_replica_closes_the_session_another_holds() {
         assert!(connected(r, &id), "not listed connected on {}", r.api_url);
     }
 
+    let asked = Instant::now();
     let (status, body) = r1.post(
         &format!("/v1/devices/{id}/revoke"),
         &r1.owner_key,
@@ -71,12 +72,14 @@ fn revocation_through_one_replica_closes_the_session_another_holds() {
     });
     let closed_after = revoked.elapsed();
     assert!(closed_after < Duration::from_secs(1), "{closed_after:?}");
-    // Replica 3 measured how long the revocation took to reach the session it held.
+    // Replica 3 measured how long the revocation took to reach the session it held: from
+    // the commit, inside the API call, so less than the time from asking to seeing it closed.
     assert_eq!(propagated("heex_revocation_propagation_seconds_count"), 1.0);
     let delay = propagated("heex_revocation_propagation_seconds_sum");
+    let since_asked = asked.elapsed();
     assert!(
-        (0.0..closed_after.as_secs_f64()).contains(&delay),
-        "propagation {delay} s, closed after {closed_after:?}"
+        (0.0..since_asked.as_secs_f64()).contains(&delay),
+        "propagation {delay} s, the session seen closed {since_asked:?} after the request"
     );
     eprintln!(
         "revocation committed through replica 1 closed replica 3's session after {:.1} ms \
