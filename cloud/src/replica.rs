@@ -160,7 +160,7 @@ async fn watch_sessions(
             change = changes.recv() => match change {
                 // This replica's own new session: nothing to check (a reconnect storm
                 // would otherwise read every device again).
-                Some(Change::Device(id, Some(connection)))
+                Some(Change::Device(id, connection))
                     if registry
                         .live_session(&id)
                         .is_some_and(|(mine, _)| mine == connection)

@@ -128,9 +128,8 @@ pub struct ConnectionMark {
 /// Something other processes sharing the store changed, for the sessions this one holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// This device's record changed: connected by the named session, or revoked or deleted
-    /// (`None`).
-    Device(DeviceId, Option<String>),
+    /// This device was connected by the named session.
+    Device(DeviceId, String),
     /// This device was revoked or deleted, by a transaction the writer committed at about
     /// this time (its clock; `None` from a writer that does not say).
     Ended(DeviceId, Option<OffsetDateTime>),
@@ -285,8 +284,8 @@ pub trait Tx {
     /// The connection marks of these devices (unknown ones left out).
     fn connection_marks(&mut self, ids: &[DeviceId]) -> Result<Vec<ConnectionMark>, StoreError>;
     /// Tells the other processes sharing the store, when this transaction commits, that the
-    /// device's record changed ([`Change::Device`]): connected by session `connection`, or
-    /// revoked or deleted (`None`). A no-op for a store one process owns.
+    /// device's record changed: connected by session `connection` ([`Change::Device`]), or
+    /// revoked or deleted (`None`, [`Change::Ended`]). A no-op for a store one process owns.
     fn notify_device_changed(
         &mut self,
         id: &DeviceId,

@@ -142,7 +142,7 @@ fn parse(payload: &str) -> Option<Change> {
                     time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).ok()
                 }),
             ),
-            None => Change::Device(id, Some(rest.to_owned())),
+            None => Change::Device(id, rest.to_owned()),
         },
     })
 }
@@ -164,7 +164,7 @@ mod tests {
         let id = DeviceId::generate();
         assert!(matches!(
             parse(&format!("{id} i1-7")),
-            Some(Change::Device(d, Some(c))) if d == id && c == "i1-7"
+            Some(Change::Device(d, c)) if d == id && c == "i1-7"
         ));
         let at = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         assert!(matches!(
