@@ -330,14 +330,14 @@ impl Tracker<'_> {
         let path = self.config.ca_path();
         let previous = std::fs::read(&path).ok();
         let pem = crate::credentials::bundle_pem(&bundle);
-        crate::durable::replace(&path, pem.as_bytes(), 0o644)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        heex_fs::write(&path, pem.as_bytes(), heex_fs::Options::public())
+            .map_err(|e| e.to_string())?;
         let creds = match Credentials::load(self.config) {
             Ok(creds) => creds,
             Err(e) => {
                 // Never leave a ca.crt behind that the next start cannot load.
                 if let Some(old) = previous {
-                    if let Err(e) = crate::durable::replace(&path, &old, 0o644) {
+                    if let Err(e) = heex_fs::write(&path, &old, heex_fs::Options::public()) {
                         tracing::error!("cannot restore {}: {e}", path.display());
                     }
                 }

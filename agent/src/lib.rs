@@ -16,7 +16,6 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod delivery;
-pub mod durable;
 pub mod facts;
 pub mod frames;
 pub mod intake;

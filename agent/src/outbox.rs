@@ -190,9 +190,7 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, OutboxError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), OutboxError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(OutboxError::io(dir))
+    heex_fs::sync_dir(dir).map_err(|e| OutboxError::io(dir)(e.source))
 }
 
 /// The newest segment as this handle last saw it under the lock.

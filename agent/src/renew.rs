@@ -27,6 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use heex_fs::Options;
 use heex_proto::DeviceId;
 use rand::Rng;
 use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
@@ -59,13 +60,8 @@ pub enum RenewError {
     #[error("unexpected renewal response: no renewal was requested")]
     NotRequested,
     /// Writing the new files failed.
-    #[error("cannot write {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] heex_fs::Error),
 }
 
 /// The point of a certificate's lifetime at `fraction` (0.0 = notBefore, 1.0 = notAfter).
@@ -302,36 +298,40 @@ impl CredentialFiles {
     }
 
     fn dir(&self) -> &Path {
-        crate::durable::parent(&self.key)
+        heex_fs::parent(&self.key)
     }
 
-    /// Installs a checked key and certificate (see the module docs for the order).
+    /// Installs a checked key and certificate (see the module docs for the order): both
+    /// `.new` files durable, then the certificate renamed, then the key.
     pub fn install(&self, key_pem: &str, cert_pem: &str) -> Result<(), RenewError> {
-        self.stage(key_pem, cert_pem)?;
-        self.rename(&self.cert_new(), &self.cert)?;
-        self.rename(&self.key_new(), &self.key)?;
-        self.sync_dir()
-    }
-
-    /// Step 1: both `.new` files, durable.
-    fn stage(&self, key_pem: &str, cert_pem: &str) -> Result<(), RenewError> {
-        write_durable(&self.key_new(), key_pem.as_bytes(), 0o600)?;
-        write_durable(&self.cert_new(), cert_pem.as_bytes(), 0o644)?;
-        self.sync_dir()
+        let mut swap = heex_fs::Swap::new();
+        swap.stage_at(
+            &self.cert,
+            &self.cert_new(),
+            cert_pem.as_bytes(),
+            Options::public(),
+        )?;
+        swap.stage_at(
+            &self.key,
+            &self.key_new(),
+            key_pem.as_bytes(),
+            Options::private(),
+        )?;
+        Ok(swap.commit()?)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), RenewError> {
-        std::fs::rename(from, to).map_err(|source| RenewError::Io {
-            path: to.to_owned(),
-            source,
+        std::fs::rename(from, to).map_err(|source| {
+            RenewError::Io(heex_fs::Error {
+                action: heex_fs::Action::Replace,
+                path: to.to_owned(),
+                source,
+            })
         })
     }
 
     fn sync_dir(&self) -> Result<(), RenewError> {
-        crate::durable::sync_dir(self.dir()).map_err(|source| RenewError::Io {
-            path: self.dir().to_owned(),
-            source,
-        })
+        Ok(heex_fs::sync_dir(self.dir())?)
     }
 }
 
@@ -339,14 +339,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-/// [`crate::durable::write_file`]: `path` holds the whole content or does not exist.
-fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RenewError> {
-    crate::durable::write_file(path, bytes, mode).map_err(|source| RenewError::Io {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// True when `key` (PEM private key) and `cert` (PEM certificate) both parse and the
@@ -544,12 +536,11 @@ impl Renewal {
             Some(key) => Pending::for_key(key, &self.device)?,
             None => {
                 let (pending, csr) = Pending::generate(&self.device)?;
-                write_durable(
+                heex_fs::write(
                     &self.files.key_pending(),
                     pending.key.serialize_pem().as_bytes(),
-                    0o600,
+                    Options::private(),
                 )?;
-                self.files.sync_dir()?;
                 (pending, csr)
             }
         };

@@ -1,8 +1,6 @@
 //! `<state_dir>/status.json`: written by the daemon on every state change and heartbeat ack,
 //! read by `heex-agent status`.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use heex_proto::DeviceId;
@@ -117,18 +115,13 @@ impl StatusFile {
     }
 }
 
-fn write_atomic(path: &Path, status: &Status) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".status.json.")
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)?;
-    serde_json::to_writer_pretty(&mut tmp, status)?;
-    tmp.write_all(b"\n")?;
-    // No fsync: the file is rewritten at every start and every heartbeat; after a power
+fn write_atomic(path: &Path, status: &Status) -> Result<(), heex_fs::Error> {
+    // Not durable: the file is rewritten at every start and every heartbeat; after a power
     // loss a stale or missing status is harmless, and flash storage is spared.
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    heex_fs::write_with(path, heex_fs::Options::public().not_durable(), |w| {
+        serde_json::to_writer_pretty(&mut *w, status)?;
+        w.write_all(b"\n")
+    })
 }
 
 /// What `heex-agent status` reports.
@@ -303,6 +296,7 @@ mod tests {
 
     #[test]
     fn written_atomically_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let device = DeviceId::generate();
         let path = dir.path().join("status.json");

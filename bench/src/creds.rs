@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -51,34 +51,22 @@ pub(crate) struct Meta {
     pub gateway: String,
 }
 
-/// Writes the credentials atomically (temp file, fsync, rename; 0600 from creation).
+/// Writes the credentials atomically ([`heex_fs::Swap`], 0600 from creation).
 pub(crate) fn save(dir: &Path, meta: &Meta, devices: &[Device]) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let write = |name: &str, fill: &dyn Fn(&mut dyn Write) -> anyhow::Result<()>| {
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("creating a file in {}", dir.display()))?;
-        {
-            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-            fill(&mut w)?;
-            w.flush()?;
-        }
-        tmp.as_file().sync_all()?;
-        tmp.persist(dir.join(name))
-            .with_context(|| format!("writing {}", dir.join(name).display()))?;
-        anyhow::Ok(())
-    };
-    write(DEVICES, &|w| {
+    let private = heex_fs::Options::private();
+    let mut swap = heex_fs::Swap::new();
+    swap.stage_with(&dir.join(DEVICES), private, |w| {
         for d in devices {
             serde_json::to_writer(&mut *w, d)?;
             w.write_all(b"\n")?;
         }
         Ok(())
     })?;
-    write(META, &|w| {
-        serde_json::to_writer_pretty(&mut *w, meta)?;
-        Ok(())
+    swap.stage_with(&dir.join(META), private, |w| {
+        Ok(serde_json::to_writer_pretty(&mut *w, meta)?)
     })?;
-    fs::File::open(dir)?.sync_all()?;
+    swap.commit()?;
     Ok(())
 }
 

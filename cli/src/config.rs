@@ -8,7 +8,6 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -249,8 +248,7 @@ pub fn read_credentials(path: &Path) -> Result<Option<StoredCredentials>, CliErr
     })
 }
 
-/// Writes the credentials file atomically: a 0600 temp file in the same 0700 directory,
-/// fsync, rename over the old file, fsync the directory.
+/// Writes the credentials file atomically ([`heex_fs::write`], 0600) in a 0700 directory.
 pub fn write_credentials(path: &Path, creds: &StoredCredentials) -> Result<(), CliError> {
     let dir = path
         .parent()
@@ -264,25 +262,8 @@ pub fn write_credentials(path: &Path, creds: &StoredCredentials) -> Result<(), C
     }
     let text = toml::to_string(creds)
         .map_err(|e| CliError::Unexpected(format!("cannot encode credentials: {e}")))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".credentials.")
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(|e| CliError::file("create a temporary file in", dir, e))?;
-    let write = |tmp: &mut tempfile::NamedTempFile| -> std::io::Result<()> {
-        // The umask may have narrowed the mode further; never let it widen it.
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o600))?;
-        tmp.write_all(text.as_bytes())?;
-        tmp.as_file().sync_all()
-    };
-    write(&mut tmp).map_err(|e| CliError::file("write", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| CliError::file("replace", path, e.error))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| CliError::file("sync directory", dir, e))?;
+    heex_fs::write(path, text.as_bytes(), heex_fs::Options::private())
+        .map_err(|e| CliError::file(e.action.verb(), &e.path, e.source))?;
     Ok(())
 }
 

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::atomic_file::{sync_dir, write_atomic};
 use crate::cli::{BackupArgs, RestoreArgs};
 use crate::datadir::{self, DataDir, StoreKind};
 use crate::error::Error;
+use heex_fs::Options;
 
 /// The table of the data directory's files in a backup.
 const FILES_TABLE: &str = "heex_backup_files";
@@ -64,8 +64,11 @@ pub fn backup(args: &BackupArgs) -> Result<(), Error> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Named like heex_fs's temporary files, so a crash's leftover is recognisable.
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
     let tmp = tempfile::Builder::new()
-        .prefix(crate::atomic_file::TEMP_PREFIX)
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
         .tempfile_in(parent)
         .map_err(|e| Error::file(parent, e))?;
     let tmp_path = tmp.path().to_owned();
@@ -131,7 +134,7 @@ pub fn backup(args: &BackupArgs) -> Result<(), Error> {
     // Rename into place only if nothing appeared under the name meanwhile.
     tmp.persist_noclobber(out)
         .map_err(|e| Error::file(out, e.error))?;
-    sync_dir(parent)?;
+    heex_fs::sync_dir(parent)?;
     println!(
         "backup written to {} ({devices} devices, {reports} reports); restore it with \
          `heex-cloud restore --from {} --data-dir NEW_DIR`",
@@ -227,7 +230,7 @@ pub fn restore(args: &RestoreArgs) -> Result<(), Error> {
         if !FILES.iter().chain(OPTIONAL_FILES).any(|(n, _)| n == name) {
             return Err(damaged(format!("it holds an unexpected file {name:?}")));
         }
-        write_atomic(&staging.path().join(name), content, *mode)?;
+        heex_fs::write(&staging.path().join(name), content, Options::mode(*mode))?;
     }
     let db = staging.path().join(datadir::DATABASE);
     let db_name = db
@@ -250,14 +253,14 @@ pub fn restore(args: &RestoreArgs) -> Result<(), Error> {
     file.set_permissions(Permissions::from_mode(0o600))
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::file(&db, e))?;
-    sync_dir(staging.path())?;
+    heex_fs::sync_dir(staging.path())?;
     if target.exists() {
         // Empty (checked above): the staging directory takes its place.
         fs::remove_dir(target).map_err(|e| Error::file(target, e))?;
     }
     let staged: PathBuf = staging.keep();
     fs::rename(&staged, target).map_err(|e| Error::file(target, e))?;
-    sync_dir(parent)?;
+    heex_fs::sync_dir(parent)?;
     println!(
         "restored into {}; start it with `heex-cloud serve --data-dir {}`",
         target.display(),

@@ -36,11 +36,11 @@ use time::OffsetDateTime;
 
 pub mod authority;
 
-use crate::atomic_file::{write_atomic, TEMP_PREFIX};
 use crate::ca::{certificate_names, san_for, server_cert_fits, Ca};
 use crate::error::Error;
 use crate::store::postgres::PostgresUrl;
 use crate::store::{Deployment, NewKey, NewMember, NewWorkspace, Role, Store, StoreError};
+use heex_fs::Options;
 
 /// Server secret file.
 pub const SECRET: &str = "secret";
@@ -395,11 +395,19 @@ impl DataDir {
         let now = OffsetDateTime::now_utc();
 
         let secret = ServerSecret::generate();
-        write_atomic(&self.path(SECRET), secret.as_bytes(), 0o600)?;
+        heex_fs::write(&self.path(SECRET), secret.as_bytes(), Options::private())?;
 
         let (ca, ca_key_pem) = Ca::generate(now).map_err(|e| Error::Internal(e.to_string()))?;
-        write_atomic(&self.path(CA_KEY), ca_key_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.path(CA_CERT), ca.cert_pem().as_bytes(), 0o644)?;
+        heex_fs::write(
+            &self.path(CA_KEY),
+            ca_key_pem.as_bytes(),
+            Options::private(),
+        )?;
+        heex_fs::write(
+            &self.path(CA_CERT),
+            ca.cert_pem().as_bytes(),
+            Options::public(),
+        )?;
         self.write_server_cert(&ca, &opts.hostnames, now, crate::ca::SERVER_CERT_LIFETIME)?;
 
         let kind = self.store_kind();
@@ -433,7 +441,7 @@ impl DataDir {
         let text = format!(
             "# Heex cloud data directory settings, written last by `heex-cloud init`.\n{text}"
         );
-        write_atomic(&self.path(SETTINGS), text.as_bytes(), 0o644)?;
+        heex_fs::write(&self.path(SETTINGS), text.as_bytes(), Options::public())?;
 
         Ok(InitReport {
             root: self.root.clone(),
@@ -608,8 +616,19 @@ impl DataDir {
         let issued = ca
             .issue_server_cert(&names, now, lifetime)
             .map_err(|e| Error::Usage(e.to_string()))?;
-        write_atomic(&self.path(SERVER_KEY), issued.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.path(SERVER_CERT), issued.cert_pem.as_bytes(), 0o644)
+        // Both written before either replaces its predecessor, back to back.
+        let mut swap = heex_fs::Swap::new();
+        swap.stage(
+            &self.path(SERVER_KEY),
+            issued.key_pem.as_bytes(),
+            Options::private(),
+        )?;
+        swap.stage(
+            &self.path(SERVER_CERT),
+            issued.cert_pem.as_bytes(),
+            Options::public(),
+        )?;
+        Ok(swap.commit()?)
     }
 
     /// Issues a new server certificate (the current one's names and `hostnames`) and writes
@@ -666,7 +685,9 @@ impl DataDir {
         for entry in fs::read_dir(&self.root).map_err(|e| Error::file(&self.root, e))? {
             let entry = entry.map_err(|e| Error::file(&self.root, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if OWN_FILES.contains(&name.as_str()) || name.starts_with(TEMP_PREFIX) {
+            // Temporary files a crash left (".tmp-*" from earlier versions).
+            let temporary = heex_fs::is_temporary(&name) || name.starts_with(".tmp-");
+            if OWN_FILES.contains(&name.as_str()) || temporary {
                 leftovers.push(entry.path());
             } else {
                 return Err(Error::NotEmpty(self.root.clone()));

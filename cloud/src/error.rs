@@ -69,6 +69,13 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<heex_fs::Error> for Error {
+    /// A failed write names its file, as [`Error::file`].
+    fn from(e: heex_fs::Error) -> Self {
+        Error::file(e.path, e.source)
+    }
+}
+
 impl Error {
     /// The process exit code for this error (see `heex_proto::exit`).
     pub fn exit_code(&self) -> i32 {

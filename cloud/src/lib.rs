@@ -9,7 +9,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod atomic_file;
 pub mod auth;
 pub mod backup;
 pub mod ca;

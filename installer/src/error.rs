@@ -71,6 +71,17 @@ impl InstallError {
     }
 }
 
+impl From<heex_fs::Error> for InstallError {
+    fn from(e: heex_fs::Error) -> Self {
+        let action = match e.action {
+            heex_fs::Action::Write => "cannot write",
+            heex_fs::Action::Replace => "cannot replace",
+            heex_fs::Action::SyncDirectory => "cannot sync directory",
+        };
+        InstallError::file(action, &e.path, e.source)
+    }
+}
+
 impl From<heex_trust::TrustError> for InstallError {
     fn from(e: heex_trust::TrustError) -> Self {
         use heex_trust::TrustError;

@@ -317,24 +317,28 @@ fn write_credentials(
         &issued.device_id,
         state_dir,
     )?;
-    let staged = vec![
-        files::stage(
-            &state_dir.join(DEVICE_KEY),
-            key.private_pem().as_bytes(),
+    let private_key = key.private_pem();
+    let mut swap = heex_fs::Swap::new();
+    for (dest, contents, mode) in [
+        (
+            state_dir.join(DEVICE_KEY),
+            private_key.as_str(),
             files::PRIVATE,
-        )?,
-        files::stage(
-            &state_dir.join(DEVICE_CRT),
-            issued.certificate_pem.as_bytes(),
+        ),
+        (
+            state_dir.join(DEVICE_CRT),
+            issued.certificate_pem.as_str(),
             files::PUBLIC,
-        )?,
-        files::stage(
-            &state_dir.join(CA_CRT),
-            issued.ca_pem.as_bytes(),
+        ),
+        (
+            state_dir.join(CA_CRT),
+            issued.ca_pem.as_str(),
             files::PUBLIC,
-        )?,
-        files::stage(&config_path, config.as_bytes(), files::PUBLIC)?,
-    ];
+        ),
+        (config_path, config.as_str(), files::PUBLIC),
+    ] {
+        swap.stage(&dest, contents.as_bytes(), files::options(mode))?;
+    }
     // The previous enrollment's renewal in flight, if any: its key is not this one's.
     let pending = state_dir.join(DEVICE_KEY_PENDING);
     match std::fs::remove_file(&pending) {
@@ -342,5 +346,5 @@ fn write_credentials(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(InstallError::file("cannot remove", &pending, e)),
     }
-    files::commit_all(staged)
+    Ok(swap.commit()?)
 }

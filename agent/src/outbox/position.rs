@@ -7,7 +7,6 @@
 //! reuse numbers the cloud already holds.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -42,13 +41,9 @@ fn read_mark(dir: &Path, name: &str, what: &str) -> u64 {
 pub(super) fn write_mark(dir: &Path, name: &str, seq: u64) -> Result<(), OutboxError> {
     let mut bytes = seq.to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc32fast::hash(&seq.to_le_bytes()).to_le_bytes());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(OutboxError::io(dir))?;
-    tmp.write_all(&bytes).map_err(OutboxError::io(dir))?;
-    tmp.as_file().sync_data().map_err(OutboxError::io(dir))?;
     let path = dir.join(name);
-    tmp.persist(&path)
-        .map_err(|e| OutboxError::io(&path)(e.error))?;
-    super::sync_dir(dir)
+    heex_fs::write(&path, &bytes, heex_fs::Options::private())
+        .map_err(|e| OutboxError::io(&e.path)(e.source))
 }
 
 /// The highest acknowledged sequence number recorded in `dir` (0 when none).
@@ -81,14 +76,10 @@ pub fn notice(dir: &Path, message: &str) {
         at: OffsetDateTime::now_utc(),
         message: message.to_owned(),
     };
-    let written = serde_json::to_vec(&notice)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| {
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            tmp.write_all(&bytes)?;
-            tmp.persist(dir.join(NOTICE_FILE)).map_err(|e| e.error)?;
-            Ok(())
-        });
+    let options = heex_fs::Options::private().not_durable();
+    let written = heex_fs::write_with(&dir.join(NOTICE_FILE), options, |w| {
+        serde_json::to_writer(&mut *w, &notice).map_err(std::io::Error::other)
+    });
     if let Err(e) = written {
         tracing::warn!(error = %e, "cannot record the outbox notice");
     }

@@ -377,10 +377,20 @@ fn crash_after(f: &Fixture, step: usize) -> (String, String) {
     );
     let key_pem = key.serialize_pem();
     if step >= 1 {
-        write_durable(&f.files.key_new(), key_pem.as_bytes(), 0o600).unwrap();
+        heex_fs::write(
+            &f.files.key_new(),
+            key_pem.as_bytes(),
+            heex_fs::Options::private(),
+        )
+        .unwrap();
     }
     if step >= 2 {
-        write_durable(&f.files.cert_new(), cert.as_bytes(), 0o644).unwrap();
+        heex_fs::write(
+            &f.files.cert_new(),
+            cert.as_bytes(),
+            heex_fs::Options::public(),
+        )
+        .unwrap();
     }
     if step >= 3 {
         std::fs::rename(f.files.cert_new(), &f.files.cert).unwrap();

@@ -37,11 +37,11 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::atomic_file::{sync_dir, write_atomic};
 use crate::ca::{Ca, CaError};
 use crate::datadir::{read_text, DataDir, CA_CERT, CA_KEY};
 use crate::error::Error;
 use crate::store::ops::CaRetirement;
+use heex_fs::Options;
 
 /// The new CA's certificate during a rotation (PEM).
 pub const CA_NEXT_CERT: &str = "ca-next.crt";
@@ -295,7 +295,7 @@ pub fn complete_interrupted_retire(dir: &DataDir) -> Result<bool, Error> {
     }
     let ca_cert = dir.path(CA_CERT);
     fs::rename(&next_cert, &ca_cert).map_err(|e| Error::file(&ca_cert, e))?;
-    sync_dir(dir.root())?;
+    heex_fs::sync_dir(dir.root())?;
     tracing::warn!("completed an interrupted CA retirement: the new CA is now ca.crt");
     Ok(true)
 }
@@ -323,8 +323,16 @@ pub fn rotate(dir: &DataDir, now: OffsetDateTime) -> Result<Rotated, Error> {
         )));
     }
     let (next, key_pem) = Ca::generate(now).map_err(|e| Error::Internal(e.to_string()))?;
-    write_atomic(&dir.path(CA_NEXT_KEY), key_pem.as_bytes(), 0o600)?;
-    write_atomic(&dir.path(CA_NEXT_CERT), next.cert_pem().as_bytes(), 0o644)?;
+    heex_fs::write(
+        &dir.path(CA_NEXT_KEY),
+        key_pem.as_bytes(),
+        Options::private(),
+    )?;
+    heex_fs::write(
+        &dir.path(CA_NEXT_CERT),
+        next.cert_pem().as_bytes(),
+        Options::public(),
+    )?;
     Ok(Rotated {
         current: current.fingerprint(),
         next: next.fingerprint(),
@@ -481,9 +489,9 @@ pub async fn retire(dir: &DataDir, force: bool) -> Result<Retired, Error> {
     let (next_key, next_cert) = (dir.path(CA_NEXT_KEY), dir.path(CA_NEXT_CERT));
     let (ca_key, ca_cert) = (dir.path(CA_KEY), dir.path(CA_CERT));
     fs::rename(&next_key, &ca_key).map_err(|e| Error::file(&ca_key, e))?;
-    sync_dir(dir.root())?;
+    heex_fs::sync_dir(dir.root())?;
     fs::rename(&next_cert, &ca_cert).map_err(|e| Error::file(&ca_cert, e))?;
-    sync_dir(dir.root())?;
+    heex_fs::sync_dir(dir.root())?;
     Ok(Retired { old, new, stranded })
 }
 
