@@ -154,20 +154,7 @@ pub fn parse_ca_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, String
         if kind != SectionKind::Certificate {
             return Err(format!("PEM block {n} is not a certificate ({kind:?})"));
         }
-        let (rest, cert) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| format!("certificate {n} is not an X.509 certificate ({e})"))?;
-        if !rest.is_empty() {
-            return Err(format!("certificate {n} has trailing data"));
-        }
-        match cert.basic_constraints() {
-            Ok(Some(bc)) if bc.value.ca => {}
-            Ok(_) => return Err(format!("certificate {n} is not a CA certificate")),
-            Err(e) => {
-                return Err(format!(
-                    "certificate {n} has invalid basic constraints ({e})"
-                ))
-            }
-        }
+        heex_pki::cert::check_ca(&der).map_err(|e| format!("certificate {n} {e}"))?;
         let der = CertificateDer::from(der);
         RootCertStore::empty()
             .add(der.clone())
@@ -180,14 +167,7 @@ pub fn parse_ca_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, String
 /// A CA bundle as PEM, one `CERTIFICATE` block per certificate, in order: the contents of
 /// `ca.crt`.
 pub fn bundle_pem(bundle: &[CertificateDer<'_>]) -> String {
-    let blocks: Vec<pem::Pem> = bundle
-        .iter()
-        .map(|cert| pem::Pem::new("CERTIFICATE", cert.as_ref()))
-        .collect();
-    pem::encode_many_config(
-        &blocks,
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
+    heex_pki::cert::certificates_pem(bundle.iter().map(|cert| cert.as_ref()))
 }
 
 /// What the agent needs from its certificate.
@@ -201,18 +181,15 @@ pub struct LeafInfo {
 
 /// Parses the CN and expiry of a certificate.
 pub fn leaf_info(der: &CertificateDer<'_>) -> Result<LeafInfo, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| format!("not an X.509 certificate ({e})"))?;
+    let cert = heex_pki::Certificate::parse(der).map_err(|e| e.to_string())?;
     let common_name = cert
-        .subject()
-        .iter_common_name()
+        .common_names
+        .into_iter()
         .next()
-        .and_then(|cn| cn.as_str().ok())
-        .ok_or("the certificate has no common name")?
-        .to_owned();
+        .ok_or("the certificate has no common name")?;
     Ok(LeafInfo {
         common_name,
-        not_after: cert.validity().not_after.to_datetime(),
+        not_after: cert.not_after,
     })
 }
 
@@ -263,7 +240,7 @@ fn corrupt(what: &'static str, path: &Path, reason: String) -> CredentialsError 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testpki::TestPki;
+    use heex_pki::test_kit::TestCa;
 
     fn config_in(dir: &Path, device: &DeviceId) -> Config {
         let text = format!(
@@ -277,7 +254,7 @@ mod tests {
     #[test]
     fn loads_good_credentials() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = TestPki::new();
+        let pki = TestCa::new();
         let device = DeviceId::generate();
         pki.write_device(dir.path(), &device);
         let creds = Credentials::load(&config_in(dir.path(), &device)).unwrap();
@@ -287,7 +264,7 @@ mod tests {
 
     #[test]
     fn each_problem_names_the_file_and_the_fix() {
-        let pki = TestPki::new();
+        let pki = TestCa::new();
         let device = DeviceId::generate();
         type Break = fn(&Path);
         let cases: [(&str, Break); 5] = [
@@ -326,8 +303,8 @@ mod tests {
     #[test]
     fn every_certificate_of_ca_crt_is_trusted_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = TestPki::new();
-        let next = TestPki::new();
+        let pki = TestCa::new();
+        let next = TestCa::new();
         let device = DeviceId::generate();
         pki.write_device(dir.path(), &device);
         let one = Credentials::load(&config_in(dir.path(), &device)).unwrap();
@@ -352,8 +329,8 @@ mod tests {
 
     #[test]
     fn ca_bundles_from_the_cloud_are_checked() {
-        let a = TestPki::new();
-        let b = TestPki::new();
+        let a = TestCa::new();
+        let b = TestCa::new();
         let bundle = parse_ca_bundle(&format!("{}{}", a.ca_pem, b.ca_pem)).unwrap();
         assert_eq!(bundle, vec![a.ca_der.clone(), b.ca_der.clone()]);
         // What is written to ca.crt reads back as the same bundle.
@@ -390,7 +367,7 @@ mod tests {
     #[test]
     fn key_of_another_device_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = TestPki::new();
+        let pki = TestCa::new();
         let device = DeviceId::generate();
         pki.write_device(dir.path(), &device);
         let other = tempfile::tempdir().unwrap();
@@ -407,7 +384,7 @@ mod tests {
     #[test]
     fn certificate_of_another_device_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = TestPki::new();
+        let pki = TestCa::new();
         pki.write_device(dir.path(), &DeviceId::generate());
         let err = Credentials::load(&config_in(dir.path(), &DeviceId::generate())).unwrap_err();
         assert!(matches!(err, CredentialsError::WrongDevice { .. }), "{err}");

@@ -27,9 +27,6 @@ pub mod report;
 pub mod session;
 pub mod status;
 
-#[cfg(test)]
-mod testpki;
-
 use std::path::Path;
 
 use heex_proto::exit;

@@ -28,14 +28,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use heex_fs::Options;
+use heex_pki::{Certificate, DeviceKey};
 use heex_proto::DeviceId;
 use rand::Rng;
-use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::X509Certificate;
 
 /// Earliest point of the lifetime at which the agent renews.
 pub const RENEW_FROM: f64 = 0.70;
@@ -52,7 +50,7 @@ pub const MAX_RETRY: Duration = Duration::from_secs(5 * 60);
 pub enum RenewError {
     /// The key or CSR could not be made.
     #[error("cannot make the renewal key or CSR: {0}")]
-    Key(#[from] rcgen::Error),
+    Key(#[from] heex_pki::key::KeyError),
     /// The gateway's certificate is not acceptable.
     #[error("renewed certificate refused: {0}")]
     Certificate(String),
@@ -120,7 +118,7 @@ pub fn retry_delay(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Dur
 
 /// A fresh key pair and its CSR, waiting for the gateway's certificate.
 pub struct Pending {
-    key: KeyPair,
+    key: DeviceKey,
 }
 
 impl std::fmt::Debug for Pending {
@@ -133,84 +131,29 @@ impl Pending {
     /// Generates a fresh P-256 key and a CSR for it, PEM. The CSR's subject is informative
     /// only; the cloud certifies the identity of the current certificate.
     pub fn generate(device: &DeviceId) -> Result<(Pending, String), RenewError> {
-        Pending::for_key(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?, device)
+        Pending::for_key(DeviceKey::generate()?, device)
     }
 
     /// The key of an earlier request that may have been answered (see the module docs),
     /// when `files` keeps one that is not the current certificate's key.
-    fn kept(files: &CredentialFiles, current: &CertificateDer<'_>) -> Option<KeyPair> {
+    fn kept(files: &CredentialFiles, current: &CertificateDer<'_>) -> Option<DeviceKey> {
         let pem = std::fs::read_to_string(files.key_pending()).ok()?;
-        let key = KeyPair::from_pem(&pem).ok()?;
-        let current_key = parse(current.as_ref())
-            .ok()?
-            .tbs_certificate
-            .subject_pki
-            .raw;
-        (current_key != key.subject_public_key_info().as_slice()).then_some(key)
+        let key = DeviceKey::from_pem(&pem).ok()?;
+        let current = Certificate::parse(current).ok()?;
+        (!current.certifies(&key.spki())).then_some(key)
     }
 
     /// A CSR for `key`, PEM.
-    fn for_key(key: KeyPair, device: &DeviceId) -> Result<(Pending, String), RenewError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, device.as_str());
-        let csr = params.serialize_request(&key)?.pem()?;
+    fn for_key(key: DeviceKey, device: &DeviceId) -> Result<(Pending, String), RenewError> {
+        let csr = key.csr_pem(device.as_str())?;
         Ok((Pending { key }, csr))
     }
 }
 
-/// The identity a device certificate carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertIdentity {
-    /// Subject CN.
-    pub common_name: String,
-    /// URI SANs (the SPIFFE ID).
-    pub uris: Vec<String>,
-    /// notBefore.
-    pub not_before: OffsetDateTime,
-    /// notAfter.
-    pub not_after: OffsetDateTime,
-}
-
-fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
-    x509_parser::parse_x509_certificate(der)
-        .map(|(_, c)| c)
-        .map_err(|e| format!("not an X.509 certificate ({e})"))
-}
-
-fn identity_of(cert: &X509Certificate<'_>) -> CertIdentity {
-    let common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let uris = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::URI(u) => Some((*u).to_owned()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    CertIdentity {
-        common_name,
-        uris,
-        not_before: cert.validity().not_before.to_datetime(),
-        not_after: cert.validity().not_after.to_datetime(),
-    }
-}
-
 /// The identity in a PEM certificate file's first certificate.
-pub fn read_identity(path: &Path) -> Result<CertIdentity, String> {
+pub fn read_identity(path: &Path) -> Result<Certificate, String> {
     let der = read_first_certificate(path)?;
-    Ok(identity_of(&parse(der.as_ref())?))
+    Certificate::parse(&der).map_err(|e| e.to_string())
 }
 
 fn read_first_certificate(path: &Path) -> Result<CertificateDer<'static>, String> {
@@ -222,10 +165,7 @@ fn read_first_certificate(path: &Path) -> Result<CertificateDer<'static>, String
 /// True when `cert` is signed by the key of `ca` (both DER; false when either does not
 /// parse).
 pub fn signed_by(cert: &CertificateDer<'_>, ca: &CertificateDer<'_>) -> bool {
-    let (Ok(cert), Ok(ca)) = (parse(cert.as_ref()), parse(ca.as_ref())) else {
-        return false;
-    };
-    cert.verify_signature(Some(ca.public_key())).is_ok()
+    heex_pki::cert::signed_by(cert, ca)
 }
 
 /// Checks a renewed certificate before anything is written: it parses, is signed by one of
@@ -235,30 +175,26 @@ pub fn signed_by(cert: &CertificateDer<'_>, ca: &CertificateDer<'_>) -> bool {
 pub fn check_renewed(
     certificate_pem: &str,
     bundle: &[CertificateDer<'_>],
-    key: &KeyPair,
-    current: &CertIdentity,
+    key: &DeviceKey,
+    current: &Certificate,
     now: OffsetDateTime,
-) -> Result<CertIdentity, RenewError> {
+) -> Result<Certificate, RenewError> {
     let bad = RenewError::Certificate;
     let der = CertificateDer::from_pem_slice(certificate_pem.as_bytes())
         .map_err(|e| bad(format!("not a PEM certificate ({e:?})")))?;
-    let cert = parse(der.as_ref()).map_err(bad)?;
-    let signed = bundle.iter().any(|ca| {
-        parse(ca.as_ref()).is_ok_and(|ca| cert.verify_signature(Some(ca.public_key())).is_ok())
-    });
-    if !signed {
+    let identity = Certificate::parse(&der).map_err(|e| bad(e.to_string()))?;
+    if !bundle.iter().any(|ca| signed_by(&der, ca)) {
         return Err(bad(
             "not signed by a CA this device trusts (ca.crt)".to_owned()
         ));
     }
-    if cert.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
+    if !identity.certifies(&key.spki()) {
         return Err(bad("it does not certify the new key".to_owned()));
     }
-    let identity = identity_of(&cert);
-    if identity.common_name != current.common_name || identity.uris != current.uris {
+    if identity.common_names != current.common_names || identity.uris != current.uris {
         return Err(bad(format!(
-            "it names {} {:?}, not this device ({} {:?})",
-            identity.common_name, identity.uris, current.common_name, current.uris
+            "it names {:?} {:?}, not this device ({:?} {:?})",
+            identity.common_names, identity.uris, current.common_names, current.uris
         )));
     }
     if identity.not_after <= now {
@@ -347,15 +283,13 @@ pub fn pair_matches(key: &Path, cert: &Path) -> bool {
     let (Ok(key_pem), Ok(cert_pem)) = (std::fs::read_to_string(key), std::fs::read(cert)) else {
         return false;
     };
-    let Ok(key) = KeyPair::from_pem(&key_pem) else {
+    let Ok(key) = DeviceKey::from_pem(&key_pem) else {
         return false;
     };
     let Ok(der) = CertificateDer::from_pem_slice(&cert_pem) else {
         return false;
     };
-    parse(der.as_ref()).is_ok_and(|c| {
-        c.tbs_certificate.subject_pki.raw == key.subject_public_key_info().as_slice()
-    })
+    Certificate::parse(&der).is_ok_and(|c| c.certifies(&key.spki()))
 }
 
 /// What [`reconcile`] found.
@@ -429,12 +363,12 @@ pub fn complete(
     files: &CredentialFiles,
     bundle: &[CertificateDer<'_>],
     pending: Pending,
-    current: &CertIdentity,
+    current: &Certificate,
     certificate_pem: &str,
     now: OffsetDateTime,
-) -> Result<CertIdentity, RenewError> {
+) -> Result<Certificate, RenewError> {
     let identity = check_renewed(certificate_pem, bundle, &pending.key, current, now)?;
-    files.install(&pending.key.serialize_pem(), certificate_pem)?;
+    files.install(&pending.key.private_pem(), certificate_pem)?;
     Ok(identity)
 }
 
@@ -447,7 +381,7 @@ pub struct Renewal {
     /// The CA bundle this device trusts (`ca.crt`), in file order.
     bundle: Vec<CertificateDer<'static>>,
     device: DeviceId,
-    current: CertIdentity,
+    current: Certificate,
     current_der: CertificateDer<'static>,
     /// Start of the current certificate's renewal window (see [`lifetime_start`]).
     start: OffsetDateTime,
@@ -464,7 +398,7 @@ impl Renewal {
         device: DeviceId,
     ) -> Result<Renewal, String> {
         let current_der = read_first_certificate(&files.cert)?;
-        let current = identity_of(&parse(current_der.as_ref())?);
+        let current = Certificate::parse(&current_der).map_err(|e| e.to_string())?;
         // The file was written when the certificate arrived (by the installer or a renewal).
         let received = std::fs::metadata(&files.cert)
             .and_then(|m| m.modified())
@@ -496,7 +430,7 @@ impl Renewal {
     }
 
     /// The current certificate.
-    pub fn current(&self) -> &CertIdentity {
+    pub fn current(&self) -> &Certificate {
         &self.current
     }
 
@@ -538,7 +472,7 @@ impl Renewal {
                 let (pending, csr) = Pending::generate(&self.device)?;
                 heex_fs::write(
                     &self.files.key_pending(),
-                    pending.key.serialize_pem().as_bytes(),
+                    pending.key.private_pem().as_bytes(),
                     Options::private(),
                 )?;
                 (pending, csr)
@@ -554,7 +488,7 @@ impl Renewal {
         &mut self,
         certificate_pem: &str,
         now: OffsetDateTime,
-    ) -> Result<&CertIdentity, RenewError> {
+    ) -> Result<&Certificate, RenewError> {
         let pending = self.pending.take().ok_or(RenewError::NotRequested)?;
         let renewed = complete(
             &self.files,

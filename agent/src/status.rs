@@ -265,7 +265,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testpki::TestPki;
+    use heex_pki::test_kit::TestCa;
 
     fn config(dir: &Path, device: &DeviceId) -> Config {
         let text = format!(
@@ -314,7 +314,7 @@ mod tests {
     fn report_of_a_dead_daemon_is_not_connected() {
         let dir = tempfile::tempdir().unwrap();
         let device = DeviceId::generate();
-        let pki = TestPki::new();
+        let pki = TestCa::new();
         pki.write_device(dir.path(), &device);
         let cfg = config(dir.path(), &device);
 

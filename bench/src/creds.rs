@@ -152,23 +152,19 @@ mod tests {
     use super::*;
 
     fn device(i: usize) -> (Device, String) {
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let ca = heex_pki::test_kit::TestCa::new();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec![format!("dev-{i}")])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let cert = ca.sign(
+            &rcgen::CertificateParams::new(vec![format!("dev-{i}")]).unwrap(),
+            &key,
+        );
         (
             Device {
                 device_id: format!("dev_{i}"),
                 key_pem: key.serialize_pem(),
                 cert_pem: cert.pem(),
             },
-            ca.pem(),
+            ca.ca_pem,
         )
     }
 

@@ -8,13 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use heex_proto::frame::{self, CloseReason, FrameError, Message};
 use heex_proto::DeviceId;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use rcgen::KeyPair;
 use rustls::crypto::ring;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::PrivatePkcs8KeyDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::Peer;
 use crate::creds::{self, Device, Meta};
 use crate::worker::{self, Event, Job, StormJob};
+use heex_pki::test_kit::TestCa;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -32,32 +30,17 @@ struct Fixture {
 }
 
 fn fixture(n: usize) -> Fixture {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
+    let ca = TestCa::new();
+    let (server_chain, server_key) = ca.server(&["127.0.0.1"]);
 
     let mut devices = Vec::new();
     let mut by_cert = HashMap::new();
     for _ in 0..n {
         let id = DeviceId::generate();
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, id.as_str());
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &issuer).unwrap();
+        let mut params = TestCa::device_params(id.as_str());
+        params.subject_alt_names.clear();
+        let cert = ca.sign(&params, &key);
         by_cert.insert(cert.der().to_vec(), id.clone());
         devices.push(Device {
             device_id: id.to_string(),
@@ -67,14 +50,14 @@ fn fixture(n: usize) -> Fixture {
     }
     let dir = tempfile::tempdir().unwrap();
     let meta = Meta {
-        ca_pem: ca.pem(),
+        ca_pem: ca.ca_pem.clone(),
         gateway: "127.0.0.1:1".into(),
     };
     creds::save(dir.path(), &meta, &devices).unwrap();
 
     let provider = Arc::new(ring::default_provider());
     let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
+    roots.add(ca.ca_der.clone()).unwrap();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .unwrap();
@@ -82,10 +65,7 @@ fn fixture(n: usize) -> Fixture {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![server.der().clone(), ca.der().clone()],
-            PrivatePkcs8KeyDer::from(server_key.serialize_der()).into(),
-        )
+        .with_single_cert(server_chain, server_key)
         .unwrap();
     config.alpn_protocols = vec![heex_proto::ALPN.to_vec(), b"http/1.1".to_vec()];
     Fixture {

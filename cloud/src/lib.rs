@@ -11,11 +11,9 @@
 pub mod api;
 pub mod auth;
 pub mod backup;
-pub mod ca;
 pub mod cli;
 pub mod console;
 pub mod context;
-pub mod csr;
 pub mod datadir;
 pub mod error;
 pub mod gateway;
@@ -41,6 +39,8 @@ use crate::cli::{
 use crate::datadir::{authority, DataDir};
 pub use crate::error::Error;
 use crate::gateway::{GatewayTls, SessionRegistry};
+/// The CA and the CSR intake live in `heex-pki`; `crate::ca` and `crate::csr` name them.
+pub use heex_pki::{ca, csr};
 
 /// Runs one `heex-cloud` command to completion.
 pub fn run(cli: Cli) -> Result<(), Error> {

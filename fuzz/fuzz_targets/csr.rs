@@ -6,14 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-// The cloud's CSR intake, compiled from its source: depending on all of heex-cloud would put
-// its server stack (axum, SQLite, ...) into the sanitizer build. The module uses only rcgen,
-// x509-parser and thiserror.
-#[allow(dead_code, missing_docs)]
-#[path = "../../cloud/src/csr.rs"]
-mod csr;
-
-use csr::DeviceCsr;
+use heex_pki::csr::DeviceCsr;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(csr) = DeviceCsr::from_der(data) {

@@ -1,65 +1,16 @@
 //! The device's own identity: its private key, generated here and never sent anywhere, the CSR
 //! that carries its public half, and the checks applied to the certificate the cloud returns.
 
-use std::fmt;
-
+use heex_pki::Certificate;
 use heex_proto::api::EnrollResponse;
 use heex_proto::{DeviceId, SpiffeId};
-use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData};
 use time::OffsetDateTime;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::InstallError;
 use crate::trust::TrustAnchor;
 
-/// The device's private key (ECDSA P-256). `Debug` never shows it.
-pub struct DeviceKey(KeyPair);
-
-impl fmt::Debug for DeviceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DeviceKey(<redacted>)")
-    }
-}
-
-impl DeviceKey {
-    /// A fresh ECDSA P-256 key from the system's secure random source.
-    pub fn generate() -> Result<Self, InstallError> {
-        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map(DeviceKey)
-            .map_err(|e| InstallError::Unexpected(format!("cannot generate the device key: {e}")))
-    }
-
-    /// Loads a PKCS#8 PEM key.
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
-        KeyPair::from_pem(pem)
-            .map(DeviceKey)
-            .map_err(|e| e.to_string())
-    }
-
-    /// A PKCS#10 CSR for this key, PEM. The subject is informative only: the cloud builds the
-    /// certificate from its own records.
-    pub fn csr_pem(&self, name: &str) -> Result<String, InstallError> {
-        let err = |e: rcgen::Error| InstallError::Unexpected(format!("cannot make the CSR: {e}"));
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .serialize_request(&self.0)
-            .map_err(err)?
-            .pem()
-            .map_err(err)
-    }
-
-    /// The private key as PKCS#8 PEM, for `device.key`.
-    pub fn private_pem(&self) -> String {
-        self.0.serialize_pem()
-    }
-
-    /// The DER SubjectPublicKeyInfo, to match against a certificate.
-    pub fn spki(&self) -> Vec<u8> {
-        self.0.subject_public_key_info()
-    }
-}
+/// The device's private key (ECDSA P-256), generated here. `Debug` never shows it.
+pub use heex_pki::DeviceKey;
 
 /// What the installer checks and reports about a device certificate.
 #[derive(Debug, Clone)]
@@ -72,34 +23,11 @@ pub struct DeviceCert {
     pub not_after: OffsetDateTime,
 }
 
-/// The DER certificates in a PEM text, in order.
-pub fn pem_certificates(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let blocks = pem::parse_many(text).map_err(|e| e.to_string())?;
-    Ok(blocks
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| b.into_contents())
-        .collect())
-}
+pub use heex_pki::cert::pem_certificates;
 
 /// One certificate as PEM.
 pub fn certificate_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}
-
-/// Checks that `der` parses as an X.509 CA certificate (basicConstraints CA:true); the error
-/// says what is wrong.
-pub fn check_ca_cert(der: &[u8]) -> Result<(), String> {
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| format!("does not parse: {e}"))?;
-    if !rest.is_empty() {
-        return Err("has trailing data".to_owned());
-    }
-    match cert.basic_constraints() {
-        Ok(Some(bc)) if bc.value.ca => Ok(()),
-        Ok(_) => Err("is not a CA certificate".to_owned()),
-        Err(e) => Err(format!("has invalid basic constraints: {e}")),
-    }
+    heex_pki::cert::certificates_pem([der])
 }
 
 /// Checks that `cert_der` is signed by `ca_der` and certifies the public key `spki`; returns
@@ -119,51 +47,20 @@ pub fn check_device_cert_by_any(
     cas: &[&[u8]],
     spki: &[u8],
 ) -> Result<DeviceCert, String> {
-    let (_, cert) = X509Certificate::from_der(cert_der)
-        .map_err(|e| format!("certificate does not parse: {e}"))?;
-    let mut signed = false;
-    for ca_der in cas {
-        let (_, ca) = X509Certificate::from_der(ca_der)
-            .map_err(|e| format!("CA certificate does not parse: {e}"))?;
-        if cert.verify_signature(Some(ca.public_key())).is_ok() {
-            signed = true;
-            break;
-        }
-    }
-    if !signed {
+    let cert = Certificate::parse(cert_der).map_err(|e| format!("certificate {e}"))?;
+    if !cas.iter().any(|ca| heex_pki::cert::signed_by(cert_der, ca)) {
         return Err(match cas.len() {
             1 => "certificate is not signed by the CA".to_owned(),
             n => format!("certificate is not signed by any of the {n} CA certificates"),
         });
     }
-    if cert.public_key().raw != spki {
+    if !cert.certifies(spki) {
         return Err("certificate is for another key than device.key".to_owned());
     }
-    let common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let uris = cert
-        .subject_alternative_name()
-        .map_err(|e| format!("certificate has invalid subject alternative names: {e}"))?
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     Ok(DeviceCert {
-        common_name,
-        uris,
-        not_after: cert.validity().not_after.to_datetime(),
+        common_name: cert.common_names.into_iter().next().unwrap_or_default(),
+        uris: cert.uris,
+        not_after: cert.not_after,
     })
 }
 
@@ -208,7 +105,8 @@ pub fn check_response(
         )));
     }
     for (n, der) in cas.iter().enumerate() {
-        check_ca_cert(der).map_err(|e| unexpected(format!("CA certificate {} {e}", n + 1)))?;
+        heex_pki::cert::check_ca(der)
+            .map_err(|e| unexpected(format!("CA certificate {} {e}", n + 1)))?;
     }
     let cert_der = pem_certificates(resp.certificate_pem.as_bytes())
         .map_err(|e| unexpected(format!("device certificate: {e}")))?

@@ -71,6 +71,12 @@ impl InstallError {
     }
 }
 
+impl From<heex_pki::key::KeyError> for InstallError {
+    fn from(e: heex_pki::key::KeyError) -> Self {
+        InstallError::Unexpected(e.to_string())
+    }
+}
+
 impl From<heex_fs::Error> for InstallError {
     fn from(e: heex_fs::Error) -> Self {
         let action = match e.action {

@@ -1,11 +1,9 @@
-//! The anchored verifier against a test PKI made here with rcgen.
+//! The anchored verifier against the test CA of `heex-pki` and leaves made here.
 
 use std::path::PathBuf;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use heex_pki::test_kit::TestCa;
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 
 use super::*;
 
@@ -15,21 +13,12 @@ const WORDING: Wording = Wording {
     bad_signature_is_not_signed: true,
 };
 
-fn ca(name: &str) -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    (cert.der().clone(), Issuer::new(params, key))
+fn ca(name: &str) -> (CertificateDer<'static>, TestCa) {
+    let ca = TestCa::named(name);
+    (ca.ca_der.clone(), ca)
 }
 
-fn server_leaf(issuer: &Issuer<'static, KeyPair>, names: &[&str]) -> CertificateDer<'static> {
+fn server_leaf(ca: &TestCa, names: &[&str]) -> CertificateDer<'static> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(names).unwrap();
@@ -37,7 +26,7 @@ fn server_leaf(issuer: &Issuer<'static, KeyPair>, names: &[&str]) -> Certificate
         .distinguished_name
         .push(DnType::CommonName, "heex-cloud");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.signed_by(&key, issuer).unwrap().der().clone()
+    ca.sign(&params, &key).der().clone()
 }
 
 fn verify(

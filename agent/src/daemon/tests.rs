@@ -7,18 +7,18 @@ use std::sync::Arc;
 use heex_proto::DeviceId;
 
 use super::*;
-use crate::testpki::TestPki;
+use heex_pki::test_kit::TestCa;
 
 struct Fixture {
     dir: tempfile::TempDir,
-    pki: TestPki,
+    pki: TestCa,
     config: Config,
     notifier: Notifier,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new();
+    let pki = TestCa::new();
     let device = DeviceId::generate();
     pki.write_device(dir.path(), &device);
     let text = format!(
@@ -89,7 +89,7 @@ fn dir_listing(dir: &Path) -> Vec<String> {
 #[test]
 fn a_new_bundle_is_written_reloaded_and_schedules_a_renewal() {
     let f = fixture();
-    let next = TestPki::new();
+    let next = TestCa::new();
     let mut t = tracker(&f);
     let old_tls = t.tls.clone();
     let old_due = t.renewal.as_ref().unwrap().due();
@@ -128,7 +128,7 @@ fn a_new_bundle_is_written_reloaded_and_schedules_a_renewal() {
 #[test]
 fn a_bundle_led_by_the_current_issuer_schedules_no_renewal() {
     let f = fixture();
-    let next = TestPki::new();
+    let next = TestCa::new();
     let mut t = tracker(&f);
     let due = t.renewal.as_ref().unwrap().due();
     t.trust_bundle(
@@ -160,7 +160,7 @@ fn the_bundle_already_trusted_writes_nothing() {
 #[test]
 fn invalid_bundles_are_ignored_and_ca_crt_stays() {
     let f = fixture();
-    let next = TestPki::new();
+    let next = TestCa::new();
     let (leaf, key) = f.pki.device(&f.config.device_id);
     let mut t = tracker(&f);
     let tls = t.tls.clone();
@@ -191,7 +191,7 @@ fn invalid_bundles_are_ignored_and_ca_crt_stays() {
 #[test]
 fn absurd_renewal_windows_do_not_panic() {
     let f = fixture();
-    let next = TestPki::new();
+    let next = TestCa::new();
     let mut t = tracker(&f);
     let due = t.renewal.as_ref().unwrap().due();
     t.trust_bundle(next.ca_pem.clone(), Duration::from_secs(u64::MAX));
@@ -213,7 +213,7 @@ fn absurd_renewal_windows_do_not_panic() {
 #[test]
 fn a_write_failure_keeps_the_current_bundle() {
     let f = fixture();
-    let next = TestPki::new();
+    let next = TestCa::new();
     let mut t = tracker(&f);
     let tls = t.tls.clone();
     let original = ca_crt(&f);

@@ -1,29 +1,23 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
-};
+use heex_pki::test_kit::TestCa;
+use rcgen::{CertificateSigningRequestParams, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
 use time::Duration as TimeDuration;
 
 use super::*;
 
 struct Ca {
     der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+    kit: TestCa,
 }
 
 impl Ca {
     fn new() -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "CA");
-        let cert = params.self_signed(&key).unwrap();
+        let kit = TestCa::named("CA");
         Ca {
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
+            der: kit.ca_der.clone(),
+            kit,
         }
     }
 
@@ -35,17 +29,10 @@ impl Ca {
         from: OffsetDateTime,
         to: OffsetDateTime,
     ) -> String {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, device);
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://heex.test/ws/ws_AAAAAAAAAAAA/device/{device}")
-                .try_into()
-                .unwrap(),
-        )];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let mut params = TestCa::device_params(device);
         params.not_before = from;
         params.not_after = to;
-        params.signed_by(public, &self.issuer).unwrap().pem()
+        self.kit.sign(&params, public).pem()
     }
 
     fn sign_csr(&self, csr_pem: &str, device: &str, to: OffsetDateTime) -> String {

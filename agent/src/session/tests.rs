@@ -17,7 +17,7 @@ use super::*;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::frames::{self, FrameReader};
-use crate::testpki::TestPki;
+use heex_pki::test_kit::TestCa;
 
 /// How the fake gateway behaves after reading Hello.
 #[derive(Clone)]
@@ -33,12 +33,12 @@ enum Behaviour {
 }
 
 struct Fixture {
-    pki: TestPki,
+    pki: TestCa,
     _dir: tempfile::TempDir,
     params: SessionParams,
 }
 
-fn fixture(pki: TestPki) -> Fixture {
+fn fixture(pki: TestCa) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceId::generate();
     pki.write_device(dir.path(), &device);
@@ -68,14 +68,14 @@ fn fixture(pki: TestPki) -> Fixture {
     }
 }
 
-fn server_config(pki: &TestPki, alpn: bool) -> Arc<ServerConfig> {
+fn server_config(pki: &TestCa, alpn: bool) -> Arc<ServerConfig> {
     let provider = Arc::new(ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca_der.clone()).unwrap();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .unwrap();
-    let (chain, key) = pki.server();
+    let (chain, key) = pki.server(&["127.0.0.1", "localhost"]);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -180,7 +180,7 @@ impl Observer for Recorder {
 #[tokio::test]
 async fn welcome_from_another_device_is_refused() {
     // The fake gateway welcomes a random device id: the agent must not accept that.
-    let f = fixture(TestPki::new());
+    let f = fixture(TestCa::new());
     let (port, _rx) = fake_gateway(
         server_config(&f.pki, true),
         Behaviour::Normal,
@@ -199,7 +199,7 @@ async fn welcome_from_another_device_is_refused() {
 
 #[tokio::test]
 async fn hello_welcome_heartbeats_facts_and_close_on_shutdown() {
-    let f = fixture(TestPki::new());
+    let f = fixture(TestCa::new());
     let (port, mut rx) = gateway_for(&f, Behaviour::Normal).await;
     let params = SessionParams {
         port,
@@ -258,7 +258,7 @@ async fn hello_welcome_heartbeats_facts_and_close_on_shutdown() {
 
 #[tokio::test]
 async fn missing_acks_mean_a_dead_path() {
-    let f = fixture(TestPki::new());
+    let f = fixture(TestCa::new());
     let (port, _rx) = gateway_for(&f, Behaviour::Mute).await;
     let params = SessionParams {
         port,
@@ -280,7 +280,7 @@ async fn missing_acks_mean_a_dead_path() {
 
 #[tokio::test]
 async fn refusal_is_reported_with_its_reason() {
-    let f = fixture(TestPki::new());
+    let f = fixture(TestCa::new());
     let (port, _rx) = gateway_for(&f, Behaviour::Revoked).await;
     let params = SessionParams {
         port,
@@ -306,8 +306,8 @@ async fn refusal_is_reported_with_its_reason() {
 async fn a_gateway_signed_by_another_ca_is_not_trusted() {
     // A CA of the same name (as a rotated CA may be: rustls sees a bad signature) and one of
     // another name (an unknown issuer).
-    for impostor in [TestPki::new(), TestPki::named("Impostor CA")] {
-        let f = fixture(TestPki::new());
+    for impostor in [TestCa::new(), TestCa::named("Impostor CA")] {
+        let f = fixture(TestCa::new());
         let (port, _rx) = fake_gateway(
             server_config(&impostor, true),
             Behaviour::Normal,
@@ -339,8 +339,8 @@ async fn a_gateway_signed_by_another_ca_is_not_trusted() {
 async fn a_gateway_from_any_ca_of_the_bundle_is_trusted() {
     // ca.crt during a rotation: the new CA first, the old one after it. A gateway with a
     // certificate from either is trusted.
-    let f = fixture(TestPki::new());
-    let next = TestPki::named("Next CA");
+    let f = fixture(TestCa::new());
+    let next = TestCa::named("Next CA");
     std::fs::write(
         f.params.ca_path.clone(),
         format!("{}{}", next.ca_pem, f.pki.ca_pem),
@@ -363,7 +363,7 @@ async fn a_gateway_from_any_ca_of_the_bundle_is_trusted() {
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .unwrap();
-        let (chain, key) = gateway_ca.server();
+        let (chain, key) = gateway_ca.server(&["127.0.0.1", "localhost"]);
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -391,15 +391,15 @@ async fn a_gateway_from_any_ca_of_the_bundle_is_trusted() {
 async fn a_gateway_that_refuses_the_device_certificate_says_so() {
     // The gateway trusts another CA for device certificates: it answers with a TLS alert,
     // which a TLS 1.3 client sees when it reads the Welcome.
-    let f = fixture(TestPki::new());
-    let other = TestPki::named("Other CA");
+    let f = fixture(TestCa::new());
+    let other = TestCa::named("Other CA");
     let provider = Arc::new(ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots.add(other.ca_der.clone()).unwrap();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .unwrap();
-    let (chain, key) = f.pki.server();
+    let (chain, key) = f.pki.server(&["127.0.0.1", "localhost"]);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -521,8 +521,8 @@ fn tls_errors_are_classified() {
 
 #[tokio::test]
 async fn a_trust_bundle_reaches_the_observer_and_the_session_goes_on() {
-    let f = fixture(TestPki::new());
-    let next = TestPki::new();
+    let f = fixture(TestCa::new());
+    let next = TestCa::new();
     let ca_pem = format!("{}{}", next.ca_pem, f.pki.ca_pem);
     let (port, _rx) = gateway_for(
         &f,
@@ -553,7 +553,7 @@ async fn a_trust_bundle_reaches_the_observer_and_the_session_goes_on() {
 
 #[tokio::test]
 async fn a_gateway_without_heex_alpn_is_refused() {
-    let f = fixture(TestPki::new());
+    let f = fixture(TestCa::new());
     let (port, _rx) = fake_gateway(
         server_config(&f.pki, false),
         Behaviour::Normal,
@@ -573,7 +573,7 @@ async fn a_gateway_without_heex_alpn_is_refused() {
 
 #[tokio::test]
 async fn nothing_listening_is_a_connect_error_and_cancel_is_prompt() {
-    let f = fixture(TestPki::new());
+    let f = fixture(TestCa::new());
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -29,8 +29,8 @@ impl ExpiredTolerant {
 
 /// The certificate's notAfter, Unix seconds.
 fn not_after(der: &CertificateDer<'_>) -> Option<u64> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    u64::try_from(cert.validity().not_after.timestamp()).ok()
+    let cert = heex_pki::Certificate::parse(der).ok()?;
+    u64::try_from(cert.not_after.unix_timestamp()).ok()
 }
 
 impl ClientCertVerifier for ExpiredTolerant {
@@ -95,9 +95,8 @@ impl ClientCertVerifier for ExpiredTolerant {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
+    use heex_pki::test_kit::TestCa;
+    use rcgen::KeyPair;
     use rustls::server::WebPkiClientVerifier;
     use rustls::RootCertStore;
     use time::OffsetDateTime;
@@ -106,29 +105,26 @@ mod tests {
 
     struct Ca {
         der: CertificateDer<'static>,
-        issuer: Issuer<'static, KeyPair>,
+        kit: TestCa,
     }
 
     fn ca() -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "CA");
-        let cert = params.self_signed(&key).unwrap();
+        let kit = TestCa::named("CA");
         Ca {
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
+            der: kit.ca_der.clone(),
+            kit,
         }
     }
 
     fn leaf(ca: &Ca, from: OffsetDateTime, to: OffsetDateTime) -> CertificateDer<'static> {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "device");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let mut params = TestCa::device_params("device");
+        params.subject_alt_names.clear();
         params.not_before = from;
         params.not_after = to;
-        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+        ca.kit
+            .sign(&params, &KeyPair::generate().unwrap())
+            .der()
+            .clone()
     }
 
     fn verifier(ca: &Ca) -> ExpiredTolerant {

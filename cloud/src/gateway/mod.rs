@@ -53,8 +53,7 @@ use tokio_util::task::TaskTracker;
 
 pub use registry::SessionRegistry;
 pub use renew::{DeviceSigner, DEFAULT_RENEWAL_GRACE};
-pub use tls::peer_serial;
-pub use tls::{peer_identity, server_config, IdentityError, TlsSetupError};
+pub use tls::{server_config, TlsSetupError};
 
 pub use crate::store::{DeviceStatus, Seen, StoredReports};
 

@@ -52,8 +52,6 @@ pub(crate) enum Expiry {
     Beyond(OffsetDateTime),
 }
 
-pub(crate) use crate::ca::not_after;
-
 /// Where a certificate valid until `not_after` stands at `now` with `grace`.
 pub(crate) fn classify(not_after: OffsetDateTime, now: OffsetDateTime, grace: Duration) -> Expiry {
     if now <= not_after {

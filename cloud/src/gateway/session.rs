@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use heex_pki::{DeviceCertificate, IdentityError};
 use heex_proto::frame::{CloseReason, Message};
 use heex_proto::{DeviceId, SpiffeId};
 use time::OffsetDateTime;
@@ -20,7 +21,7 @@ use super::limits::SourceSlot;
 use super::registry::{Registration, SessionRegistry, TooManyPending};
 use super::reports::StoreFailure;
 use super::transport::TlsTransport;
-use super::{renew, tls, DeviceDirectory, DeviceStatus, GatewayOptions, Seen};
+use super::{renew, DeviceDirectory, DeviceStatus, GatewayOptions, Seen};
 
 /// What every session shares.
 pub(crate) struct Shared<D> {
@@ -298,13 +299,14 @@ impl<D: DeviceDirectory> Session<'_, D> {
             metrics.handshake_failed("alpn");
             return None;
         }
-        let identity = stream
+        // The leaf is read once: identity, serial and expiry.
+        let leaf = stream
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .ok_or(tls::IdentityError::Unparsable)
-            .and_then(|leaf| Ok((tls::peer_identity(leaf)?, tls::peer_serial(leaf)?)));
-        let (identity, serial) = match identity {
-            Ok(id) => id,
+            .ok_or(IdentityError::NoCertificate)
+            .and_then(|leaf| DeviceCertificate::parse(leaf));
+        let (identity, serial, not_after) = match leaf {
+            Ok(leaf) => (leaf.spiffe, leaf.cert.serial, leaf.cert.not_after),
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "refused: certificate does not name a device");
                 metrics.handshake_failed("bad_identity");
@@ -341,7 +343,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
             let _ = self.close(stream, reason, &message).await;
             return None;
         }
-        if let Some(message) = self.check_expiry(stream) {
+        if let Some(message) = self.check_expiry(not_after) {
             tracing::info!(%peer, %device, "refused: {message}");
             metrics.handshake_failed("expired");
             let _ = self
@@ -493,12 +495,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
 
     /// Applies the renewal grace to the peer's certificate: `None` to go on (renew-only when
     /// expired within the grace), or the message of the Close to send.
-    fn check_expiry(&mut self, stream: &Stream) -> Option<String> {
-        let leaf = stream.peer_certificates()?.first()?;
-        let Some(not_after) = renew::not_after(leaf) else {
-            // The verifier parsed this certificate already.
-            return Some("certificate does not parse".to_owned());
-        };
+    fn check_expiry(&mut self, not_after: OffsetDateTime) -> Option<String> {
         self.cert_not_after = Some(not_after);
         match self.expiry_now() {
             renew::Expiry::Beyond(not_after) => Some(renew::beyond_grace_message(

@@ -5,13 +5,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use heex_pki::test_kit::TestCa;
+use heex_pki::{DeviceCertificate, IdentityError};
 use heex_proto::api::Facts;
 use heex_proto::frame::{self, CloseReason, Message};
 use heex_proto::{DeviceId, WorkspaceId};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
+use rcgen::{KeyPair, SanType};
 use rustls::crypto::ring;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -24,13 +23,14 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::FrameReader;
+
 use super::*;
 
 // ---------------------------------------------------------------- test PKI
 
 struct Pki {
     ca_der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+    kit: TestCa,
 }
 
 struct DeviceCert {
@@ -40,43 +40,33 @@ struct DeviceCert {
 
 impl Pki {
     fn new() -> Pki {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Test CA");
-        let cert = params.self_signed(&key).unwrap();
+        let kit = TestCa::new();
         Pki {
-            ca_der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
+            ca_der: kit.ca_der.clone(),
+            kit,
         }
     }
 
     fn gateway_tls(&self) -> GatewayTls {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (server_chain, server_key) = self.kit.server(&["127.0.0.1"]);
         GatewayTls {
             server_cert: None,
             ca_der: self.ca_der.clone(),
-            server_chain: vec![cert.der().clone(), self.ca_der.clone()],
-            server_key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            server_chain,
+            server_key,
         }
     }
 
     /// A device certificate with `cn` as CN and a SPIFFE SAN for `san_device` in `ws`.
     fn device_cert(&self, cn: &str, ws: &WorkspaceId, san_device: &str) -> DeviceCert {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
+        let mut params = TestCa::device_params(cn);
         params.subject_alt_names = vec![SanType::URI(
             format!("spiffe://heex.test/ws/{ws}/device/{san_device}")
                 .try_into()
                 .unwrap(),
         )];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert = self.kit.sign(&params, &key);
         DeviceCert {
             chain: vec![cert.der().clone()],
             key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
@@ -371,7 +361,7 @@ impl Gateway {
     fn device(&self) -> (DeviceId, Arc<ClientConfig>) {
         let id = DeviceId::generate();
         let cert = self.pki.device_cert(id.as_str(), &self.ws, id.as_str());
-        let serial = peer_serial(&cert.chain[0]).unwrap();
+        let serial = serial_of(&cert.chain[0]);
         self.directory
             .add_with_serial(&id, &self.ws, false, &serial);
         (
@@ -852,20 +842,25 @@ fn identity_is_read_from_cn_and_spiffe() {
     let ws = WorkspaceId::generate();
     let id = DeviceId::generate();
     let cert = pki.device_cert(id.as_str(), &ws, id.as_str());
-    let spiffe = peer_identity(&cert.chain[0]).unwrap();
+    let spiffe = DeviceCertificate::parse(&cert.chain[0]).unwrap().spiffe;
     assert_eq!(spiffe.device(), &id);
     assert_eq!(spiffe.workspace(), &ws);
 
     let other = DeviceId::generate();
     let cert = pki.device_cert(id.as_str(), &ws, other.as_str());
     assert!(matches!(
-        peer_identity(&cert.chain[0]),
+        DeviceCertificate::parse(&cert.chain[0]),
         Err(IdentityError::Mismatch { .. })
     ));
-    assert_eq!(
-        peer_identity(&CertificateDer::from(vec![1, 2, 3])),
-        Err(IdentityError::Unparsable)
-    );
+    assert!(matches!(
+        DeviceCertificate::parse(&CertificateDer::from(vec![1, 2, 3])),
+        Err(IdentityError::Unparsable(_))
+    ));
+}
+
+/// The serial of a certificate, as the cloud records it.
+fn serial_of(der: &CertificateDer<'_>) -> String {
+    heex_pki::Certificate::parse(der).unwrap().serial
 }
 
 fn rss_kib() -> u64 {
@@ -1255,7 +1250,7 @@ async fn only_the_current_certificate_and_briefly_the_previous_one_are_admitted(
     let id = DeviceId::generate();
     let cert = |pki: &Pki| pki.device_cert(id.as_str(), &gw.ws, id.as_str());
     let (oldest, previous, current) = (cert(&gw.pki), cert(&gw.pki), cert(&gw.pki));
-    let serial = |c: &DeviceCert| peer_serial(&c.chain[0]).unwrap();
+    let serial = |c: &DeviceCert| serial_of(&c.chain[0]);
     let (oldest_serial, previous_serial, current_serial) =
         (serial(&oldest), serial(&previous), serial(&current));
     gw.directory

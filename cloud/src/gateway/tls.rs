@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use heex_proto::{DeviceId, SpiffeId};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -13,7 +12,6 @@ use rustls::{
     SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
-use x509_parser::extensions::GeneralName;
 
 use super::GatewayTls;
 
@@ -170,67 +168,4 @@ pub(crate) fn server_config_with(
     // CPU per connection.
     config.send_tls13_tickets = 0;
     Ok((Arc::new(config), trusted))
-}
-
-/// Why a verified certificate does not name a device.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum IdentityError {
-    /// The certificate does not parse.
-    #[error("certificate does not parse")]
-    Unparsable,
-    /// The subject has no usable common name.
-    #[error("certificate has no device id as its common name")]
-    CommonName,
-    /// No single Heex SPIFFE URI SAN.
-    #[error("certificate does not carry exactly one Heex device SPIFFE ID")]
-    Spiffe,
-    /// CN and SPIFFE ID name different devices.
-    #[error("certificate common name {cn} disagrees with its SPIFFE ID {spiffe}")]
-    Mismatch {
-        /// The CN.
-        cn: DeviceId,
-        /// The SPIFFE ID.
-        spiffe: SpiffeId,
-    },
-}
-
-/// The device identity in a (verified) leaf certificate: CN = device id and a single URI SAN
-/// with the device's SPIFFE ID; both must name the same device.
-pub fn peer_identity(leaf: &CertificateDer<'_>) -> Result<SpiffeId, IdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|_| IdentityError::Unparsable)?;
-    let mut cns = cert.subject().iter_common_name();
-    let cn: DeviceId = match (cns.next(), cns.next()) {
-        (Some(cn), None) => cn
-            .as_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(IdentityError::CommonName)?,
-        _ => return Err(IdentityError::CommonName),
-    };
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|_| IdentityError::Spiffe)?
-        .ok_or(IdentityError::Spiffe)?;
-    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
-        GeneralName::URI(u) => Some(*u),
-        _ => None,
-    });
-    let spiffe: SpiffeId = match (uris.next(), uris.next()) {
-        (Some(uri), None) => uri.parse().map_err(|_| IdentityError::Spiffe)?,
-        _ => return Err(IdentityError::Spiffe),
-    };
-    if *spiffe.device() != cn {
-        return Err(IdentityError::Mismatch { cn, spiffe });
-    }
-    Ok(spiffe)
-}
-
-/// The serial number of a certificate, lowercase hex of its DER integer (as the cloud
-/// records the serials it issues).
-pub fn peer_serial(leaf: &CertificateDer<'_>) -> Result<String, IdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|_| IdentityError::Unparsable)?;
-    Ok(hex::encode(cert.raw_serial()))
 }

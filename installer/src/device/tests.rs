@@ -1,28 +1,12 @@
+use heex_pki::test_kit::TestCa;
 use heex_proto::{Fingerprint, WorkspaceId};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, PublicKeyData, SanType};
+use x509_parser::prelude::FromDer;
 
 use super::*;
 
-struct TestCa {
-    der: Vec<u8>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
 fn ca() -> TestCa {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Heex CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let der = params.self_signed(&key).unwrap().der().to_vec();
-    TestCa {
-        der,
-        issuer: Issuer::new(params, key),
-    }
+    TestCa::named("Heex CA")
 }
 
 fn response(ca: &TestCa, key: &impl PublicKeyData, cn: Option<&str>) -> EnrollResponse {
@@ -34,12 +18,12 @@ fn response(ca: &TestCa, key: &impl PublicKeyData, cn: Option<&str>) -> EnrollRe
         .push(DnType::CommonName, cn.unwrap_or(device_id.as_str()));
     params.subject_alt_names = vec![SanType::URI(spiffe_id.to_string().try_into().unwrap())];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(key, &ca.issuer).unwrap();
+    let cert = ca.sign(&params, key);
     EnrollResponse {
         device_id,
         spiffe_id,
         certificate_pem: cert.pem(),
-        ca_pem: certificate_pem(&ca.der),
+        ca_pem: certificate_pem(&ca.ca_der),
         gateway: "127.0.0.1:8444".to_owned(),
         expires_at: OffsetDateTime::now_utc(),
     }
@@ -68,13 +52,13 @@ fn csr_carries_the_device_public_key() {
 fn accepts_a_well_formed_response() {
     let ca = ca();
     let key = DeviceKey::generate().unwrap();
-    let resp = response(&ca, &key.0, None);
-    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.der));
+    let resp = response(&ca, &key, None);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.ca_der));
     let issued = check_response(&resp, &key, &anchor).unwrap();
     assert_eq!(issued.device_id, resp.device_id);
     assert_eq!(
         pem_certificates(issued.ca_pem.as_bytes()).unwrap(),
-        vec![ca.der.clone()]
+        vec![ca.ca_der.to_vec()]
     );
     assert!(issued.not_after > OffsetDateTime::now_utc());
 }
@@ -84,8 +68,8 @@ fn refuses_a_ca_other_than_the_trusted_one() {
     let ca = ca();
     let other = self::ca();
     let key = DeviceKey::generate().unwrap();
-    let resp = response(&ca, &key.0, None);
-    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&other.der));
+    let resp = response(&ca, &key, None);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&other.ca_der));
     let err = check_response(&resp, &key, &anchor).unwrap_err();
     assert_eq!(err.exit_code(), 69);
 }
@@ -93,7 +77,7 @@ fn refuses_a_ca_other_than_the_trusted_one() {
 #[test]
 fn refuses_a_certificate_for_another_key_or_device() {
     let ca = ca();
-    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.der));
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.ca_der));
     let key = DeviceKey::generate().unwrap();
     let other_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
 
@@ -102,11 +86,11 @@ fn refuses_a_certificate_for_another_key_or_device() {
     assert_eq!(err.exit_code(), 70);
     assert!(err.to_string().contains("another key"), "{err}");
 
-    let resp = response(&ca, &key.0, Some("dev_someoneelse"));
+    let resp = response(&ca, &key, Some("dev_someoneelse"));
     let err = check_response(&resp, &key, &anchor).unwrap_err();
     assert_eq!(err.exit_code(), 70);
 
-    let mut resp = response(&ca, &key.0, None);
+    let mut resp = response(&ca, &key, None);
     resp.gateway = "no-port".to_owned();
     assert_eq!(
         check_response(&resp, &key, &anchor)
@@ -121,16 +105,16 @@ fn refuses_a_certificate_signed_by_another_ca() {
     let ca = ca();
     let impostor = self::ca();
     let key = DeviceKey::generate().unwrap();
-    let mut resp = response(&impostor, &key.0, None);
-    resp.ca_pem = certificate_pem(&ca.der);
-    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.der));
+    let mut resp = response(&impostor, &key, None);
+    resp.ca_pem = certificate_pem(&ca.ca_der);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.ca_der));
     let err = check_response(&resp, &key, &anchor).unwrap_err();
     assert!(err.to_string().contains("not signed by the CA"), "{err}");
 }
 
 /// Both CAs' PEM, in this order.
 fn bundle(cas: &[&TestCa]) -> String {
-    cas.iter().map(|ca| certificate_pem(&ca.der)).collect()
+    cas.iter().map(|ca| certificate_pem(&ca.ca_der)).collect()
 }
 
 #[test]
@@ -140,24 +124,24 @@ fn during_a_rotation_the_device_certificate_may_come_from_the_new_ca() {
     let old = ca();
     let new = self::ca();
     let key = DeviceKey::generate().unwrap();
-    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&old.der));
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&old.ca_der));
     for order in [[&new, &old], [&old, &new]] {
-        let mut resp = response(&new, &key.0, None);
+        let mut resp = response(&new, &key, None);
         resp.ca_pem = bundle(&order);
         let issued = check_response(&resp, &key, &anchor).unwrap();
         // ca.crt holds both, in the order returned.
         assert_eq!(
             pem_certificates(issued.ca_pem.as_bytes()).unwrap(),
-            vec![order[0].der.clone(), order[1].der.clone()]
+            vec![order[0].ca_der.to_vec(), order[1].ca_der.to_vec()]
         );
     }
     // And from the anchor itself, with the new CA returned as well.
-    let mut resp = response(&old, &key.0, None);
+    let mut resp = response(&old, &key, None);
     resp.ca_pem = bundle(&[&new, &old]);
     let issued = check_response(&resp, &key, &anchor).unwrap();
     assert_eq!(
         pem_certificates(issued.ca_pem.as_bytes()).unwrap(),
-        vec![new.der.clone(), old.der.clone()]
+        vec![new.ca_der.to_vec(), old.ca_der.to_vec()]
     );
 }
 
@@ -167,8 +151,8 @@ fn a_device_certificate_from_a_ca_not_returned_is_refused() {
     let new = self::ca();
     let stranger = self::ca();
     let key = DeviceKey::generate().unwrap();
-    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&old.der));
-    let mut resp = response(&stranger, &key.0, None);
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&old.ca_der));
+    let mut resp = response(&stranger, &key, None);
     resp.ca_pem = bundle(&[&new, &old]);
     let err = check_response(&resp, &key, &anchor).unwrap_err();
     assert_eq!(err.exit_code(), 70);
@@ -184,9 +168,9 @@ fn a_rotation_answer_without_the_anchor_is_refused() {
     let new = self::ca();
     let other = self::ca();
     let key = DeviceKey::generate().unwrap();
-    let mut resp = response(&new, &key.0, None);
+    let mut resp = response(&new, &key, None);
     resp.ca_pem = bundle(&[&new, &other]);
-    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&pinned.der));
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&pinned.ca_der));
     let err = check_response(&resp, &key, &anchor).unwrap_err();
     assert_eq!(err.exit_code(), 69);
     assert!(err.to_string().contains("does not match"), "{err}");
@@ -196,10 +180,10 @@ fn a_rotation_answer_without_the_anchor_is_refused() {
 fn every_returned_ca_certificate_must_be_a_ca() {
     let ca = ca();
     let key = DeviceKey::generate().unwrap();
-    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.der));
+    let anchor = TrustAnchor::Pinned(Fingerprint::of_der(&ca.ca_der));
     // A leaf certificate (the device's own) among the CA certificates.
-    let mut resp = response(&ca, &key.0, None);
-    resp.ca_pem = format!("{}{}", certificate_pem(&ca.der), resp.certificate_pem);
+    let mut resp = response(&ca, &key, None);
+    resp.ca_pem = format!("{}{}", certificate_pem(&ca.ca_der), resp.certificate_pem);
     let err = check_response(&resp, &key, &anchor).unwrap_err();
     assert_eq!(err.exit_code(), 70);
     assert!(
@@ -209,8 +193,8 @@ fn every_returned_ca_certificate_must_be_a_ca() {
     );
     // A block that is not X.509 at all.
     let junk = pem::encode(&pem::Pem::new("CERTIFICATE", b"junk".to_vec()));
-    let mut resp = response(&ca, &key.0, None);
-    resp.ca_pem = format!("{junk}{}", certificate_pem(&ca.der));
+    let mut resp = response(&ca, &key, None);
+    resp.ca_pem = format!("{junk}{}", certificate_pem(&ca.ca_der));
     let err = check_response(&resp, &key, &anchor).unwrap_err();
     assert_eq!(err.exit_code(), 70);
     assert!(

@@ -1,25 +1,15 @@
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use heex_pki::test_kit::TestCa;
 
 use super::*;
-use crate::device::certificate_pem;
 
 /// Writes a complete enrollment under `root` (config in `root/etc`, state in `root/state`).
 fn enrolled(root: &Path) -> (DeviceId, PathBuf, PathBuf) {
-    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.distinguished_name.push(DnType::CommonName, "CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_der = ca_params.self_signed(&ca_key).unwrap().der().to_vec();
-    let issuer = Issuer::new(ca_params, ca_key);
-
+    let ca = TestCa::named("CA");
     let device_id = DeviceId::generate();
     let key = DeviceKey::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, device_id.as_str());
-    let key_again = KeyPair::from_pem(&key.private_pem()).unwrap();
-    let cert = params.signed_by(&key_again, &issuer).unwrap();
+    let mut params = TestCa::device_params(device_id.as_str());
+    params.subject_alt_names.clear();
+    let cert = ca.sign(&params, &key);
 
     let config_dir = root.join("etc");
     let state_dir = root.join("state");
@@ -27,7 +17,7 @@ fn enrolled(root: &Path) -> (DeviceId, PathBuf, PathBuf) {
     std::fs::create_dir_all(&state_dir).unwrap();
     std::fs::write(state_dir.join(DEVICE_KEY), key.private_pem()).unwrap();
     std::fs::write(state_dir.join(DEVICE_CRT), cert.pem()).unwrap();
-    std::fs::write(state_dir.join(CA_CRT), certificate_pem(&ca_der)).unwrap();
+    std::fs::write(state_dir.join(CA_CRT), &ca.ca_pem).unwrap();
     let toml = agent_toml(None, "https://h:8443", "h:8444", &device_id, &state_dir).unwrap();
     std::fs::write(config_dir.join(AGENT_TOML), toml).unwrap();
     (device_id, config_dir, state_dir)
@@ -65,10 +55,7 @@ fn an_enrollment_with_several_cas_in_ca_crt_is_recognised() {
     // from the old one (second).
     let dir = tempfile::tempdir().unwrap();
     let (device_id, config_dir, state_dir) = enrolled(dir.path());
-    let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let new_ca = p.self_signed(&k).unwrap().pem();
+    let new_ca = TestCa::new().ca_pem;
     let old_ca = std::fs::read_to_string(state_dir.join(CA_CRT)).unwrap();
     std::fs::write(state_dir.join(CA_CRT), format!("{new_ca}{old_ca}")).unwrap();
     let Existing::Enrolled(e) = inspect(&config_dir, now()).unwrap() else {
@@ -110,10 +97,7 @@ fn mismatched_or_missing_files_are_unusable() {
             std::fs::write(s.join(DEVICE_CRT), "").unwrap()
         }),
         ("not signed by the CA", |s| {
-            let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            std::fs::write(s.join(CA_CRT), p.self_signed(&k).unwrap().pem()).unwrap();
+            std::fs::write(s.join(CA_CRT), TestCa::new().ca_pem).unwrap();
         }),
     ];
     for (expected, damage) in cases {

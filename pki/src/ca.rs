@@ -15,6 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
+use crate::cert::Certificate;
 use crate::csr::DeviceCsr;
 
 /// How far certificates' notBefore is backdated, for machines whose clocks lag.
@@ -115,9 +116,8 @@ impl Ca {
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|_| CaError::BadCertificate)?;
         let key = KeyPair::from_pem(key_pem)?;
-        let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
-            .map_err(|_| CaError::BadCertificate)?;
-        if x509.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
+        let cert = Certificate::parse(&cert_der).map_err(|_| CaError::BadCertificate)?;
+        if !cert.certifies(&key.subject_public_key_info()) {
             return Err(CaError::KeyMismatch);
         }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
@@ -145,13 +145,7 @@ impl Ca {
 
     /// True when this CA signed the certificate `der`.
     pub fn signed(&self, der: &CertificateDer<'_>) -> bool {
-        let (Ok((_, cert)), Ok((_, ca))) = (
-            x509_parser::parse_x509_certificate(der.as_ref()),
-            x509_parser::parse_x509_certificate(self.cert_der.as_ref()),
-        ) else {
-            return false;
-        };
-        cert.verify_signature(Some(ca.public_key())).is_ok()
+        crate::cert::signed_by(der, &self.cert_der)
     }
 
     /// Issues the API/gateway server certificate (fresh P-256 key) for localhost, 127.0.0.1,
@@ -265,55 +259,29 @@ pub fn server_cert_fits(
     hostnames: &[String],
     valid_until: OffsetDateTime,
 ) -> bool {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let Ok((_, x509)) = X509Certificate::from_der(der) else {
+    let Ok(cert) = Certificate::parse(der) else {
         return false;
     };
-    if x509.validity().not_after.to_datetime() < valid_until {
+    if cert.not_after < valid_until {
         return false;
     }
-    let have = certificate_names(der);
     hostnames.iter().all(|h| {
         let h = h.trim().to_ascii_lowercase();
-        let ip = h.parse::<std::net::IpAddr>().ok();
-        have.iter()
-            .any(|n| n == &h || (ip.is_some() && n.parse::<std::net::IpAddr>().ok() == ip))
+        let ip = h.parse::<IpAddr>().ok();
+        cert.names
+            .iter()
+            .any(|n| n == &h || (ip.is_some() && n.parse::<IpAddr>().ok() == ip))
     })
 }
 
 /// The notAfter of the certificate `der`.
 pub fn not_after(der: &CertificateDer<'_>) -> Option<OffsetDateTime> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    Some(cert.validity().not_after.to_datetime())
+    Certificate::parse(der).ok().map(|c| c.not_after)
 }
 
 /// The DNS names and IP addresses a certificate's SAN lists.
 pub fn certificate_names(der: &CertificateDer<'_>) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let Ok((_, x509)) = X509Certificate::from_der(der) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = x509.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some((*d).to_owned()),
-            GeneralName::IPAddress(b) => match b.len() {
-                4 => <[u8; 4]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::IpAddr::from(a).to_string()),
-                16 => <[u8; 16]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::IpAddr::from(a).to_string()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
+    Certificate::parse(der).map(|c| c.names).unwrap_or_default()
 }
 
 /// A random positive 128-bit serial and its hex form.
