@@ -1,11 +1,10 @@
-//! The HTTPS client for the cloud's API: rustls (ring) trusting only the profile's anchor,
-//! `Authorization: Bearer` with the caller's key, and errors turned into one line each.
-
-use std::time::Duration;
+//! The cloud's API for `heex`: the shared HTTPS client ([`heex_trust::client`]: trusting only
+//! the profile's anchor, HTTPS only, no redirects), `Authorization: Bearer` with the caller's
+//! key, typed answers, and errors turned into one line each.
 
 use heex_proto::api::{ErrorBody, ErrorCode};
 use heex_proto::ApiKey;
-use reqwest::blocking::{Client, RequestBuilder};
+use heex_trust::client::{Answer, Client, RequestError};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -13,12 +12,7 @@ use serde_json::Value;
 
 use crate::config::Profile;
 use crate::error::CliError;
-use crate::trust::{client_config, explain_refusal, TrustAnchor, VerdictLog};
-
-/// How long to wait for a TCP/TLS connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a whole request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::trust::TrustAnchor;
 
 /// A successful answer: the typed body and the JSON it came from (printed by `--json`).
 #[derive(Debug, Clone)]
@@ -31,19 +25,15 @@ pub struct Reply<T> {
 
 /// A client for one server, trusting one anchor, optionally authenticating with one key.
 pub struct ApiClient {
-    http: Client,
-    base: Url,
+    client: Client,
     key: Option<ApiKey>,
-    trust: TrustAnchor,
-    verdicts: VerdictLog,
 }
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiClient")
-            .field("base", &self.base.as_str())
+            .field("client", &self.client)
             .field("key", &self.key)
-            .field("trust", &self.trust)
             .finish()
     }
 }
@@ -51,21 +41,10 @@ impl std::fmt::Debug for ApiClient {
 impl ApiClient {
     /// A client for `server`, trusting only `trust`, sending `key` (if any) as Bearer token.
     pub fn new(server: &Url, trust: TrustAnchor, key: Option<ApiKey>) -> Result<Self, CliError> {
-        let verdicts = VerdictLog::default();
-        let tls = client_config(trust.clone(), verdicts.clone())?;
-        let http = Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("heex/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CliError::Unexpected(format!("cannot set up the HTTPS client: {e}")))?;
+        let user_agent = concat!("heex/", env!("CARGO_PKG_VERSION"));
         Ok(ApiClient {
-            http,
-            base: server.clone(),
+            client: Client::new(server, trust, user_agent)?,
             key,
-            trust,
-            verdicts,
         })
     }
 
@@ -80,12 +59,7 @@ impl ApiClient {
 
     /// The server's base URL, without a trailing slash.
     pub fn server(&self) -> &str {
-        self.base.as_str().trim_end_matches('/')
-    }
-
-    fn url(&self, path: &str) -> Result<Url, CliError> {
-        let text = format!("{}{path}", self.server());
-        Url::parse(&text).map_err(|e| CliError::Unexpected(format!("bad request URL {text}: {e}")))
+        self.client.server()
     }
 
     /// `GET path?query`.
@@ -94,8 +68,8 @@ impl ApiClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<Reply<T>, CliError> {
-        let req = self.http.get(self.url(path)?).query(query);
-        self.send(path, req)
+        let answer = self.client.get(path, query, self.key.as_ref());
+        self.reply(path, answer)
     }
 
     /// `POST path` with a JSON body.
@@ -104,8 +78,8 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<Reply<T>, CliError> {
-        let req = self.http.post(self.url(path)?).json(body);
-        self.send(path, req)
+        let answer = self.client.post(path, body, self.key.as_ref());
+        self.reply(path, answer)
     }
 
     /// `PATCH path` with a JSON body.
@@ -114,46 +88,33 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<Reply<T>, CliError> {
-        let req = self.http.patch(self.url(path)?).json(body);
-        self.send(path, req)
+        let answer = self.client.patch(path, body, self.key.as_ref());
+        self.reply(path, answer)
     }
 
     /// `DELETE path`, which answers without a body.
     pub fn delete(&self, path: &str) -> Result<(), CliError> {
-        let req = self.http.delete(self.url(path)?);
-        let req = match &self.key {
-            Some(key) => req.bearer_auth(key.expose()),
-            None => req,
-        };
-        tracing::debug!(server = self.server(), path, "request");
-        let resp = req.send().map_err(|e| self.transport_error(&e))?;
-        let status = resp.status();
-        tracing::debug!(path, status = status.as_u16(), "response");
-        if status.is_success() {
+        let answer = self
+            .client
+            .delete(path, self.key.as_ref())
+            .map_err(|e| self.transport_error(e))?;
+        if answer.is_success() {
             return Ok(());
         }
-        let bytes = resp.bytes().map_err(|e| self.transport_error(&e))?;
-        Err(api_error(status.as_u16(), &bytes))
+        Err(api_error(answer.status, &answer.body))
     }
 
-    fn send<T: DeserializeOwned>(
+    fn reply<T: DeserializeOwned>(
         &self,
         path: &str,
-        req: RequestBuilder,
+        answer: Result<Answer, RequestError>,
     ) -> Result<Reply<T>, CliError> {
-        let req = match &self.key {
-            Some(key) => req.bearer_auth(key.expose()),
-            None => req,
-        };
-        tracing::debug!(server = self.server(), path, "request");
-        let resp = req.send().map_err(|e| self.transport_error(&e))?;
-        let status = resp.status();
-        let bytes = resp.bytes().map_err(|e| self.transport_error(&e))?;
-        tracing::debug!(path, status = status.as_u16(), "response");
-        if !status.is_success() {
-            return Err(api_error(status.as_u16(), &bytes));
+        let answer = answer.map_err(|e| self.transport_error(e))?;
+        tracing::debug!(path, status = answer.status, "response");
+        if !answer.is_success() {
+            return Err(api_error(answer.status, &answer.body));
         }
-        let raw: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        let raw: Value = serde_json::from_slice(&answer.body).map_err(|e| {
             CliError::Unexpected(format!(
                 "the server's answer to {path} is not JSON ({e}); is {} a Heex cloud?",
                 self.server()
@@ -168,30 +129,23 @@ impl ApiClient {
     }
 
     /// One line for a request that got no HTTP answer: untrusted server, timeout, or network.
-    fn transport_error(&self, e: &reqwest::Error) -> CliError {
-        if let Some(why) = explain_refusal(&self.trust, self.verdicts.latest().as_ref()) {
-            return CliError::Untrusted(why);
-        }
+    fn transport_error(&self, e: RequestError) -> CliError {
         let server = self.server();
-        if e.is_timeout() {
-            return CliError::Unreachable(format!(
+        match e {
+            RequestError::Untrusted(why) => CliError::Untrusted(why),
+            RequestError::Timeout { .. } => CliError::Unreachable(format!(
                 "{server} did not answer in time; check the address and that heex-cloud is running"
-            ));
+            )),
+            RequestError::Connect { cause, .. } | RequestError::Failed { cause, .. } => {
+                CliError::Unreachable(format!(
+                    "cannot reach {server}: {cause}; check the address and that heex-cloud is running"
+                ))
+            }
+            RequestError::TooLarge { .. } | RequestError::Invalid(_) => {
+                CliError::Unexpected(e.to_string())
+            }
         }
-        CliError::Unreachable(format!(
-            "cannot reach {server}: {}; check the address and that heex-cloud is running",
-            root_cause(e)
-        ))
     }
-}
-
-/// The innermost cause of an error, which names the real problem ("Connection refused").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 /// The error for a non-2xx answer: the server's own message when it sent an [`ErrorBody`].

@@ -136,19 +136,13 @@ pub fn parse_key(text: &str, origin: &str) -> Result<ApiKey, CliError> {
         .map_err(|e| CliError::Usage(format!("{origin}: {e}")))
 }
 
-/// Parses a server URL: `https://host[:port]`, nothing else.
+/// Parses a server URL: `https://host[:port]` (and a base path), as the installer does.
 pub fn parse_server(text: &str, origin: &str) -> Result<Url, CliError> {
-    let url = Url::parse(text.trim()).map_err(|e| {
+    heex_trust::client::parse_server_url(text).map_err(|why| {
         CliError::Usage(format!(
-            "{origin} {text:?} is not a URL ({e}); use https://host:port"
+            "{origin} {text:?} {why}; use https://host:port (heex talks to the cloud only over TLS)"
         ))
-    })?;
-    if url.scheme() != "https" || url.host_str().is_none() {
-        return Err(CliError::Usage(format!(
-            "{origin} {text:?} must be an https:// URL; heex talks to the cloud only over TLS"
-        )));
-    }
-    Ok(url)
+    })
 }
 
 /// How to reach the cloud and who to be there.

@@ -1,110 +1,49 @@
 //! The HTTPS conversation with the cloud: a reachability probe (which also proves the server's
 //! identity before the key is sent), then `POST /v1/enroll` with the API key as Bearer token.
 
-use std::io::Read;
-use std::time::Duration;
-
 use heex_proto::api::{EnrollRequest, EnrollResponse, ErrorBody, ErrorCode};
 use heex_proto::{ApiKey, Fingerprint};
-use reqwest::blocking::{Client, Response};
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION};
+use heex_trust::client::{one_line, Client, RequestError};
 use reqwest::{StatusCode, Url};
 
 use crate::error::InstallError;
-use crate::trust::{self, TrustAnchor, Verdict, VerdictLog};
+use crate::trust::TrustAnchor;
 
-/// Largest response body read from the server.
-const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
-/// Longest server message shown to the user.
-const MAX_MESSAGE_CHARS: usize = 400;
+pub use heex_trust::client::display_url;
 
 /// Checks that `s` is an `https://` URL usable as the API base.
 pub fn parse_server_url(s: &str) -> Result<Url, InstallError> {
-    let usage = |why: &str| InstallError::Usage(format!("--server {s:?} {why}"));
-    let mut url = Url::parse(s.trim()).map_err(|e| usage(&format!("is not a URL: {e}")))?;
-    if url.scheme() != "https" {
-        return Err(usage("must be an https:// URL"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(usage("has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(usage("must not contain credentials"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(usage("must not have a query or fragment"));
-    }
-    // A base path is allowed (reverse proxies); make it a directory so joins append to it.
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
-}
-
-/// The server URL as written to `agent.toml` and shown: without the trailing slash.
-pub fn display_url(url: &Url) -> String {
-    url.as_str().trim_end_matches('/').to_owned()
+    heex_trust::client::parse_server_url(s)
+        .map_err(|why| InstallError::Usage(format!("--server {s:?} {why}")))
 }
 
 /// A client for one Heex cloud, trusting only the configured anchor.
 pub struct Cloud {
-    http: Client,
-    base: Url,
-    anchor: TrustAnchor,
-    verdicts: VerdictLog,
+    client: Client,
 }
 
 impl Cloud {
     /// A client for the API at `base`, trusting `anchor`.
     pub fn new(base: Url, anchor: TrustAnchor) -> Result<Self, InstallError> {
-        let verdicts = VerdictLog::default();
-        let tls = trust::client_config(anchor.clone(), verdicts.clone())?;
-        let http = Client::builder()
-            .use_preconfigured_tls(tls)
-            .https_only(true)
-            // A redirect would carry the Bearer key somewhere the user did not name.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("heex-installer/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| InstallError::Unexpected(format!("cannot set up HTTPS: {e}")))?;
+        let user_agent = concat!("heex-installer/", env!("CARGO_PKG_VERSION"));
         Ok(Cloud {
-            http,
-            base,
-            anchor,
-            verdicts,
+            client: Client::new(&base, anchor, user_agent)?,
         })
-    }
-
-    fn url(&self, path: &str) -> Result<Url, InstallError> {
-        self.base
-            .join(path)
-            .map_err(|e| InstallError::Unexpected(format!("bad URL for {path}: {e}")))
     }
 
     /// Connects (`GET /healthz`), proving the server's identity without sending the key.
     /// Returns the fingerprint of the CA the server's chain verified against, when known.
     pub fn probe(&self) -> Result<Option<Fingerprint>, InstallError> {
-        let resp = self
-            .http
-            .get(self.url("healthz")?)
-            .send()
-            .map_err(|e| self.transport_error(e))?;
-        let ca = match self.verdicts.latest() {
-            Some(Verdict::Verified { ca }) => ca,
-            _ => None,
-        };
-        let status = resp.status();
+        let answer = self.client.get("healthz", &[], None).map_err(unreachable)?;
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if status.is_success() {
-            Ok(ca)
+            Ok(self.client.verified_ca())
         } else if status.is_server_error() {
             Err(unavailable(status))
         } else {
             Err(InstallError::Unreachable(format!(
                 "{} does not look like a Heex cloud API (GET /healthz answered HTTP {}); check --server",
-                display_url(&self.base),
+                self.client.server(),
                 status.as_u16()
             )))
         }
@@ -116,80 +55,38 @@ impl Cloud {
         key: &ApiKey,
         request: &EnrollRequest,
     ) -> Result<EnrollResponse, InstallError> {
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-            .map_err(|_| InstallError::Unexpected("API key is not a valid header".to_owned()))?;
-        bearer.set_sensitive(true);
-        let resp = self
-            .http
-            .post(self.url("v1/enroll")?)
-            .header(AUTHORIZATION, bearer)
-            .header(ACCEPT, "application/json")
-            .json(request)
-            .send()
-            .map_err(|e| self.transport_error(e))?;
-        let status = resp.status();
-        let body = read_body(resp).map_err(|e| {
-            InstallError::Unreachable(format!(
-                "the connection to {} broke while reading its answer: {e}; try again",
-                display_url(&self.base)
-            ))
-        })?;
+        let answer = self
+            .client
+            .post("v1/enroll", request, Some(key))
+            .map_err(unreachable)?;
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if status == StatusCode::CREATED || status == StatusCode::OK {
-            return serde_json::from_slice(&body).map_err(|e| {
+            return serde_json::from_slice(&answer.body).map_err(|e| {
                 InstallError::Unexpected(format!(
                     "the server's enrollment answer does not parse: {e}"
                 ))
             });
         }
-        Err(refusal(status, &body, key, &display_url(&self.base)))
+        Err(refusal(status, &answer.body, key, self.client.server()))
     }
+}
 
-    /// One line for a failed request: the trust verdict if the server's identity was refused,
-    /// otherwise the deepest cause of the transport error.
-    fn transport_error(&self, e: reqwest::Error) -> InstallError {
-        if let Some(msg) = trust::explain_refusal(&self.anchor, self.verdicts.latest().as_ref()) {
-            return InstallError::Untrusted(msg);
+/// The installer's line for a request that got no answer: the shared client's reason and
+/// what to check.
+fn unreachable(e: RequestError) -> InstallError {
+    match e {
+        RequestError::Untrusted(why) => InstallError::Untrusted(why),
+        RequestError::Timeout { .. } => {
+            InstallError::Unreachable(format!("{e}; check --server and the network"))
         }
-        let base = display_url(&self.base);
-        let cause = root_cause(&e);
-        if e.is_timeout() {
-            InstallError::Unreachable(format!(
-                "{base} did not answer in time ({cause}); check --server and the network"
-            ))
-        } else if e.is_connect() {
-            InstallError::Unreachable(format!(
-                "cannot connect to {base}: {cause}; check --server and that the server is running"
-            ))
-        } else {
-            InstallError::Unreachable(format!("request to {base} failed: {cause}"))
+        RequestError::Connect { .. } => InstallError::Unreachable(format!(
+            "{e}; check --server and that the server is running"
+        )),
+        RequestError::Failed { .. } | RequestError::TooLarge { .. } => {
+            InstallError::Unreachable(format!("{e}; try again"))
         }
+        RequestError::Invalid(why) => InstallError::Unexpected(why),
     }
-}
-
-fn read_body(resp: Response) -> std::io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    resp.take(MAX_RESPONSE_BYTES).read_to_end(&mut body)?;
-    Ok(body)
-}
-
-/// The deepest error message in a chain: that is where the actual reason is
-/// ("Connection refused", "invalid peer certificate: …").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = e;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
-}
-
-/// A server's message, made safe to print on one line.
-fn sanitize(message: &str) -> String {
-    let clean: String = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_MESSAGE_CHARS)
-        .collect();
-    clean.trim().to_owned()
 }
 
 fn unavailable(status: StatusCode) -> InstallError {
@@ -205,7 +102,7 @@ fn refusal(status: StatusCode, body: &[u8], key: &ApiKey, base: &str) -> Install
     let code = parsed.as_ref().map(|b| b.error);
     let message = parsed
         .as_ref()
-        .map(|b| sanitize(&b.message))
+        .map(|b| one_line(&b.message))
         .filter(|m| !m.is_empty());
     let id = key.id();
     match status {
@@ -254,6 +151,7 @@ fn refusal(status: StatusCode, body: &[u8], key: &ApiKey, base: &str) -> Install
 #[cfg(test)]
 mod tests {
     use heex_proto::KeyId;
+    use heex_trust::client::MAX_MESSAGE_CHARS;
 
     use super::*;
 
@@ -358,7 +256,7 @@ mod tests {
 
     #[test]
     fn server_messages_are_one_line() {
-        assert_eq!(sanitize("a\nb\x1b[31m"), "a b [31m");
-        assert_eq!(sanitize(&"x".repeat(1000)).len(), MAX_MESSAGE_CHARS);
+        assert_eq!(one_line("a\nb\x1b[31m"), "a b [31m");
+        assert_eq!(one_line(&"x".repeat(1000)).len(), MAX_MESSAGE_CHARS);
     }
 }

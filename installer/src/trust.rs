@@ -6,14 +6,8 @@
 
 pub use heex_trust::{client_config, AnchoredVerifier, TrustAnchor, Verdict, VerdictLog};
 
-/// How the installer words a chain the anchor did not sign.
-const WORDING: heex_trust::Wording = heex_trust::Wording {
-    not_signed: "is not signed by that CA",
-    bad_signature_is_not_signed: false,
-};
-
 /// The one line explaining why the server's identity was refused, or `None` if the last
 /// check did not refuse it.
 pub fn explain_refusal(anchor: &TrustAnchor, verdict: Option<&Verdict>) -> Option<String> {
-    heex_trust::explain_refusal(anchor, verdict, WORDING)
+    heex_trust::explain_refusal(anchor, verdict)
 }

@@ -316,24 +316,9 @@ pub fn client_config(anchor: TrustAnchor, log: VerdictLog) -> Result<ClientConfi
     Ok(config)
 }
 
-/// How a caller words the part of a refusal that differs between tools.
-#[derive(Debug, Clone, Copy)]
-pub struct Wording {
-    /// The phrase completing "the server's certificate …" when the chain is not signed by the
-    /// anchor (e.g. "is not signed by the trusted CA").
-    pub not_signed: &'static str,
-    /// Whether a bad signature also counts as "not signed" (otherwise it is reported as
-    /// "does not verify: …").
-    pub bad_signature_is_not_signed: bool,
-}
-
 /// The one line explaining why the server's identity was refused, or `None` if the last
 /// check did not refuse it.
-pub fn explain_refusal(
-    anchor: &TrustAnchor,
-    verdict: Option<&Verdict>,
-    wording: Wording,
-) -> Option<String> {
+pub fn explain_refusal(anchor: &TrustAnchor, verdict: Option<&Verdict>) -> Option<String> {
     const REFUSING: &str = "refusing to send the API key";
     match verdict? {
         Verdict::Verified { .. } => None,
@@ -347,14 +332,10 @@ pub fn explain_refusal(
         }
         Verdict::Rejected(e) => {
             let why = match e {
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    wording.not_signed.to_owned()
-                }
-                rustls::Error::InvalidCertificate(CertificateError::BadSignature)
-                    if wording.bad_signature_is_not_signed =>
-                {
-                    wording.not_signed.to_owned()
-                }
+                // A chain from another CA and a forged signature read the same to a user.
+                rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer | CertificateError::BadSignature,
+                ) => "is not signed by the trusted CA".to_owned(),
                 other => format!("does not verify: {other}"),
             };
             Some(format!(
@@ -364,6 +345,8 @@ pub fn explain_refusal(
         }
     }
 }
+
+pub mod client;
 
 #[cfg(test)]
 mod tests;
