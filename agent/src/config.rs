@@ -8,7 +8,8 @@ use heex_proto::{DeviceId, GatewayAddr};
 use serde::Deserialize;
 
 /// Where the agent looks for its configuration when no path is given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/heex/agent.toml";
+pub use heex_proto::device_files::DEFAULT_CONFIG_PATH;
+use heex_proto::device_files::{CA_CRT, DEVICE_CRT, DEVICE_KEY, STATUS_JSON};
 
 /// Shortest heartbeat interval accepted.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(200);
@@ -185,19 +186,19 @@ impl Config {
 
     /// The device's private key.
     pub fn key_path(&self) -> PathBuf {
-        self.state_dir.join("device.key")
+        self.state_dir.join(DEVICE_KEY)
     }
     /// The device's certificate.
     pub fn cert_path(&self) -> PathBuf {
-        self.state_dir.join("device.crt")
+        self.state_dir.join(DEVICE_CRT)
     }
     /// The cloud CAs this device trusts (`ca.crt`: one, or several during a CA rotation).
     pub fn ca_path(&self) -> PathBuf {
-        self.state_dir.join("ca.crt")
+        self.state_dir.join(CA_CRT)
     }
     /// The status file `heex-agent status` reads.
     pub fn status_path(&self) -> PathBuf {
-        self.state_dir.join("status.json")
+        self.state_dir.join(STATUS_JSON)
     }
     /// The report outbox directory.
     pub fn outbox_dir(&self) -> PathBuf {
@@ -234,6 +235,33 @@ mod tests {
             "server = \"https://127.0.0.1:8443\"\ngateway = \"127.0.0.1:8444\"\n\
              device_id = \"{DEVICE}\"\nstate_dir = \"/var/lib/heex\"\n"
         )
+    }
+
+    #[test]
+    fn every_key_the_installer_may_write_or_keep_is_accepted_and_no_other() {
+        use heex_proto::device_files::{OWNED_KEYS, SETTINGS};
+        let text = minimal();
+        for key in OWNED_KEYS {
+            assert!(text.contains(&format!("{key} = ")), "{key}");
+        }
+        for key in SETTINGS {
+            let value = match key {
+                "outbox_max_bytes" => "1048576",
+                "socket_path" | "socket" => "\"/run/heex/agent.sock\"",
+                "socket_group" => "\"heex\"",
+                "backoff_max" | "facts_interval" => "\"90s\"",
+                _ => "\"5s\"",
+            };
+            let with = format!("{text}{key} = {value}\n");
+            Config::parse(&with, Path::new("agent.toml"))
+                .unwrap_or_else(|e| panic!("{key} is listed in SETTINGS but refused: {e}"));
+        }
+        let err = Config::parse(
+            &format!("{text}heartbeat = \"5s\"\n"),
+            Path::new("agent.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("heartbeat"), "{err}");
     }
 
     #[test]

@@ -421,7 +421,7 @@ impl Session<'_> {
             other => {
                 return Err(SessionError::Protocol(format!(
                     "expected Welcome, got {}",
-                    kind(&other)
+                    other.kind()
                 )))
             }
         }
@@ -486,7 +486,7 @@ impl Session<'_> {
                             }
                         }
                     }
-                    other => tracing::debug!(kind = kind(&other), "ignoring unexpected frame"),
+                    other => tracing::debug!(kind = other.kind(), "ignoring unexpected frame"),
                 },
                 _ = ack_deadline(unacked, p.ack_timeout) => {
                     return Err(SessionError::DeadPath(p.ack_timeout));
@@ -549,25 +549,6 @@ async fn ack_deadline(unacked: Option<(u64, Instant)>, bound: Duration) {
     match unacked {
         Some((_, sent)) => tokio::time::sleep_until(sent + bound).await,
         None => std::future::pending().await,
-    }
-}
-
-/// A message's type name, for logs and errors (never its content).
-pub fn kind(msg: &Message) -> &'static str {
-    match msg {
-        Message::Hello { .. } => "hello",
-        Message::Welcome { .. } => "welcome",
-        Message::Heartbeat { .. } => "heartbeat",
-        Message::HeartbeatAck { .. } => "heartbeat_ack",
-        Message::Facts { .. } => "facts",
-        Message::Report { .. } => "report",
-        Message::ReportAck { .. } => "report_ack",
-        Message::ReportConflict { .. } => "report_conflict",
-        Message::RenewRequest { .. } => "renew_request",
-        Message::RenewResponse { .. } => "renew_response",
-        Message::TrustBundle { .. } => "trust_bundle",
-        Message::Close { .. } => "close",
-        _ => "unknown",
     }
 }
 

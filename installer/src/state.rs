@@ -11,22 +11,10 @@ use time::OffsetDateTime;
 use crate::device::{check_device_cert_by_any, pem_certificates, DeviceKey};
 use crate::error::InstallError;
 
-/// Name of the agent configuration file in the config directory.
-pub const AGENT_TOML: &str = "agent.toml";
-/// Name of the device private key in the state directory.
-pub const DEVICE_KEY: &str = "device.key";
-/// The key of a renewal the agent has in flight (see the agent's renewal); a new enrollment
-/// makes it meaningless.
-pub const DEVICE_KEY_PENDING: &str = "device.key.pending";
-/// Name of the device certificate in the state directory.
-pub const DEVICE_CRT: &str = "device.crt";
-/// Name of the cloud CA bundle in the state directory: the CA certificates the device trusts
-/// (several during a CA rotation).
-pub const CA_CRT: &str = "ca.crt";
-
-/// The keys of `agent.toml` the installer owns; any other key (intervals) is the
-/// administrator's and survives a re-enrollment.
-const OWNED_KEYS: [&str; 4] = ["server", "gateway", "device_id", "state_dir"];
+pub use heex_proto::device_files::{
+    AGENT_TOML, CA_CRT, DEVICE_CRT, DEVICE_KEY, DEVICE_KEY_PENDING,
+};
+use heex_proto::device_files::{OWNED_KEYS, SETTINGS};
 
 /// The part of `agent.toml` the installer reads back.
 #[derive(Debug, Deserialize)]
@@ -188,6 +176,17 @@ pub fn agent_toml(
         .and_then(|t| toml::from_str::<toml::Table>(t).ok())
         .unwrap_or_default();
     kept.retain(|k, _| !OWNED_KEYS.contains(&k));
+    // A key the agent does not know would make it refuse the whole file: drop it, and say so.
+    kept.retain(|k, _| {
+        let known = SETTINGS.contains(&k);
+        if !known {
+            tracing::warn!(
+                "agent.toml: dropping the setting {:?}, which the agent does not know",
+                k
+            );
+        }
+        known
+    });
 
     let ser = |t: &toml::Table| {
         toml::to_string(t)

@@ -155,6 +155,27 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// The message's type name as on the wire (`"heartbeat_ack"`), for logs and errors: never
+    /// its content.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Welcome { .. } => "welcome",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::HeartbeatAck { .. } => "heartbeat_ack",
+            Message::Facts { .. } => "facts",
+            Message::Report { .. } => "report",
+            Message::ReportAck { .. } => "report_ack",
+            Message::ReportConflict { .. } => "report_conflict",
+            Message::RenewRequest { .. } => "renew_request",
+            Message::RenewResponse { .. } => "renew_response",
+            Message::TrustBundle { .. } => "trust_bundle",
+            Message::Close { .. } => "close",
+        }
+    }
+}
+
 /// The digest of a CA bundle, compared by the gateway and the agent: lowercase hex SHA-256
 /// over each certificate's DER, in order, each preceded by its length (u32 big-endian).
 pub fn bundle_digest<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
@@ -274,6 +295,26 @@ pub fn decode(buf: &[u8]) -> Result<(Message, usize), FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_is_the_wire_type_of_every_message() {
+        let mut kinds: Vec<&str> = Vec::new();
+        let facts = Message::Facts {
+            facts: crate::api::Facts::default(),
+        };
+        for msg in samples().into_iter().chain([facts]) {
+            let wire = serde_json::to_value(&msg).unwrap();
+            assert_eq!(wire["type"], msg.kind(), "{msg:?}");
+            if !kinds.contains(&msg.kind()) {
+                kinds.push(msg.kind());
+            }
+        }
+        assert_eq!(
+            kinds.len(),
+            12,
+            "samples cover every message type: {kinds:?}"
+        );
+    }
 
     fn samples() -> Vec<Message> {
         vec![

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod apikey;
 pub mod base62;
+pub mod device_files;
 pub mod exit;
 pub mod fingerprint;
 pub mod frame;

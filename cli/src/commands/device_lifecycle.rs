@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use heex_proto::api::DeviceInfo;
+use heex_proto::api::{DeviceInfo, UpdateDeviceRequest};
 use heex_proto::DeviceId;
 use serde_json::json;
 
@@ -35,8 +35,13 @@ pub fn revoke(ctx: &mut Ctx<'_>, id: &str) -> Result<(), CliError> {
 pub fn rename(ctx: &mut Ctx<'_>, id: &str, name: &str) -> Result<(), CliError> {
     let id = device_id(id)?;
     let (_, client) = ctx.client()?;
-    let reply =
-        client.patch::<_, DeviceInfo>(&format!("/v1/devices/{id}"), &json!({"name": name}))?;
+    let reply = client.patch::<_, DeviceInfo>(
+        &format!("/v1/devices/{id}"),
+        &UpdateDeviceRequest {
+            name: Some(name.to_owned()),
+            labels: None,
+        },
+    )?;
     if ctx.json {
         return ctx.print_json(&reply.raw);
     }
@@ -73,8 +78,13 @@ pub fn label(ctx: &mut Ctx<'_>, id: &str, args: &[String]) -> Result<(), CliErro
             None => labels.remove(&k),
         };
     }
-    let reply = client
-        .patch::<_, DeviceInfo>(&format!("/v1/devices/{id}"), &json!({ "labels": labels }))?;
+    let reply = client.patch::<_, DeviceInfo>(
+        &format!("/v1/devices/{id}"),
+        &UpdateDeviceRequest {
+            name: None,
+            labels: Some(labels),
+        },
+    )?;
     if ctx.json {
         return ctx.print_json(&reply.raw);
     }

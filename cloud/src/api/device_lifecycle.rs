@@ -7,15 +7,13 @@
 //! Revoking a device is separate from revoking keys: it closes the device's live gateway
 //! session at once and the gateway refuses its handshakes and renewals afterwards.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+pub(crate) use heex_proto::api::UpdateDeviceRequest;
 use heex_proto::api::{DeviceInfo, ErrorBody};
 use heex_proto::frame::CloseReason;
 use heex_proto::DeviceId;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -25,18 +23,6 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::store::access::Need;
 use crate::store::{AuditAction, DeleteDeviceOutcome};
-
-/// `PATCH /v1/devices/{id}` body: the fields to change (absent fields stay).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UpdateDeviceRequest {
-    /// New name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// New labels; replace all of the device's labels.
-    #[serde(default)]
-    pub labels: Option<BTreeMap<String, String>>,
-}
 
 fn parse_id(id: &str) -> Result<DeviceId, ApiError> {
     id.parse().map_err(|_| not_in_workspace("device", id))

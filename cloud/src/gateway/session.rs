@@ -388,7 +388,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 (facts, agent_version)
             }
             Ok(Ok(other)) => {
-                let msg = format!("expected hello, got {}", kind(&other));
+                let msg = format!("expected hello, got {}", other.kind());
                 tracing::info!(%peer, %device, "refused: {msg}");
                 let _ = self.close(stream, CloseReason::ProtocolError, &msg).await;
                 return None;
@@ -529,7 +529,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 | Message::Close { .. } => return None,
                 other => format!(
                     "certificate expired: renew before sending {} frames",
-                    kind(other)
+                    other.kind()
                 ),
             },
             renew::Expiry::Beyond(not_after) => {
@@ -823,7 +823,7 @@ impl<D: DeviceDirectory> Session<'_, D> {
                 }
             }
             other => {
-                let msg = format!("unexpected {} frame", kind(&other));
+                let msg = format!("unexpected {} frame", other.kind());
                 return Some(self.close(stream, CloseReason::ProtocolError, &msg).await);
             }
         }
@@ -838,24 +838,5 @@ fn close_message(reason: CloseReason) -> &'static str {
         CloseReason::Shutdown => "gateway shutting down",
         CloseReason::CertificateSuperseded => "certificate superseded by a renewal",
         _ => "closed by the gateway",
-    }
-}
-
-/// A message's type name, for logs (never its content).
-fn kind(msg: &Message) -> &'static str {
-    match msg {
-        Message::Hello { .. } => "hello",
-        Message::Welcome { .. } => "welcome",
-        Message::Heartbeat { .. } => "heartbeat",
-        Message::HeartbeatAck { .. } => "heartbeat_ack",
-        Message::Facts { .. } => "facts",
-        Message::Report { .. } => "report",
-        Message::ReportAck { .. } => "report_ack",
-        Message::ReportConflict { .. } => "report_conflict",
-        Message::RenewRequest { .. } => "renew_request",
-        Message::RenewResponse { .. } => "renew_response",
-        Message::TrustBundle { .. } => "trust_bundle",
-        Message::Close { .. } => "close",
-        _ => "unknown",
     }
 }

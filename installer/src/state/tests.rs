@@ -155,3 +155,38 @@ fn agent_toml_has_the_contract_keys_and_keeps_other_settings() {
     assert_eq!(table["state_dir"].as_str(), Some("/s\"q"));
     assert_eq!(table["heartbeat_interval"].as_str(), Some("5s"));
 }
+
+#[test]
+fn every_agent_toml_the_installer_writes_parses_with_the_agents_own_parser() {
+    let state = Path::new("/var/lib/heex");
+    let id = DeviceId::generate();
+    let previous = [
+        None,
+        Some("heartbeat_interval = \"5s\"\nsocket_group = \"robots\"\n"),
+        // Keys the agent does not know (a typo, a setting of another version) are dropped,
+        // or the agent would refuse the whole file.
+        Some("heartbeat = \"5s\"\nbackoff_max = \"2m\"\n[extra]\nx = 1\n"),
+        Some("not toml at all ["),
+    ];
+    for before in previous {
+        let text = agent_toml(before, "https://h:8443", "[::1]:8444", &id, state).unwrap();
+        let config =
+            heex_agent::Config::parse(&text, Path::new("agent.toml")).unwrap_or_else(|e| {
+                panic!("{before:?}: the agent refuses what the installer wrote: {e}\n{text}")
+            });
+        assert_eq!(config.device_id, id);
+        assert_eq!(config.gateway, "[::1]:8444");
+        assert_eq!(config.state_dir, state);
+        if let Some(before) = before.filter(|b| b.contains("socket_group")) {
+            assert_eq!(config.socket_group.as_deref(), Some("robots"), "{before}");
+            assert_eq!(config.heartbeat_interval, std::time::Duration::from_secs(5));
+        }
+        if before.is_some_and(|b| b.contains("backoff_max")) {
+            assert_eq!(config.backoff_max, std::time::Duration::from_secs(120));
+            assert!(
+                !text.contains("heartbeat =") && !text.contains("[extra]"),
+                "{text}"
+            );
+        }
+    }
+}
