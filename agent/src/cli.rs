@@ -46,25 +46,6 @@ pub enum Command {
         #[arg(value_name = "-", group = "input", value_parser = clap::builder::PossibleValuesParser::new(["-"]))]
         stdin: Option<String>,
     },
-    /// Measure the durable enqueue rate of the outbox (grouped fsync) in a scratch directory.
-    #[command(hide = true)]
-    BenchOutbox {
-        /// Scratch directory (a fresh outbox is created inside).
-        #[arg(long)]
-        dir: PathBuf,
-        /// Reports per run.
-        #[arg(long, default_value_t = 20_000)]
-        reports: usize,
-        /// Concurrent submitting threads.
-        #[arg(long, default_value_t = 64)]
-        threads: usize,
-        /// Runs (the median is reported).
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Payload size in bytes.
-        #[arg(long, default_value_t = 200)]
-        size: usize,
-    },
     /// Show whether the daemon is connected, since when, and to what.
     Status {
         /// Configuration file.

@@ -32,15 +32,6 @@ fn main() -> ExitCode {
         } => heex_agent::report::run(&config, data, file, stdin.is_some()).map(|seq| {
             println!("queued report {seq}");
         }),
-        Command::BenchOutbox {
-            dir,
-            reports,
-            threads,
-            runs,
-            size,
-        } => heex_agent::report::bench(&dir, reports, threads, runs, size).map(|text| {
-            print!("{text}");
-        }),
         Command::Status { config, json } => heex_agent::status(&config, json).map(|text| {
             print!("{text}");
         }),

@@ -29,6 +29,8 @@ pub(crate) enum Cmd {
     /// Hold N sessions on one gateway, revoke each device through an API (possibly another
     /// replica's) and measure, per device, revoke request to the session's Close.
     Revocations(RevocationsArgs),
+    /// The agent's durable enqueue rate (grouped fsync) in a scratch directory.
+    Outbox(OutboxArgs),
     /// Prints the side-by-side table of two `hold --json` summaries (heex and its peer).
     Table(TableArgs),
     /// One load-generating process of `hold`/`storm` (started by them).
@@ -481,4 +483,24 @@ mod tests {
         assert_eq!(r.gateway, Some("127.0.0.1:9444".parse().unwrap()));
         assert!(parse(&["revocations", "--creds", "c", "--ca-file", "ca"]).is_err());
     }
+}
+
+/// `heex-loadgen outbox`.
+#[derive(Debug, Args)]
+pub(crate) struct OutboxArgs {
+    /// Scratch directory (a fresh outbox is created inside, and removed after each run).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Reports per run.
+    #[arg(long, default_value_t = 20_000)]
+    pub reports: usize,
+    /// Concurrent submitting threads.
+    #[arg(long, default_value_t = 64)]
+    pub threads: usize,
+    /// Runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub size: usize,
 }

@@ -14,6 +14,7 @@ mod cli;
 mod creds;
 mod enroll;
 mod hold;
+mod outbox;
 mod revocations;
 mod rss;
 mod session;
@@ -49,6 +50,7 @@ fn main() {
         Cmd::Hold(args) => hold::hold(args),
         Cmd::Storm(args) => hold::storm(args),
         Cmd::Revocations(args) => revocations::run(args),
+        Cmd::Outbox(args) => outbox::run(&args),
         Cmd::Table(args) => table::run(args),
         Cmd::Worker { job } => worker::run(&job),
     };

@@ -20,6 +20,7 @@ pub mod log_format;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod secret;
+pub mod token;
 
 pub use apikey::{ApiKey, KeyId, KeyParseError};
 pub use fingerprint::Fingerprint;
@@ -27,6 +28,7 @@ pub use gateway_addr::GatewayAddr;
 pub use identity::{DeviceId, MemberId, SpiffeId, WorkspaceId};
 pub use log_format::LogFormat;
 pub use secret::Secret;
+pub use token::{InvitationToken, SignInToken};
 
 /// ALPN protocol identifier spoken on the gateway.
 pub const ALPN: &[u8] = b"heex/1";

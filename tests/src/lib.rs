@@ -69,6 +69,35 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A command that runs one of the machine's binaries (`heex-agent`, `heex-installer`).
+///
+/// By default they are this build's ([`bin`]). `HEEX_TEST_DEVICE_BINS` names another directory
+/// of them, a cross build such as `target/aarch64-unknown-linux-gnu/agent-small`, that this
+/// machine runs through an emulator registered with binfmt_misc (`.ci/arm`): the cloud stays
+/// this machine's, the robot is another architecture's (README "ARM boards"). They are
+/// executed directly, as on a board, so the agent's process name is its own (`heex-agent
+/// status` recognises a running daemon by it).
+pub fn device_command(name: &str) -> Command {
+    match std::env::var_os("HEEX_TEST_DEVICE_BINS") {
+        Some(dir) => {
+            let path = PathBuf::from(dir).join(name);
+            assert!(
+                path.exists(),
+                "HEEX_TEST_DEVICE_BINS has no {}",
+                path.display()
+            );
+            Command::new(path)
+        }
+        None => Command::new(bin(name)),
+    }
+}
+
+/// The architecture the machine's binaries report in their facts (`uname -m`):
+/// `HEEX_TEST_DEVICE_ARCH` with a cross build, this machine's otherwise.
+pub fn device_arch() -> String {
+    std::env::var("HEEX_TEST_DEVICE_ARCH").unwrap_or_else(|_| std::env::consts::ARCH.to_owned())
+}
+
 /// True when `HEEX_TEST_STORE=postgres`: every [`Cloud`] keeps its store on a PostgreSQL
 /// server of its own instead of SQLite in its data directory (`sqlite`, the default).
 pub fn store_is_postgres() -> bool {
@@ -760,7 +789,7 @@ impl Machine {
     /// Like [`Machine::installer`], for the API at `api_url` (e.g. a load balancer in
     /// front of a cloud's replicas) whose CA has `fingerprint`.
     pub fn installer_at(&self, api_url: &str, fingerprint: &str, key: &str) -> Command {
-        let mut cmd = Command::new(bin("heex-installer"));
+        let mut cmd = device_command("heex-installer");
         cmd.arg("--server")
             .arg(api_url)
             .arg("--ca-fingerprint")
@@ -837,7 +866,7 @@ impl Machine {
 
     /// Like [`Machine::agent`], letting the caller adjust the command (env, args) first.
     pub fn agent_with(&self, logs: &Logs, adjust: impl FnOnce(&mut Command)) -> Proc {
-        let mut cmd = Command::new(bin("heex-agent"));
+        let mut cmd = device_command("heex-agent");
         cmd.arg("run")
             .arg("--config")
             .arg(self.agent_config())
@@ -852,7 +881,7 @@ impl Machine {
     pub fn status(&self, logs: &Logs) -> Value {
         let out = logs.run(
             "agent-status",
-            Command::new(bin("heex-agent"))
+            device_command("heex-agent")
                 .arg("status")
                 .arg("--json")
                 .arg("--config")

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heex_proto::frame::{self, CloseReason, Message};
-use heex_tests::{bin, wait_for, Cloud, Logs, Machine, Proc};
+use heex_tests::{device_command, wait_for, Cloud, Logs, Machine, Proc};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
@@ -335,6 +335,11 @@ fn enrolled_agent_connects_reports_facts_and_status() {
     ] {
         assert!(!facts[key].is_null(), "fact {key} missing: {facts}");
     }
+    assert_eq!(
+        facts["arch"].as_str(),
+        Some(heex_tests::device_arch().as_str()),
+        "the agent that ran is not the build under test: {facts}"
+    );
     assert!(!device["last_seen_at"].is_null());
 
     wait_connected(&machine, 1, "the agent to report a session");
@@ -353,7 +358,7 @@ fn enrolled_agent_connects_reports_facts_and_status() {
 
     let human = cloud.logs.run(
         "agent-status",
-        Command::new(bin("heex-agent"))
+        device_command("heex-agent")
             .arg("status")
             .arg("--config")
             .arg(machine.agent_config()),
@@ -754,7 +759,7 @@ fn agent_explains_missing_configuration_and_credentials() {
     let run = |args: &[&str], config: &Path| {
         logs.run(
             "agent",
-            Command::new(bin("heex-agent"))
+            device_command("heex-agent")
                 .args(args)
                 .arg("--config")
                 .arg(config)
@@ -801,14 +806,10 @@ fn agent_explains_missing_configuration_and_credentials() {
 
     let out = logs.run(
         "agent",
-        Command::new(bin("heex-agent")).arg("run").arg("--bogus"),
+        device_command("heex-agent").arg("run").arg("--bogus"),
         TIMEOUT,
     );
     assert_eq!(out.status.code(), Some(heex_proto::exit::USAGE));
-    let out = logs.run(
-        "agent",
-        Command::new(bin("heex-agent")).arg("--help"),
-        TIMEOUT,
-    );
+    let out = logs.run("agent", device_command("heex-agent").arg("--help"), TIMEOUT);
     assert_eq!(out.status.code(), Some(0));
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use heex_tests::{bin, stored_reports, wait_for, Cloud, Machine};
+use heex_tests::{device_command, stored_reports, wait_for, Cloud, Machine};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,7 +79,7 @@ fn a_backup_under_load_restores_every_acknowledged_enrollment_and_report() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let out = std::process::Command::new(bin("heex-agent"))
+                let out = device_command("heex-agent")
                     .arg("report")
                     .arg("--config")
                     .arg(&config)
@@ -172,7 +172,7 @@ fn a_backup_under_load_restores_every_acknowledged_enrollment_and_report() {
         (s["pid"].as_u64() == Some(pid) && s["state"] == "connected").then_some(())
     });
     let id = format!("after-restore-{queued}");
-    let out = std::process::Command::new(bin("heex-agent"))
+    let out = device_command("heex-agent")
         .arg("report")
         .arg("--config")
         .arg(robot.agent_config())

@@ -48,7 +48,7 @@ fn text(bytes: &[u8]) -> String {
 /// The installer for `machine` against any `server` URL, pinned to `pin`, with no key source
 /// set: callers add one.
 fn installer_to(machine: &Machine, server: &str, pin: &str) -> Command {
-    let mut cmd = Command::new(heex_tests::bin("heex-installer"));
+    let mut cmd = heex_tests::device_command("heex-installer");
     cmd.arg("--server")
         .arg(server)
         .arg("--ca-fingerprint")
@@ -322,7 +322,7 @@ fn rerun_is_a_no_op_and_does_not_spend_the_key() {
     let key_file = key_dir.path().join("key");
     fs::write(&key_file, format!("{key}\n")).unwrap();
     let with_ca_file = || {
-        let mut cmd = Command::new(heex_tests::bin("heex-installer"));
+        let mut cmd = heex_tests::device_command("heex-installer");
         cmd.arg("--server")
             .arg(&cloud.api_url)
             .arg("--ca-file")

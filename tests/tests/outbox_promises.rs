@@ -6,10 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use heex_tests::{bin, stored_reports, wait_for, Cloud, Logs, Machine, Proc};
+use heex_tests::{device_command, stored_reports, wait_for, Cloud, Logs, Machine, Proc};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,7 +48,7 @@ fn wait_for_ids(cloud: &Cloud, device: &str, ids: &[String], logs: &Logs) -> BTr
 
 /// `heex-agent report --data {"id": id}`, asserting success; returns the answered seq.
 fn report(machine: &Machine, id: &str) -> u64 {
-    let out = Command::new(bin("heex-agent"))
+    let out = device_command("heex-agent")
         .arg("report")
         .arg("--config")
         .arg(machine.agent_config())

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use heex_tests::{bin, stored_reports, wait_for, Cloud, Logs, Machine, Proc};
+use heex_tests::{bin, device_command, stored_reports, wait_for, Cloud, Logs, Machine, Proc};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -122,7 +122,7 @@ impl Client {
 
 /// `heex-agent report --data JSON`: (exit code, stdout+stderr).
 fn report_cli(machine: &Machine, data: &Value) -> (i32, String) {
-    let out = Command::new(bin("heex-agent"))
+    let out = device_command("heex-agent")
         .arg("report")
         .arg("--config")
         .arg(machine.agent_config())
@@ -281,7 +281,7 @@ fn killing_the_agent_repeatedly_loses_and_duplicates_nothing_acknowledged() {
             while !stop.load(Ordering::Relaxed) {
                 let r = json!({"id": format!("cli-{n}")});
                 n += 1;
-                let out = Command::new(bin("heex-agent"))
+                let out = device_command("heex-agent")
                     .arg("report")
                     .arg("--config")
                     .arg(&config)

@@ -2,7 +2,7 @@
 //! the credentials file.
 
 use heex_proto::api::{AcceptInvitationRequest, AcceptInvitationResponse, WhoAmI};
-use heex_proto::ApiKey;
+use heex_proto::{ApiKey, InvitationToken};
 use reqwest::Url;
 
 use crate::cli::{InvitationsCommand, LoginArgs, ServerArgs};
@@ -14,11 +14,6 @@ use crate::config::{
 use crate::context::Ctx;
 use crate::error::CliError;
 use crate::trust::TrustAnchor;
-
-/// Prefix of invitation tokens.
-pub const INVITATION_PREFIX: &str = "heexinv_";
-/// Length of the random part of an invitation token.
-const INVITATION_RANDOM_LEN: usize = 32;
 
 /// `heex login`: checks the key with `GET /v1/whoami`, then stores server, CA and key.
 pub fn login(ctx: &mut Ctx<'_>, args: &LoginArgs) -> Result<(), CliError> {
@@ -102,7 +97,7 @@ fn accept(
     let reply = client.post::<_, AcceptInvitationResponse>(
         "/v1/invitations/accept",
         &AcceptInvitationRequest {
-            token: token.to_owned().into(),
+            token: token.into_secret(),
             key_name,
         },
     )?;
@@ -134,19 +129,8 @@ fn accept(
 }
 
 /// Checks an invitation token's shape offline, so a truncated copy fails before any request.
-pub fn check_invitation_token(token: &str) -> Result<&str, CliError> {
-    let token = token.trim();
-    match token.strip_prefix(INVITATION_PREFIX) {
-        Some(rest)
-            if rest.len() == INVITATION_RANDOM_LEN && heex_proto::base62::is_base62(rest) =>
-        {
-            Ok(token)
-        }
-        _ => Err(CliError::Usage(format!(
-            "an invitation token is \"{INVITATION_PREFIX}\" followed by {INVITATION_RANDOM_LEN} \
-             letters or digits; copy the whole token"
-        ))),
-    }
+pub fn check_invitation_token(token: &str) -> Result<InvitationToken, CliError> {
+    InvitationToken::parse(token).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// Server URL and trust anchor from flags, else from the environment.
@@ -287,7 +271,7 @@ mod tests {
     #[test]
     fn invitation_tokens_are_checked_offline() {
         let good = format!("heexinv_{}", "a1B2".repeat(8));
-        assert_eq!(check_invitation_token(&good).unwrap(), good);
+        assert_eq!(check_invitation_token(&good).unwrap().expose(), good);
         assert!(check_invitation_token(&good[..good.len() - 1]).is_err());
         assert!(check_invitation_token("heex_abc").is_err());
         let e = check_invitation_token(&format!("heexinv_{}", "-".repeat(32))).unwrap_err();

@@ -9,17 +9,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use heex_proto::api::{ConsoleSignInLink, ErrorBody};
-use heex_proto::base62;
+use heex_proto::SignInToken;
 use time::OffsetDateTime;
 
 use super::{whole_seconds, AppState};
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-/// What every sign-in token starts with.
-pub(crate) const SIGNIN_TOKEN_PREFIX: &str = "heexsig_";
-/// Random base62 characters after the prefix.
-pub(crate) const SIGNIN_TOKEN_RANDOM_LEN: usize = 32;
 /// How long a sign-in link works.
 pub(crate) const SIGNIN_LINK_LIFETIME: time::Duration = time::Duration::minutes(5);
 /// The console page that spends a sign-in token (from the link's fragment).
@@ -44,34 +40,19 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<ConsoleSignInLink>), ApiError> {
     caller.require_admin("signing in to the console")?;
     let now = whole_seconds(OffsetDateTime::now_utc());
-    let token = format!(
-        "{SIGNIN_TOKEN_PREFIX}{}",
-        base62::random(SIGNIN_TOKEN_RANDOM_LEN)
-    );
+    let token = SignInToken::generate();
     let expires_at = now + SIGNIN_LINK_LIFETIME;
     state
         .store
-        .create_signin_token(
-            &super::invitations::token_hash(&token),
-            &caller.key.id,
-            now,
-            expires_at,
-        )
+        .create_signin_token(&token.sha256_hex(), &caller.key.id, now, expires_at)
         .await?;
     tracing::info!(key = %caller.key.id, "console sign-in link created");
     Ok((
         StatusCode::CREATED,
         Json(ConsoleSignInLink {
-            token: token.into(),
+            token: token.into_secret(),
             path: SIGNIN_LINK_PATH.to_owned(),
             expires_at,
         }),
     ))
-}
-
-/// True when `token` has the shape of a sign-in token.
-pub(crate) fn is_signin_token(token: &str) -> bool {
-    token
-        .strip_prefix(SIGNIN_TOKEN_PREFIX)
-        .is_some_and(|rest| rest.len() == SIGNIN_TOKEN_RANDOM_LEN && base62::is_base62(rest))
 }

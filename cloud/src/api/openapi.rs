@@ -16,11 +16,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::enroll;
-use super::invitations::{MAX_EMAIL_LEN, MAX_INVITATION_LIFETIME, TOKEN_PREFIX, TOKEN_RANDOM_LEN};
+use super::invitations::{MAX_EMAIL_LEN, MAX_INVITATION_LIFETIME};
 use super::keys::{MAX_KEY_LIFETIME, MAX_KEY_NAME, MAX_ROTATION_OVERLAP};
 use crate::error;
 use crate::store::DeviceSort;
 use heex_proto::api::MAX_PAGE_LIMIT;
+use heex_proto::token::RANDOM_LEN as TOKEN_RANDOM_LEN;
+use heex_proto::InvitationToken;
 
 /// Name of the bearer API key security scheme in the document.
 pub const API_KEY: &str = "api_key";
@@ -167,9 +169,9 @@ pub(crate) fn constrain(doc: &mut Value) -> Vec<String> {
         "pattern": format!("^[^\\s{c}@]+@[^\\s{c}@]+$", c = *CONTROL),
     });
     let token = json!({
-        "minLength": TOKEN_PREFIX.len() + TOKEN_RANDOM_LEN,
-        "maxLength": TOKEN_PREFIX.len() + TOKEN_RANDOM_LEN,
-        "pattern": format!("^{TOKEN_PREFIX}[0-9A-Za-z]{{{TOKEN_RANDOM_LEN}}}$"),
+        "minLength": InvitationToken::LEN,
+        "maxLength": InvitationToken::LEN,
+        "pattern": format!("^{}[0-9A-Za-z]{{{TOKEN_RANDOM_LEN}}}$", InvitationToken::PREFIX),
     });
     let schemas: Vec<(&str, &str, Value)> = vec![
         ("CreateKeyRequest", "name", name(MAX_KEY_NAME)),

@@ -10,7 +10,7 @@ use heex_proto::api::{
     AcceptInvitationRequest, CreateKeyRequest, InviteRequest, KeyStatus, Role, RotateKeyRequest,
     Scope, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
 };
-use heex_proto::ApiKey;
+use heex_proto::{ApiKey, SignInToken};
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -20,7 +20,7 @@ use super::{
     clear_cookie, open_session, request_host, sign_out, usable_for_console, Signed, SignedInWith,
 };
 use crate::api::paging::PageQuery;
-use crate::api::{audit, console_links, invitations, keys, members, ApiJson, ApiQuery, AppState};
+use crate::api::{audit, invitations, keys, members, ApiJson, ApiQuery, AppState};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::store::DeviceQuery;
@@ -202,14 +202,13 @@ pub(super) async fn signin_with_link(
     let Ok(Form(form)) = form else {
         return refused();
     };
-    let token = form.token.trim();
-    if !console_links::is_signin_token(token) {
+    let Ok(token) = SignInToken::parse(&form.token) else {
         return refused();
-    }
+    };
     let now = OffsetDateTime::now_utc();
     let key_id = match state
         .store
-        .redeem_signin_token(&invitations::token_hash(token), now)
+        .redeem_signin_token(&token.sha256_hex(), now)
         .await
     {
         Ok(Some(k)) => k,

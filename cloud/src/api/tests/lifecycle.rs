@@ -789,13 +789,13 @@ async fn invitations_are_single_use_and_expire() {
 
     // An expired invitation (made directly with a past expiry).
     let me = api.whoami(&alice).await;
-    let token = format!("heexinv_{}", heex_proto::base62::random(32));
+    let token = heex_proto::InvitationToken::generate();
     let now = time::OffsetDateTime::now_utc();
     let created = api
         .store
         .create_invitation(
             NewInvitation {
-                token_hash: crate::api::invitations::token_hash(&token),
+                token_hash: token.sha256_hex(),
                 workspace_id: me.workspace_id.clone(),
                 email: "late@example.com".into(),
                 role: Role::Member,
@@ -819,7 +819,7 @@ async fn invitations_are_single_use_and_expire() {
     assert!(created);
     let unknown = format!("heexinv_{}", heex_proto::base62::random(32));
     for (token, needle) in [
-        (token.as_str(), "expired on"),
+        (token.expose(), "expired on"),
         (unknown.as_str(), "not valid"),
         ("heexinv_short", "copy the whole token"),
     ] {
