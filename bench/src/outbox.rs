@@ -10,15 +10,16 @@ use heex_agent::outbox::{self, Outbox, OutboxError};
 
 use crate::cli::OutboxArgs;
 
-/// Runs the enqueue benchmark: `runs` times, `threads` threads submit `reports` reports of
-/// `size` bytes in all through one group committer into a fresh outbox under `dir`.
-/// Returns one line per run and the median.
+/// `heex-loadgen outbox`: prints the runs and their median.
 pub(crate) fn run(args: &OutboxArgs) -> anyhow::Result<()> {
     let text = bench(&args.dir, args.reports, args.threads, args.runs, args.size)?;
     print!("{text}");
     Ok(())
 }
 
+/// Runs the enqueue benchmark: `runs` times, `threads` threads submit `reports` reports of
+/// `size` bytes in all through one group committer into a fresh outbox under `dir`.
+/// Returns one line per run and the median.
 fn bench(
     dir: &Path,
     reports: usize,

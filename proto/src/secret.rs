@@ -27,6 +27,12 @@ impl Secret {
     }
 }
 
+/// Hex SHA-256 of a secret: all the cloud keeps of a one-time token or a console session id.
+pub fn sha256_hex(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")

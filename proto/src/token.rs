@@ -2,11 +2,9 @@
 //! link ([`SignInToken`], `heexsig_`), each its prefix and 32 random base62 characters (about
 //! 190 bits). One type per use, so one is never taken for the other, and one shape check: the
 //! cloud refuses a malformed token before looking it up, the CLI a truncated copy before any
-//! request. Only a token's SHA-256 is stored ([`InvitationToken::sha256_hex`]).
+//! request. Only a token's SHA-256 is stored ([`secret::sha256_hex`]).
 
-use sha2::{Digest, Sha256};
-
-use crate::{base62, Secret};
+use crate::{base62, secret, Secret};
 
 /// Random base62 characters after a token's prefix.
 pub const RANDOM_LEN: usize = 32;
@@ -64,9 +62,9 @@ macro_rules! one_time_token {
                 self.0
             }
 
-            /// Hex SHA-256 of the token: all the cloud keeps of it.
+            /// Hex SHA-256 of the token: all the cloud keeps of it ([`secret::sha256_hex`]).
             pub fn sha256_hex(&self) -> String {
-                hex::encode(Sha256::digest(self.expose().as_bytes()))
+                secret::sha256_hex(self.expose())
             }
         }
 

@@ -36,7 +36,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use heex_proto::base62;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::api::AppState;
@@ -191,9 +190,7 @@ fn from_this_console(req: &Request) -> bool {
 }
 
 /// Hex SHA-256 of a session id or token: what the store keeps.
-pub fn secret_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
+pub use heex_proto::secret::sha256_hex as secret_hash;
 
 /// The session id a request's cookie carries, if any.
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
